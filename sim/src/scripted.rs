@@ -1,0 +1,86 @@
+//! Scripted players: a seeded source of joins, leaves and inputs, so the player path can be driven
+//! without a network (`zone-server --sim-players K`, tests, benchmarks).
+//!
+//! Given the same seed and count it produces the same stream, tick for tick. It goes through the
+//! same input API as real players; what the zone accepts is what the journal records, so replay
+//! never needs this generator.
+
+use crate::input::{PlayerId, PlayerInput};
+use crate::rng::DetRng;
+use crate::zone::Zone;
+
+/// Scripted player ids start here, far from ids a token service would hand out in tests.
+pub const SCRIPTED_PLAYER_ID_BASE: PlayerId = 1_000_000;
+
+#[derive(Clone, Debug)]
+struct Bot {
+    id: PlayerId,
+    online: bool,
+    /// Tick at which the bot next changes its mind (direction, or comes back online).
+    next_change: u64,
+    dir: (i32, i32),
+    rng: DetRng,
+}
+
+/// K scripted players.
+#[derive(Clone, Debug)]
+pub struct ScriptedPlayers {
+    bots: Vec<Bot>,
+    /// Per mille chance per tick that an online bot attacks.
+    pub attack_per_mille: u32,
+    /// Per 100,000 chance per tick that an online bot disconnects for a while.
+    pub leave_per_100k: u32,
+}
+
+impl ScriptedPlayers {
+    pub fn new(seed: u64, count: u32) -> Self {
+        let bots = (0..u64::from(count))
+            .map(|i| Bot {
+                id: SCRIPTED_PLAYER_ID_BASE + i,
+                online: false,
+                next_change: 0,
+                dir: (0, 0),
+                rng: DetRng::new(seed ^ 0x5c21_97ed, i),
+            })
+            .collect();
+        ScriptedPlayers { bots, attack_per_mille: 50, leave_per_100k: 20 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bots.is_empty()
+    }
+
+    /// Submits this tick's joins, leaves and inputs for the zone's next tick. Refusals (a full
+    /// zone, say) are counted by the zone like any other.
+    pub fn drive(&mut self, zone: &mut Zone) {
+        let tick = zone.tick() + 1;
+        let speed = zone.spec().player.speed_mm_per_tick;
+        for b in &mut self.bots {
+            if !b.online {
+                if tick >= b.next_change && zone.join(b.id).is_ok() {
+                    b.online = true;
+                    b.next_change = tick;
+                }
+                continue;
+            }
+            if b.rng.below(100_000) < u64::from(self.leave_per_100k) {
+                let _ = zone.leave(b.id);
+                b.online = false;
+                b.next_change = tick + 60 + b.rng.below(240);
+                continue;
+            }
+            if tick >= b.next_change {
+                // Occasionally ask for more than the speed limit, to exercise capping.
+                let reach = if b.rng.chance_per_mille(100) { speed * 3 } else { speed };
+                b.dir = (b.rng.range_i32(-reach, reach), b.rng.range_i32(-reach, reach));
+                b.next_change = tick + 30 + b.rng.below(150);
+            }
+            let attack = b.rng.chance_per_mille(self.attack_per_mille);
+            let _ = zone.submit_input(PlayerInput { player: b.id, tick, move_x: b.dir.0, move_y: b.dir.1, attack });
+        }
+    }
+}

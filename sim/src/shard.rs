@@ -1,0 +1,682 @@
+//! One shard: a `bevy_ecs` World for one cell of the zone's grid, and the Schedule that advances it
+//! by one tick.
+//!
+//! The schedule's system sets run in a fixed order, **Input → Simulate → Replicate → Persist →
+//! Telemetry**, and is built with ambiguity detection set to error, so two systems that touch the
+//! same data without an order between them fail the build instead of racing. A shard only ever
+//! sees its own world plus read-only zone data handed in before the step (the players view, its
+//! mail); everything it wants to tell other shards leaves through its [`Outbox`] and is routed by
+//! the zone at the tick boundary, in sorted order. Nothing in a shard may depend on the order
+//! entities are stored or visited in: every per-entity choice uses the entity's own generator, and
+//! every cross-entity effect is sorted by object id first.
+
+use std::sync::Arc;
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::schedule::{LogLevel, ScheduleBuildError, ScheduleBuildSettings, ScheduleLabel};
+
+use crate::input::{PlayerId, PlayerInput};
+use crate::object::{Body, Health, Mind, NPC_ID_SHARD_SHIFT, Npc, Obj, ObjectRecord, Player, Pos, Vel, object_hash, player_object_id};
+use crate::rng::{DetRng, fold, mix64};
+use crate::stats::ShardStats;
+use crate::units::{Rect, Vec2};
+use crate::zone_file::{Behaviour, PLAYER_KIND, ZoneSpec};
+
+/// The stages of a tick, in the order they run.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Joins, leaves and player inputs are applied.
+    Input,
+    /// Game rules: mail, AI, combat, spawning, movement, border crossings.
+    Simulate,
+    /// Reserved for the network crate: build what each client should see.
+    Replicate,
+    /// Reserved for the persistence crate: capture snapshot data.
+    Persist,
+    /// Statistics for this tick.
+    Telemetry,
+}
+
+/// The label of the per-shard tick schedule.
+#[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardTick;
+
+/// A schedule with the five stages chained and ambiguity detection set to error. Shards build
+/// theirs with it; tests use it to prove that an unordered conflicting pair is refused.
+pub fn checked_schedule() -> Schedule {
+    let mut s = Schedule::new(ShardTick);
+    s.set_build_settings(ScheduleBuildSettings {
+        ambiguity_detection: LogLevel::Error,
+        ..Default::default()
+    });
+    s.configure_sets((Stage::Input, Stage::Simulate, Stage::Replicate, Stage::Persist, Stage::Telemetry).chain());
+    s
+}
+
+/// Cross-shard messages, delivered at the start of the next tick in sorted order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mail {
+    /// An NPC hit a player (who may live in another shard).
+    Damage { target: PlayerId, source: u64, amount: i32 },
+    /// An NPC from this spawner died; the spawner schedules a replacement.
+    Died { spawner: u32 },
+}
+
+/// A player as other shards see it at the start of a tick: where it is and whether it is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlayerView {
+    pub player: PlayerId,
+    pub pos: Vec2,
+    pub alive: bool,
+    pub shard: u16,
+}
+
+/// One spawner's share of one shard: the part of its area inside this shard's cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnerState {
+    /// Zone-wide id (index into the zone's spawner list).
+    pub id: u32,
+    pub kind: u16,
+    pub area: Rect,
+    pub count: u64,
+    pub respawn_delay_ticks: u32,
+    /// Ticks at which a replacement is due, oldest first.
+    pub pending: std::collections::VecDeque<u64>,
+}
+
+#[derive(Resource)]
+pub(crate) struct Rules(pub Arc<ZoneSpec>);
+
+#[derive(Resource, Clone, Copy)]
+pub(crate) struct ShardInfo {
+    pub cell: Rect,
+    /// The cell grown by the players' awareness distance: players inside matter to this shard.
+    pub watch: Rect,
+    pub seed: u64,
+}
+
+#[derive(Resource, Default)]
+pub(crate) struct Clock {
+    pub tick: u64,
+}
+
+/// What the zone hands a shard before its step.
+#[derive(Resource, Default)]
+pub(crate) struct Inbox {
+    pub joins: Vec<(PlayerId, Vec2)>,
+    pub leaves: Vec<PlayerId>,
+    pub inputs: Vec<PlayerInput>,
+    pub mail: Vec<Mail>,
+    pub players: Arc<[PlayerView]>,
+}
+
+/// What a shard hands back after its step.
+#[derive(Resource, Default)]
+pub(crate) struct Outbox {
+    pub migrants: Vec<ObjectRecord>,
+    pub mail: Vec<Mail>,
+}
+
+/// Alive players that NPCs of this shard may notice, sorted by player id.
+#[derive(Resource, Default)]
+pub(crate) struct Nearby {
+    pub players: Vec<PlayerView>,
+}
+
+#[derive(Resource)]
+pub(crate) struct Spawners(pub Vec<SpawnerState>);
+
+#[derive(Resource)]
+pub(crate) struct ShardRng(pub DetRng);
+
+#[derive(Resource)]
+pub(crate) struct IdAlloc {
+    pub next: u64,
+}
+
+#[derive(Resource, Default)]
+pub(crate) struct Stats(pub ShardStats);
+
+type HashQuery = (&'static Obj, &'static Pos, &'static Vel, &'static Health, Option<&'static Npc>, Option<&'static Player>);
+type RecordQuery = (Entity, &'static Obj, &'static Pos, &'static Vel, &'static Health, Option<&'static Npc>, Option<&'static Player>);
+
+/// One shard of a zone.
+pub struct Shard {
+    index: u16,
+    world: World,
+    schedule: Schedule,
+    hash_query: QueryState<HashQuery>,
+    record_query: QueryState<RecordQuery>,
+    player_query: QueryState<(&'static Pos, &'static Player)>,
+}
+
+impl Shard {
+    /// Builds shard `index` of the zone with its spawners; does not populate it (see
+    /// [`Shard::populate`]).
+    pub(crate) fn new(spec: Arc<ZoneSpec>, index: usize, seed: u64, spawners: Vec<SpawnerState>) -> Result<Shard, ScheduleBuildError> {
+        let mut world = World::new();
+        let cell = spec.shard_rect(index);
+        let watch = cell.expand(spec.player_awareness_mm());
+        world.insert_resource(ShardInfo { cell, watch, seed });
+        world.insert_resource(Rules(spec));
+        world.insert_resource(Clock::default());
+        world.insert_resource(Inbox::default());
+        world.insert_resource(Outbox::default());
+        world.insert_resource(Nearby::default());
+        world.insert_resource(Spawners(spawners));
+        world.insert_resource(ShardRng(DetRng::new(seed, index as u64)));
+        world.insert_resource(IdAlloc { next: ((index as u64) + 1) << NPC_ID_SHARD_SHIFT });
+        world.insert_resource(Stats::default());
+
+        let mut schedule = checked_schedule();
+        schedule.add_systems((apply_joins_leaves, apply_inputs).chain().in_set(Stage::Input));
+        schedule.add_systems(
+            (deliver_mail, respawn_players, npc_ai, player_attacks, run_spawners, movement, collect_migrants)
+                .chain()
+                .in_set(Stage::Simulate),
+        );
+        schedule.add_systems(count_objects.in_set(Stage::Telemetry));
+        schedule.initialize(&mut world)?;
+
+        let hash_query = world.query::<HashQuery>();
+        let record_query = world.query::<RecordQuery>();
+        let player_query = world.query::<(&Pos, &Player)>();
+        Ok(Shard { index: index as u16, world, schedule, hash_query, record_query, player_query })
+    }
+
+    pub fn index(&self) -> usize {
+        usize::from(self.index)
+    }
+
+    /// Spawns every spawner's initial population (tick 0).
+    pub(crate) fn populate(&mut self) {
+        let spawners = std::mem::take(&mut self.world.resource_mut::<Spawners>().0);
+        for s in &spawners {
+            for _ in 0..s.count {
+                let rec = self.make_npc(s, 0);
+                rec.spawn(&mut self.world);
+                self.world.resource_mut::<Stats>().0.spawns += 1;
+            }
+        }
+        self.world.resource_mut::<Spawners>().0 = spawners;
+    }
+
+    fn make_npc(&mut self, s: &SpawnerState, tick: u64) -> ObjectRecord {
+        let spec = self.world.resource::<Rules>().0.clone();
+        let seed = self.world.resource::<ShardInfo>().seed;
+        let pos = {
+            let rng = &mut self.world.resource_mut::<ShardRng>().0;
+            Vec2::new(rng.range_i32(s.area.min.x, s.area.max.x - 1), rng.range_i32(s.area.min.y, s.area.max.y - 1))
+        };
+        let id = {
+            let mut alloc = self.world.resource_mut::<IdAlloc>();
+            alloc.next += 1;
+            alloc.next
+        };
+        new_npc(&spec, seed, s, id, pos, tick)
+    }
+
+    /// Hands the shard what it needs for tick `tick`.
+    pub(crate) fn prepare(&mut self, tick: u64, joins: Vec<(PlayerId, Vec2)>, leaves: Vec<PlayerId>, inputs: Vec<PlayerInput>, players: Arc<[PlayerView]>) {
+        let kinds = self.world.resource::<Rules>().0.kinds.len();
+        self.world.resource_mut::<Clock>().tick = tick;
+        self.world.resource_mut::<Stats>().0.reset(self.index, tick, kinds);
+        let mut inbox = self.world.resource_mut::<Inbox>();
+        inbox.joins = joins;
+        inbox.leaves = leaves;
+        inbox.inputs = inputs;
+        inbox.players = players;
+    }
+
+    /// Runs the schedule once: the whole tick for this shard. Deterministic given the shard's
+    /// state and what `prepare` handed it.
+    pub fn step(&mut self) {
+        self.schedule.run(&mut self.world);
+    }
+
+    pub(crate) fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut *self.world.resource_mut::<Outbox>())
+    }
+
+    pub(crate) fn receive_migrant(&mut self, rec: ObjectRecord) {
+        let is_player = matches!(rec.body, Body::Player(_));
+        rec.spawn(&mut self.world);
+        let mut stats = self.world.resource_mut::<Stats>();
+        stats.0.migrations_in += 1;
+        stats.0.objects += 1;
+        stats.0.objects_by_kind[usize::from(rec.obj.kind)] += 1;
+        if is_player {
+            stats.0.players += 1;
+        }
+    }
+
+    pub(crate) fn push_mail(&mut self, mail: Mail) {
+        self.world.resource_mut::<Inbox>().mail.push(mail);
+    }
+
+    /// This tick's statistics.
+    pub fn stats(&self) -> &ShardStats {
+        &self.world.resource::<Stats>().0
+    }
+
+    /// The players this shard holds, in no particular order.
+    pub(crate) fn players(&mut self, out: &mut Vec<PlayerView>) {
+        for (pos, p) in self.player_query.iter(&self.world) {
+            out.push(PlayerView { player: p.player, pos: pos.0, alive: p.respawn_at.is_none(), shard: self.index });
+        }
+    }
+
+    /// The shard's state hash: an order-independent sum of object hashes, folded with the shard's
+    /// own state (generator, id allocator, spawners, pending mail).
+    pub fn state_hash(&mut self) -> u64 {
+        let mut sum: u64 = 0;
+        for (o, p, v, h, n, pl) in self.hash_query.iter(&self.world) {
+            sum = sum.wrapping_add(object_hash(o, p, v, h, n, pl));
+        }
+        let mut h = fold(mix64(u64::from(self.index)), sum);
+        h = fold(h, self.world.resource::<ShardRng>().0.state);
+        h = fold(h, self.world.resource::<IdAlloc>().next);
+        for s in &self.world.resource::<Spawners>().0 {
+            h = fold(h, u64::from(s.id));
+            h = fold(h, s.pending.len() as u64);
+            for &t in &s.pending {
+                h = fold(h, t);
+            }
+        }
+        for m in &self.world.resource::<Inbox>().mail {
+            h = match *m {
+                Mail::Damage { target, source, amount } => fold(fold(fold(fold(h, 1), target), source), amount as u32 as u64),
+                Mail::Died { spawner } => fold(fold(h, 2), u64::from(spawner)),
+            };
+        }
+        h
+    }
+
+    /// Every object in the shard as plain data, sorted by id.
+    pub fn objects(&mut self) -> Vec<ObjectRecord> {
+        let mut v: Vec<ObjectRecord> = self
+            .record_query
+            .iter(&self.world)
+            .map(|(_, o, p, v, h, n, pl)| record(o, p, v, h, n, pl))
+            .collect();
+        v.sort_by_key(|r| r.obj.id);
+        v
+    }
+
+    /// Objects at the end of the last tick (the world also holds resources, so this is not its
+    /// entity count).
+    pub fn object_count(&self) -> usize {
+        self.stats().objects as usize
+    }
+
+    /// The world, for systems that other crates add to the Replicate, Persist and Telemetry
+    /// stages, and for tests.
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+}
+
+fn record(o: &Obj, p: &Pos, v: &Vel, h: &Health, n: Option<&Npc>, pl: Option<&Player>) -> ObjectRecord {
+    let body = match (n, pl) {
+        (Some(n), _) => Body::Npc(*n),
+        (None, Some(p)) => Body::Player(*p),
+        (None, None) => unreachable!("every object is an NPC or a player"),
+    };
+    ObjectRecord { obj: *o, pos: p.0, vel: v.0, health: *h, body }
+}
+
+fn new_npc(spec: &ZoneSpec, seed: u64, s: &SpawnerState, id: u64, pos: Vec2, tick: u64) -> ObjectRecord {
+    let k = &spec.kinds[usize::from(s.kind)];
+    let mut rng = DetRng::new(seed, id);
+    let mind = match k.behaviour {
+        Behaviour::Patrol => Mind::Patrol { leg: rng.below(4) as u8 },
+        Behaviour::Wander | Behaviour::Idle => Mind::Pause { until: tick + rng.below(u64::from(k.pause_ticks_max) + 1) },
+    };
+    ObjectRecord {
+        obj: Obj { id, kind: s.kind },
+        pos,
+        vel: Vec2::ZERO,
+        health: Health { hp: k.hit_points, max: k.hit_points },
+        body: Body::Npc(Npc { spawner: s.id, home: pos, mind, rng, ready_at: 0 }),
+    }
+}
+
+/// Where a player (re)appears: one of the zone's spawn points, chosen by player id, with a small
+/// id-derived offset so that players do not stack.
+pub fn player_spawn_point(spec: &ZoneSpec, player: PlayerId) -> Vec2 {
+    let h = mix64(player);
+    let base = spec.player_spawns[(h % spec.player_spawns.len() as u64) as usize];
+    let jitter = |v: u64| (v % 4001) as i32 - 2000;
+    spec.bounds.clamp(Vec2::new(base.x + jitter(h >> 16), base.y + jitter(h >> 40)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input stage
+
+/// Removes leaving players, then spawns joining ones (an exclusive system: they exist for the
+/// rest of this tick).
+fn apply_joins_leaves(world: &mut World) {
+    let (joins, leaves) = {
+        let mut inbox = world.resource_mut::<Inbox>();
+        (std::mem::take(&mut inbox.joins), std::mem::take(&mut inbox.leaves))
+    };
+    let mut n_leaves = 0;
+    if !leaves.is_empty() {
+        let mut q = world.query::<(Entity, &Player)>();
+        let mut gone: Vec<(PlayerId, Entity)> =
+            q.iter(world).filter(|(_, p)| leaves.binary_search(&p.player).is_ok()).map(|(e, p)| (p.player, e)).collect();
+        gone.sort_unstable_by_key(|g| g.0);
+        for (_, e) in gone {
+            world.despawn(e);
+            n_leaves += 1;
+        }
+    }
+    let spec = world.resource::<Rules>().0.clone();
+    for &(player, pos) in &joins {
+        ObjectRecord {
+            obj: Obj { id: player_object_id(player), kind: PLAYER_KIND },
+            pos,
+            vel: Vec2::ZERO,
+            health: Health { hp: spec.player.hit_points, max: spec.player.hit_points },
+            body: Body::Player(Player { player, wish: Vec2::ZERO, attack: false, ready_at: 0, respawn_at: None }),
+        }
+        .spawn(world);
+    }
+    let mut stats = world.resource_mut::<Stats>();
+    stats.0.joins += joins.len() as u32;
+    stats.0.spawns += joins.len() as u32;
+    stats.0.leaves += n_leaves;
+    stats.0.despawns += n_leaves;
+}
+
+/// Applies this tick's inputs to their players, capping speed. A player without an input this
+/// tick keeps walking the way it last asked (a lost packet does not stop it) but does not attack.
+fn apply_inputs(mut players: Query<(&mut Player, &mut Vel)>, inbox: Res<Inbox>, rules: Res<Rules>, mut stats: ResMut<Stats>) {
+    let speed = rules.0.player.speed_mm_per_tick;
+    let mut matched = 0u32;
+    for (mut p, mut vel) in &mut players {
+        p.attack = false;
+        if let Ok(i) = inbox.inputs.binary_search_by_key(&p.player, |i| i.player) {
+            let input = inbox.inputs[i];
+            matched += 1;
+            let (wish, capped) = Vec2::new(input.move_x, input.move_y).cap_length(speed);
+            stats.0.inputs_speed_capped += u32::from(capped);
+            p.wish = wish;
+            p.attack = input.attack;
+        }
+        vel.0 = if p.respawn_at.is_some() { Vec2::ZERO } else { p.wish };
+    }
+    stats.0.inputs_applied += matched;
+    stats.0.inputs_unknown_player += inbox.inputs.len() as u32 - matched;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulate stage
+
+/// Applies last tick's mail: damage to players (in sorted order), deaths to spawners.
+fn deliver_mail(
+    mut players: Query<(&mut Player, &mut Health, &mut Vel)>,
+    mut inbox: ResMut<Inbox>,
+    mut spawners: ResMut<Spawners>,
+    clock: Res<Clock>,
+    rules: Res<Rules>,
+    mut stats: ResMut<Stats>,
+) {
+    let mut mail = std::mem::take(&mut inbox.mail);
+    if mail.is_empty() {
+        return;
+    }
+    mail.sort_unstable();
+    let damaged = mail.iter().any(|m| matches!(m, Mail::Damage { .. }));
+    if damaged {
+        for (mut p, mut h, mut v) in &mut players {
+            if p.respawn_at.is_some() {
+                continue;
+            }
+            let start = mail.partition_point(|m| matches!(m, Mail::Damage { target, .. } if *target < p.player));
+            for m in &mail[start..] {
+                match *m {
+                    Mail::Damage { target, amount, .. } if target == p.player => h.hp -= amount,
+                    _ => break,
+                }
+            }
+            if h.hp <= 0 {
+                h.hp = 0;
+                p.respawn_at = Some(clock.tick + u64::from(rules.0.player.respawn_delay_ticks));
+                v.0 = Vec2::ZERO;
+                stats.0.player_deaths += 1;
+            }
+        }
+    }
+    for m in &mail {
+        if let Mail::Died { spawner } = *m {
+            if let Some(s) = spawners.0.iter_mut().find(|s| s.id == spawner) {
+                s.pending.push_back(clock.tick + u64::from(s.respawn_delay_ticks));
+            }
+        }
+    }
+    // Keep the allocation.
+    mail.clear();
+    inbox.mail = mail;
+}
+
+/// Dead players whose delay has passed come back at their spawn point with full health.
+fn respawn_players(mut players: Query<(&mut Player, &mut Pos, &mut Health)>, clock: Res<Clock>, rules: Res<Rules>) {
+    for (mut p, mut pos, mut h) in &mut players {
+        if p.respawn_at.is_some_and(|t| t <= clock.tick) {
+            p.respawn_at = None;
+            p.wish = Vec2::ZERO;
+            h.hp = h.max;
+            pos.0 = player_spawn_point(&rules.0, p.player);
+        }
+    }
+}
+
+/// NPC behaviour: chase and attack a player in aggro range, else wander, patrol or stand.
+/// Each NPC decides from its own state, its own generator and the read-only players view, so
+/// the order NPCs are visited in does not matter; attacks go out as mail.
+fn npc_ai(
+    mut npcs: Query<(&Obj, &Pos, &mut Vel, &mut Npc)>,
+    mut nearby: ResMut<Nearby>,
+    inbox: Res<Inbox>,
+    info: Res<ShardInfo>,
+    rules: Res<Rules>,
+    clock: Res<Clock>,
+    mut out: ResMut<Outbox>,
+    mut stats: ResMut<Stats>,
+) {
+    let spec = &rules.0;
+    let tick = clock.tick;
+    nearby.players.clear();
+    nearby.players.extend(inbox.players.iter().filter(|p| p.alive && info.watch.contains(p.pos)));
+    let players = &nearby.players;
+    for (obj, pos, mut vel, mut npc) in &mut npcs {
+        let k = &spec.kinds[usize::from(obj.kind)];
+        let here = pos.0;
+        if k.aggro_radius_mm > 0 && !players.is_empty() {
+            let aggro2 = i64::from(k.aggro_radius_mm).pow(2);
+            let leash2 = aggro2 * 4;
+            let mut target = match npc.mind {
+                Mind::Chase { player } => players
+                    .binary_search_by_key(&player, |p| p.player)
+                    .ok()
+                    .map(|i| players[i])
+                    .filter(|p| p.pos.dist2(here) <= leash2),
+                _ => None,
+            };
+            if target.is_none() {
+                let mut best: Option<(i64, PlayerView)> = None;
+                for p in players {
+                    let d2 = p.pos.dist2(here);
+                    if d2 <= aggro2 && best.is_none_or(|(b, _)| d2 < b) {
+                        best = Some((d2, *p));
+                    }
+                }
+                target = best.map(|(_, p)| p);
+            }
+            if let Some(t) = target {
+                npc.mind = Mind::Chase { player: t.player };
+                let range2 = i64::from(k.attack_range_mm).pow(2);
+                if t.pos.dist2(here) <= range2 {
+                    vel.0 = Vec2::ZERO;
+                    if npc.ready_at <= tick && k.damage > 0 {
+                        out.mail.push(Mail::Damage { target: t.player, source: obj.id, amount: k.damage });
+                        npc.ready_at = tick + u64::from(k.attack_cooldown_ticks);
+                        stats.0.attacks += 1;
+                    }
+                } else {
+                    vel.0 = here.step_towards(t.pos, k.speed_mm_per_tick);
+                }
+                continue;
+            }
+        }
+        if let Mind::Chase { .. } = npc.mind {
+            // Lost the player: go home (wander and idle) or resume the round (patrol).
+            npc.mind = match k.behaviour {
+                Behaviour::Patrol => Mind::Patrol { leg: 0 },
+                Behaviour::Wander | Behaviour::Idle => Mind::Goto { to: npc.home },
+            };
+        }
+        let npc = &mut *npc;
+        match npc.mind {
+            Mind::Pause { until } => {
+                vel.0 = Vec2::ZERO;
+                if tick >= until && k.behaviour == Behaviour::Wander {
+                    let r = k.wander_radius_mm;
+                    let to = Vec2::new(npc.home.x.saturating_add(npc.rng.range_i32(-r, r)), npc.home.y.saturating_add(npc.rng.range_i32(-r, r)));
+                    npc.mind = Mind::Goto { to: spec.bounds.clamp(to) };
+                }
+            }
+            Mind::Goto { to } => {
+                let step = here.step_towards(to, k.speed_mm_per_tick);
+                vel.0 = step;
+                if here.saturating_add(step) == to {
+                    let pause = match k.behaviour {
+                        Behaviour::Idle => u64::MAX - 1,
+                        _ => npc.rng.below(u64::from(k.pause_ticks_max) + 1),
+                    };
+                    npc.mind = Mind::Pause { until: tick.saturating_add(pause) };
+                }
+            }
+            Mind::Patrol { leg } => {
+                let r = k.wander_radius_mm;
+                let (dx, dy) = [(-r, -r), (r, -r), (r, r), (-r, r)][usize::from(leg % 4)];
+                let to = spec.bounds.clamp(Vec2::new(npc.home.x.saturating_add(dx), npc.home.y.saturating_add(dy)));
+                let step = here.step_towards(to, k.speed_mm_per_tick);
+                vel.0 = step;
+                if here.saturating_add(step) == to {
+                    npc.mind = Mind::Patrol { leg: (leg + 1) % 4 };
+                }
+            }
+            Mind::Chase { .. } => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Players that asked to attack hit the nearest living NPC within range (ties to the lower id).
+/// Attackers go in player-id order; an NPC at 0 hit points dies at once and its spawner is told.
+fn player_attacks(
+    mut commands: Commands,
+    mut players: Query<(&Obj, &Pos, &mut Player), Without<Npc>>,
+    mut npcs: Query<(Entity, &Obj, &Pos, &mut Health, &Npc)>,
+    rules: Res<Rules>,
+    clock: Res<Clock>,
+    mut out: ResMut<Outbox>,
+    mut stats: ResMut<Stats>,
+) {
+    let tick = clock.tick;
+    let p = &rules.0.player;
+    let mut attackers: Vec<(PlayerId, Vec2)> = Vec::new();
+    for (_, pos, mut pl) in &mut players {
+        if pl.attack && pl.respawn_at.is_none() && pl.ready_at <= tick {
+            pl.ready_at = tick + u64::from(p.attack_cooldown_ticks);
+            attackers.push((pl.player, pos.0));
+        }
+    }
+    if attackers.is_empty() {
+        return;
+    }
+    attackers.sort_unstable_by_key(|a| a.0);
+    let range2 = i64::from(p.attack_range_mm).pow(2);
+    for (_, from) in attackers {
+        stats.0.attacks += 1;
+        let mut best: Option<(i64, u64, Entity)> = None;
+        for (e, o, pos, h, _) in &npcs {
+            let d2 = pos.0.dist2(from);
+            if h.hp > 0 && d2 <= range2 && best.is_none_or(|(bd, bid, _)| (d2, o.id) < (bd, bid)) {
+                best = Some((d2, o.id, e));
+            }
+        }
+        let Some((_, _, e)) = best else { continue };
+        let Ok((e, _, _, mut h, npc)) = npcs.get_mut(e) else { continue };
+        h.hp -= p.damage;
+        if h.hp <= 0 {
+            commands.entity(e).despawn();
+            out.mail.push(Mail::Died { spawner: npc.spawner });
+            stats.0.npc_deaths += 1;
+            stats.0.despawns += 1;
+        }
+    }
+}
+
+/// Spawns replacements that are due, spawner by spawner, in id order.
+fn run_spawners(
+    mut commands: Commands,
+    mut spawners: ResMut<Spawners>,
+    mut rng: ResMut<ShardRng>,
+    mut alloc: ResMut<IdAlloc>,
+    info: Res<ShardInfo>,
+    rules: Res<Rules>,
+    clock: Res<Clock>,
+    mut stats: ResMut<Stats>,
+) {
+    for s in spawners.0.iter_mut() {
+        while s.pending.front().is_some_and(|&t| t <= clock.tick) {
+            s.pending.pop_front();
+            let pos = Vec2::new(rng.0.range_i32(s.area.min.x, s.area.max.x - 1), rng.0.range_i32(s.area.min.y, s.area.max.y - 1));
+            alloc.next += 1;
+            new_npc(&rules.0, info.seed, s, alloc.next, pos, clock.tick).spawn_cmd(&mut commands);
+            stats.0.spawns += 1;
+        }
+    }
+}
+
+/// Moves everything by its velocity and keeps it inside the zone.
+fn movement(mut q: Query<(&mut Pos, &Vel)>, rules: Res<Rules>) {
+    let bounds = rules.0.bounds;
+    for (mut pos, vel) in &mut q {
+        if vel.0 != Vec2::ZERO {
+            pos.0 = bounds.clamp(pos.0.saturating_add(vel.0));
+        }
+    }
+}
+
+/// Objects now outside this shard's cell leave the world and go to the outbox; the zone moves
+/// them to their new shard at the tick boundary.
+fn collect_migrants(
+    mut commands: Commands,
+    q: Query<RecordQuery>,
+    info: Res<ShardInfo>,
+    mut out: ResMut<Outbox>,
+    mut stats: ResMut<Stats>,
+) {
+    for (e, o, p, v, h, n, pl) in &q {
+        if !info.cell.contains(p.0) {
+            out.migrants.push(record(o, p, v, h, n, pl));
+            commands.entity(e).despawn();
+            stats.0.migrations_out += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Telemetry stage
+
+fn count_objects(q: Query<&Obj>, mut stats: ResMut<Stats>) {
+    let s = &mut stats.0;
+    for o in &q {
+        s.objects_by_kind[usize::from(o.kind)] += 1;
+    }
+    s.objects = s.objects_by_kind.iter().sum();
+    s.players = s.objects_by_kind[usize::from(PLAYER_KIND)];
+}
