@@ -11,6 +11,7 @@
 pub mod executor;
 pub mod journal_sink;
 pub mod pacing;
+pub mod replay;
 pub mod report;
 pub mod runner;
 pub mod zone_load;

@@ -195,7 +195,10 @@ impl Shard {
             for _ in 0..s.count {
                 let rec = self.make_npc(s, 0);
                 rec.spawn(&mut self.world);
-                self.world.resource_mut::<Stats>().0.spawns += 1;
+                let mut stats = self.world.resource_mut::<Stats>();
+                stats.0.spawns += 1;
+                stats.0.objects += 1;
+                stats.0.objects_by_kind[usize::from(s.kind)] += 1;
             }
         }
         self.world.resource_mut::<Spawners>().0 = spawners;

@@ -1,0 +1,128 @@
+//! Journal replay: rebuild the zone from a journal's embedded zone file and seed, feed it every
+//! recorded tick, and check every recorded hash.
+//!
+//! Used by `zone-replay` and by tests (and, with issue 5, by crash recovery). On the first hash
+//! that differs it stops and names the tick and the first shard that differs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zone_persistence::{JournalError, JournalReader, Record};
+use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneHash, ZoneSpec};
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("the zone file embedded in the journal ({name}) does not load: {source}")]
+    Zone { name: String, source: zone_sim::ZoneFileError },
+    #[error("the zone file embedded in the journal does not match the journal's zone digest")]
+    DigestMismatch,
+    #[error("cannot build the zone: {0}")]
+    Build(#[from] zone_sim::ZoneError),
+    #[error("journal records go back in time at byte {offset}: tick {tick} after tick {after}")]
+    OutOfOrder { offset: u64, tick: u64, after: u64 },
+    #[error(
+        "divergence at tick {tick}: shard {shard} hash is {got:016x}, the journal recorded {expected:016x} \
+         (zone hash {got_zone:016x} vs {expected_zone:016x}); hashes were recorded every {interval} ticks, so the \
+         first differing tick is in {first}..={tick}"
+    )]
+    Divergence { tick: u64, shard: usize, expected: u64, got: u64, expected_zone: u64, got_zone: u64, interval: u32, first: u64 },
+}
+
+/// What a successful replay found.
+#[derive(Clone, Debug)]
+pub struct ReplayOutcome {
+    pub final_hash: ZoneHash,
+    pub hashes_checked: u64,
+    pub batches: u64,
+    pub wall: Duration,
+    /// The journal ended with an End record (a clean shutdown).
+    pub clean_end: bool,
+    /// Where an incomplete last record started, if the journal was cut mid-write.
+    pub torn_tail_at: Option<u64>,
+    pub zone_name: String,
+    pub seed: u64,
+}
+
+impl ReplayOutcome {
+    pub fn final_line(&self) -> String {
+        format!("final_tick={} zone_hash={}", self.final_hash.tick, self.final_hash.hex())
+    }
+    pub fn ticks_per_s(&self) -> f64 {
+        self.final_hash.tick as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Replays the journal at `path`. `progress(tick)` is called every 1,000 ticks.
+pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u64)) -> Result<ReplayOutcome, ReplayError> {
+    let mut reader = JournalReader::open(path)?;
+    let header = reader.header().clone();
+    let spec = ZoneSpec::from_toml_str(&header.zone_name, &header.zone_toml).map_err(|source| ReplayError::Zone { name: header.zone_name.clone(), source })?;
+    if spec.digest != header.zone_digest {
+        return Err(ReplayError::DigestMismatch);
+    }
+    let started = Instant::now();
+    let mut zone = Zone::new(Arc::new(spec), header.seed)?;
+    let mut hashes_checked = 0;
+    let mut batches = 0;
+    let mut clean_end = false;
+    let mut advance_to = |zone: &mut Zone, tick: u64| {
+        while zone.tick() < tick {
+            let next = zone.tick() + 1;
+            zone.step_batch(&TickBatch { tick: next, ..Default::default() }, exec).expect("the next tick is always accepted");
+            if next % 1000 == 0 {
+                progress(next);
+            }
+        }
+    };
+    loop {
+        let offset = reader.offset();
+        let Some(rec) = reader.next_record()? else { break };
+        clean_end = matches!(rec, Record::End(_));
+        match rec {
+            Record::Tick(batch) => {
+                if batch.tick <= zone.tick() {
+                    return Err(ReplayError::OutOfOrder { offset, tick: batch.tick, after: zone.tick() });
+                }
+                advance_to(&mut zone, batch.tick - 1);
+                zone.step_batch(&batch, exec)?;
+                batches += 1;
+            }
+            Record::Hash(expected) | Record::End(expected) => {
+                if expected.tick < zone.tick() {
+                    return Err(ReplayError::OutOfOrder { offset, tick: expected.tick, after: zone.tick() });
+                }
+                advance_to(&mut zone, expected.tick);
+                let got = zone.hash(exec);
+                if got != expected {
+                    let shard = got.first_difference(&expected).unwrap_or(0);
+                    return Err(ReplayError::Divergence {
+                        tick: expected.tick,
+                        shard,
+                        expected: expected.shards.get(shard).copied().unwrap_or(0),
+                        got: got.shards.get(shard).copied().unwrap_or(0),
+                        expected_zone: expected.zone,
+                        got_zone: got.zone,
+                        interval: header.hash_interval,
+                        first: expected.tick.saturating_sub(u64::from(header.hash_interval) - 1).max(1),
+                    });
+                }
+                hashes_checked += 1;
+            }
+        }
+    }
+    let final_hash = zone.hash(exec);
+    Ok(ReplayOutcome {
+        final_hash,
+        hashes_checked,
+        batches,
+        wall: started.elapsed(),
+        clean_end,
+        torn_tail_at: reader.torn_tail_at(),
+        zone_name: header.zone_name,
+        seed: header.seed,
+    })
+}
