@@ -117,10 +117,93 @@ pub(crate) struct Outbox {
     pub mail: Vec<Mail>,
 }
 
-/// Alive players that NPCs of this shard may notice, sorted by player id.
+/// Alive players that NPCs of this shard may notice: sorted by player id, and bucketed in a grid
+/// so that an NPC only looks at players in the cells around it.
 #[derive(Resource, Default)]
 pub(crate) struct Nearby {
     pub players: Vec<PlayerView>,
+    pub grid: PlayerGrid,
+}
+
+/// A uniform grid over a rectangle, stored compactly (counting sort): `start[c]..start[c + 1]`
+/// indexes the players of cell `c` in `items`.
+#[derive(Default)]
+pub(crate) struct PlayerGrid {
+    /// The players' bounding box: an NPC farther than its radius from it skips the grid.
+    bbox: Rect,
+    origin: Vec2,
+    cell_mm: i32,
+    cols: i32,
+    rows: i32,
+    start: Vec<u32>,
+    items: Vec<PlayerView>,
+}
+
+impl PlayerGrid {
+    fn cell_of(&self, p: Vec2) -> (i32, i32) {
+        let cx = ((i64::from(p.x) - i64::from(self.origin.x)) / i64::from(self.cell_mm)).clamp(0, i64::from(self.cols - 1));
+        let cy = ((i64::from(p.y) - i64::from(self.origin.y)) / i64::from(self.cell_mm)).clamp(0, i64::from(self.rows - 1));
+        (cx as i32, cy as i32)
+    }
+
+    fn build(&mut self, area: Rect, cell_mm: i32, players: &[PlayerView]) {
+        self.origin = area.min;
+        self.cell_mm = cell_mm.max(1000);
+        self.cols = ((area.width() + i64::from(self.cell_mm) - 1) / i64::from(self.cell_mm)).clamp(1, 4096) as i32;
+        self.rows = ((area.height() + i64::from(self.cell_mm) - 1) / i64::from(self.cell_mm)).clamp(1, 4096) as i32;
+        let n = (self.cols * self.rows) as usize;
+        self.start.clear();
+        self.start.resize(n + 1, 0);
+        for p in players {
+            let (cx, cy) = self.cell_of(p.pos);
+            self.start[(cy * self.cols + cx) as usize + 1] += 1;
+        }
+        for i in 0..n {
+            self.start[i + 1] += self.start[i];
+        }
+        self.items.clear();
+        self.items.resize(players.len(), PlayerView { player: 0, pos: Vec2::ZERO, alive: false, shard: 0 });
+        self.bbox = Rect { min: Vec2::new(i32::MAX, i32::MAX), max: Vec2::new(i32::MIN, i32::MIN) };
+        for p in players {
+            self.bbox.min = Vec2::new(self.bbox.min.x.min(p.pos.x), self.bbox.min.y.min(p.pos.y));
+            self.bbox.max = Vec2::new(self.bbox.max.x.max(p.pos.x), self.bbox.max.y.max(p.pos.y));
+        }
+        let mut fill = self.start.clone();
+        for p in players {
+            let (cx, cy) = self.cell_of(p.pos);
+            let c = (cy * self.cols + cx) as usize;
+            self.items[fill[c] as usize] = *p;
+            fill[c] += 1;
+        }
+    }
+
+    /// The nearest player within `radius` of `p` (ties to the lower player id), if any.
+    fn nearest(&self, p: Vec2, radius: i32) -> Option<PlayerView> {
+        if self.items.is_empty()
+            || p.x.saturating_add(radius) < self.bbox.min.x
+            || p.x.saturating_sub(radius) > self.bbox.max.x
+            || p.y.saturating_add(radius) < self.bbox.min.y
+            || p.y.saturating_sub(radius) > self.bbox.max.y
+        {
+            return None;
+        }
+        let r2 = i64::from(radius).pow(2);
+        let (x0, y0) = self.cell_of(Vec2::new(p.x.saturating_sub(radius), p.y.saturating_sub(radius)));
+        let (x1, y1) = self.cell_of(Vec2::new(p.x.saturating_add(radius), p.y.saturating_add(radius)));
+        let mut best: Option<(i64, PlayerView)> = None;
+        for cy in y0..=y1 {
+            let row = (cy * self.cols) as usize;
+            let from = self.start[row + x0 as usize] as usize;
+            let to = self.start[row + x1 as usize + 1] as usize;
+            for v in &self.items[from..to] {
+                let d2 = v.pos.dist2(p);
+                if d2 <= r2 && best.is_none_or(|(bd, b)| (d2, v.player) < (bd, b.player)) {
+                    best = Some((d2, *v));
+                }
+            }
+        }
+        best.map(|(_, v)| v)
+    }
 }
 
 #[derive(Resource)]
@@ -490,15 +573,22 @@ fn npc_ai(
 ) {
     let spec = &rules.0;
     let tick = clock.tick;
+    let nearby = &mut *nearby;
     nearby.players.clear();
     nearby.players.extend(inbox.players.iter().filter(|p| p.alive && info.watch.contains(p.pos)));
+    if !nearby.players.is_empty() {
+        nearby.grid.build(info.watch, spec.player_awareness_mm() / 2, &nearby.players);
+    }
     let players = &nearby.players;
+    let grid = &nearby.grid;
     for (obj, pos, mut vel, mut npc) in &mut npcs {
+        // Nothing reads bevy's change ticks; skipping them saves two writes per NPC per tick.
+        let vel = vel.bypass_change_detection();
+        let npc = npc.bypass_change_detection();
         let k = &spec.kinds[usize::from(obj.kind)];
         let here = pos.0;
         if k.aggro_radius_mm > 0 && !players.is_empty() {
-            let aggro2 = i64::from(k.aggro_radius_mm).pow(2);
-            let leash2 = aggro2 * 4;
+            let leash2 = i64::from(k.aggro_radius_mm).pow(2) * 4;
             let mut target = match npc.mind {
                 Mind::Chase { player } => players
                     .binary_search_by_key(&player, |p| p.player)
@@ -508,14 +598,7 @@ fn npc_ai(
                 _ => None,
             };
             if target.is_none() {
-                let mut best: Option<(i64, PlayerView)> = None;
-                for p in players {
-                    let d2 = p.pos.dist2(here);
-                    if d2 <= aggro2 && best.is_none_or(|(b, _)| d2 < b) {
-                        best = Some((d2, *p));
-                    }
-                }
-                target = best.map(|(_, p)| p);
+                target = grid.nearest(here, k.aggro_radius_mm);
             }
             if let Some(t) = target {
                 npc.mind = Mind::Chase { player: t.player };
@@ -540,7 +623,6 @@ fn npc_ai(
                 Behaviour::Wander | Behaviour::Idle => Mind::Goto { to: npc.home },
             };
         }
-        let npc = &mut *npc;
         match npc.mind {
             Mind::Pause { until } => {
                 vel.0 = Vec2::ZERO;
@@ -658,13 +740,15 @@ fn movement(mut q: Query<(&mut Pos, &Vel)>, rules: Res<Rules>) {
 /// them to their new shard at the tick boundary.
 fn collect_migrants(
     mut commands: Commands,
-    q: Query<RecordQuery>,
+    positions: Query<(Entity, &Pos)>,
+    full: Query<RecordQuery>,
     info: Res<ShardInfo>,
     mut out: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
 ) {
-    for (e, o, p, v, h, n, pl) in &q {
+    for (e, p) in &positions {
         if !info.cell.contains(p.0) {
+            let Ok((e, o, p, v, h, n, pl)) = full.get(e) else { continue };
             out.migrants.push(record(o, p, v, h, n, pl));
             commands.entity(e).despawn();
             stats.0.migrations_out += 1;
