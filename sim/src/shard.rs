@@ -18,6 +18,7 @@ use bevy_ecs::schedule::{LogLevel, ScheduleBuildError, ScheduleBuildSettings, Sc
 use crate::input::{PlayerId, PlayerInput};
 use crate::object::{Body, Health, Mind, NPC_ID_SHARD_SHIFT, Npc, Obj, ObjectRecord, Player, Pos, Vel, object_hash, player_object_id};
 use crate::rng::{DetRng, fold, mix64};
+use crate::state::{RestoreError, ShardState, SpawnerPending};
 use crate::stats::ShardStats;
 use crate::units::{Rect, Vec2};
 use crate::zone_file::{Behaviour, PLAYER_KIND, ZoneSpec};
@@ -376,6 +377,63 @@ impl Shard {
             };
         }
         h
+    }
+
+    /// Copies the shard's whole state out (cheap: a pass over the objects and a few small lists).
+    pub fn capture(&mut self) -> ShardState {
+        let spawners = self
+            .world
+            .resource::<Spawners>()
+            .0
+            .iter()
+            .filter(|s| !s.pending.is_empty())
+            .map(|s| SpawnerPending { id: s.id, due: s.pending.iter().copied().collect() })
+            .collect();
+        let mut mail = self.world.resource::<Inbox>().mail.clone();
+        mail.sort_unstable();
+        ShardState {
+            index: self.index,
+            rng_state: self.world.resource::<ShardRng>().0.state,
+            last_npc_id: self.world.resource::<IdAlloc>().next,
+            spawners,
+            mail,
+            objects: self.objects(),
+        }
+    }
+
+    /// Replaces the shard's state with `state` (on a freshly built shard). Objects outside this
+    /// shard's cell are returned so the zone can place them; validation errors leave the shard
+    /// unusable.
+    pub(crate) fn restore(&mut self, state: ShardState) -> Result<(), RestoreError> {
+        let kinds = self.world.resource::<Rules>().0.kinds.len();
+        self.world.resource_mut::<ShardRng>().0.state = state.rng_state;
+        self.world.resource_mut::<IdAlloc>().next = state.last_npc_id;
+        {
+            let mut spawners = self.world.resource_mut::<Spawners>();
+            for s in spawners.0.iter_mut() {
+                s.pending.clear();
+            }
+            for p in state.spawners {
+                let Some(s) = spawners.0.iter_mut().find(|s| s.id == p.id) else {
+                    return Err(RestoreError::UnknownSpawner { shard: usize::from(self.index), spawner: p.id });
+                };
+                s.pending = p.due.into_iter().collect();
+            }
+        }
+        self.world.resource_mut::<Inbox>().mail = state.mail;
+        let mut stats = ShardStats::default();
+        stats.reset(self.index, 0, kinds);
+        for rec in state.objects {
+            if usize::from(rec.obj.kind) >= kinds {
+                return Err(RestoreError::UnknownKind { id: rec.obj.id, kind: rec.obj.kind });
+            }
+            stats.objects_by_kind[usize::from(rec.obj.kind)] += 1;
+            rec.spawn(&mut self.world);
+        }
+        stats.objects = stats.objects_by_kind.iter().sum();
+        stats.players = stats.objects_by_kind[usize::from(PLAYER_KIND)];
+        self.world.resource_mut::<Stats>().0 = stats;
+        Ok(())
     }
 
     /// Every object in the shard as plain data, sorted by id.

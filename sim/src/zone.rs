@@ -16,6 +16,7 @@ use crate::input::{InputQueue, InputRefusal, PlayerId, PlayerInput, RefusalCount
 use crate::object::ObjectRecord;
 use crate::rng::{fold, mix64};
 use crate::shard::{Mail, PlayerView, Shard, SpawnerState, player_spawn_point};
+use crate::state::{RestoreError, ShardState, ZoneState};
 use crate::stats::ShardStats;
 use crate::zone_file::ZoneSpec;
 
@@ -26,6 +27,8 @@ pub enum Phase {
     Step,
     /// `Shard::state_hash`.
     Hash,
+    /// `Shard::capture` (snapshots).
+    Capture,
 }
 
 /// Runs a function over every shard, in any order and on any threads. The simulation is
@@ -101,6 +104,8 @@ pub struct TotalStats {
 pub enum ZoneError {
     #[error("the shard schedule is invalid: {0}")]
     Schedule(#[from] ScheduleBuildError),
+    #[error("cannot restore: {0}")]
+    Restore(#[from] RestoreError),
     #[error("batch for tick {got} given when tick {expected} is next")]
     WrongTick { expected: u64, got: u64 },
 }
@@ -108,6 +113,52 @@ pub enum ZoneError {
 impl Zone {
     /// Builds the zone and spawns its initial population. Same spec and seed, same zone.
     pub fn new(spec: Arc<ZoneSpec>, seed: u64) -> Result<Zone, ZoneError> {
+        let mut zone = Zone::empty(spec, seed)?;
+        for shard in &mut zone.shards {
+            shard.populate();
+        }
+        Ok(zone)
+    }
+
+    /// Rebuilds a zone from captured state. It continues exactly as the captured zone would have.
+    pub fn restore(spec: Arc<ZoneSpec>, state: ZoneState) -> Result<Zone, ZoneError> {
+        let mut zone = Zone::empty(spec, state.seed)?;
+        if state.shards.len() != zone.shards.len() {
+            return Err(RestoreError::ShardCount { expected: zone.shards.len(), got: state.shards.len() }.into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, mut s) in state.shards.into_iter().enumerate() {
+            for o in &s.objects {
+                if !seen.insert(o.obj.id) {
+                    return Err(RestoreError::DuplicateId { id: o.obj.id }.into());
+                }
+            }
+            s.index = i as u16;
+            zone.shards[i].restore(s)?;
+        }
+        zone.tick = state.tick;
+        let mut players = Vec::new();
+        for shard in &mut zone.shards {
+            shard.players(&mut players);
+        }
+        players.sort_unstable_by_key(|p| p.player);
+        zone.players = Arc::from(players);
+        Ok(zone)
+    }
+
+    /// Copies the whole state out, shards in parallel on `exec`. Cheap enough for the tick thread;
+    /// encoding it is not (do that elsewhere).
+    pub fn capture(&mut self, exec: &dyn ShardExecutor) -> ZoneState {
+        let slots: Vec<std::sync::Mutex<Option<ShardState>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
+        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
+            let st = s.capture();
+            *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
+        });
+        let shards = slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured")).collect();
+        ZoneState { tick: self.tick, seed: self.seed, shards }
+    }
+
+    fn empty(spec: Arc<ZoneSpec>, seed: u64) -> Result<Zone, ZoneError> {
         let n = spec.shard_count();
         let mut per_shard: Vec<Vec<SpawnerState>> = vec![Vec::new(); n];
         let mut spawner_shard = Vec::new();
@@ -128,7 +179,6 @@ impl Zone {
         for (i, sp) in per_shard.into_iter().enumerate() {
             let mut shard = Shard::new(spec.clone(), i, seed, sp)?;
             shard.prepare(0, Vec::new(), Vec::new(), Vec::new(), Arc::from([]));
-            shard.populate();
             shards.push(shard);
         }
         Ok(Zone { spec, seed, tick: 0, shards, spawner_shard, players: Arc::from([]), queue: InputQueue::default(), last_stats_total: TotalStats::default() })
