@@ -1,12 +1,32 @@
-//! # zone-persistence: what the zone server keeps on disk
+//! # zone-persistence: what the zone server keeps, and where
 //!
-//! Today that is the input journal ([`journal`]): an append-only, versioned, checksummed record of
-//! everything a zone needs to be replayed. Snapshots and the Redis and PostgreSQL stores come with
-//! issue 5.
+//! - [`journal`]: the input journal, an append-only, versioned, checksummed record of everything a
+//!   zone needs to be replayed.
+//! - [`snapshot`]: the snapshot codec. A zone's whole state ([`zone_sim::ZoneState`]) as a full
+//!   snapshot or as a diff against the previous full one; versioned, lz4-compressed,
+//!   checksummed; [`snapshot::recover`] rebuilds the newest state from a full and its diffs.
+//! - [`store`]: where snapshots go, behind one object-safe trait, [`SnapshotStore`]:
+//!   [`FileStore`] (a directory), [`RedisStore`] (the newest full and its diffs, with a TTL) and
+//!   [`PostgresStore`] (an archive with retention, plus the `game_events` table).
+//! - [`breaker`]: a circuit breaker with time passed in, to stop calling a backend that is down.
+//! - [`events`]: [`GameEvent`] and the bounded [`EventQueue`] feeding the `game_events` table.
 //!
-//! **Architecture invariant:** this crate encodes, decodes, reads and writes; it never decides when
-//! (the server calls it off the tick thread) and never owns a thread.
+//! **Architecture invariant:** this crate encodes, decodes, reads and writes; it never decides
+//! when (the server chooses the cadence and calls it off the tick thread) and never owns a thread.
+//! The async stores run on the caller's tokio runtime (a connection task, the blocking pool);
+//! every network operation is bounded by a timeout.
 
+pub mod breaker;
+pub mod events;
 pub mod journal;
+pub mod snapshot;
+pub mod store;
 
+pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
+pub use events::{EventQueue, GameEvent};
 pub use journal::{JournalError, JournalHeader, JournalReader, JournalWriter, Record};
+pub use snapshot::{
+    Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff, decode, decode_full, decode_meta,
+    encode_diff, encode_full, recover,
+};
+pub use store::{BoxFut, Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError, StoredSnapshot};

@@ -23,6 +23,9 @@ pub const QUEUE_RECORDS_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct SinkCounters {
+    /// Records handed to the writer.
+    pub sent: AtomicU64,
+    /// Records written.
     pub records: AtomicU64,
     pub dropped: AtomicU64,
     pub bytes: AtomicU64,
@@ -90,7 +93,9 @@ impl JournalSink {
             tx.try_send(rec)
         };
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 self.broken = true;
@@ -109,6 +114,12 @@ impl JournalSink {
 
     pub fn counters(&self) -> &SinkCounters {
         &self.counters
+    }
+
+    /// Records waiting for the writer.
+    pub fn depth(&self) -> usize {
+        let sent = self.counters.sent.load(Ordering::Relaxed);
+        sent.saturating_sub(self.counters.records.load(Ordering::Relaxed)) as usize
     }
 
     /// Whether records were lost (the journal is complete only up to the loss).

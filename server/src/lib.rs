@@ -8,10 +8,13 @@
 //! Never put game rules here: anything that changes the zone's state belongs in `sim/`, or replay
 //! would not reproduce it.
 
+pub mod admin;
+pub mod config;
 pub mod executor;
 pub mod journal_sink;
 pub mod pacing;
 pub mod replay;
 pub mod report;
 pub mod runner;
+pub mod stage_probe;
 pub mod zone_load;

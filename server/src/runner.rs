@@ -1,14 +1,17 @@
-//! The tick loop: pacing, inputs, the step, hashing, the journal and statistics.
+//! The tick loop: pacing, inputs, the step, hashing, the journal, metrics, statistics and drain.
 //!
 //! One loop iteration, in order (keep this list in step with the code below and ARCHITECTURE.md):
 //! 1. pacing: in real time, sleep until the next tick is due and decide how many ticks to run
 //!    (bounded catch-up; overruns counted and logged);
-//! 2. input: scripted players submit their inputs through the zone's input API;
-//! 3. the step: `Zone::step` runs every shard's schedule on the pool (Input → Simulate →
-//!    Replicate → Persist → Telemetry) and the boundary exchange; each shard is timed;
-//! 4. hashing, every `hash_interval` ticks;
-//! 5. journal: the applied batch and any hash go to the journal thread (never waits in real time);
-//! 6. statistics: per-shard numbers are accumulated and logged every `stats_interval`.
+//! 2. drain: a signal or `POST /drain` stops new joins; the loop ends when the zone is empty or
+//!    the drain timeout passes;
+//! 3. input: scripted players submit their inputs through the zone's input API;
+//! 4. the step: `Zone::step` runs every shard's schedule on the pool (Input → Simulate →
+//!    Replicate → Persist → Telemetry) and the boundary exchange; each shard and stage is timed;
+//! 5. hashing, every `hash_interval` ticks;
+//! 6. journal: the applied batch and any hash go to the journal thread (never waits in real time);
+//! 7. telemetry: metrics are recorded (atomics only), the liveness stamp and `/status` updated,
+//!    and statistics logged every `stats_interval`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,19 +21,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use zone_persistence::{JournalHeader, Record};
 use zone_sim::{ScriptedPlayers, Zone, ZoneHash};
+use zone_telemetry::{QueueMetrics, StageHistograms, ZoneMetrics};
 
+use crate::admin::AdminShared;
 use crate::executor::PoolExecutor;
-use crate::journal_sink::JournalSink;
+use crate::journal_sink::{JournalSink, QUEUE_RECORDS_MAX};
 use crate::pacing::FixedStep;
 use crate::report::{Samples, ShardWindow};
-use crate::zone_load::load_zone;
+use crate::zone_load::LoadedZone;
 
 /// Ticks run back to back at most after a stall, before the rest of the backlog is dropped.
 pub const CATCH_UP_TICKS_MAX: u32 = 5;
+/// How often `/status` is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub zone: PathBuf,
     pub seed: u64,
     pub threads: usize,
     pub sim_players: u32,
@@ -42,6 +48,37 @@ pub struct RunConfig {
     /// Compute (and journal) the zone hash every this many ticks.
     pub hash_interval: u32,
     pub stats_interval: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl RunConfig {
+    /// Headless defaults for tests and tools: `ticks` ticks, flat out, no journal.
+    pub fn headless(ticks: u64) -> Self {
+        RunConfig {
+            seed: 1,
+            threads: 1,
+            sim_players: 0,
+            journal: None,
+            ticks: Some(ticks),
+            realtime: false,
+            hash_interval: 60,
+            stats_interval: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the loop is connected to besides the zone.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Set by SIGINT/SIGTERM: start draining.
+    pub stop_signal: Arc<AtomicBool>,
+    /// The admin listener's shared state (liveness, readiness, status, HTTP drain requests).
+    pub admin: Option<Arc<AdminShared>>,
+    /// Record metrics (the Prometheus recorder must be installed).
+    pub metrics: bool,
+    /// Lines the log writer dropped.
+    pub log_dropped: Option<zone_telemetry::logs::ErrorCounter>,
 }
 
 /// How a run ended.
@@ -54,6 +91,8 @@ pub struct RunOutcome {
     pub tick_p99_us: u32,
     pub tick_max_us: u32,
     pub overrun_ticks: u64,
+    /// The run ended by draining (signal or HTTP), not by reaching `ticks`.
+    pub drained: bool,
 }
 
 impl RunOutcome {
@@ -63,12 +102,25 @@ impl RunOutcome {
     }
 }
 
-pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome> {
-    let loaded = load_zone(&cfg.zone)?;
+pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result<RunOutcome> {
     let spec = loaded.spec.clone();
     let t_load = Instant::now();
     let mut zone = Zone::new(spec.clone(), cfg.seed).context("cannot build the zone")?;
     let exec = PoolExecutor::new(cfg.threads, spec.shard_count()).context("cannot start the shard thread pool")?;
+    let kind_names: Vec<String> = spec.kinds.iter().map(|k| k.name.clone()).collect();
+    let mut metrics = hooks.metrics.then(|| ZoneMetrics::new(&kind_names, spec.shard_count()));
+    let mut queue_metrics = hooks.metrics.then(|| {
+        (
+            QueueMetrics::new("journal", QUEUE_RECORDS_MAX),
+            QueueMetrics::new("input", zone_sim::input::QUEUED_INPUTS_MAX),
+            QueueMetrics::new("log", zone_telemetry::logs::LOG_BUFFER_LINES),
+        )
+    });
+    if hooks.metrics {
+        for shard in zone.shards_mut() {
+            crate::stage_probe::install(shard, StageHistograms::new());
+        }
+    }
     tracing::info!(
         zone = %spec.id,
         file = %loaded.name,
@@ -100,21 +152,62 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
         }
     };
 
+    if let Some(a) = &hooks.admin {
+        a.zone_loaded.store(true, Ordering::Relaxed);
+        // There is no game socket yet (the UDP transport is issue 3); the zone is what clients need.
+        a.socket_bound.store(true, Ordering::Relaxed);
+    }
+    if let Some(m) = &mut metrics {
+        m.ready.set(1.0);
+        m.draining.set(0.0);
+    }
+
     let mut scripted = ScriptedPlayers::new(cfg.seed, cfg.sim_players);
     let paced = cfg.realtime || cfg.ticks.is_none();
     let mut pacer = FixedStep::new(zone_sim::units::TICK_RATE_HZ, CATCH_UP_TICKS_MAX);
-    let kind_names: Vec<String> = spec.kinds.iter().map(|k| k.name.clone()).collect();
     let mut windows: Vec<ShardWindow> = vec![ShardWindow::default(); spec.shard_count()];
     let mut tick_all = Samples::default();
     let mut tick_window = Samples::default();
     let mut overrun_ticks: u64 = 0;
     let mut overruns_logged_at: Option<Instant> = None;
+    let mut drain_started: Option<Instant> = None;
+    let mut drain_logged_at = Instant::now();
+    let mut last_rate = (Instant::now(), 0u64);
+    let mut tick_rate_hz = 0.0;
 
     let started = Instant::now();
     let mut last_wake = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_status = Instant::now() - STATUS_INTERVAL;
     let mut ticks_run: u64 = 0;
     'run: loop {
+        // Drain: stop taking players, wait for them to leave (or the timeout), then stop.
+        let drain_asked = hooks.stop_signal.load(Ordering::Relaxed) || hooks.admin.as_ref().is_some_and(|a| a.drain_requested.load(Ordering::Relaxed));
+        if drain_asked && drain_started.is_none() {
+            drain_started = Some(Instant::now());
+            zone.set_draining(true);
+            if let Some(a) = &hooks.admin {
+                a.draining.store(true, Ordering::Relaxed);
+            }
+            if let Some(m) = &mut metrics {
+                m.draining.set(1.0);
+                m.ready.set(0.0);
+            }
+            // Clients would be told over the reliable channel here; there is no UDP transport yet.
+            tracing::info!(players = zone.players().len(), timeout_s = cfg.drain_timeout.as_secs_f64(), "draining: new joins refused; waiting for players to leave");
+        }
+        if let Some(t) = drain_started {
+            let players = zone.players().len();
+            if players == 0 || t.elapsed() >= cfg.drain_timeout {
+                tracing::info!(players, waited_ms = t.elapsed().as_millis() as u64, "drain complete");
+                break 'run;
+            }
+            if drain_logged_at.elapsed() >= Duration::from_secs(1) {
+                tracing::info!(players, remaining_s = (cfg.drain_timeout.saturating_sub(t.elapsed())).as_secs_f64(), "draining");
+                drain_logged_at = Instant::now();
+            }
+        }
+
         let due = if paced {
             let wait = pacer.until_next();
             if !wait.is_zero() {
@@ -125,6 +218,9 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
             last_wake = now;
             if plan.dropped > 0 {
                 overrun_ticks += plan.dropped;
+                if let Some(m) = &mut metrics {
+                    m.record_overruns(plan.dropped);
+                }
                 if overruns_logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                     tracing::warn!(dropped_ticks = plan.dropped, overrun_ticks_total = overrun_ticks, "tick loop fell behind; backlog dropped");
                     overruns_logged_at = Some(Instant::now());
@@ -135,7 +231,7 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
             1
         };
         for _ in 0..due {
-            if stop.load(Ordering::Relaxed) || cfg.ticks.is_some_and(|n| ticks_run >= n) {
+            if cfg.ticks.is_some_and(|n| ticks_run >= n) {
                 break 'run;
             }
             scripted.drive(&mut zone);
@@ -156,6 +252,36 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
             }
             for (i, s) in zone.shard_stats().enumerate() {
                 windows[i].add(s, exec.step_duration(i));
+            }
+            if let Some(m) = &mut metrics {
+                m.record_tick(took, zone.shard_stats(), |i| exec.step_duration(i));
+                m.record_refusals(zone.refusals());
+            }
+            if let Some(a) = &hooks.admin {
+                a.tick_advanced();
+            }
+        }
+
+        if last_rate.0.elapsed() >= Duration::from_secs(1) {
+            tick_rate_hz = (ticks_run - last_rate.1) as f64 / last_rate.0.elapsed().as_secs_f64();
+            last_rate = (Instant::now(), ticks_run);
+            if let Some(m) = &mut metrics {
+                m.set_tick_rate(tick_rate_hz);
+            }
+            if let Some((jq, iq, lq)) = &mut queue_metrics {
+                if let Some(j) = &journal {
+                    jq.observe(j.depth(), j.counters().dropped.load(Ordering::Relaxed));
+                }
+                iq.observe(zone.queued_inputs(), zone.refusals().get(zone_sim::InputRefusal::QueueFull));
+                if let Some(c) = &hooks.log_dropped {
+                    lq.observe(0, c.dropped_lines() as u64);
+                }
+            }
+        }
+        if let Some(a) = &hooks.admin {
+            if last_status.elapsed() >= STATUS_INTERVAL {
+                a.publish_status(status_doc(&zone, &kind_names, &windows, &tick_window, tick_rate_hz, overrun_ticks, drain_started.is_some(), journal.as_ref()));
+                last_status = Instant::now();
             }
         }
         if last_report.elapsed() >= cfg.stats_interval {
@@ -182,6 +308,7 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
     }
 
     let wall = started.elapsed();
+    // The final state: hashed, and closed in the journal (snapshots come with issue 5).
     let final_hash = zone.hash(&exec);
     if let Some(mut j) = journal.take() {
         j.send(Record::End(final_hash.clone()));
@@ -199,11 +326,13 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
         ticks_run,
         wall,
         overrun_ticks,
+        drained: drain_started.is_some(),
     };
     let r = zone.refusals();
     let refusals: String = r.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
     let totals = zone.totals();
     tracing::info!(
+        tick = zone.tick(),
         ticks = ticks_run,
         wall_s = format!("{:.3}", wall.as_secs_f64()),
         ticks_per_s = format!("{:.1}", ticks_run as f64 / wall.as_secs_f64().max(1e-9)),
@@ -221,4 +350,54 @@ pub fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<RunOutcome>
         "run finished"
     );
     Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn status_doc(
+    zone: &Zone,
+    kinds: &[String],
+    windows: &[ShardWindow],
+    tick_window: &Samples,
+    tick_rate_hz: f64,
+    overrun_ticks: u64,
+    draining: bool,
+    journal: Option<&JournalSink>,
+) -> serde_json::Value {
+    let mut tw = tick_window.clone();
+    let shards: Vec<serde_json::Value> = zone
+        .shard_stats()
+        .zip(windows)
+        .map(|(s, w)| {
+            let mut step = w.step.clone();
+            let by_kind: serde_json::Map<String, serde_json::Value> =
+                kinds.iter().zip(&s.objects_by_kind).map(|(k, n)| (k.clone(), serde_json::json!(n))).collect();
+            serde_json::json!({
+                "shard": s.shard,
+                "objects": s.objects,
+                "players": s.players,
+                "objects_by_kind": by_kind,
+                "step_p50_ms": f64::from(step.quantile_us(0.5)) / 1000.0,
+                "step_p99_ms": f64::from(step.quantile_us(0.99)) / 1000.0,
+            })
+        })
+        .collect();
+    let refusals: serde_json::Map<String, serde_json::Value> = zone.refusals().iter().map(|(r, n)| (r.as_str().to_string(), serde_json::json!(n))).collect();
+    let mut queues = vec![serde_json::json!({"queue": "input", "depth": zone.queued_inputs(), "capacity": zone_sim::input::QUEUED_INPUTS_MAX})];
+    if let Some(j) = journal {
+        queues.push(serde_json::json!({"queue": "journal", "depth": j.depth(), "capacity": QUEUE_RECORDS_MAX, "dropped": j.counters().dropped.load(Ordering::Relaxed)}));
+    }
+    serde_json::json!({
+        "zone": zone.spec().id,
+        "tick": zone.tick(),
+        "players": zone.players().len(),
+        "objects": zone.object_count(),
+        "draining": draining,
+        "tick_rate_hz": tick_rate_hz,
+        "tick_p50_ms": f64::from(tw.quantile_us(0.5)) / 1000.0,
+        "tick_p99_ms": f64::from(tw.quantile_us(0.99)) / 1000.0,
+        "overrun_ticks": overrun_ticks,
+        "shards": shards,
+        "refusals": refusals,
+        "queues": queues,
+    })
 }

@@ -6,6 +6,8 @@ fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_zone-server"));
     c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     c.env("RUST_LOG", "warn");
+    // Tests run in parallel: none of them may take the default admin port.
+    c.env("ZONE_TELEMETRY", "off");
     c
 }
 

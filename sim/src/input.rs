@@ -68,10 +68,12 @@ pub enum InputRefusal {
     ZoneFull,
     /// The per-tick input queue is full.
     QueueFull,
+    /// A join while the zone is draining for shutdown.
+    Draining,
 }
 
 impl InputRefusal {
-    pub const ALL: [InputRefusal; 7] = [
+    pub const ALL: [InputRefusal; 8] = [
         InputRefusal::UnknownPlayer,
         InputRefusal::StaleTick,
         InputRefusal::FutureTick,
@@ -79,6 +81,7 @@ impl InputRefusal {
         InputRefusal::AlreadyJoined,
         InputRefusal::ZoneFull,
         InputRefusal::QueueFull,
+        InputRefusal::Draining,
     ];
 
     /// A stable snake_case name, used as a metric label and in logs.
@@ -91,6 +94,7 @@ impl InputRefusal {
             InputRefusal::AlreadyJoined => "already_joined",
             InputRefusal::ZoneFull => "zone_full",
             InputRefusal::QueueFull => "queue_full",
+            InputRefusal::Draining => "draining",
         }
     }
 }
@@ -103,7 +107,7 @@ impl std::fmt::Display for InputRefusal {
 
 /// Refusal counts, indexed like [`InputRefusal::ALL`]. Cumulative since the queue was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RefusalCounts(pub [u64; 7]);
+pub struct RefusalCounts(pub [u64; 8]);
 
 impl RefusalCounts {
     pub fn get(&self, r: InputRefusal) -> u64 {
@@ -162,6 +166,11 @@ impl InputQueue {
         slot.insert(input.player, input);
         self.queued += 1;
         Ok(())
+    }
+
+    /// Counts a refusal decided by the caller (e.g. a join while draining).
+    pub fn count_refusal(&mut self, reason: InputRefusal) {
+        self.refusals.0[reason as usize] += 1;
     }
 
     /// Queues a join for the next tick. `present` says whether the player is already in the zone;

@@ -59,7 +59,15 @@ impl ScriptedPlayers {
     pub fn drive(&mut self, zone: &mut Zone) {
         let tick = zone.tick() + 1;
         let speed = zone.spec().player.speed_mm_per_tick;
+        let draining = zone.is_draining();
         for b in &mut self.bots {
+            if draining && b.online && b.rng.chance_per_mille(30) {
+                // Told the server is going away, a client leaves within a second or so.
+                let _ = zone.leave(b.id);
+                b.online = false;
+                b.next_change = u64::MAX;
+                continue;
+            }
             if !b.online {
                 if tick >= b.next_change && zone.join(b.id).is_ok() {
                     b.online = true;

@@ -453,6 +453,13 @@ impl Shard {
         self.stats().objects as usize
     }
 
+    /// The schedule, for systems other crates add around or inside the Replicate, Persist and
+    /// Telemetry stages (the server adds timing probes between stages). Added systems must not
+    /// change game state, or replay would not reproduce it.
+    pub fn schedule_mut(&mut self) -> &mut Schedule {
+        &mut self.schedule
+    }
+
     /// The world, for systems that other crates add to the Replicate, Persist and Telemetry
     /// stages, and for tests.
     pub fn world_mut(&mut self) -> &mut World {

@@ -87,6 +87,9 @@ pub struct Zone {
     players: Arc<[PlayerView]>,
     queue: InputQueue,
     last_stats_total: TotalStats,
+    /// Refuse new joins (the server is draining for shutdown). Not game state: refused joins never
+    /// reach a batch, so replay does not need it.
+    draining: bool,
 }
 
 /// Running totals over the zone's life (not part of the state hash).
@@ -181,7 +184,7 @@ impl Zone {
             shard.prepare(0, Vec::new(), Vec::new(), Vec::new(), Arc::from([]));
             shards.push(shard);
         }
-        Ok(Zone { spec, seed, tick: 0, shards, spawner_shard, players: Arc::from([]), queue: InputQueue::default(), last_stats_total: TotalStats::default() })
+        Ok(Zone { spec, seed, tick: 0, shards, spawner_shard, players: Arc::from([]), queue: InputQueue::default(), last_stats_total: TotalStats::default(), draining: false })
     }
 
     pub fn spec(&self) -> &Arc<ZoneSpec> {
@@ -214,8 +217,21 @@ impl Zone {
         self.players.binary_search_by_key(&player, |p| p.player).is_ok()
     }
 
+    /// Starts (or stops) refusing joins with [`InputRefusal::Draining`].
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
     /// Asks for `player` to join at the next tick.
     pub fn join(&mut self, player: PlayerId) -> Result<(), InputRefusal> {
+        if self.draining {
+            self.queue.count_refusal(InputRefusal::Draining);
+            return Err(InputRefusal::Draining);
+        }
         let present = self.is_present(player);
         self.queue.join(player, present, self.players.len(), self.spec.max_players)
     }

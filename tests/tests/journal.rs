@@ -2,14 +2,11 @@
 //! damaged gives a clear answer, never a panic.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use zone_persistence::{JournalHeader, JournalWriter, Record};
 use zone_server::executor::PoolExecutor;
 use zone_server::replay::{ReplayError, replay};
-use zone_server::runner::{RunConfig, RunOutcome, run};
+use zone_server::runner::{Hooks, RunConfig, RunOutcome, run};
 use zone_sim::{Serial, TickBatch, ZoneHash};
 use zone_tests::{BUSY_ZONE, busy_spec};
 
@@ -21,18 +18,9 @@ fn write_zone(dir: &Path) -> PathBuf {
 
 fn record(dir: &Path, ticks: u64, hash_interval: u32, threads: usize) -> (PathBuf, RunOutcome) {
     let journal = dir.join(format!("run-{ticks}-{hash_interval}-{threads}.journal"));
-    let cfg = RunConfig {
-        zone: write_zone(dir),
-        seed: 17,
-        threads,
-        sim_players: 25,
-        journal: Some(journal.clone()),
-        ticks: Some(ticks),
-        realtime: false,
-        hash_interval,
-        stats_interval: Duration::from_secs(3600),
-    };
-    let out = run(&cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let cfg = RunConfig { seed: 17, threads, sim_players: 25, journal: Some(journal.clone()), hash_interval, ..RunConfig::headless(ticks) };
+    let zone = zone_server::zone_load::load_zone(&write_zone(dir)).unwrap();
+    let out = run(&cfg, &zone, Hooks::default()).unwrap();
     (journal, out)
 }
 

@@ -2,26 +2,14 @@
 //! journal.
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
-use zone_server::runner::{RunConfig, run};
+use zone_server::runner::{Hooks, RunConfig, run};
 
 fn record(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let journal = dir.join("demo.journal");
-    let cfg = RunConfig {
-        zone: concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml").into(),
-        seed: 8,
-        threads: 2,
-        sim_players: 10,
-        journal: Some(journal.clone()),
-        ticks: Some(150),
-        realtime: false,
-        hash_interval: 10,
-        stats_interval: Duration::from_secs(3600),
-    };
-    let out = run(&cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let cfg = RunConfig { seed: 8, threads: 2, sim_players: 10, journal: Some(journal.clone()), hash_interval: 10, ..RunConfig::headless(150) };
+    let zone = zone_server::zone_load::load_zone(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml").as_ref()).unwrap();
+    let out = run(&cfg, &zone, Hooks::default()).unwrap();
     (journal, out.final_line())
 }
 

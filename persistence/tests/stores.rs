@@ -1,0 +1,226 @@
+//! Round trips through each snapshot store, retention, and bounded failure when a backend is not
+//! there.
+//!
+//! The Redis and PostgreSQL tests need the services: they read `REDIS_URL` and `DATABASE_URL`
+//! and are skipped (with a message) when those are unset. CI sets them; locally:
+//! `REDIS_URL=redis://127.0.0.1:6379/ DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test -p zone-persistence`.
+//! Each test uses its own zone id, so concurrent runs against one server do not collide, and
+//! deletes its keys and rows at the end.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use zone_persistence::snapshot::{self, SnapshotKind, SnapshotMeta};
+use zone_persistence::{EventQueue, FileStore, GameEvent, PostgresStore, RedisStore, SnapshotStore, StoreError};
+use zone_sim::object::{Body, Health, Mind, Npc, Obj, Player, player_object_id};
+use zone_sim::rng::DetRng;
+use zone_sim::shard::Mail;
+use zone_sim::state::SpawnerPending;
+use zone_sim::units::Vec2;
+use zone_sim::{ObjectRecord, ShardState, ZoneState};
+
+const DIGEST: [u8; 32] = [9; 32];
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unique_zone_id(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("test-{what}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn env_or_skip(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            let example = if var == "REDIS_URL" { "redis://127.0.0.1:6379/" } else { "postgres://postgres@127.0.0.1:5432/test" };
+            println!("skipped: {var} is not set (CI sets it; locally: {var}={example} cargo test -p zone-persistence)");
+            None
+        }
+    }
+}
+
+/// A small two-shard state that changes with `tick`: NPCs come and go, a player moves.
+fn state(tick: u64) -> ZoneState {
+    let npc = |id: u64| ObjectRecord {
+        obj: Obj { id, kind: 1 },
+        pos: Vec2 { x: id as i32 * 1000 + tick as i32, y: 5 },
+        vel: Vec2 { x: 1, y: 0 },
+        health: Health { hp: 10, max: 10 },
+        body: Body::Npc(Npc { spawner: 0, home: Vec2 { x: 0, y: 0 }, mind: Mind::Patrol { leg: (id % 4) as u8 }, rng: DetRng::new(1, id), ready_at: 0 }),
+    };
+    let player = ObjectRecord {
+        obj: Obj { id: player_object_id(7), kind: 0 },
+        pos: Vec2 { x: tick as i32, y: -(tick as i32) },
+        vel: Vec2::default(),
+        health: Health { hp: 100, max: 100 },
+        body: Body::Player(Player { player: 7, wish: Vec2 { x: 1, y: 1 }, attack: tick.is_multiple_of(2), ready_at: tick, respawn_at: None }),
+    };
+    // NPC ids present depend on the tick, so diffs create and remove objects.
+    let npcs: Vec<ObjectRecord> = (1..20u64).filter(|id| !(id + tick / 10).is_multiple_of(3)).map(npc).collect();
+    let (a, b): (Vec<_>, Vec<_>) = npcs.into_iter().partition(|o| o.obj.id < 10);
+    let mut b = b;
+    b.push(player);
+    ZoneState {
+        tick,
+        seed: 42,
+        shards: vec![
+            ShardState {
+                index: 0,
+                rng_state: tick,
+                last_npc_id: 19,
+                spawners: vec![SpawnerPending { id: 0, due: vec![tick + 60] }],
+                mail: vec![Mail::Died { spawner: 0 }],
+                objects: a,
+            },
+            ShardState { index: 1, rng_state: tick * 3, last_npc_id: 0, spawners: vec![], mail: vec![Mail::Damage { target: 7, source: 3, amount: 2 }], objects: b },
+        ],
+    }
+}
+
+/// Puts full 100, diffs 110 and 120, full 200, diffs 210 and 220, full 300, diff 310 (each diff
+/// against the full before it). Returns every (tick, kind) stored.
+async fn put_history(store: &dyn SnapshotStore) -> Vec<(u64, SnapshotKind)> {
+    let mut stored = Vec::new();
+    for full_tick in [100u64, 200, 300] {
+        let base = state(full_tick);
+        let bytes = snapshot::encode_full(&base, DIGEST);
+        store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put full");
+        stored.push((full_tick, SnapshotKind::Full));
+        let diffs: &[u64] = if full_tick == 300 { &[310] } else { &[full_tick + 10, full_tick + 20] };
+        for &t in diffs {
+            let bytes = snapshot::encode_diff(&base, &state(t), DIGEST);
+            store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put diff");
+            stored.push((t, SnapshotKind::Diff));
+        }
+    }
+    stored
+}
+
+/// The common round trip: history in, newest state out, retention as `expect` says (newest first).
+async fn round_trip(store: &dyn SnapshotStore, expect: &[(u64, SnapshotKind)]) {
+    assert!(store.latest_chain().await.expect("empty chain").is_none(), "{} store is not empty at the start", store.name());
+    put_history(store).await;
+
+    let chain = store.latest_chain().await.expect("latest chain").expect("a chain");
+    let recovered = snapshot::recover(&chain.full, &chain.diffs, &DIGEST).expect("recover");
+    assert_eq!(recovered.state, state(310));
+    assert_eq!(recovered.full.tick, 300);
+    assert_eq!(recovered.diff.map(|m| m.tick), Some(310));
+    assert!(recovered.skipped.is_empty());
+
+    let listed = store.list().await.expect("list");
+    let got: Vec<(u64, SnapshotKind)> = listed.iter().map(|s| (s.meta.tick, s.meta.kind)).collect();
+    assert_eq!(got, expect, "{} store retention", store.name());
+    for s in &listed {
+        let bytes = store.get(&s.key).await.expect("get");
+        assert_eq!(bytes.len() as u64, s.bytes_len);
+        assert_eq!(snapshot::decode_meta(&bytes).expect("meta"), s.meta);
+        snapshot::decode(&bytes).expect("stored bytes decode");
+    }
+    assert!(matches!(store.get("no-such-key").await, Err(StoreError::NotFound { .. })));
+
+    // A meta that does not match the bytes is refused.
+    let bytes = snapshot::encode_full(&state(400), DIGEST);
+    let wrong = SnapshotMeta { tick: 401, ..snapshot::decode_meta(&bytes).expect("meta") };
+    assert!(matches!(store.put(&wrong, &bytes).await, Err(StoreError::MetaMismatch { .. })));
+    assert!(matches!(store.put(&wrong, b"junk").await, Err(StoreError::BadSnapshot { .. })));
+}
+
+const FULL: SnapshotKind = SnapshotKind::Full;
+const DIFF: SnapshotKind = SnapshotKind::Diff;
+
+#[tokio::test]
+async fn file_store_round_trip_and_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(".tmp-snap-1-1"), b"left by a crash").expect("write");
+    std::fs::write(dir.path().join("notes.txt"), b"not ours").expect("write");
+    let store = FileStore::new(dir.path(), 2).expect("file store");
+    assert!(!dir.path().join(".tmp-snap-1-1").exists(), "stale temp file removed");
+    round_trip(&store, &[(310, DIFF), (300, FULL), (220, DIFF), (210, DIFF), (200, FULL)]).await;
+    assert!(dir.path().join("notes.txt").exists(), "foreign files are left alone");
+    assert!(dir.path().join("snap-00000000000000000300-full.zsnap").exists());
+    // Path traversal through a key is not possible.
+    assert!(matches!(store.get("../notes.txt").await, Err(StoreError::NotFound { .. })));
+    // No temporary files remain.
+    let temps = std::fs::read_dir(dir.path()).expect("dir").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp"))).count();
+    assert_eq!(temps, 0);
+}
+
+#[tokio::test]
+async fn file_store_keep_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::new(dir.path().join("nested/snapshots"), 1).expect("file store");
+    round_trip(&store, &[(310, DIFF), (300, FULL)]).await;
+}
+
+#[tokio::test]
+async fn redis_store_round_trip() {
+    let Some(url) = env_or_skip("REDIS_URL") else { return };
+    let store = RedisStore::connect(&url, &unique_zone_id("redis"), Duration::from_secs(600), OP_TIMEOUT).await.expect("connect");
+    round_trip(&store, &[(310, DIFF), (300, FULL)]).await;
+    store.delete_zone().await.expect("cleanup");
+    assert!(store.latest_chain().await.expect("chain").is_none());
+}
+
+#[tokio::test]
+async fn redis_keys_expire() {
+    let Some(url) = env_or_skip("REDIS_URL") else { return };
+    let store = RedisStore::connect(&url, &unique_zone_id("redis-ttl"), Duration::from_millis(200), OP_TIMEOUT).await.expect("connect");
+    let bytes = snapshot::encode_full(&state(1), DIGEST);
+    store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put");
+    assert!(store.latest_chain().await.expect("chain").is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.latest_chain().await.expect("chain").is_none(), "the full snapshot outlived its TTL");
+}
+
+#[tokio::test]
+async fn postgres_store_round_trip_retention_and_events() {
+    let Some(url) = env_or_skip("DATABASE_URL") else { return };
+    let zone = unique_zone_id("pg");
+    // Two stores connecting at once both migrate safely.
+    let (a, b) = tokio::join!(PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT), PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT));
+    let store = a.expect("connect");
+    drop(b.expect("concurrent connect"));
+    round_trip(&store, &[(310, DIFF), (300, FULL), (220, DIFF), (210, DIFF), (200, FULL)]).await;
+
+    let mut queue = EventQueue::new(100);
+    for (i, kind) in ["join", "death", "leave"].into_iter().enumerate() {
+        queue.push(GameEvent {
+            zone_id: zone.clone(),
+            tick: 10 + i as u64,
+            kind: kind.into(),
+            player_id: if kind == "death" { None } else { Some(7) },
+            detail: serde_json::json!({ "i": i, "quote": "it's \"fine\"" }),
+        });
+    }
+    let batch = queue.drain_batch(10);
+    store.insert_events(&batch).await.expect("insert events");
+    store.insert_events(&[]).await.expect("empty batch");
+    assert_eq!(store.count_events().await.expect("count"), 3);
+
+    store.delete_zone().await.expect("cleanup");
+    assert!(store.latest_chain().await.expect("chain").is_none());
+    assert_eq!(store.count_events().await.expect("count"), 0);
+}
+
+/// A closed port fails fast; an unroutable address fails at the timeout: never a hang.
+#[tokio::test]
+async fn unreachable_backends_fail_within_the_timeout() {
+    for (url, timeout) in [("127.0.0.1:1", Duration::from_secs(2)), ("10.255.255.1:5432", Duration::from_millis(500))] {
+        let started = Instant::now();
+        let pg = PostgresStore::connect(&format!("postgres://postgres@{url}/test"), "z", 1, timeout).await;
+        assert!(pg.is_err(), "postgres at {url} connected?");
+        assert!(started.elapsed() < timeout + Duration::from_secs(1), "postgres at {url} took {:?}", started.elapsed());
+
+        let started = Instant::now();
+        let redis = RedisStore::connect(&format!("redis://{url}/"), "z", Duration::from_secs(1), timeout).await;
+        assert!(redis.is_err(), "redis at {url} connected?");
+        assert!(started.elapsed() < timeout + Duration::from_secs(1), "redis at {url} took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_are_errors() {
+    assert!(matches!(PostgresStore::connect("not a url", "z", 1, OP_TIMEOUT).await, Err(StoreError::Postgres { .. })));
+    assert!(matches!(RedisStore::connect("nope://x", "z", Duration::from_secs(1), OP_TIMEOUT).await, Err(StoreError::Redis { .. })));
+}

@@ -1,0 +1,273 @@
+//! The server's configuration: command-line flags, `ZONE_*` environment variables and a TOML file,
+//! merged in that order of precedence over built-in defaults.
+//!
+//! Every option exists in all three places under the same name (`--hash-interval`,
+//! `ZONE_HASH_INTERVAL`, `hash_interval = …`). A bad file is reported with the file, the field and
+//! the fix. `--print-config` shows the effective result with secrets masked.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Runs one game zone: a deterministic, sharded simulation ticked at a fixed 60 ticks per second.
+///
+/// With no flags it runs assets/zones/demo.toml until Ctrl-C or SIGTERM (which drain the zone
+/// first; a second signal exits at once), logging per-shard statistics every few seconds to
+/// stderr and serving metrics and health on 127.0.0.1:9100. With --ticks N it runs N ticks as
+/// fast as it can and prints `final_tick=<N> zone_hash=<16 hex digits>` as the last line of
+/// stdout.
+///
+/// Every option can also be set in a TOML file (--config, same names with underscores) or in an
+/// environment variable (ZONE_ plus the name in capitals, e.g. ZONE_HASH_INTERVAL). Precedence:
+/// command line, then environment, then file, then the default shown.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(name = "zone-server", version, about, long_about)]
+pub struct Cli {
+    /// TOML file with any of the options below (e.g. `seed = 7`, `admin = "0.0.0.0:9100"`).
+    #[arg(long, value_name = "PATH", env = "ZONE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Zone file to run (TOML; see assets/zones/demo.toml for the format). [default: assets/zones/demo.toml]
+    #[arg(long, value_name = "PATH", env = "ZONE_ZONE")]
+    pub zone: Option<PathBuf>,
+
+    /// World seed: with the same zone file and inputs, the same seed gives the same zone, bit for bit. [default: 1]
+    #[arg(long, env = "ZONE_SEED")]
+    pub seed: Option<u64>,
+
+    /// Threads that tick shards in parallel. Results do not depend on it. [default: one per CPU]
+    #[arg(long, env = "ZONE_THREADS")]
+    pub threads: Option<usize>,
+
+    /// In-process scripted players driven by a seeded generator (exercises the player path
+    /// without a network). [default: 0]
+    #[arg(long, value_name = "K", env = "ZONE_SIM_PLAYERS")]
+    pub sim_players: Option<u32>,
+
+    /// Record an input journal to PATH; replay it with `zone-replay PATH`. [default: none]
+    #[arg(long, value_name = "PATH", env = "ZONE_JOURNAL")]
+    pub journal: Option<PathBuf>,
+
+    /// Run N ticks as fast as possible (headless benchmark/test mode), print the final line and exit.
+    #[arg(long, value_name = "N", env = "ZONE_TICKS")]
+    pub ticks: Option<u64>,
+
+    /// With --ticks: pace the run at 60 ticks/s instead of running flat out. [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", env = "ZONE_REALTIME")]
+    pub realtime: Option<bool>,
+
+    /// Compute the zone hash (and record it in the journal) every N ticks; 1 pinpoints
+    /// divergences exactly but costs time on large zones. [default: 60]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "ZONE_HASH_INTERVAL")]
+    pub hash_interval: Option<u32>,
+
+    /// Seconds between statistics log lines. [default: 5]
+    #[arg(long, value_name = "SECS", env = "ZONE_STATS_INTERVAL")]
+    pub stats_interval: Option<f64>,
+
+    /// Log format: text (for people) or json (for machines). [default: text]
+    #[arg(long, value_parser = ["text", "json"], env = "ZONE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Log filter, RUST_LOG syntax (e.g. `info,zone_server=debug`); RUST_LOG wins when set. [default: info]
+    #[arg(long, value_name = "FILTER", env = "ZONE_LOG_FILTER")]
+    pub log_filter: Option<String>,
+
+    /// Admin HTTP listener: /metrics, /healthz, /readyz, /status, POST /drain. [default: 127.0.0.1:9100]
+    #[arg(long, value_name = "ADDR", env = "ZONE_ADMIN")]
+    pub admin: Option<SocketAddr>,
+
+    /// Metrics and stage timing: on, or off (no recorder, no admin listener; for measuring their cost). [default: on]
+    #[arg(long, value_parser = ["on", "off"], env = "ZONE_TELEMETRY")]
+    pub telemetry: Option<String>,
+
+    /// Seconds a drain waits for players to leave before shutting down anyway. [default: 30]
+    #[arg(long, value_name = "SECS", env = "ZONE_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<f64>,
+}
+
+/// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    zone: Option<PathBuf>,
+    seed: Option<u64>,
+    threads: Option<usize>,
+    sim_players: Option<u32>,
+    journal: Option<PathBuf>,
+    ticks: Option<u64>,
+    realtime: Option<bool>,
+    hash_interval: Option<u32>,
+    stats_interval: Option<f64>,
+    log_format: Option<String>,
+    log_filter: Option<String>,
+    admin: Option<SocketAddr>,
+    telemetry: Option<String>,
+    drain_timeout: Option<f64>,
+}
+
+/// The effective configuration.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub zone: PathBuf,
+    pub seed: u64,
+    pub threads: usize,
+    pub sim_players: u32,
+    pub journal: Option<PathBuf>,
+    pub ticks: Option<u64>,
+    pub realtime: bool,
+    pub hash_interval: u32,
+    pub stats_interval: f64,
+    pub log_format: String,
+    pub log_filter: String,
+    pub admin: SocketAddr,
+    pub telemetry: String,
+    pub drain_timeout: f64,
+}
+
+impl ServerConfig {
+    pub fn stats_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.stats_interval)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout)
+    }
+    pub fn telemetry_on(&self) -> bool {
+        self.telemetry == "on"
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        text = mask_url_passwords(&text);
+        text
+    }
+}
+
+/// Replaces the password in any `scheme://user:password@host` with `***`.
+pub fn mask_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(['"', '\n', ' ']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.find('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon + 1]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            format!("line {}", before.matches('\n').count() + 1)
+        });
+        anyhow::anyhow!(
+            "{}: {}: {} (every option of `zone-server --help` can be set here, with underscores, e.g. `hash_interval = 60`)",
+            path.display(),
+            at.unwrap_or_else(|| "document".into()),
+            e.message()
+        )
+    })
+}
+
+/// Merges command line (and environment, which clap has already folded in), file and defaults.
+pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
+    let file = match &cli.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let threads = cli.threads.or(file.threads).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cfg = ServerConfig {
+        zone: cli.zone.clone().or(file.zone).unwrap_or_else(|| "assets/zones/demo.toml".into()),
+        seed: cli.seed.or(file.seed).unwrap_or(1),
+        threads,
+        sim_players: cli.sim_players.or(file.sim_players).unwrap_or(0),
+        journal: cli.journal.clone().or(file.journal),
+        ticks: cli.ticks.or(file.ticks),
+        realtime: cli.realtime.or(file.realtime).unwrap_or(false),
+        hash_interval: cli.hash_interval.or(file.hash_interval).unwrap_or(60),
+        stats_interval: cli.stats_interval.or(file.stats_interval).unwrap_or(5.0),
+        log_format: cli.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into()),
+        log_filter: cli.log_filter.clone().or(file.log_filter).unwrap_or_else(|| "info".into()),
+        admin: cli.admin.or(file.admin).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100))),
+        telemetry: cli.telemetry.clone().or(file.telemetry).unwrap_or_else(|| "on".into()),
+        drain_timeout: cli.drain_timeout.or(file.drain_timeout).unwrap_or(30.0),
+    };
+    let src = |name: &str| match &cli.config {
+        Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
+        None => format!("{name} (from the command line or ZONE_{})", name.to_uppercase()),
+    };
+    if cfg.threads == 0 || cfg.threads > 256 {
+        anyhow::bail!("{}: {} is out of range: use 1 to 256", src("threads"), cfg.threads);
+    }
+    if cfg.hash_interval == 0 {
+        anyhow::bail!("{}: must be at least 1", src("hash_interval"));
+    }
+    if !(cfg.stats_interval.is_finite() && cfg.stats_interval > 0.0) {
+        anyhow::bail!("{}: {} must be a positive number of seconds", src("stats_interval"), cfg.stats_interval);
+    }
+    if !(cfg.drain_timeout.is_finite() && cfg.drain_timeout >= 0.0) {
+        anyhow::bail!("{}: {} must be zero or a positive number of seconds", src("drain_timeout"), cfg.drain_timeout);
+    }
+    if !["text", "json"].contains(&cfg.log_format.as_str()) {
+        anyhow::bail!("{}: {:?} is not a log format: use \"text\" or \"json\"", src("log_format"), cfg.log_format);
+    }
+    if !["on", "off"].contains(&cfg.telemetry.as_str()) {
+        anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("telemetry"), cfg.telemetry);
+    }
+    if cfg.realtime && cfg.ticks.is_none() {
+        anyhow::bail!("{}: realtime only makes sense with ticks (without ticks the server always runs in real time)", src("realtime"));
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_cli_then_file_then_default() {
+        let dir = std::env::temp_dir().join(format!("zone-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("server.toml");
+        std::fs::write(&f, "seed = 7\nhash_interval = 5\nadmin = \"127.0.0.1:9999\"\n").unwrap();
+        let cli = Cli { config: Some(f.clone()), seed: Some(3), ..Default::default() };
+        let c = resolve(&cli).unwrap();
+        assert_eq!(c.seed, 3, "command line beats file");
+        assert_eq!(c.hash_interval, 5, "file beats default");
+        assert_eq!(c.admin.port(), 9999);
+        assert_eq!(c.drain_timeout, 30.0, "default");
+
+        std::fs::write(&f, "seed = 7\nhash_intervl = 5\n").unwrap();
+        let err = resolve(&cli).unwrap_err().to_string();
+        assert!(err.contains("server.toml") && err.contains("line 2") && err.contains("hash_intervl"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(mask_url_passwords("redis = \"redis://u:secret@h:1/\""), "redis = \"redis://u:***@h:1/\"");
+        assert_eq!(mask_url_passwords("a = \"postgres://h/db\""), "a = \"postgres://h/db\"");
+    }
+}
