@@ -154,6 +154,21 @@ impl JournalWriter {
         Ok(JournalWriter { out, buf: Vec::with_capacity(4096), bytes: h.len() as u64 })
     }
 
+    /// Reopens an existing journal to continue it after a restart: checks its header matches
+    /// `header`, cuts it at `valid_len` (dropping a torn last record) and appends from there.
+    pub fn open_append(path: &Path, header: &JournalHeader, valid_len: u64) -> Result<JournalWriter, JournalError> {
+        let existing = JournalReader::open(path)?;
+        if existing.header() != header {
+            return Err(JournalError::Corrupt { offset: 0, reason: "the journal's header (zone file or seed) is not this server's".into() });
+        }
+        drop(existing);
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(valid_len)?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        io::Seek::seek(&mut out, io::SeekFrom::Start(valid_len))?;
+        Ok(JournalWriter { out, buf: Vec::with_capacity(4096), bytes: valid_len })
+    }
+
     pub fn append(&mut self, rec: &Record) -> io::Result<()> {
         self.buf.clear();
         encode_record(rec, &mut self.buf);

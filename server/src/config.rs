@@ -92,6 +92,68 @@ pub struct Cli {
     /// Seconds a drain waits for players to leave before shutting down anyway. [default: 30]
     #[arg(long, value_name = "SECS", env = "ZONE_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<f64>,
+
+    /// Directory for file snapshots (DIR/snapshots) and the default journal (DIR/journal.zjnl). [default: ./data]
+    #[arg(long, value_name = "DIR", env = "ZONE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Snapshots and the journal: on, or off. [default: on in real time, off with --ticks]
+    #[arg(long, value_parser = ["on", "off"], env = "ZONE_PERSISTENCE")]
+    pub persistence: Option<String>,
+
+    /// Redis URL for hot snapshots (newest full plus diffs, with a TTL), e.g. redis://127.0.0.1:6379/. [default: none: files are the hot store]
+    #[arg(long, value_name = "URL", env = "ZONE_REDIS")]
+    pub redis: Option<String>,
+
+    /// PostgreSQL URL for cold snapshots and game events, e.g. postgres://user@127.0.0.1:5432/db. [default: none]
+    #[arg(long, value_name = "URL", env = "ZONE_POSTGRES")]
+    pub postgres: Option<String>,
+
+    /// Name of this server's data in Redis and PostgreSQL (several servers of one zone need different names). [default: the zone id]
+    #[arg(long, value_name = "NAME", env = "ZONE_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Recovery at start: off (start fresh), auto (restore the newest snapshot that verifies, then
+    /// replay the journal; start fresh if there is nothing), or required (refuse to start without
+    /// something to restore). [default: off]
+    #[arg(long, value_parser = ["off", "auto", "required"], env = "ZONE_RESTORE")]
+    pub restore: Option<String>,
+
+    /// Seconds between full snapshots to the hot store. [default: 10]
+    #[arg(long, value_name = "SECS", env = "ZONE_SNAPSHOT_FULL_INTERVAL")]
+    pub snapshot_full_interval: Option<f64>,
+
+    /// Seconds between diff snapshots (against the last full) to the hot store. [default: 1]
+    #[arg(long, value_name = "SECS", env = "ZONE_SNAPSHOT_DIFF_INTERVAL")]
+    pub snapshot_diff_interval: Option<f64>,
+
+    /// Seconds between full snapshots to the cold store (PostgreSQL). [default: 60]
+    #[arg(long, value_name = "SECS", env = "ZONE_COLD_SNAPSHOT_INTERVAL")]
+    pub cold_snapshot_interval: Option<f64>,
+
+    /// Full snapshots kept in the file and PostgreSQL stores. [default: 5]
+    #[arg(long, value_name = "N", env = "ZONE_KEEP_SNAPSHOTS")]
+    pub keep_snapshots: Option<usize>,
+
+    /// Seconds Redis keeps hot snapshots. [default: 600]
+    #[arg(long, value_name = "SECS", env = "ZONE_REDIS_TTL")]
+    pub redis_ttl: Option<f64>,
+
+    /// Milliseconds one Redis or PostgreSQL operation may take before it counts as failed. [default: 2000]
+    #[arg(long, value_name = "MS", env = "ZONE_BACKEND_TIMEOUT_MS")]
+    pub backend_timeout_ms: Option<u64>,
+
+    /// Consecutive failures that open a backend's circuit breaker. [default: 5]
+    #[arg(long, value_name = "N", env = "ZONE_BREAKER_FAILURES")]
+    pub breaker_failures: Option<u32>,
+
+    /// Seconds an open breaker waits before letting one trial call through. [default: 30]
+    #[arg(long, value_name = "SECS", env = "ZONE_BREAKER_OPEN")]
+    pub breaker_open: Option<f64>,
+
+    /// Player events held in memory while PostgreSQL is unreachable (the oldest are dropped past it). [default: 10000]
+    #[arg(long, value_name = "N", env = "ZONE_EVENT_QUEUE")]
+    pub event_queue: Option<usize>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -112,6 +174,21 @@ struct FileConfig {
     admin: Option<SocketAddr>,
     telemetry: Option<String>,
     drain_timeout: Option<f64>,
+    data_dir: Option<PathBuf>,
+    persistence: Option<String>,
+    redis: Option<String>,
+    postgres: Option<String>,
+    instance: Option<String>,
+    restore: Option<String>,
+    snapshot_full_interval: Option<f64>,
+    snapshot_diff_interval: Option<f64>,
+    cold_snapshot_interval: Option<f64>,
+    keep_snapshots: Option<usize>,
+    redis_ttl: Option<f64>,
+    backend_timeout_ms: Option<u64>,
+    breaker_failures: Option<u32>,
+    breaker_open: Option<f64>,
+    event_queue: Option<usize>,
 }
 
 /// The effective configuration.
@@ -131,15 +208,38 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     pub telemetry: String,
     pub drain_timeout: f64,
+    pub data_dir: PathBuf,
+    pub persistence: String,
+    pub redis: Option<String>,
+    pub postgres: Option<String>,
+    pub instance: Option<String>,
+    pub restore: String,
+    pub snapshot_full_interval: f64,
+    pub snapshot_diff_interval: f64,
+    pub cold_snapshot_interval: f64,
+    pub keep_snapshots: usize,
+    pub redis_ttl: f64,
+    pub backend_timeout_ms: u64,
+    pub breaker_failures: u32,
+    pub breaker_open: f64,
+    pub event_queue: usize,
 }
 
 impl ServerConfig {
+    pub fn persistence_on(&self) -> bool {
+        self.persistence == "on"
+    }
     pub fn stats_interval(&self) -> Duration {
         Duration::from_secs_f64(self.stats_interval)
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout)
     }
+    /// The journal to write: the explicit one, or DATA_DIR/journal.zjnl when persistence is on.
+    pub fn journal_path(&self) -> Option<PathBuf> {
+        self.journal.clone().or_else(|| self.persistence_on().then(|| self.data_dir.join("journal.zjnl")))
+    }
+
     pub fn telemetry_on(&self) -> bool {
         self.telemetry == "on"
     }
@@ -213,6 +313,24 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         admin: cli.admin.or(file.admin).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100))),
         telemetry: cli.telemetry.clone().or(file.telemetry).unwrap_or_else(|| "on".into()),
         drain_timeout: cli.drain_timeout.or(file.drain_timeout).unwrap_or(30.0),
+        data_dir: cli.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "data".into()),
+        persistence: cli.persistence.clone().or(file.persistence).unwrap_or_else(|| {
+            let headless = cli.ticks.or(file.ticks).is_some();
+            if headless { "off".into() } else { "on".into() }
+        }),
+        redis: cli.redis.clone().or(file.redis),
+        postgres: cli.postgres.clone().or(file.postgres),
+        instance: cli.instance.clone().or(file.instance),
+        restore: cli.restore.clone().or(file.restore).unwrap_or_else(|| "off".into()),
+        snapshot_full_interval: cli.snapshot_full_interval.or(file.snapshot_full_interval).unwrap_or(10.0),
+        snapshot_diff_interval: cli.snapshot_diff_interval.or(file.snapshot_diff_interval).unwrap_or(1.0),
+        cold_snapshot_interval: cli.cold_snapshot_interval.or(file.cold_snapshot_interval).unwrap_or(60.0),
+        keep_snapshots: cli.keep_snapshots.or(file.keep_snapshots).unwrap_or(5),
+        redis_ttl: cli.redis_ttl.or(file.redis_ttl).unwrap_or(600.0),
+        backend_timeout_ms: cli.backend_timeout_ms.or(file.backend_timeout_ms).unwrap_or(2000),
+        breaker_failures: cli.breaker_failures.or(file.breaker_failures).unwrap_or(5),
+        breaker_open: cli.breaker_open.or(file.breaker_open).unwrap_or(30.0),
+        event_queue: cli.event_queue.or(file.event_queue).unwrap_or(10_000),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -235,6 +353,33 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     if !["on", "off"].contains(&cfg.telemetry.as_str()) {
         anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("telemetry"), cfg.telemetry);
+    }
+    for (name, v) in [
+        ("snapshot_full_interval", cfg.snapshot_full_interval),
+        ("snapshot_diff_interval", cfg.snapshot_diff_interval),
+        ("cold_snapshot_interval", cfg.cold_snapshot_interval),
+        ("redis_ttl", cfg.redis_ttl),
+        ("breaker_open", cfg.breaker_open),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            anyhow::bail!("{}: {v} must be a positive number of seconds", src(name));
+        }
+    }
+    if !["on", "off"].contains(&cfg.persistence.as_str()) {
+        anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("persistence"), cfg.persistence);
+    }
+    if !["off", "auto", "required"].contains(&cfg.restore.as_str()) {
+        anyhow::bail!("{}: {:?} is not allowed: use \"off\", \"auto\" or \"required\"", src("restore"), cfg.restore);
+    }
+    if cfg.keep_snapshots == 0 || cfg.breaker_failures == 0 || cfg.event_queue == 0 || cfg.backend_timeout_ms == 0 {
+        anyhow::bail!("{}, breaker_failures, event_queue and backend_timeout_ms must be at least 1", src("keep_snapshots"));
+    }
+    for (name, url, schemes) in [("redis", &cfg.redis, &["redis://", "rediss://"][..]), ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..])] {
+        if let Some(u) = url {
+            if !schemes.iter().any(|s| u.starts_with(s)) {
+                anyhow::bail!("{}: {:?} is not a URL starting with {}", src(name), mask_url_passwords(u), schemes.join(" or "));
+            }
+        }
     }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!("{}: realtime only makes sense with ticks (without ticks the server always runs in real time)", src("realtime"));

@@ -42,9 +42,16 @@ pub struct JournalSink {
 }
 
 impl JournalSink {
-    /// Creates the file, writes the header and starts the writer thread.
-    pub fn start(path: &Path, header: &JournalHeader, blocking: bool) -> anyhow::Result<JournalSink> {
-        let mut writer = JournalWriter::create(path, header).with_context(|| format!("cannot create journal {}", path.display()))?;
+    /// Creates the file (or, with `append_at`, continues an existing one cut at that length),
+    /// writes the header and starts the writer thread.
+    pub fn start(path: &Path, header: &JournalHeader, blocking: bool, append_at: Option<u64>) -> anyhow::Result<JournalSink> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mut writer = match append_at {
+            None => JournalWriter::create(path, header).with_context(|| format!("cannot create journal {}", path.display()))?,
+            Some(len) => JournalWriter::open_append(path, header, len).with_context(|| format!("cannot continue journal {}", path.display()))?,
+        };
         let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE_RECORDS_MAX);
         let counters = Arc::new(SinkCounters::default());
         let c = counters.clone();

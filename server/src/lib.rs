@@ -13,6 +13,8 @@ pub mod config;
 pub mod executor;
 pub mod journal_sink;
 pub mod pacing;
+pub mod persist;
+pub mod recovery;
 pub mod replay;
 pub mod report;
 pub mod runner;

@@ -10,10 +10,15 @@ use clap::Parser;
 use zone_server::admin::{AdminServer, AdminShared};
 use zone_server::config::{Cli, resolve};
 use zone_server::runner::{Hooks, RunConfig, run};
+use zone_server::persist::PersistConfig;
+use zone_server::recovery::{restore, restored_line};
 use zone_server::zone_load::load_zone;
+use zone_persistence::breaker::BreakerConfig;
+use std::time::{Duration, Instant};
 use zone_telemetry::logs::{self, LogFormat};
 
 fn main() -> ExitCode {
+    let process_start = Instant::now();
     let cli = Cli::parse();
     let cfg = match resolve(&cli) {
         Ok(c) => c,
@@ -28,7 +33,7 @@ fn main() -> ExitCode {
     }
     let format = if cfg.log_format == "json" { LogFormat::Json } else { LogFormat::Text };
     let log_guard = logs::init(format, &cfg.log_filter);
-    let result = real_main(&cfg, &log_guard);
+    let result = real_main(&cfg, &log_guard, process_start);
     let code = match result {
         Ok(code) => code,
         Err(e) => {
@@ -42,7 +47,7 @@ fn main() -> ExitCode {
     code
 }
 
-fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard) -> anyhow::Result<ExitCode> {
+fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard, process_start: Instant) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The first signal starts a drain; a second one while draining exits at once.
@@ -58,19 +63,75 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
     } else {
         (None, None)
     };
+    let ticks = |secs: f64| ((secs * f64::from(zone_sim::units::TICK_RATE_HZ)).round() as u64).max(1);
+    let persist = cfg.persistence_on().then(|| PersistConfig {
+        data_dir: cfg.data_dir.clone(),
+        keep_full: cfg.keep_snapshots,
+        redis: cfg.redis.clone(),
+        postgres: cfg.postgres.clone(),
+        instance: cfg.instance.clone().unwrap_or_else(|| loaded.spec.id.clone()),
+        redis_ttl: Duration::from_secs_f64(cfg.redis_ttl),
+        op_timeout: Duration::from_millis(cfg.backend_timeout_ms),
+        breaker: BreakerConfig { failure_threshold: cfg.breaker_failures, open_for: Duration::from_secs_f64(cfg.breaker_open) },
+        event_queue: cfg.event_queue,
+    });
+    let journal = cfg.journal_path();
+
+    // Recovery, before the zone is ready.
+    let restored = if cfg.restore == "off" {
+        None
+    } else {
+        let Some(p) = &persist else {
+            anyhow::bail!("restore: {} needs persistence (it reads snapshots from the stores and the journal): drop --persistence off", cfg.restore);
+        };
+        let exec = zone_server::executor::PoolExecutor::new(cfg.threads, loaded.spec.shard_count())?;
+        match restore(&loaded, cfg.seed, journal.as_deref(), p, &exec)? {
+            Some(mut r) => {
+                let hash = r.zone.hash(&exec).hex();
+                let line = restored_line(r.zone.tick(), &hash, r.source, process_start.elapsed());
+                tracing::info!(source = r.source, tick = r.zone.tick(), snapshot_tick = r.snapshot_tick, replayed_ticks = r.replayed_ticks, "{line}");
+                println!("{line}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                Some(r)
+            }
+            None if cfg.restore == "required" => {
+                anyhow::bail!("restore required, but there is no snapshot in any store and no journal at {}: nothing to restore", journal.as_deref().map_or("(none)".into(), |p| p.display().to_string()));
+            }
+            None => {
+                tracing::info!("restore auto: no snapshot and no journal; starting fresh");
+                None
+            }
+        }
+    };
+    if restored.is_none() {
+        if let Some(j) = &journal {
+            if j.exists() && cfg.journal.is_none() {
+                // The default journal of an earlier run would be overwritten: keep it.
+                let aside = j.with_extension(format!("zjnl.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+                std::fs::rename(j, &aside).with_context(|| format!("cannot move the old journal {} aside", j.display()))?;
+                tracing::warn!(old = %aside.display(), "starting fresh: the previous journal was moved aside (use --restore auto to continue it)");
+            }
+        }
+    }
+
     let run_cfg = RunConfig {
         seed: cfg.seed,
         threads: cfg.threads,
         sim_players: cfg.sim_players,
-        journal: cfg.journal.clone(),
+        journal,
         ticks: cfg.ticks,
         realtime: cfg.realtime,
         hash_interval: cfg.hash_interval,
         stats_interval: cfg.stats_interval(),
         drain_timeout: cfg.drain_timeout(),
+        persist,
+        snapshot_full_every: ticks(cfg.snapshot_full_interval),
+        snapshot_diff_every: ticks(cfg.snapshot_diff_interval),
+        cold_snapshot_every: ticks(cfg.cold_snapshot_interval),
     };
     let hooks = Hooks { stop_signal: stop, admin: shared, metrics: cfg.telemetry_on(), log_dropped: Some(log_guard.dropped_counter()) };
-    let outcome = run(&run_cfg, &loaded, hooks)?;
+    let outcome = run(&run_cfg, &loaded, hooks, restored)?;
     if let Some(a) = admin {
         a.stop();
     }

@@ -27,6 +27,9 @@ use crate::admin::AdminShared;
 use crate::executor::PoolExecutor;
 use crate::journal_sink::{JournalSink, QUEUE_RECORDS_MAX};
 use crate::pacing::FixedStep;
+use crate::persist::{PersistConfig, Persister};
+use crate::recovery::Restored;
+use zone_persistence::events::GameEvent;
 use crate::report::{Samples, ShardWindow};
 use crate::zone_load::LoadedZone;
 
@@ -49,6 +52,14 @@ pub struct RunConfig {
     pub hash_interval: u32,
     pub stats_interval: Duration,
     pub drain_timeout: Duration,
+    /// Snapshots and events (None: off).
+    pub persist: Option<PersistConfig>,
+    /// Ticks between full snapshots to the hot store.
+    pub snapshot_full_every: u64,
+    /// Ticks between diff snapshots.
+    pub snapshot_diff_every: u64,
+    /// Ticks between cold (PostgreSQL) full snapshots.
+    pub cold_snapshot_every: u64,
 }
 
 impl RunConfig {
@@ -64,6 +75,10 @@ impl RunConfig {
             hash_interval: 60,
             stats_interval: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
+            persist: None,
+            snapshot_full_every: 600,
+            snapshot_diff_every: 60,
+            cold_snapshot_every: 3600,
         }
     }
 }
@@ -102,10 +117,14 @@ impl RunOutcome {
     }
 }
 
-pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result<RunOutcome> {
+/// Runs a fresh zone, or continues a restored one (`restored`).
+pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<Restored>) -> anyhow::Result<RunOutcome> {
     let spec = loaded.spec.clone();
     let t_load = Instant::now();
-    let mut zone = Zone::new(spec.clone(), cfg.seed).context("cannot build the zone")?;
+    let (mut zone, journal_append_at) = match restored {
+        Some(r) => (r.zone, r.journal_valid_len),
+        None => (Zone::new(spec.clone(), cfg.seed).context("cannot build the zone")?, None),
+    };
     let exec = PoolExecutor::new(cfg.threads, spec.shard_count()).context("cannot start the shard thread pool")?;
     let kind_names: Vec<String> = spec.kinds.iter().map(|k| k.name.clone()).collect();
     let mut metrics = hooks.metrics.then(|| ZoneMetrics::new(&kind_names, spec.shard_count()));
@@ -146,9 +165,16 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result
                 zone_toml: loaded.text.clone(),
             };
             let headless = cfg.ticks.is_some() && !cfg.realtime;
-            let sink = JournalSink::start(path, &header, headless)?;
-            tracing::info!(journal = %path.display(), hash_interval, "recording journal");
-            Some(sink)
+            if zone.tick() > 0 && journal_append_at.is_none() {
+                // A restored zone without its journal: a new journal would start at tick 0 and
+                // could not be replayed. Keep going without one, loudly.
+                tracing::error!(journal = %path.display(), tick = zone.tick(), "restored from a snapshot but the journal is missing: journaling is off for this run (a journal must start at tick 0)");
+                None
+            } else {
+                let sink = JournalSink::start(path, &header, headless, journal_append_at)?;
+                tracing::info!(journal = %path.display(), hash_interval, continued = journal_append_at.is_some(), "recording journal");
+                Some(sink)
+            }
         }
     };
 
@@ -162,7 +188,29 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result
         m.draining.set(0.0);
     }
 
+    let persister = match &cfg.persist {
+        Some(p) => {
+            tracing::info!(
+                data_dir = %p.data_dir.display(),
+                redis = p.redis.is_some(),
+                postgres = p.postgres.is_some(),
+                instance = %p.instance,
+                full_every_ticks = cfg.snapshot_full_every,
+                diff_every_ticks = cfg.snapshot_diff_every,
+                cold_every_ticks = cfg.cold_snapshot_every,
+                "snapshots on"
+            );
+            Some(Persister::start(p.clone(), spec.digest, cfg.seed)?)
+        }
+        None => None,
+    };
+    let capture_hist = metrics::histogram!("zone_snapshot_capture_duration_seconds");
+    // Events are filed under the instance name, like the snapshots.
+    let events_zone_id = cfg.persist.as_ref().map_or_else(|| spec.id.clone(), |p| p.instance.clone());
+    let mut capture_samples = Samples::default();
+
     let mut scripted = ScriptedPlayers::new(cfg.seed, cfg.sim_players);
+    scripted.adopt(&zone);
     let paced = cfg.realtime || cfg.ticks.is_none();
     let mut pacer = FixedStep::new(zone_sim::units::TICK_RATE_HZ, CATCH_UP_TICKS_MAX);
     let mut windows: Vec<ShardWindow> = vec![ShardWindow::default(); spec.shard_count()];
@@ -242,6 +290,20 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result
             tick_all.push(took);
             tick_window.push(took);
             ticks_run += 1;
+            if let Some(p) = &persister {
+                let t = zone.tick();
+                let full = t % cfg.snapshot_full_every.max(1) == 0;
+                let cold = t % cfg.cold_snapshot_every.max(1) == 0;
+                if full || cold || t % cfg.snapshot_diff_every.max(1) == 0 {
+                    let c0 = Instant::now();
+                    let state = zone.capture(&exec);
+                    let took = c0.elapsed();
+                    capture_hist.record(took.as_secs_f64());
+                    capture_samples.push(took);
+                    p.offer_snapshot(state, full, cold);
+                }
+                p.offer_events(player_events(&events_zone_id, &batch, &zone));
+            }
             if let Some(j) = journal.as_mut() {
                 if !batch.is_empty() {
                     j.send(Record::Tick(batch));
@@ -308,8 +370,21 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result
     }
 
     let wall = started.elapsed();
-    // The final state: hashed, and closed in the journal (snapshots come with issue 5).
+    // The final state: hashed, closed in the journal, and snapshotted.
     let final_hash = zone.hash(&exec);
+    if let Some(p) = persister {
+        let state = zone.capture(&exec);
+        p.final_snapshot(state, Duration::from_secs(10));
+        p.finish();
+    }
+    if !capture_samples.is_empty() {
+        tracing::info!(
+            captures = capture_samples.len(),
+            capture_p50_us = capture_samples.quantile_us(0.5),
+            capture_p99_us = capture_samples.quantile_us(0.99),
+            "snapshot capture cost on the tick thread"
+        );
+    }
     if let Some(mut j) = journal.take() {
         j.send(Record::End(final_hash.clone()));
         let broken = j.is_broken();
@@ -350,6 +425,24 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks) -> anyhow::Result
         "run finished"
     );
     Ok(outcome)
+}
+
+/// Joins, leaves and deaths of this tick as game events.
+fn player_events(zone_id: &str, batch: &zone_sim::TickBatch, zone: &Zone) -> Vec<GameEvent> {
+    let ev = |kind: &str, player: u64| GameEvent {
+        zone_id: zone_id.to_string(),
+        tick: batch.tick,
+        kind: kind.to_string(),
+        player_id: Some(player),
+        detail: serde_json::json!({}),
+    };
+    let mut out: Vec<GameEvent> = Vec::new();
+    out.extend(batch.joins.iter().map(|&p| ev("join", p)));
+    out.extend(batch.leaves.iter().map(|&p| ev("leave", p)));
+    let mut dead: Vec<u64> = zone.shard_stats().flat_map(|s| s.dead_players.iter().copied()).collect();
+    dead.sort_unstable();
+    out.extend(dead.into_iter().map(|p| ev("death", p)));
+    out
 }
 
 #[allow(clippy::too_many_arguments)]

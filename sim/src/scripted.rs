@@ -46,6 +46,13 @@ impl ScriptedPlayers {
         ScriptedPlayers { bots, attack_per_mille: 50, leave_per_100k: 20 }
     }
 
+    /// After a restore: bots whose player is already in the zone are online again.
+    pub fn adopt(&mut self, zone: &Zone) {
+        for b in &mut self.bots {
+            b.online = zone.players().binary_search_by_key(&b.id, |p| p.player).is_ok();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.bots.len()
     }

@@ -596,6 +596,7 @@ fn deliver_mail(
                 p.respawn_at = Some(clock.tick + u64::from(rules.0.player.respawn_delay_ticks));
                 v.0 = Vec2::ZERO;
                 stats.0.player_deaths += 1;
+                stats.0.dead_players.push(p.player);
             }
         }
     }

@@ -29,11 +29,15 @@ pub struct ShardStats {
     /// Inputs for a player this shard does not hold (they left or died this tick).
     pub inputs_unknown_player: u32,
     pub attacks: u32,
+    /// Players who died this tick (for the game-events log), unsorted.
+    pub dead_players: Vec<u64>,
 }
 
 impl ShardStats {
     pub(crate) fn reset(&mut self, shard: u16, tick: u64, kinds: usize) {
-        *self = ShardStats { shard, tick, objects_by_kind: std::mem::take(&mut self.objects_by_kind), ..Default::default() };
+        let mut dead = std::mem::take(&mut self.dead_players);
+        dead.clear();
+        *self = ShardStats { shard, tick, objects_by_kind: std::mem::take(&mut self.objects_by_kind), dead_players: dead, ..Default::default() };
         self.objects_by_kind.clear();
         self.objects_by_kind.resize(kinds, 0);
     }

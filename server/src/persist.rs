@@ -1,0 +1,451 @@
+//! The persistence worker: snapshots and game events, written off the tick thread.
+//!
+//! The tick thread captures the zone's state (a copy, measured as
+//! `zone_snapshot_capture_duration_seconds`) and offers it with [`Persister::offer_snapshot`]; if
+//! the worker is still busy with the previous one the new one is skipped and counted, so the tick
+//! never waits. The worker thread runs a small tokio runtime and does everything slow: encoding,
+//! compression, and writing to the stores.
+//!
+//! Where snapshots go:
+//! - **hot**: Redis when configured and its breaker lets calls through; otherwise (not configured,
+//!   down, or the write fails) the file store in DATA_DIR/snapshots, so a Redis outage never costs
+//!   a snapshot;
+//! - **files** also get every full snapshot, as the local fallback for recovery;
+//! - **cold**: PostgreSQL, a full every `cold_snapshot_interval`, falling back to files.
+//!
+//! A diff is only ever written to a store that holds its base full; otherwise a full is written
+//! instead. Player events go to PostgreSQL in batches through a bounded in-memory queue that drops
+//! the oldest (counted, with a warning) while PostgreSQL is away and flushes in order when it
+//! returns. Each backend has a circuit breaker; every breaker transition is logged and exported.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use metrics::{counter, gauge};
+use zone_persistence::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
+use zone_persistence::events::{EventQueue, GameEvent};
+use zone_persistence::snapshot::{SnapshotKind, SnapshotMeta, decode_meta, encode_diff, encode_full};
+use zone_persistence::store::{FileStore, PostgresStore, RedisStore, SnapshotStore};
+use zone_sim::ZoneState;
+
+/// Snapshot jobs waiting for the worker (one in progress plus one queued).
+pub const SNAPSHOT_QUEUE_MAX: usize = 1;
+/// Event batches waiting for the worker.
+pub const EVENT_BATCHES_MAX: usize = 1024;
+/// Events written to PostgreSQL per insert.
+const EVENT_INSERT_BATCH: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    pub data_dir: PathBuf,
+    pub keep_full: usize,
+    pub redis: Option<String>,
+    pub postgres: Option<String>,
+    /// Names this server's data in Redis and PostgreSQL.
+    pub instance: String,
+    pub redis_ttl: Duration,
+    pub op_timeout: Duration,
+    pub breaker: BreakerConfig,
+    pub event_queue: usize,
+}
+
+enum Job {
+    Snapshot { state: ZoneState, full: bool, cold: bool },
+    Events(Vec<GameEvent>),
+    /// The last snapshot before exit; the sender is told when it is written.
+    Final { state: ZoneState, done: mpsc::Sender<()> },
+}
+
+#[derive(Debug, Default)]
+pub struct PersistCounters {
+    pub snapshots_skipped: AtomicU64,
+    pub event_batches_dropped: AtomicU64,
+    pub snapshots_written: AtomicU64,
+}
+
+/// The tick thread's handle on the worker.
+pub struct Persister {
+    snap_tx: Option<SyncSender<Job>>,
+    event_tx: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<PersistCounters>,
+}
+
+impl Persister {
+    pub fn start(cfg: PersistConfig, zone_digest: [u8; 32], seed: u64) -> anyhow::Result<Persister> {
+        let files = FileStore::new(cfg.data_dir.join("snapshots"), cfg.keep_full)
+            .with_context(|| format!("cannot use {} for snapshots", cfg.data_dir.join("snapshots").display()))?;
+        let (snap_tx, snap_rx) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
+        let (event_tx, event_rx) = mpsc::sync_channel(EVENT_BATCHES_MAX);
+        let counters = Arc::new(PersistCounters::default());
+        let c = counters.clone();
+        gauge!("zone_queue_capacity", "queue" => "events").set(cfg.event_queue as f64);
+        gauge!("zone_queue_capacity", "queue" => "snapshot").set(SNAPSHOT_QUEUE_MAX as f64);
+        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the persistence runtime; snapshots and events are off");
+                    return;
+                }
+            };
+            let mut w = Worker::new(cfg, files, zone_digest, seed, c);
+            rt.block_on(w.run(snap_rx, event_rx));
+        })?;
+        Ok(Persister { snap_tx: Some(snap_tx), event_tx: Some(event_tx), thread: Some(thread), counters })
+    }
+
+    /// Offers a snapshot; skipped (and counted) if the worker is still busy. Never blocks.
+    pub fn offer_snapshot(&self, state: ZoneState, full: bool, cold: bool) -> bool {
+        let Some(tx) = &self.snap_tx else { return false };
+        match tx.try_send(Job::Snapshot { state, full, cold }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                counter!("zone_queue_dropped_total", "queue" => "snapshot").increment(1);
+                false
+            }
+        }
+    }
+
+    /// Hands over player events. Never blocks; a full channel drops the batch (counted).
+    pub fn offer_events(&self, events: Vec<GameEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        if self.event_tx.as_ref().is_none_or(|tx| tx.try_send(Job::Events(events)).is_err()) {
+            self.counters.event_batches_dropped.fetch_add(1, Ordering::Relaxed);
+            counter!("zone_queue_dropped_total", "queue" => "events").increment(n);
+        }
+    }
+
+    /// Writes a last snapshot and waits (up to `timeout`) until it is stored. For shutdown only:
+    /// the tick loop has stopped, so waiting here delays nothing.
+    pub fn final_snapshot(&self, state: ZoneState, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let tick = state.tick;
+        let deadline = Instant::now() + timeout;
+        let mut job = Job::Final { state, done: tx };
+        let Some(snap_tx) = &self.snap_tx else { return false };
+        loop {
+            match snap_tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Full(j)) if Instant::now() < deadline => {
+                    job = j;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        let ok = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok();
+        if ok {
+            tracing::info!(tick, "final snapshot stored");
+        } else {
+            tracing::error!(tick, "final snapshot not confirmed in time");
+        }
+        ok
+    }
+
+    /// Stops the worker after it has flushed what it holds (events get one last try).
+    pub fn finish(mut self) {
+        self.snap_tx = None;
+        self.event_tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One remote backend: its store (connected lazily), its breaker.
+struct Backend<S> {
+    name: &'static str,
+    store: Option<S>,
+    breaker: Breaker,
+    /// The tick of the full snapshot this store holds (diffs need it).
+    base_tick: Option<u64>,
+}
+
+impl<S> Backend<S> {
+    fn new(name: &'static str, breaker: BreakerConfig) -> Self {
+        gauge!("zone_backend_breaker_state", "backend" => name).set(0.0);
+        Backend { name, store: None, breaker: Breaker::new(breaker), base_tick: None }
+    }
+
+    fn admit(&mut self) -> bool {
+        let a = self.breaker.admit(Instant::now());
+        if let Some(t) = a.transition {
+            log_transition(self.name, t);
+        }
+        a.allowed
+    }
+
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display) {
+        let t = self.breaker.record_failure(Instant::now());
+        if what == "snapshot" {
+            counter!("zone_snapshot_failures_total", "store" => self.name).increment(1);
+            gauge!("zone_snapshot_consecutive_failures", "store" => self.name).set(f64::from(self.breaker.consecutive_failures()));
+        } else {
+            counter!("zone_event_write_failures_total").increment(1);
+        }
+        tracing::warn!(backend = self.name, what, error = %err, consecutive_failures = self.breaker.consecutive_failures(), "backend call failed");
+        if let Some(t) = t {
+            log_transition(self.name, t);
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(t) = self.breaker.record_success(Instant::now()) {
+            log_transition(self.name, t);
+        }
+        gauge!("zone_snapshot_consecutive_failures", "store" => self.name).set(0.0);
+    }
+}
+
+fn log_transition(backend: &'static str, t: Transition) {
+    let v = match t.to {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    gauge!("zone_backend_breaker_state", "backend" => backend).set(v);
+    counter!("zone_backend_breaker_transitions_total", "backend" => backend, "to" => t.to.as_str()).increment(1);
+    match t.to {
+        BreakerState::Open => tracing::warn!(backend, from = t.from.as_str(), to = t.to.as_str(), failures = t.consecutive_failures, "backend circuit breaker opened: bypassing it"),
+        _ => tracing::info!(backend, from = t.from.as_str(), to = t.to.as_str(), "backend circuit breaker changed state"),
+    }
+}
+
+struct Worker {
+    cfg: PersistConfig,
+    digest: [u8; 32],
+    seed: u64,
+    files: FileStore,
+    file_base_tick: Option<u64>,
+    redis: Backend<RedisStore>,
+    pg: Backend<PostgresStore>,
+    last_full: Option<ZoneState>,
+    events: EventQueue,
+    counters: Arc<PersistCounters>,
+    consecutive_file_failures: u32,
+}
+
+impl Worker {
+    fn new(cfg: PersistConfig, files: FileStore, digest: [u8; 32], seed: u64, counters: Arc<PersistCounters>) -> Self {
+        let redis = Backend::new("redis", cfg.breaker);
+        let pg = Backend::new("postgres", cfg.breaker);
+        let events = EventQueue::new(cfg.event_queue);
+        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0 }
+    }
+
+    async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
+        let mut last_flush = Instant::now();
+        loop {
+            // Events first (cheap), then at most one snapshot, then a flush when due.
+            while let Ok(Job::Events(batch)) = events.try_recv() {
+                for e in batch {
+                    if self.events.push(e) > 0 && self.events.dropped_total() % 1000 == 1 {
+                        tracing::warn!(capacity = self.events.capacity(), dropped_total = self.events.dropped_total(), "event queue full: dropping the oldest events");
+                    }
+                }
+            }
+            match snaps.recv_timeout(Duration::from_millis(100)) {
+                Ok(Job::Snapshot { state, full, cold }) => self.snapshot(state, full, cold).await,
+                Ok(Job::Final { state, done }) => {
+                    self.snapshot(state, true, self.cfg.postgres.is_some()).await;
+                    self.flush_events(true).await;
+                    let _ = done.send(());
+                }
+                Ok(Job::Events(_)) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    while let Ok(Job::Events(batch)) = events.try_recv() {
+                        for e in batch {
+                            self.events.push(e);
+                        }
+                    }
+                    self.flush_events(true).await;
+                    break;
+                }
+            }
+            if last_flush.elapsed() >= Duration::from_secs(1) {
+                self.flush_events(false).await;
+                last_flush = Instant::now();
+            }
+            gauge!("zone_queue_depth", "queue" => "events").set(self.events.len() as f64);
+            counter!("zone_events_dropped_total").absolute(self.events.dropped_total());
+        }
+    }
+
+    async fn snapshot(&mut self, state: ZoneState, full: bool, cold: bool) {
+        let tick = state.tick;
+        let full = full || self.last_full.is_none();
+        let t0 = Instant::now();
+        let full_bytes = full.then(|| encode_full(&state, self.digest));
+        let diff_bytes = (!full).then(|| encode_diff(self.last_full.as_ref().expect("a base exists"), &state, self.digest));
+        let encode_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let base_tick = if full { tick } else { self.last_full.as_ref().map_or(tick, |b| b.tick) };
+        let (digest, seed) = (self.digest, self.seed);
+        let meta = move |kind| SnapshotMeta {
+            format_version: zone_persistence::snapshot::FORMAT_VERSION,
+            kind,
+            zone_digest: digest,
+            tick,
+            base_tick: if kind == SnapshotKind::Full { tick } else { base_tick },
+            seed,
+        };
+        let (kind, bytes) = match (&full_bytes, &diff_bytes) {
+            (Some(b), _) => (SnapshotKind::Full, b.as_slice()),
+            (None, Some(b)) => (SnapshotKind::Diff, b.as_slice()),
+            (None, None) => unreachable!(),
+        };
+        debug_assert_eq!(decode_meta(bytes).map(|m| m.tick).ok(), Some(tick));
+        gauge!("zone_snapshot_bytes", "kind" => kind.as_str()).set(bytes.len() as f64);
+        tracing::debug!(tick, kind = kind.as_str(), bytes = bytes.len(), encode_ms, "snapshot encoded");
+
+        // Hot: Redis, or files when Redis is absent or failing.
+        let mut hot_done = false;
+        if let Some(url) = self.cfg.redis.clone() {
+            if self.redis.admit() {
+                match self.ensure_redis(&url).await {
+                    Ok(()) => {
+                        // A diff needs Redis to hold its base; else send the full instead.
+                        let (m, b, k) = if kind == SnapshotKind::Diff && self.redis.base_tick != Some(base_tick) {
+                            let fb = encode_full(&state, self.digest);
+                            (meta(SnapshotKind::Full), fb, SnapshotKind::Full)
+                        } else {
+                            (meta(kind), bytes.to_vec(), kind)
+                        };
+                        let store = self.redis.store.as_ref().expect("connected");
+                        match store.put(&m, &b).await {
+                            Ok(()) => {
+                                self.redis.succeeded();
+                                if k == SnapshotKind::Full {
+                                    self.redis.base_tick = Some(tick);
+                                }
+                                counter!("zone_snapshots_total", "store" => "redis", "kind" => k.as_str()).increment(1);
+                                hot_done = true;
+                            }
+                            Err(e) => self.redis.failed("snapshot", &e),
+                        }
+                    }
+                    Err(e) => self.redis.failed("snapshot", &e),
+                }
+            }
+            if !hot_done {
+                counter!("zone_snapshot_fallbacks_total", "from" => "redis", "to" => "file").increment(1);
+            }
+        }
+        // Files: every full, and diffs when they are the hot store.
+        if kind == SnapshotKind::Full || !hot_done {
+            let (m, b, k) = if kind == SnapshotKind::Diff && self.file_base_tick != Some(base_tick) {
+                (meta(SnapshotKind::Full), encode_full(&state, self.digest), SnapshotKind::Full)
+            } else {
+                (meta(kind), bytes.to_vec(), kind)
+            };
+            match self.files.put(&m, &b).await {
+                Ok(()) => {
+                    if k == SnapshotKind::Full {
+                        self.file_base_tick = Some(tick);
+                    }
+                    self.consecutive_file_failures = 0;
+                    gauge!("zone_snapshot_consecutive_failures", "store" => "file").set(0.0);
+                    counter!("zone_snapshots_total", "store" => "file", "kind" => k.as_str()).increment(1);
+                }
+                Err(e) => {
+                    self.consecutive_file_failures += 1;
+                    counter!("zone_snapshot_failures_total", "store" => "file").increment(1);
+                    gauge!("zone_snapshot_consecutive_failures", "store" => "file").set(f64::from(self.consecutive_file_failures));
+                    tracing::error!(error = %e, consecutive_failures = self.consecutive_file_failures, "file snapshot failed");
+                }
+            }
+        }
+        // Cold: PostgreSQL fulls.
+        if cold {
+            if let Some(url) = self.cfg.postgres.clone() {
+                if self.pg.admit() {
+                    match self.ensure_pg(&url).await {
+                        Ok(()) => {
+                            let fb = full_bytes.clone().unwrap_or_else(|| encode_full(&state, self.digest));
+                            let store = self.pg.store.as_ref().expect("connected");
+                            match store.put(&meta(SnapshotKind::Full), &fb).await {
+                                Ok(()) => {
+                                    self.pg.succeeded();
+                                    counter!("zone_snapshots_total", "store" => "postgres", "kind" => "full").increment(1);
+                                }
+                                Err(e) => self.pg.failed("snapshot", &e),
+                            }
+                        }
+                        Err(e) => self.pg.failed("snapshot", &e),
+                    }
+                }
+            }
+        }
+        if full {
+            self.last_full = Some(state);
+        }
+        self.counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn ensure_redis(&mut self, url: &str) -> Result<(), zone_persistence::store::StoreError> {
+        if self.redis.store.is_none() {
+            let s = RedisStore::connect(url, &self.cfg.instance, self.cfg.redis_ttl, self.cfg.op_timeout).await?;
+            tracing::info!(backend = "redis", instance = %self.cfg.instance, "connected");
+            self.redis.store = Some(s);
+        }
+        Ok(())
+    }
+
+    async fn ensure_pg(&mut self, url: &str) -> Result<(), zone_persistence::store::StoreError> {
+        if self.pg.store.is_none() {
+            let s = PostgresStore::connect(url, &self.cfg.instance, self.cfg.keep_full, self.cfg.op_timeout).await?;
+            tracing::info!(backend = "postgres", instance = %self.cfg.instance, "connected (schema migrated)");
+            self.pg.store = Some(s);
+        }
+        Ok(())
+    }
+
+    /// Writes queued events to PostgreSQL, in order, while the breaker allows. `all` keeps going
+    /// until the queue is empty or a write fails.
+    async fn flush_events(&mut self, all: bool) {
+        let Some(url) = self.cfg.postgres.clone() else {
+            // Without PostgreSQL there is nowhere to keep events: they are only counted.
+            let n = self.events.len();
+            if n > 0 {
+                self.events.drain_batch(n);
+            }
+            return;
+        };
+        while !self.events.is_empty() {
+            if !self.pg.admit() {
+                return;
+            }
+            if let Err(e) = self.ensure_pg(&url).await {
+                self.pg.failed("events", &e);
+                return;
+            }
+            let batch = self.events.drain_batch(EVENT_INSERT_BATCH);
+            let n = batch.len() as u64;
+            let store = self.pg.store.as_ref().expect("connected");
+            match store.insert_events(&batch).await {
+                Ok(()) => {
+                    self.pg.succeeded();
+                    counter!("zone_events_written_total").increment(n);
+                }
+                Err(e) => {
+                    self.events.requeue_front(batch);
+                    self.pg.failed("events", &e);
+                    return;
+                }
+            }
+            if !all {
+                return;
+            }
+        }
+    }
+}

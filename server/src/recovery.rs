@@ -1,0 +1,190 @@
+//! Recovery at start (`--restore auto|required`): rebuild the zone from the newest snapshot that
+//! verifies, then replay the input journal from that snapshot's tick to the journal's end.
+//!
+//! Candidates are read from every configured store (hot Redis, cold PostgreSQL, files); each must
+//! decode, match the zone file's digest and the seed, and not be ahead of the journal (a snapshot
+//! the journal cannot continue from would break replay). The newest wins; on a tie the hot store
+//! is preferred, then cold, then files. Because the core is deterministic, the restored state is
+//! exactly what `zone-replay` computes for the same journal, and what is lost in a crash is
+//! bounded by the journal's flush interval, not by the snapshot interval. Every step logs what it
+//! chose and why.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use zone_persistence::snapshot::recover;
+use zone_persistence::store::{Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError};
+use zone_persistence::{JournalReader, Record};
+use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneState};
+
+use crate::persist::PersistConfig;
+use crate::zone_load::LoadedZone;
+
+/// Where the restored state came from.
+pub struct Restored {
+    pub zone: Zone,
+    /// `redis`, `postgres`, `file`, `journal` (replayed from tick 0) .
+    pub source: &'static str,
+    pub snapshot_tick: Option<u64>,
+    /// Ticks replayed from the journal on top of the snapshot.
+    pub replayed_ticks: u64,
+    /// Length of the journal's whole records: continue writing it from here.
+    pub journal_valid_len: Option<u64>,
+}
+
+struct Candidate {
+    source: &'static str,
+    state: ZoneState,
+}
+
+/// Reads every store's newest chain; returns the usable candidates (in preference order).
+fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig) -> Vec<Candidate> {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "recovery: cannot start a runtime to read stores");
+            return Vec::new();
+        }
+    };
+    let digest = loaded.spec.digest;
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let mut consider = |source: &'static str, chain: Result<Option<Chain>, StoreError>| match chain {
+            Err(e) => tracing::warn!(source, error = %e, "recovery: store unreadable; skipping it"),
+            Ok(None) => tracing::info!(source, "recovery: no snapshot in this store"),
+            Ok(Some(c)) => match recover(&c.full, &c.diffs, &digest) {
+                Err(e) => tracing::warn!(source, error = %e, "recovery: newest snapshot does not verify; skipping this store"),
+                Ok(r) if r.state.seed != seed => {
+                    tracing::warn!(source, snapshot_seed = r.state.seed, seed, "recovery: snapshot is for another seed; skipping")
+                }
+                Ok(r) => {
+                    for (i, e) in &r.skipped {
+                        tracing::warn!(source, diff = i, error = %e, "recovery: a newer diff is damaged; using an older one");
+                    }
+                    tracing::info!(source, full_tick = r.full.tick, diff_tick = r.diff.map(|d| d.tick), tick = r.state.tick, "recovery: snapshot verifies");
+                    out.push(Candidate { source, state: r.state });
+                }
+            },
+        };
+        if let Some(url) = &pcfg.redis {
+            let chain = match RedisStore::connect(url, &pcfg.instance, pcfg.redis_ttl, pcfg.op_timeout).await {
+                Ok(s) => s.latest_chain().await,
+                Err(e) => Err(e),
+            };
+            consider("redis", chain);
+        }
+        if let Some(url) = &pcfg.postgres {
+            let chain = match PostgresStore::connect(url, &pcfg.instance, pcfg.keep_full, pcfg.op_timeout).await {
+                Ok(s) => s.latest_chain().await,
+                Err(e) => Err(e),
+            };
+            consider("postgres", chain);
+        }
+        match FileStore::new(pcfg.data_dir.join("snapshots"), pcfg.keep_full) {
+            Ok(s) => consider("file", s.latest_chain().await),
+            Err(e) => consider("file", Err(e)),
+        }
+        out
+    })
+}
+
+/// The journal's last tick and the length of its whole records, after checking it belongs here.
+fn journal_extent(path: &Path, loaded: &LoadedZone, seed: u64) -> anyhow::Result<(u64, u64)> {
+    let mut r = JournalReader::open(path).with_context(|| format!("cannot read journal {}", path.display()))?;
+    if r.header().zone_digest != loaded.spec.digest || r.header().seed != seed {
+        bail!(
+            "journal {} was recorded with another zone file or seed (seed {}); move it away, or run with the zone and seed it was made with",
+            path.display(),
+            r.header().seed
+        );
+    }
+    let mut last = 0;
+    let mut len = r.offset();
+    while let Some(rec) = r.next_record().with_context(|| format!("journal {} is damaged", path.display()))? {
+        last = last.max(match &rec {
+            Record::Tick(b) => b.tick,
+            Record::Hash(h) | Record::End(h) => h.tick,
+        });
+        len = r.offset();
+    }
+    if let Some(at) = r.torn_tail_at() {
+        tracing::warn!(journal = %path.display(), offset = at, "recovery: the journal ends in a torn record (a crash mid-write); it is cut there");
+    }
+    Ok((last, len))
+}
+
+/// Restores the zone, or returns `None` when there is nothing to restore from.
+pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &PersistConfig, exec: &dyn ShardExecutor) -> anyhow::Result<Option<Restored>> {
+    let journal = journal.filter(|p| p.exists());
+    let extent = match journal {
+        Some(p) => Some(journal_extent(p, loaded, seed)?),
+        None => None,
+    };
+    let mut cands = candidates(loaded, seed, pcfg);
+    if let Some((end, _)) = extent {
+        cands.retain(|c| {
+            let ok = c.state.tick <= end;
+            if !ok {
+                tracing::warn!(source = c.source, tick = c.state.tick, journal_end = end, "recovery: snapshot is ahead of the journal; not used (replay could not continue from it)");
+            }
+            ok
+        });
+    }
+    // Newest first; the order of `cands` (hot, cold, file) breaks ties.
+    let best = cands.into_iter().enumerate().max_by_key(|(i, c)| (c.state.tick, std::cmp::Reverse(*i))).map(|(_, c)| c);
+    let spec = loaded.spec.clone();
+    let (mut zone, source, snapshot_tick) = match best {
+        Some(c) => {
+            tracing::info!(source = c.source, tick = c.state.tick, objects = c.state.object_count(), "recovery: restoring from the newest snapshot");
+            let tick = c.state.tick;
+            (Zone::restore(spec, c.state).context("the chosen snapshot does not fit this zone")?, c.source, Some(tick))
+        }
+        None if journal.is_some() => {
+            tracing::info!("recovery: no usable snapshot; replaying the journal from tick 0");
+            (Zone::new(spec, seed)?, "journal", None)
+        }
+        None => return Ok(None),
+    };
+    let mut replayed = 0;
+    if let Some(path) = journal {
+        let from = zone.tick();
+        let mut r = JournalReader::open(path)?;
+        let advance_to = |zone: &mut Zone, tick: u64, n: &mut u64| {
+            while zone.tick() < tick {
+                let next = zone.tick() + 1;
+                zone.step_batch(&TickBatch { tick: next, ..Default::default() }, exec).expect("next tick");
+                *n += 1;
+            }
+        };
+        while let Some(rec) = r.next_record()? {
+            match rec {
+                Record::Tick(b) if b.tick > from => {
+                    advance_to(&mut zone, b.tick - 1, &mut replayed);
+                    zone.step_batch(&b, exec)?;
+                    replayed += 1;
+                }
+                Record::Hash(h) | Record::End(h) if h.tick > from || (h.tick == from && snapshot_tick.is_some()) => {
+                    advance_to(&mut zone, h.tick, &mut replayed);
+                    let got = zone.hash(exec);
+                    if got != h {
+                        bail!(
+                            "recovery: the journal's hash at tick {} does not match the restored zone (shard {:?} differs); the snapshot and the journal disagree. Move the snapshots or the journal away to start from the other",
+                            h.tick,
+                            got.first_difference(&h)
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(journal = %path.display(), from_tick = from, to_tick = zone.tick(), replayed_ticks = replayed, "recovery: journal replayed");
+    }
+    Ok(Some(Restored { zone, source, snapshot_tick, replayed_ticks: replayed, journal_valid_len: extent.map(|(_, len)| len) }))
+}
+
+/// The one line recovery prints on stdout.
+pub fn restored_line(tick: u64, hash: &str, source: &str, rto: Duration) -> String {
+    format!("restored_tick={tick} zone_hash={hash} source={source} rto_ms={}", rto.as_millis())
+}
+
