@@ -20,7 +20,7 @@ fn record(dir: &Path, ticks: u64, hash_interval: u32, threads: usize) -> (PathBu
     let journal = dir.join(format!("run-{ticks}-{hash_interval}-{threads}.journal"));
     let cfg = RunConfig { seed: 17, threads, sim_players: 25, journal: Some(journal.clone()), hash_interval, ..RunConfig::headless(ticks) };
     let zone = zone_server::zone_load::load_zone(&write_zone(dir)).unwrap();
-    let out = run(&cfg, &zone, Hooks::default()).unwrap();
+    let out = run(&cfg, &zone, Hooks::default(), None).unwrap();
     (journal, out)
 }
 
