@@ -351,7 +351,7 @@ pub fn encode_full(state: &ZoneState, zone_digest: [u8; 32]) -> Vec<u8> {
 ///
 /// Objects are compared by id within each shard (position `i` of `next` against position `i` of
 /// `base`); an object that moved to another shard is removed from one and created in the other.
-/// Both states must have their objects sorted by id, as [`ZoneState`] guarantees.
+/// Both states must have their objects sorted by id ([`ZoneState::normalize`]).
 pub fn diff(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
     let shards = next
         .shards

@@ -282,7 +282,9 @@ impl Worker {
         }
     }
 
-    async fn snapshot(&mut self, state: ZoneState, full: bool, cold: bool) {
+    async fn snapshot(&mut self, mut state: ZoneState, full: bool, cold: bool) {
+        // Capture leaves objects in storage order (cheap on the tick thread); sort them here.
+        state.normalize();
         let tick = state.tick;
         let full = full || self.last_full.is_none();
         let t0 = Instant::now();

@@ -230,7 +230,8 @@ pub struct Shard {
     world: World,
     schedule: Schedule,
     hash_query: QueryState<HashQuery>,
-    record_query: QueryState<RecordQuery>,
+    npc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Npc)>,
+    pc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Player)>,
     player_query: QueryState<(&'static Pos, &'static Player)>,
 }
 
@@ -263,9 +264,10 @@ impl Shard {
         schedule.initialize(&mut world)?;
 
         let hash_query = world.query::<HashQuery>();
-        let record_query = world.query::<RecordQuery>();
+        let npc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Npc)>();
+        let pc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Player)>();
         let player_query = world.query::<(&Pos, &Player)>();
-        Ok(Shard { index: index as u16, world, schedule, hash_query, record_query, player_query })
+        Ok(Shard { index: index as u16, world, schedule, hash_query, npc_query, pc_query, player_query })
     }
 
     pub fn index(&self) -> usize {
@@ -397,7 +399,7 @@ impl Shard {
             last_npc_id: self.world.resource::<IdAlloc>().next,
             spawners,
             mail,
-            objects: self.objects(),
+            objects: self.objects_unsorted(),
         }
     }
 
@@ -438,12 +440,21 @@ impl Shard {
 
     /// Every object in the shard as plain data, sorted by id.
     pub fn objects(&mut self) -> Vec<ObjectRecord> {
-        let mut v: Vec<ObjectRecord> = self
-            .record_query
-            .iter(&self.world)
-            .map(|(_, o, p, v, h, n, pl)| record(o, p, v, h, n, pl))
-            .collect();
-        v.sort_by_key(|r| r.obj.id);
+        let mut v = self.objects_unsorted();
+        v.sort_unstable_by_key(|r| r.obj.id);
+        v
+    }
+
+    /// Every object as plain data, in storage order: the cheapest copy (snapshot capture runs on
+    /// the tick thread; sorting is left to whoever encodes).
+    pub fn objects_unsorted(&mut self) -> Vec<ObjectRecord> {
+        let mut v = Vec::with_capacity(self.object_count() + 16);
+        for (o, p, vel, h, n) in self.npc_query.iter(&self.world) {
+            v.push(ObjectRecord { obj: *o, pos: p.0, vel: vel.0, health: *h, body: Body::Npc(*n) });
+        }
+        for (o, p, vel, h, pl) in self.pc_query.iter(&self.world) {
+            v.push(ObjectRecord { obj: *o, pos: p.0, vel: vel.0, health: *h, body: Body::Player(*pl) });
+        }
         v
     }
 

@@ -30,7 +30,8 @@ pub struct ShardState {
     pub spawners: Vec<SpawnerPending>,
     /// Mail waiting for the next tick, sorted.
     pub mail: Vec<Mail>,
-    /// Objects, sorted by id.
+    /// Objects. `Zone::capture` leaves them in storage order (cheap on the tick thread);
+    /// [`ZoneState::normalize`] sorts them by id, which encoders and comparisons want.
     pub objects: Vec<ObjectRecord>,
 }
 
@@ -43,6 +44,14 @@ pub struct ZoneState {
 }
 
 impl ZoneState {
+    /// Sorts every shard's objects by id: the canonical form. Two captures of equal zones are
+    /// equal after this.
+    pub fn normalize(&mut self) {
+        for s in &mut self.shards {
+            s.objects.sort_unstable_by_key(|o| o.obj.id);
+        }
+    }
+
     pub fn object_count(&self) -> usize {
         self.shards.iter().map(|s| s.objects.len()).sum()
     }
