@@ -35,6 +35,8 @@ fn start(admin: SocketAddr, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_zone-server"))
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("RUST_LOG", "warn")
+        // Snapshots and the journal are tested in recovery.rs; keep these runs from writing ./data.
+        .env("ZONE_PERSISTENCE", "off")
         .args(["--admin", &admin.to_string()])
         .args(extra)
         .stdout(Stdio::piped())

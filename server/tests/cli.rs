@@ -8,6 +8,7 @@ fn bin() -> Command {
     c.env("RUST_LOG", "warn");
     // Tests run in parallel: none of them may take the default admin port.
     c.env("ZONE_TELEMETRY", "off");
+    c.env("ZONE_PERSISTENCE", "off");
     c
 }
 

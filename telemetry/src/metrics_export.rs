@@ -80,6 +80,17 @@ fn describe_all() {
     describe_gauge!("zone_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process.");
     describe_gauge!("zone_process_open_fds", "Open file descriptors of the process.");
     describe_counter!("zone_journal_records_total", "Records written to the input journal.");
+    describe_histogram!("zone_snapshot_capture_duration_seconds", Unit::Seconds, "Time the tick thread spends copying the zone's state for a snapshot.");
+    describe_counter!("zone_snapshots_total", "Snapshots written, by store and kind.");
+    describe_counter!("zone_snapshot_failures_total", "Snapshot writes that failed, by store.");
+    describe_gauge!("zone_snapshot_consecutive_failures", "Snapshot writes that failed in a row, by store (0 after a success).");
+    describe_counter!("zone_snapshot_fallbacks_total", "Snapshots written to a fallback store because the preferred one was down.");
+    describe_gauge!("zone_snapshot_bytes", Unit::Bytes, "Size of the last encoded snapshot, by kind.");
+    describe_gauge!("zone_backend_breaker_state", "Circuit breaker of a backend: 0 closed, 1 half-open, 2 open.");
+    describe_counter!("zone_backend_breaker_transitions_total", "Circuit breaker state changes, by backend and new state.");
+    describe_counter!("zone_events_written_total", "Player events written to PostgreSQL.");
+    describe_counter!("zone_events_dropped_total", "Player events dropped because the in-memory event queue was full.");
+    describe_counter!("zone_event_write_failures_total", "Failed attempts to write player events to PostgreSQL.");
 }
 
 /// Per-shard handles.
