@@ -66,6 +66,22 @@ pub struct PersistCounters {
     pub snapshots_skipped: AtomicU64,
     pub event_batches_dropped: AtomicU64,
     pub snapshots_written: AtomicU64,
+    /// What `/status` shows under `snapshot`.
+    pub status: std::sync::Mutex<SnapshotStatus>,
+}
+
+/// The persistence part of `/status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SnapshotStatus {
+    /// The last tick stored in at least one store.
+    pub last_ok_tick: Option<u64>,
+    pub last_error: Option<String>,
+    /// Failures in a row, by store.
+    pub consecutive_failures: std::collections::BTreeMap<&'static str, u32>,
+    /// Breaker state, by backend.
+    pub breakers: std::collections::BTreeMap<&'static str, &'static str>,
+    pub events_queued: usize,
+    pub events_dropped: u64,
 }
 
 /// The tick thread's handle on the worker.
@@ -233,6 +249,7 @@ struct Worker {
     events: EventQueue,
     counters: Arc<PersistCounters>,
     consecutive_file_failures: u32,
+    last_error: Option<String>,
 }
 
 impl Worker {
@@ -240,7 +257,7 @@ impl Worker {
         let redis = Backend::new("redis", cfg.breaker);
         let pg = Backend::new("postgres", cfg.breaker);
         let events = EventQueue::new(cfg.event_queue);
-        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0 }
+        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None }
     }
 
     async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
@@ -275,6 +292,7 @@ impl Worker {
             }
             if last_flush.elapsed() >= Duration::from_secs(1) {
                 self.flush_events(false).await;
+                self.publish_status(None);
                 last_flush = Instant::now();
             }
             gauge!("zone_queue_depth", "queue" => "events").set(self.events.len() as f64);
@@ -333,10 +351,16 @@ impl Worker {
                                 counter!("zone_snapshots_total", "store" => "redis", "kind" => k.as_str()).increment(1);
                                 hot_done = true;
                             }
-                            Err(e) => self.redis.failed("snapshot", &e),
+                            Err(e) => {
+                                self.last_error = Some(format!("redis: {e}"));
+                                self.redis.failed("snapshot", &e)
+                            }
                         }
                     }
-                    Err(e) => self.redis.failed("snapshot", &e),
+                    Err(e) => {
+                        self.last_error = Some(format!("redis: {e}"));
+                        self.redis.failed("snapshot", &e)
+                    }
                 }
             }
             if !hot_done {
@@ -364,6 +388,7 @@ impl Worker {
                     counter!("zone_snapshot_failures_total", "store" => "file").increment(1);
                     gauge!("zone_snapshot_consecutive_failures", "store" => "file").set(f64::from(self.consecutive_file_failures));
                     tracing::error!(error = %e, consecutive_failures = self.consecutive_file_failures, "file snapshot failed");
+                    self.last_error = Some(format!("file: {e}"));
                 }
             }
         }
@@ -380,10 +405,16 @@ impl Worker {
                                     self.pg.succeeded();
                                     counter!("zone_snapshots_total", "store" => "postgres", "kind" => "full").increment(1);
                                 }
-                                Err(e) => self.pg.failed("snapshot", &e),
+                                Err(e) => {
+                                    self.last_error = Some(format!("postgres: {e}"));
+                                    self.pg.failed("snapshot", &e)
+                                }
                             }
                         }
-                        Err(e) => self.pg.failed("snapshot", &e),
+                        Err(e) => {
+                            self.last_error = Some(format!("postgres: {e}"));
+                            self.pg.failed("snapshot", &e)
+                        }
                     }
                 }
             }
@@ -392,6 +423,30 @@ impl Worker {
             self.last_full = Some(state);
         }
         self.counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
+        self.publish_status(Some(tick));
+    }
+
+    fn publish_status(&self, tick: Option<u64>) {
+        if let Ok(mut st) = self.counters.status.lock() {
+            let any_ok = self.consecutive_file_failures == 0 || (self.cfg.redis.is_some() && self.redis.breaker.consecutive_failures() == 0);
+            if let (Some(t), true) = (tick, any_ok) {
+                st.last_ok_tick = Some(t);
+            }
+            st.consecutive_failures.insert("file", self.consecutive_file_failures);
+            if self.cfg.redis.is_some() {
+                st.consecutive_failures.insert("redis", self.redis.breaker.consecutive_failures());
+                st.breakers.insert("redis", self.redis.breaker.state().as_str());
+            }
+            if self.cfg.postgres.is_some() {
+                st.consecutive_failures.insert("postgres", self.pg.breaker.consecutive_failures());
+                st.breakers.insert("postgres", self.pg.breaker.state().as_str());
+            }
+            if let Some(e) = &self.last_error {
+                st.last_error = Some(e.clone());
+            }
+            st.events_queued = self.events.len();
+            st.events_dropped = self.events.dropped_total();
+        }
     }
 
     async fn ensure_redis(&mut self, url: &str) -> Result<(), zone_persistence::store::StoreError> {

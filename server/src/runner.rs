@@ -342,7 +342,12 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         if let Some(a) = &hooks.admin {
             if last_status.elapsed() >= STATUS_INTERVAL {
-                a.publish_status(status_doc(&zone, &kind_names, &windows, &tick_window, tick_rate_hz, overrun_ticks, drain_started.is_some(), journal.as_ref()));
+                let mut doc = status_doc(&zone, &kind_names, &windows, &tick_window, tick_rate_hz, overrun_ticks, drain_started.is_some(), journal.as_ref());
+                if let (Some(p), Some(obj)) = (&persister, doc.as_object_mut()) {
+                    let st = p.counters.status.lock().map(|s| s.clone()).unwrap_or_default();
+                    obj.insert("snapshot".into(), serde_json::to_value(st).unwrap_or_default());
+                }
+                a.publish_status(doc);
                 last_status = Instant::now();
             }
         }
@@ -469,8 +474,8 @@ fn status_doc(
                 "objects": s.objects,
                 "players": s.players,
                 "objects_by_kind": by_kind,
-                "step_p50_ms": f64::from(step.quantile_us(0.5)) / 1000.0,
-                "step_p99_ms": f64::from(step.quantile_us(0.99)) / 1000.0,
+                "tick_p50_ms": f64::from(step.quantile_us(0.5)) / 1000.0,
+                "tick_p99_ms": f64::from(step.quantile_us(0.99)) / 1000.0,
             })
         })
         .collect();
