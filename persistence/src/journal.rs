@@ -154,12 +154,15 @@ impl JournalWriter {
         Ok(JournalWriter { out, buf: Vec::with_capacity(4096), bytes: h.len() as u64 })
     }
 
-    /// Reopens an existing journal to continue it after a restart: checks its header matches
-    /// `header`, cuts it at `valid_len` (dropping a torn last record) and appends from there.
+    /// Reopens an existing journal to continue it after a restart: checks it records the same
+    /// zone file and seed as `header` (the file's own header is kept: its hash interval and the
+    /// name the zone was loaded under may differ), cuts it at `valid_len` (dropping a torn last
+    /// record) and appends from there.
     pub fn open_append(path: &Path, header: &JournalHeader, valid_len: u64) -> Result<JournalWriter, JournalError> {
         let existing = JournalReader::open(path)?;
-        if existing.header() != header {
-            return Err(JournalError::Corrupt { offset: 0, reason: "the journal's header (zone file or seed) is not this server's".into() });
+        let h = existing.header();
+        if h.zone_digest != header.zone_digest || h.seed != header.seed || h.zone_toml != header.zone_toml {
+            return Err(JournalError::Corrupt { offset: 0, reason: "the journal was recorded with another zone file or seed".into() });
         }
         drop(existing);
         let file = std::fs::OpenOptions::new().write(true).open(path)?;
