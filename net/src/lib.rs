@@ -1,0 +1,33 @@
+//! `zone-net`: the player protocol, as pure code.
+//!
+//! What it does today:
+//! - [`proto`]: the wire messages of `proto/zone.proto` (package `zone.v1`), generated at build
+//!   time with `protox` + `prost-build` (no `protoc`, no download);
+//! - [`envelope`]: one message ↔ one datagram payload, with the protocol version, channel and
+//!   per-channel sequence number, and the size limits checked first;
+//! - [`quantize`] and [`view`]: object state as the small integers the wire carries, and the
+//!   [`view::View`] one client sees;
+//! - [`delta`]: the per-client snapshot codec (baseline → next view as datagrams within an MTU
+//!   budget, nearest objects first; exact reconstruction on the client);
+//! - [`interest`]: which objects a client sees (own shard cell, neighbours within a radius,
+//!   capped at the nearest N);
+//! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in.
+//!
+//! **Invariant:** this crate owns no socket, no thread and no clock, and never panics on bytes from
+//! the network. Every function is a pure transformation the server drives: it passes in `now`,
+//! the views and the received bytes, and sends what comes out. Time-dependent checks take the time
+//! as an argument. It does not depend on `zone-sim` or `bevy_ecs`: the server converts sim objects
+//! to [`view::QObject`]s and [`interest::Located`]s at the boundary. `tests/guard.rs` fails the build
+//! if sockets, threads, clocks or async runtimes appear in `src/`.
+//!
+//! Still to come (issue 3): the laminar transport behind our own trait, with a stateless gate that
+//! admits only Hellos whose token verifies; per-client sessions (handshake, baselines by acked tick,
+//! input redundancy and de-duplication, counters); and the bot swarm.
+
+pub mod delta;
+pub mod envelope;
+pub mod interest;
+pub mod proto;
+pub mod quantize;
+pub mod token;
+pub mod view;

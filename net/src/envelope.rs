@@ -1,0 +1,171 @@
+//! Envelopes: turning one message into one datagram payload and back, with the protocol version,
+//! the channel and the per-channel sequence number, and with the size and count limits checked
+//! before anything else looks at the message.
+//!
+//! Never panics on bad bytes; allocation is bounded by the datagram size. Knows nothing about
+//! sockets, sessions or time: the caller owns the sequence counters (one per channel and
+//! direction) and decides what to do with a message.
+
+use prost::Message;
+
+use crate::proto::{Channel, ClientEnvelope, ServerEnvelope, client_envelope, server_envelope};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest datagram payload accepted (the UDP maximum over IPv4).
+pub const DATAGRAM_BYTES_MAX: usize = 65_507;
+/// Largest join token accepted in a `Hello`.
+pub const JOIN_TOKEN_BYTES_MAX: usize = 2_048;
+/// Most inputs accepted in one `InputBatch` (a client resends its last few, not its history).
+pub const INPUTS_PER_BATCH_MAX: usize = 16;
+
+/// A datagram that is not a message this build accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("datagram of {len_bytes} bytes is over the {DATAGRAM_BYTES_MAX}-byte limit")]
+    TooLarge { len_bytes: usize },
+    #[error("datagram is not a protobuf envelope: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("protocol version {found} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    BadVersion { found: u32 },
+    #[error("channel {found} is unknown")]
+    BadChannel { found: i32 },
+    #[error("envelope carries no message")]
+    Empty,
+    #[error("{what}: {found} is over the limit of {max}")]
+    OverLimit { what: &'static str, found: usize, max: usize },
+}
+
+/// Where a decoded message came from on the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub channel: Channel,
+    pub sequence: u32,
+}
+
+/// One server→client message as a datagram payload.
+pub fn encode_server(stamp: Stamp, body: server_envelope::Body) -> Vec<u8> {
+    ServerEnvelope { protocol_version: PROTOCOL_VERSION, channel: stamp.channel as i32, sequence: stamp.sequence, body: Some(body) }
+        .encode_to_vec()
+}
+
+/// One client→server message as a datagram payload.
+pub fn encode_client(stamp: Stamp, body: client_envelope::Body) -> Vec<u8> {
+    ClientEnvelope { protocol_version: PROTOCOL_VERSION, channel: stamp.channel as i32, sequence: stamp.sequence, body: Some(body) }
+        .encode_to_vec()
+}
+
+fn check_common(len_bytes: usize) -> Result<(), EnvelopeError> {
+    if len_bytes > DATAGRAM_BYTES_MAX {
+        return Err(EnvelopeError::TooLarge { len_bytes });
+    }
+    Ok(())
+}
+
+fn stamp(version: u32, channel: i32, sequence: u32) -> Result<Stamp, EnvelopeError> {
+    if version != PROTOCOL_VERSION {
+        return Err(EnvelopeError::BadVersion { found: version });
+    }
+    let channel = Channel::try_from(channel).map_err(|_| EnvelopeError::BadChannel { found: channel })?;
+    Ok(Stamp { channel, sequence })
+}
+
+/// Reads a server→client datagram.
+pub fn decode_server(bytes: &[u8]) -> Result<(Stamp, server_envelope::Body), EnvelopeError> {
+    check_common(bytes.len())?;
+    let env = ServerEnvelope::decode(bytes)?;
+    let stamp = stamp(env.protocol_version, env.channel, env.sequence)?;
+    Ok((stamp, env.body.ok_or(EnvelopeError::Empty)?))
+}
+
+/// Reads a client→server datagram, enforcing the token and input-batch limits. A `Hello` whose
+/// own version differs from this build's is a [`EnvelopeError::BadVersion`] too, so the server
+/// can answer `Reject { BAD_VERSION }`.
+pub fn decode_client(bytes: &[u8]) -> Result<(Stamp, client_envelope::Body), EnvelopeError> {
+    check_common(bytes.len())?;
+    let env = ClientEnvelope::decode(bytes)?;
+    let stamp = stamp(env.protocol_version, env.channel, env.sequence)?;
+    let body = env.body.ok_or(EnvelopeError::Empty)?;
+    match &body {
+        client_envelope::Body::Hello(h) => {
+            if h.protocol_version != PROTOCOL_VERSION {
+                return Err(EnvelopeError::BadVersion { found: h.protocol_version });
+            }
+            if h.join_token.len() > JOIN_TOKEN_BYTES_MAX {
+                return Err(EnvelopeError::OverLimit { what: "join token bytes", found: h.join_token.len(), max: JOIN_TOKEN_BYTES_MAX });
+            }
+        }
+        client_envelope::Body::Inputs(b) => {
+            if b.inputs.len() > INPUTS_PER_BATCH_MAX {
+                return Err(EnvelopeError::OverLimit { what: "inputs per batch", found: b.inputs.len(), max: INPUTS_PER_BATCH_MAX });
+            }
+        }
+        client_envelope::Body::SnapshotAck(_) => {}
+    }
+    Ok((stamp, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Event, Hello, Input, InputBatch, Notice, NoticeKind, Reject, RejectReason, event};
+
+    fn reliable(sequence: u32) -> Stamp {
+        Stamp { channel: Channel::Reliable, sequence }
+    }
+
+    #[test]
+    fn client_round_trip_and_limits() {
+        let hello = client_envelope::Body::Hello(Hello { protocol_version: PROTOCOL_VERSION, join_token: "abc".into() });
+        let b = encode_client(reliable(7), hello.clone());
+        assert_eq!(decode_client(&b), Ok((reliable(7), hello)));
+
+        let old = encode_client(reliable(0), client_envelope::Body::Hello(Hello { protocol_version: 0, join_token: "t".into() }));
+        assert_eq!(decode_client(&old), Err(EnvelopeError::BadVersion { found: 0 }));
+
+        let long = client_envelope::Body::Hello(Hello { protocol_version: 1, join_token: "x".repeat(JOIN_TOKEN_BYTES_MAX + 1) });
+        assert!(matches!(decode_client(&encode_client(reliable(0), long)), Err(EnvelopeError::OverLimit { .. })));
+
+        let input = Input { tick: 3, move_x: -4, move_y: 5, attack: true };
+        let many = client_envelope::Body::Inputs(InputBatch { inputs: vec![input; INPUTS_PER_BATCH_MAX + 1] });
+        let unreliable = Stamp { channel: Channel::Unreliable, sequence: 1 };
+        assert!(matches!(decode_client(&encode_client(unreliable, many)), Err(EnvelopeError::OverLimit { .. })));
+
+        let mut future = ClientEnvelope { protocol_version: 2, channel: 1, sequence: 0, body: None }.encode_to_vec();
+        assert_eq!(decode_client(&future), Err(EnvelopeError::BadVersion { found: 2 }));
+        future = ClientEnvelope { protocol_version: 1, channel: 1, sequence: 0, body: None }.encode_to_vec();
+        assert_eq!(decode_client(&future), Err(EnvelopeError::Empty));
+        future = ClientEnvelope { protocol_version: 1, channel: 9, sequence: 0, body: None }.encode_to_vec();
+        assert_eq!(decode_client(&future), Err(EnvelopeError::BadChannel { found: 9 }));
+        assert!(matches!(decode_client(&vec![0u8; DATAGRAM_BYTES_MAX + 1]), Err(EnvelopeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn server_round_trip() {
+        for body in [
+            server_envelope::Body::Reject(Reject { reason: RejectReason::Draining as i32, detail: "bye".into() }),
+            server_envelope::Body::Event(Event {
+                kind: Some(event::Kind::Notice(Notice { kind: NoticeKind::Draining as i32, text: "draining".into() })),
+            }),
+        ] {
+            let b = encode_server(reliable(u32::MAX), body.clone());
+            assert_eq!(decode_server(&b), Ok((reliable(u32::MAX), body)));
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_flip_is_an_error_or_a_message() {
+        let hello = client_envelope::Body::Hello(Hello { protocol_version: PROTOCOL_VERSION, join_token: "a.b.c".into() });
+        let full = encode_client(reliable(300), hello);
+        for cut in 0..full.len() {
+            let _ = decode_client(&full[..cut]);
+        }
+        for at in 0..full.len() {
+            for bit in 0..8 {
+                let mut b = full.clone();
+                b[at] ^= 1 << bit;
+                let _ = decode_client(&b);
+            }
+        }
+    }
+}
