@@ -202,6 +202,10 @@ impl<S> Backend<S> {
     }
 
     fn failed(&mut self, what: &str, err: &dyn std::fmt::Display) {
+        // Drop the client: a dead connection is never reused; the next admitted call reconnects
+        // (the breaker bounds how often), and the new connection holds no base for diffs.
+        self.store = None;
+        self.base_tick = None;
         let t = self.breaker.record_failure(Instant::now());
         if what == "snapshot" {
             counter!("zone_snapshot_failures_total", "store" => self.name).increment(1);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use zone_persistence::snapshot::recover;
+use zone_persistence::snapshot::{SnapshotKind, decode_meta, recover};
 use zone_persistence::store::{Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError};
 use zone_persistence::{JournalReader, Record};
 use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneState};
@@ -38,8 +38,29 @@ struct Candidate {
     state: ZoneState,
 }
 
-/// Reads every store's newest chain; returns the usable candidates (in preference order).
-fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig) -> Vec<Candidate> {
+/// The newest state a store can give that is not after `max_tick` (the journal's end, when there
+/// is a journal): its latest chain with the diffs past `max_tick` left out, or, when even its
+/// newest full is past it, the newest full that is not (a crash right after a snapshot leaves the
+/// journal up to 100 ms behind the snapshot stores).
+async fn chain_up_to(store: &dyn SnapshotStore, max_tick: Option<u64>) -> Result<Option<Chain>, StoreError> {
+    let Some(mut chain) = store.latest_chain().await? else { return Ok(None) };
+    let Some(max) = max_tick else { return Ok(Some(chain)) };
+    chain.diffs.retain(|d| decode_meta(d).map_or(true, |m| m.tick <= max));
+    match decode_meta(&chain.full) {
+        Ok(m) if m.tick <= max => return Ok(Some(chain)),
+        Err(_) => return Ok(Some(chain)), // let `recover` report the damage
+        Ok(m) => tracing::info!(source = store.name(), full_tick = m.tick, journal_end = max, "recovery: newest full is ahead of the journal; looking for an older one"),
+    }
+    for entry in store.list().await? {
+        if entry.meta.kind == SnapshotKind::Full && entry.meta.tick <= max {
+            return Ok(Some(Chain { full: store.get(&entry.key).await?, diffs: Vec::new() }));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads every store's newest usable chain; returns the candidates (in preference order).
+fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig, max_tick: Option<u64>) -> Vec<Candidate> {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,20 +90,20 @@ fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig) -> Vec<Candi
         };
         if let Some(url) = &pcfg.redis {
             let chain = match RedisStore::connect(url, &pcfg.instance, pcfg.redis_ttl, pcfg.op_timeout).await {
-                Ok(s) => s.latest_chain().await,
+                Ok(s) => chain_up_to(&s, max_tick).await,
                 Err(e) => Err(e),
             };
             consider("redis", chain);
         }
         if let Some(url) = &pcfg.postgres {
             let chain = match PostgresStore::connect(url, &pcfg.instance, pcfg.keep_full, pcfg.op_timeout).await {
-                Ok(s) => s.latest_chain().await,
+                Ok(s) => chain_up_to(&s, max_tick).await,
                 Err(e) => Err(e),
             };
             consider("postgres", chain);
         }
         match FileStore::new(pcfg.data_dir.join("snapshots"), pcfg.keep_full) {
-            Ok(s) => consider("file", s.latest_chain().await),
+            Ok(s) => consider("file", chain_up_to(&s, max_tick).await),
             Err(e) => consider("file", Err(e)),
         }
         out
@@ -121,7 +142,7 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         Some(p) => Some(journal_extent(p, loaded, seed)?),
         None => None,
     };
-    let mut cands = candidates(loaded, seed, pcfg);
+    let mut cands = candidates(loaded, seed, pcfg, extent.map(|(end, _)| end));
     if let Some((end, _)) = extent {
         cands.retain(|c| {
             let ok = c.state.tick <= end;
