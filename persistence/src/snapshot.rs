@@ -334,8 +334,19 @@ fn assemble(meta: &SnapshotMeta, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Encodes the whole state.
+/// Whether every shard's objects are sorted by id, as the format requires.
+fn is_normalized(state: &ZoneState) -> bool {
+    state.shards.iter().all(|s| s.objects.windows(2).all(|w| w[0].obj.id < w[1].obj.id))
+}
+
+/// Encodes the whole state. A state straight from `Zone::capture` (objects in storage order) is
+/// sorted first, on a copy; call [`ZoneState::normalize`] beforehand to avoid the copy.
 pub fn encode_full(state: &ZoneState, zone_digest: [u8; 32]) -> Vec<u8> {
+    if !is_normalized(state) {
+        let mut sorted = state.clone();
+        sorted.normalize();
+        return encode_full(&sorted, zone_digest);
+    }
     let meta = SnapshotMeta {
         format_version: FORMAT_VERSION,
         kind: SnapshotKind::Full,
@@ -351,8 +362,14 @@ pub fn encode_full(state: &ZoneState, zone_digest: [u8; 32]) -> Vec<u8> {
 ///
 /// Objects are compared by id within each shard (position `i` of `next` against position `i` of
 /// `base`); an object that moved to another shard is removed from one and created in the other.
-/// Both states must have their objects sorted by id ([`ZoneState::normalize`]).
+/// Both states are sorted first (on a copy) unless already normalized ([`ZoneState::normalize`]).
 pub fn diff(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
+    if !is_normalized(base) || !is_normalized(next) {
+        let (mut b, mut n) = (base.clone(), next.clone());
+        b.normalize();
+        n.normalize();
+        return diff(&b, &n);
+    }
     let shards = next
         .shards
         .iter()
