@@ -343,10 +343,16 @@ fn is_normalized(state: &ZoneState) -> bool {
 /// sorted first, on a copy; call [`ZoneState::normalize`] beforehand to avoid the copy.
 pub fn encode_full(state: &ZoneState, zone_digest: [u8; 32]) -> Vec<u8> {
     if !is_normalized(state) {
+        // Sort once (no recursion: a state with duplicate ids stays unsorted, and the decoder
+        // will refuse it with a clear error rather than the encoder looping).
         let mut sorted = state.clone();
         sorted.normalize();
-        return encode_full(&sorted, zone_digest);
+        return encode_full_sorted(&sorted, zone_digest);
     }
+    encode_full_sorted(state, zone_digest)
+}
+
+fn encode_full_sorted(state: &ZoneState, zone_digest: [u8; 32]) -> Vec<u8> {
     let meta = SnapshotMeta {
         format_version: FORMAT_VERSION,
         kind: SnapshotKind::Full,
@@ -368,8 +374,12 @@ pub fn diff(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
         let (mut b, mut n) = (base.clone(), next.clone());
         b.normalize();
         n.normalize();
-        return diff(&b, &n);
+        return diff_sorted(&b, &n);
     }
+    diff_sorted(base, next)
+}
+
+fn diff_sorted(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
     let shards = next
         .shards
         .iter()

@@ -32,6 +32,8 @@ pub struct AdminShared {
     pub drain_requested: AtomicBool,
     /// The loop is draining (from HTTP or a signal).
     pub draining: AtomicBool,
+    /// The tick loop has ended; the process is writing its final state.
+    pub stopping: AtomicBool,
     status: Mutex<Arc<serde_json::Value>>,
     prometheus: Option<PrometheusHandle>,
 }
@@ -45,6 +47,7 @@ impl AdminShared {
             socket_bound: AtomicBool::new(false),
             drain_requested: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             status: Mutex::new(Arc::new(serde_json::json!({"state": "starting"}))),
             prometheus,
         })
@@ -56,9 +59,15 @@ impl AdminShared {
         self.last_tick_nanos.store(n.max(1), Ordering::Relaxed);
     }
 
+    /// Live while starting (building the zone, recovering: a long journal replay must not get
+    /// the process restarted; readiness gates traffic), while stopping (final snapshot), and
+    /// whenever the tick loop advanced within [`LIVENESS_WINDOW`].
     pub fn is_live(&self) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            return true;
+        }
         let last = self.last_tick_nanos.load(Ordering::Relaxed);
-        last != 0 && self.started.elapsed().saturating_sub(Duration::from_nanos(last)) < LIVENESS_WINDOW
+        last == 0 || self.started.elapsed().saturating_sub(Duration::from_nanos(last)) < LIVENESS_WINDOW
     }
 
     pub fn is_ready(&self) -> bool {
@@ -148,7 +157,17 @@ impl AdminServer {
             let _ = tx.send(());
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A slow HTTP client must not hold the process: wait a little, then leave the
+            // thread to die with the process.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("admin listener did not stop within 2 s; exiting anyway");
+            }
         }
     }
 }

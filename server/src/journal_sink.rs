@@ -18,6 +18,8 @@ use zone_persistence::{JournalHeader, JournalWriter, Record};
 
 /// The longest a record waits in the writer's buffer before it reaches the OS.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a record waits before it is fsynced (survives a power cut).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Records the queue holds (about a minute of ticks).
 pub const QUEUE_RECORDS_MAX: usize = 4096;
 
@@ -58,6 +60,7 @@ impl JournalSink {
         let shown = path.display().to_string();
         let thread = std::thread::Builder::new().name("journal".into()).spawn(move || -> anyhow::Result<()> {
             let mut last_flush = Instant::now();
+            let mut last_sync = Instant::now();
             let result = (|| -> anyhow::Result<()> {
                 loop {
                     match rx.recv_timeout(FLUSH_INTERVAL) {
@@ -72,6 +75,11 @@ impl JournalSink {
                         writer.flush()?;
                         c.bytes.store(writer.bytes(), Ordering::Relaxed);
                         last_flush = Instant::now();
+                    }
+                    // To the disk too, now and then: a power cut then loses at most this much.
+                    if last_sync.elapsed() >= SYNC_INTERVAL {
+                        writer.sync()?;
+                        last_sync = Instant::now();
                     }
                 }
                 writer.sync()?;

@@ -104,6 +104,16 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             }
         }
     };
+    if restored.is_none() && cfg.persistence_on() {
+        // A fresh timeline: an earlier run's file snapshots would crowd out this run's under the
+        // keep-newest-N rule, and belong to another journal. Keep them, out of the way.
+        let snaps = cfg.data_dir.join("snapshots");
+        if snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            let aside = cfg.data_dir.join(format!("snapshots.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+            std::fs::rename(&snaps, &aside).with_context(|| format!("cannot move the old snapshots {} aside", snaps.display()))?;
+            tracing::warn!(old = %aside.display(), "starting fresh: the previous run's file snapshots were moved aside (use --restore auto to continue that run)");
+        }
+    }
     if restored.is_none() {
         if let Some(j) = &journal {
             if j.exists() && cfg.journal.is_none() {

@@ -254,6 +254,8 @@ struct Worker {
     counters: Arc<PersistCounters>,
     consecutive_file_failures: u32,
     last_error: Option<String>,
+    /// A diff was sent as a full this time (a store lacked the base).
+    upgraded_to_full: bool,
 }
 
 impl Worker {
@@ -261,7 +263,7 @@ impl Worker {
         let redis = Backend::new("redis", cfg.breaker);
         let pg = Backend::new("postgres", cfg.breaker);
         let events = EventQueue::new(cfg.event_queue);
-        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None }
+        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None, upgraded_to_full: false }
     }
 
     async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
@@ -291,6 +293,16 @@ impl Worker {
                         }
                     }
                     self.flush_events(true).await;
+                    if !self.events.is_empty() && self.cfg.postgres.is_some() {
+                        // One last try past an open breaker: the process is about to go.
+                        self.pg.breaker = Breaker::new(self.cfg.breaker);
+                        self.flush_events(true).await;
+                    }
+                    let left = self.events.len();
+                    if left > 0 && self.cfg.postgres.is_some() {
+                        counter!("zone_events_dropped_total").absolute(self.events.dropped_total() + left as u64);
+                        tracing::error!(events = left, "exiting with player events that could not be written to PostgreSQL");
+                    }
                     break;
                 }
             }
@@ -340,7 +352,10 @@ impl Worker {
                     Ok(()) => {
                         // A diff needs Redis to hold its base; else send the full instead.
                         let (m, b, k) = if kind == SnapshotKind::Diff && self.redis.base_tick != Some(base_tick) {
+                            // Redis lacks the base (it was down, or reconnected): send a full,
+                            // and make it the base of the diffs that follow.
                             let fb = encode_full(&state, self.digest);
+                            self.upgraded_to_full = true;
                             (meta(SnapshotKind::Full), fb, SnapshotKind::Full)
                         } else {
                             (meta(kind), bytes.to_vec(), kind)
@@ -423,7 +438,7 @@ impl Worker {
                 }
             }
         }
-        if full {
+        if full || std::mem::take(&mut self.upgraded_to_full) {
             self.last_full = Some(state);
         }
         self.counters.snapshots_written.fetch_add(1, Ordering::Relaxed);

@@ -110,8 +110,16 @@ fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig, max_tick: Op
     })
 }
 
-/// The journal's last tick and the length of its whole records, after checking it belongs here.
-fn journal_extent(path: &Path, loaded: &LoadedZone, seed: u64) -> anyhow::Result<(u64, u64)> {
+/// What recovery needs from the journal: its last tick, the length of its whole records, and the
+/// hashes it recorded (to tie snapshots to its timeline).
+struct Extent {
+    end: u64,
+    valid_len: u64,
+    hashes: std::collections::BTreeMap<u64, zone_sim::ZoneHash>,
+}
+
+/// Reads the journal through, after checking it belongs here.
+fn journal_extent(path: &Path, loaded: &LoadedZone, seed: u64) -> anyhow::Result<Extent> {
     let mut r = JournalReader::open(path).with_context(|| format!("cannot read journal {}", path.display()))?;
     if r.header().zone_digest != loaded.spec.digest || r.header().seed != seed {
         bail!(
@@ -122,17 +130,21 @@ fn journal_extent(path: &Path, loaded: &LoadedZone, seed: u64) -> anyhow::Result
     }
     let mut last = 0;
     let mut len = r.offset();
+    let mut hashes = std::collections::BTreeMap::new();
     while let Some(rec) = r.next_record().with_context(|| format!("journal {} is damaged", path.display()))? {
         last = last.max(match &rec {
             Record::Tick(b) => b.tick,
             Record::Hash(h) | Record::End(h) => h.tick,
         });
+        if let Record::Hash(h) | Record::End(h) = rec {
+            hashes.insert(h.tick, h);
+        }
         len = r.offset();
     }
     if let Some(at) = r.torn_tail_at() {
         tracing::warn!(journal = %path.display(), offset = at, "recovery: the journal ends in a torn record (a crash mid-write); it is cut there");
     }
-    Ok((last, len))
+    Ok(Extent { end: last, valid_len: len, hashes })
 }
 
 /// Restores the zone, or returns `None` when there is nothing to restore from.
@@ -142,25 +154,47 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         Some(p) => Some(journal_extent(p, loaded, seed)?),
         None => None,
     };
-    let mut cands = candidates(loaded, seed, pcfg, extent.map(|(end, _)| end));
-    if let Some((end, _)) = extent {
-        cands.retain(|c| {
-            let ok = c.state.tick <= end;
-            if !ok {
-                tracing::warn!(source = c.source, tick = c.state.tick, journal_end = end, "recovery: snapshot is ahead of the journal; not used (replay could not continue from it)");
-            }
-            ok
-        });
-    }
+    let cands = candidates(loaded, seed, pcfg, extent.as_ref().map(|e| e.end));
     // Newest first; the order of `cands` (hot, cold, file) breaks ties.
-    let best = cands.into_iter().enumerate().max_by_key(|(i, c)| (c.state.tick, std::cmp::Reverse(*i))).map(|(_, c)| c);
+    let mut order: Vec<(usize, Candidate)> = cands.into_iter().enumerate().collect();
+    order.sort_by_key(|(i, c)| (std::cmp::Reverse(c.state.tick), *i));
     let spec = loaded.spec.clone();
-    let (mut zone, source, snapshot_tick) = match best {
-        Some(c) => {
-            tracing::info!(source = c.source, tick = c.state.tick, objects = c.state.object_count(), "recovery: restoring from the newest snapshot");
-            let tick = c.state.tick;
-            (Zone::restore(spec, c.state).context("the chosen snapshot does not fit this zone")?, c.source, Some(tick))
+    let mut best: Option<(Zone, &'static str, u64)> = None;
+    for (_, c) in order {
+        let tick = c.state.tick;
+        let source = c.source;
+        if extent.as_ref().is_some_and(|e| tick > e.end) {
+            tracing::warn!(source, tick, "recovery: snapshot is ahead of the journal; not used (replay could not continue from it)");
+            continue;
         }
+        let mut z = match Zone::restore(spec.clone(), c.state) {
+            Ok(z) => z,
+            Err(e) => {
+                tracing::warn!(source, tick, error = %e, "recovery: snapshot does not fit this zone; skipping it");
+                continue;
+            }
+        };
+        // A snapshot must be on this journal's timeline: the journal recorded the zone's hash at
+        // every snapshot tick, and the restored zone must hash the same.
+        if let Some(e) = &extent {
+            match e.hashes.get(&tick) {
+                Some(h) if *h == z.hash(exec) => {}
+                Some(_) => {
+                    tracing::warn!(source, tick, "recovery: snapshot differs from the journal's hash at its tick (another run's snapshot?); skipping it");
+                    continue;
+                }
+                None => {
+                    tracing::warn!(source, tick, "recovery: the journal has no hash at this snapshot's tick, so it cannot be tied to this journal; skipping it");
+                    continue;
+                }
+            }
+        }
+        tracing::info!(source, tick, "recovery: restoring from the newest snapshot that verifies");
+        best = Some((z, source, tick));
+        break;
+    }
+    let (mut zone, source, snapshot_tick) = match best {
+        Some((z, source, tick)) => (z, source, Some(tick)),
         None if journal.is_some() => {
             tracing::info!("recovery: no usable snapshot; replaying the journal from tick 0");
             (Zone::new(spec, seed)?, "journal", None)
@@ -201,7 +235,7 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         }
         tracing::info!(journal = %path.display(), from_tick = from, to_tick = zone.tick(), replayed_ticks = replayed, "recovery: journal replayed");
     }
-    Ok(Some(Restored { zone, source, snapshot_tick, replayed_ticks: replayed, journal_valid_len: extent.map(|(_, len)| len) }))
+    Ok(Some(Restored { zone, source, snapshot_tick, replayed_ticks: replayed, journal_valid_len: extent.map(|e| e.valid_len) }))
 }
 
 /// The one line recovery prints on stdout.

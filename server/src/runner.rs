@@ -35,6 +35,8 @@ use crate::zone_load::LoadedZone;
 
 /// Ticks run back to back at most after a stall, before the rest of the backlog is dropped.
 pub const CATCH_UP_TICKS_MAX: u32 = 5;
+/// Tick durations kept for the end-of-run summary (about 9 hours at 60 Hz; 8 MB).
+const TICK_SAMPLES_MAX: usize = 2_000_000;
 /// How often `/status` is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -285,16 +287,22 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             scripted.drive(&mut zone);
             let t0 = Instant::now();
             let batch = zone.step(&exec);
-            let hash = (zone.tick() % hash_interval == 0).then(|| zone.hash(&exec));
+            let t = zone.tick();
+            let snapshot_due = persister.is_some()
+                && (t % cfg.snapshot_full_every.max(1) == 0 || t % cfg.cold_snapshot_every.max(1) == 0 || t % cfg.snapshot_diff_every.max(1) == 0);
+            // Every snapshot tick also gets a journaled hash: recovery uses it to check that a
+            // snapshot belongs to this journal's timeline, and it marks the journal's progress.
+            let hash = (t % hash_interval == 0 || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
             let took = t0.elapsed();
-            tick_all.push(took);
+            if tick_all.len() < TICK_SAMPLES_MAX {
+                tick_all.push(took);
+            }
             tick_window.push(took);
             ticks_run += 1;
             if let Some(p) = &persister {
-                let t = zone.tick();
                 let full = t % cfg.snapshot_full_every.max(1) == 0;
                 let cold = t % cfg.cold_snapshot_every.max(1) == 0;
-                if full || cold || t % cfg.snapshot_diff_every.max(1) == 0 {
+                if snapshot_due {
                     let c0 = Instant::now();
                     let state = zone.capture(&exec);
                     let took = c0.elapsed();
@@ -333,6 +341,7 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             if let Some((jq, iq, lq)) = &mut queue_metrics {
                 if let Some(j) = &journal {
                     jq.observe(j.depth(), j.counters().dropped.load(Ordering::Relaxed));
+                    metrics::counter!("zone_journal_records_total").absolute(j.counters().records.load(Ordering::Relaxed));
                 }
                 iq.observe(zone.queued_inputs(), zone.refusals().get(zone_sim::InputRefusal::QueueFull));
                 if let Some(c) = &hooks.log_dropped {
@@ -375,6 +384,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     }
 
     let wall = started.elapsed();
+    if let Some(a) = &hooks.admin {
+        a.stopping.store(true, Ordering::Relaxed);
+    }
     // The final state: hashed, closed in the journal, and snapshotted.
     let final_hash = zone.hash(&exec);
     if let Some(p) = persister {

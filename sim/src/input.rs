@@ -70,10 +70,12 @@ pub enum InputRefusal {
     QueueFull,
     /// A join while the zone is draining for shutdown.
     Draining,
+    /// A join with a player id outside 1..2^63 (the top bit marks player object ids).
+    InvalidPlayerId,
 }
 
 impl InputRefusal {
-    pub const ALL: [InputRefusal; 8] = [
+    pub const ALL: [InputRefusal; 9] = [
         InputRefusal::UnknownPlayer,
         InputRefusal::StaleTick,
         InputRefusal::FutureTick,
@@ -82,6 +84,7 @@ impl InputRefusal {
         InputRefusal::ZoneFull,
         InputRefusal::QueueFull,
         InputRefusal::Draining,
+        InputRefusal::InvalidPlayerId,
     ];
 
     /// A stable snake_case name, used as a metric label and in logs.
@@ -95,6 +98,7 @@ impl InputRefusal {
             InputRefusal::ZoneFull => "zone_full",
             InputRefusal::QueueFull => "queue_full",
             InputRefusal::Draining => "draining",
+            InputRefusal::InvalidPlayerId => "invalid_player_id",
         }
     }
 }
@@ -107,7 +111,7 @@ impl std::fmt::Display for InputRefusal {
 
 /// Refusal counts, indexed like [`InputRefusal::ALL`]. Cumulative since the queue was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RefusalCounts(pub [u64; 8]);
+pub struct RefusalCounts(pub [u64; 9]);
 
 impl RefusalCounts {
     pub fn get(&self, r: InputRefusal) -> u64 {
@@ -120,6 +124,19 @@ impl RefusalCounts {
         InputRefusal::ALL.iter().map(|&r| (r, self.get(r)))
     }
 }
+
+/// Player ids are 1..2^63: 0 means "nobody" and the top bit marks player object ids.
+pub const fn is_valid_player_id(player: PlayerId) -> bool {
+    player != 0 && player < (1 << 63)
+}
+
+/// The largest tick a zone may reach (far beyond any real run: 2^62 ticks at 60 Hz is 2.4 billion
+/// years). Keeps every `tick + delay` sum in the simulation far from overflow.
+pub const TICK_MAX: u64 = 1 << 62;
+
+/// Input velocities are clamped to this many mm per tick per axis before the speed cap, so the
+/// cap's arithmetic cannot overflow whatever a client sends.
+pub const MOVE_AXIS_MAX: i32 = 1 << 20;
 
 /// Most inputs held for future ticks at once, over all ticks and players.
 pub const QUEUED_INPUTS_MAX: usize = 1 << 20;
@@ -176,7 +193,9 @@ impl InputQueue {
     /// Queues a join for the next tick. `present` says whether the player is already in the zone;
     /// `players` is how many are in the zone now.
     pub fn join(&mut self, player: PlayerId, present: bool, players: usize, max_players: u32) -> Result<(), InputRefusal> {
-        let r = if player == 0 || (present && !self.leaves.contains(&player)) || self.joins.contains(&player) {
+        let r = if !is_valid_player_id(player) {
+            Err(InputRefusal::InvalidPlayerId)
+        } else if (present && !self.leaves.contains(&player)) || self.joins.contains(&player) {
             Err(InputRefusal::AlreadyJoined)
         } else if players + self.joins.len() >= max_players as usize {
             Err(InputRefusal::ZoneFull)
@@ -276,7 +295,8 @@ mod tests {
         assert_eq!(q.join(7, false, 0, 2), Ok(()));
         assert_eq!(q.join(7, false, 0, 2), Err(InputRefusal::AlreadyJoined));
         assert_eq!(q.join(8, false, 1, 2), Err(InputRefusal::ZoneFull));
-        assert_eq!(q.join(0, false, 0, 2), Err(InputRefusal::AlreadyJoined));
+        assert_eq!(q.join(0, false, 0, 2), Err(InputRefusal::InvalidPlayerId));
+        assert_eq!(q.join(1 << 63, false, 0, 2), Err(InputRefusal::InvalidPlayerId));
         q.leave(7, false).unwrap();
         assert!(q.take_batch(1).joins.is_empty());
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{LogLevel, ScheduleBuildError, ScheduleBuildSettings, ScheduleLabel};
 
-use crate::input::{PlayerId, PlayerInput};
+use crate::input::{MOVE_AXIS_MAX, PlayerId, PlayerInput};
 use crate::object::{Body, Health, Mind, NPC_ID_SHARD_SHIFT, Npc, Obj, ObjectRecord, Player, Pos, Vel, object_hash, player_object_id};
 use crate::rng::{DetRng, fold, mix64};
 use crate::state::{RestoreError, ShardState, SpawnerPending};
@@ -403,8 +403,8 @@ impl Shard {
         }
     }
 
-    /// Replaces the shard's state with `state` (on a freshly built shard). Objects outside this
-    /// shard's cell are returned so the zone can place them; validation errors leave the shard
+    /// Replaces the shard's state with `state` (on a freshly built shard). The zone has already
+    /// placed every object in the shard that owns its position; validation errors leave the shard
     /// unusable.
     pub(crate) fn restore(&mut self, state: ShardState) -> Result<(), RestoreError> {
         let kinds = self.world.resource::<Rules>().0.kinds.len();
@@ -561,7 +561,8 @@ fn apply_inputs(mut players: Query<(&mut Player, &mut Vel)>, inbox: Res<Inbox>, 
         if let Ok(i) = inbox.inputs.binary_search_by_key(&p.player, |i| i.player) {
             let input = inbox.inputs[i];
             matched += 1;
-            let (wish, capped) = Vec2::new(input.move_x, input.move_y).cap_length(speed);
+            let raw = Vec2::new(input.move_x.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX), input.move_y.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX));
+            let (wish, capped) = raw.cap_length(speed);
             stats.0.inputs_speed_capped += u32::from(capped);
             p.wish = wish;
             p.attack = input.attack;

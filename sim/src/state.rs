@@ -68,4 +68,8 @@ pub enum RestoreError {
     UnknownKind { id: u64, kind: u16 },
     #[error("object id {id} appears twice")]
     DuplicateId { id: u64 },
+    #[error("tick {tick} is beyond the largest tick a zone may reach")]
+    TickOutOfRange { tick: u64 },
+    #[error("object {id} is a player whose object id does not match its player id")]
+    BadPlayerObject { id: u64 },
 }

@@ -129,14 +129,39 @@ impl Zone {
         if state.shards.len() != zone.shards.len() {
             return Err(RestoreError::ShardCount { expected: zone.shards.len(), got: state.shards.len() }.into());
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, mut s) in state.shards.into_iter().enumerate() {
+        if state.tick > crate::input::TICK_MAX {
+            return Err(RestoreError::TickOutOfRange { tick: state.tick }.into());
+        }
+        for s in &state.shards {
             for o in &s.objects {
+                match o.body {
+                    crate::object::Body::Npc(n) if n.spawner as usize >= zone.spawner_shard.len() => {
+                        return Err(RestoreError::UnknownSpawner { shard: usize::from(s.index), spawner: n.spawner }.into());
+                    }
+                    crate::object::Body::Player(p) if crate::object::player_object_id(p.player) != o.obj.id || !crate::input::is_valid_player_id(p.player) => {
+                        return Err(RestoreError::BadPlayerObject { id: o.obj.id }.into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut shards = state.shards;
+        // Every object goes to the shard that owns its position (a captured state already has
+        // them there; anything else is put right rather than trusted).
+        let mut placed: Vec<Vec<crate::object::ObjectRecord>> = vec![Vec::new(); shards.len()];
+        for s in &mut shards {
+            for o in s.objects.drain(..) {
                 if !seen.insert(o.obj.id) {
                     return Err(RestoreError::DuplicateId { id: o.obj.id }.into());
                 }
+                let p = zone.spec.bounds.clamp(o.pos);
+                placed[zone.spec.shard_of(p)].push(crate::object::ObjectRecord { pos: p, ..o });
             }
+        }
+        for (i, (mut s, objects)) in shards.into_iter().zip(placed).enumerate() {
             s.index = i as u16;
+            s.objects = objects;
             zone.shards[i].restore(s)?;
         }
         zone.tick = state.tick;
@@ -268,7 +293,7 @@ impl Zone {
 
     /// Runs the next tick with a given batch (replay). The batch must be for `tick() + 1`.
     pub fn step_batch(&mut self, batch: &TickBatch, exec: &dyn ShardExecutor) -> Result<(), ZoneError> {
-        if batch.tick != self.tick + 1 {
+        if batch.tick != self.tick + 1 || batch.tick > crate::input::TICK_MAX {
             return Err(ZoneError::WrongTick { expected: self.tick + 1, got: batch.tick });
         }
         let mut b = batch.clone();
@@ -284,9 +309,12 @@ impl Zone {
         let mut leaves: Vec<Vec<PlayerId>> = vec![Vec::new(); n];
         let mut inputs: Vec<Vec<PlayerInput>> = vec![Vec::new(); n];
         let mut joined = 0usize;
+        // Players leaving this tick are gone before joins are placed (leave and rejoin is allowed).
+        let leaving = |p: &PlayerId| batch.leaves.binary_search(p).is_ok();
+        let staying = self.players.iter().filter(|v| !leaving(&v.player)).count();
         for &p in &batch.joins {
-            // Joins were checked when queued; a replayed batch is trusted to be the same.
-            if self.is_present(p) || self.players.len() + joined >= self.spec.max_players as usize {
+            // Joins were checked when queued; a replayed batch gets the same checks here.
+            if !crate::input::is_valid_player_id(p) || (self.is_present(p) && !leaving(&p)) || staying + joined >= self.spec.max_players as usize {
                 continue;
             }
             joined += 1;
@@ -294,9 +322,12 @@ impl Zone {
             joins[self.spec.shard_of(at)].push((p, at));
         }
         let shard_of_player = |p: PlayerId| -> Option<usize> {
+            if batch.joins.binary_search(&p).is_ok() {
+                return Some(self.spec.shard_of(player_spawn_point(&self.spec, p)));
+            }
             match self.players.binary_search_by_key(&p, |v| v.player) {
                 Ok(i) => Some(usize::from(self.players[i].shard)),
-                Err(_) => batch.joins.binary_search(&p).ok().map(|_| self.spec.shard_of(player_spawn_point(&self.spec, p))),
+                Err(_) => None,
             }
         };
         for &p in &batch.leaves {

@@ -189,7 +189,7 @@ impl SnapshotStore for PostgresStore {
                         .execute(
                             "WITH keep AS (
                                 SELECT id, tick FROM zone_snapshots WHERE zone_id = $1 AND kind = 'full'
-                                ORDER BY tick DESC, id DESC LIMIT $2
+                                ORDER BY id DESC LIMIT $2
                              )
                              DELETE FROM zone_snapshots WHERE zone_id = $1 AND (
                                 (kind = 'full' AND id NOT IN (SELECT id FROM keep))
