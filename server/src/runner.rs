@@ -122,6 +122,8 @@ impl RunOutcome {
 /// Runs a fresh zone, or continues a restored one (`restored`).
 pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<Restored>) -> anyhow::Result<RunOutcome> {
     let spec = loaded.spec.clone();
+    // Every log line of the run carries the zone (a span field; JSON logs show it on each line).
+    let _zone_span = tracing::info_span!("zone", zone = %spec.id).entered();
     let t_load = Instant::now();
     let (mut zone, journal_append_at) = match restored {
         Some(r) => (r.zone, r.journal_valid_len),
@@ -311,6 +313,12 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     p.offer_snapshot(state, full, cold);
                 }
                 p.offer_events(player_events(&events_zone_id, &batch, &zone));
+            }
+            for &p in &batch.joins {
+                tracing::debug!(tick = batch.tick, player = p, "player joined");
+            }
+            for &p in &batch.leaves {
+                tracing::debug!(tick = batch.tick, player = p, "player left");
             }
             if let Some(j) = journal.as_mut() {
                 if !batch.is_empty() {

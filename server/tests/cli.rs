@@ -66,3 +66,21 @@ fn sigterm_stops_a_realtime_run_with_the_final_line() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.lines().last().unwrap().starts_with("final_tick="), "{stdout}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_zone() {
+    let out = bin()
+        .env("RUST_LOG", "info")
+        .args(["--ticks", "30", "--sim-players", "2", "--log-format", "json", "--stats-interval", "0.01"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{err}");
+    for l in &lines {
+        assert!(l.starts_with('{') && l.ends_with('}'), "not a JSON object: {l}");
+        assert!(l.contains("\"level\":") && l.contains("\"zone\":\"demo\""), "missing level or zone: {l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"shard\":") && l.contains("\"tick\":")), "no per-shard line with shard and tick");
+}
