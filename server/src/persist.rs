@@ -181,6 +181,8 @@ impl Persister {
 /// One remote backend: its store (connected lazily), its breaker.
 struct Backend<S> {
     name: &'static str,
+    /// Whether this backend stores snapshots (its failures feed the snapshot metrics) or events.
+    snapshots: bool,
     store: Option<S>,
     breaker: Breaker,
     /// The tick of the full snapshot this store holds (diffs need it).
@@ -188,9 +190,9 @@ struct Backend<S> {
 }
 
 impl<S> Backend<S> {
-    fn new(name: &'static str, breaker: BreakerConfig) -> Self {
+    fn new(name: &'static str, snapshots: bool, breaker: BreakerConfig) -> Self {
         gauge!("zone_backend_breaker_state", "backend" => name).set(0.0);
-        Backend { name, store: None, breaker: Breaker::new(breaker), base_tick: None }
+        Backend { name, snapshots, store: None, breaker: Breaker::new(breaker), base_tick: None }
     }
 
     fn admit(&mut self) -> bool {
@@ -207,7 +209,7 @@ impl<S> Backend<S> {
         self.store = None;
         self.base_tick = None;
         let t = self.breaker.record_failure(Instant::now());
-        if what == "snapshot" {
+        if self.snapshots {
             counter!("zone_snapshot_failures_total", "store" => self.name).increment(1);
             gauge!("zone_snapshot_consecutive_failures", "store" => self.name).set(f64::from(self.breaker.consecutive_failures()));
         } else {
@@ -223,8 +225,20 @@ impl<S> Backend<S> {
         if let Some(t) = self.breaker.record_success(Instant::now()) {
             log_transition(self.name, t);
         }
-        gauge!("zone_snapshot_consecutive_failures", "store" => self.name).set(0.0);
+        if self.snapshots {
+            gauge!("zone_snapshot_consecutive_failures", "store" => self.name).set(0.0);
+        }
     }
+}
+
+/// Connects a PostgreSQL backend if it has no live client (migrations run on connect).
+async fn connect_pg(b: &mut Backend<PostgresStore>, url: &str, cfg: &PersistConfig) -> Result<(), zone_persistence::store::StoreError> {
+    if b.store.is_none() {
+        let s = PostgresStore::connect(url, &cfg.instance, cfg.keep_full, cfg.op_timeout).await?;
+        tracing::info!(backend = b.name, instance = %cfg.instance, "connected (schema migrated)");
+        b.store = Some(s);
+    }
+    Ok(())
 }
 
 fn log_transition(backend: &'static str, t: Transition) {
@@ -248,7 +262,11 @@ struct Worker {
     files: FileStore,
     file_base_tick: Option<u64>,
     redis: Backend<RedisStore>,
+    /// Cold snapshots.
     pg: Backend<PostgresStore>,
+    /// Player events: its own connection and breaker, so event writes and snapshot writes never
+    /// hide each other's failures.
+    pg_events: Backend<PostgresStore>,
     last_full: Option<ZoneState>,
     events: EventQueue,
     counters: Arc<PersistCounters>,
@@ -260,10 +278,11 @@ struct Worker {
 
 impl Worker {
     fn new(cfg: PersistConfig, files: FileStore, digest: [u8; 32], seed: u64, counters: Arc<PersistCounters>) -> Self {
-        let redis = Backend::new("redis", cfg.breaker);
-        let pg = Backend::new("postgres", cfg.breaker);
+        let redis = Backend::new("redis", true, cfg.breaker);
+        let pg = Backend::new("postgres", true, cfg.breaker);
+        let pg_events = Backend::new("postgres_events", false, cfg.breaker);
         let events = EventQueue::new(cfg.event_queue);
-        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None, upgraded_to_full: false }
+        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, pg_events, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None, upgraded_to_full: false }
     }
 
     async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
@@ -295,7 +314,7 @@ impl Worker {
                     self.flush_events(true).await;
                     if !self.events.is_empty() && self.cfg.postgres.is_some() {
                         // One last try past an open breaker: the process is about to go.
-                        self.pg.breaker = Breaker::new(self.cfg.breaker);
+                        self.pg_events.breaker = Breaker::new(self.cfg.breaker);
                         self.flush_events(true).await;
                     }
                     let left = self.events.len();
@@ -415,7 +434,7 @@ impl Worker {
         if cold {
             if let Some(url) = self.cfg.postgres.clone() {
                 if self.pg.admit() {
-                    match self.ensure_pg(&url).await {
+                    match connect_pg(&mut self.pg, &url, &self.cfg).await {
                         Ok(()) => {
                             let fb = full_bytes.clone().unwrap_or_else(|| encode_full(&state, self.digest));
                             let store = self.pg.store.as_ref().expect("connected");
@@ -459,6 +478,7 @@ impl Worker {
             if self.cfg.postgres.is_some() {
                 st.consecutive_failures.insert("postgres", self.pg.breaker.consecutive_failures());
                 st.breakers.insert("postgres", self.pg.breaker.state().as_str());
+                st.breakers.insert("postgres_events", self.pg_events.breaker.state().as_str());
             }
             if let Some(e) = &self.last_error {
                 st.last_error = Some(e.clone());
@@ -477,14 +497,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn ensure_pg(&mut self, url: &str) -> Result<(), zone_persistence::store::StoreError> {
-        if self.pg.store.is_none() {
-            let s = PostgresStore::connect(url, &self.cfg.instance, self.cfg.keep_full, self.cfg.op_timeout).await?;
-            tracing::info!(backend = "postgres", instance = %self.cfg.instance, "connected (schema migrated)");
-            self.pg.store = Some(s);
-        }
-        Ok(())
-    }
+
 
     /// Writes queued events to PostgreSQL, in order, while the breaker allows. `all` keeps going
     /// until the queue is empty or a write fails.
@@ -498,24 +511,24 @@ impl Worker {
             return;
         };
         while !self.events.is_empty() {
-            if !self.pg.admit() {
+            if !self.pg_events.admit() {
                 return;
             }
-            if let Err(e) = self.ensure_pg(&url).await {
-                self.pg.failed("events", &e);
+            if let Err(e) = connect_pg(&mut self.pg_events, &url, &self.cfg).await {
+                self.pg_events.failed("events", &e);
                 return;
             }
             let batch = self.events.drain_batch(EVENT_INSERT_BATCH);
             let n = batch.len() as u64;
-            let store = self.pg.store.as_ref().expect("connected");
+            let store = self.pg_events.store.as_ref().expect("connected");
             match store.insert_events(&batch).await {
                 Ok(()) => {
-                    self.pg.succeeded();
+                    self.pg_events.succeeded();
                     counter!("zone_events_written_total").increment(n);
                 }
                 Err(e) => {
                     self.events.requeue_front(batch);
-                    self.pg.failed("events", &e);
+                    self.pg_events.failed("events", &e);
                     return;
                 }
             }

@@ -613,11 +613,10 @@ fn deliver_mail(
         }
     }
     for m in &mail {
-        if let Mail::Died { spawner } = *m {
-            if let Some(s) = spawners.0.iter_mut().find(|s| s.id == spawner) {
+        if let Mail::Died { spawner } = *m
+            && let Some(s) = spawners.0.iter_mut().find(|s| s.id == spawner) {
                 s.pending.push_back(clock.tick + u64::from(s.respawn_delay_ticks));
             }
-        }
     }
     // Keep the allocation.
     mail.clear();

@@ -237,7 +237,7 @@ impl ZoneSpec {
             return Err(err("zone.id", format!("{:?} must be non-empty ASCII letters, digits, '-' or '_'", z.id)));
         }
         for (name, v) in [("zone.width_m", z.width_m), ("zone.height_m", z.height_m)] {
-            if !(v.is_finite() && v >= 1.0 && v <= ZONE_SIDE_M_MAX) {
+            if !(v.is_finite() && (1.0..=ZONE_SIDE_M_MAX).contains(&v)) {
                 return Err(err(name, format!("{v} is out of range: use 1 to {ZONE_SIDE_M_MAX} metres")));
             }
         }
@@ -438,21 +438,21 @@ fn line_col(text: &str, byte: usize) -> (usize, usize) {
 type ErrFn<'a> = dyn Fn(&str, String) -> ZoneFileError + 'a;
 
 fn speed(err: &ErrFn<'_>, field: &str, v: f64) -> Result<i32, ZoneFileError> {
-    if !(v.is_finite() && v >= 0.0 && v <= 1000.0) {
+    if !(v.is_finite() && (0.0..=1000.0).contains(&v)) {
         return Err(err(field, format!("{v} is out of range: use 0 to 1000 m/s")));
     }
     Ok(speed_to_mm_per_tick(v) as i32)
 }
 
 fn distance(err: &ErrFn<'_>, field: &str, v: f64) -> Result<i32, ZoneFileError> {
-    if !(v.is_finite() && v >= 0.0 && v <= 100_000.0) {
+    if !(v.is_finite() && (0.0..=100_000.0).contains(&v)) {
         return Err(err(field, format!("{v} is out of range: use 0 to 100000 metres")));
     }
     Ok(metres_to_mm(v) as i32)
 }
 
 fn duration(err: &ErrFn<'_>, field: &str, v: f64) -> Result<u32, ZoneFileError> {
-    if !(v.is_finite() && v >= 0.0 && v <= 86_400.0) {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
         return Err(err(field, format!("{v} is out of range: use 0 to 86400 seconds")));
     }
     Ok(secs_to_ticks(v) as u32)
