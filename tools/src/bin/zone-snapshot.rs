@@ -69,6 +69,19 @@ enum Command {
     },
 }
 
+/// Prints a line; a closed stdout (`zone-snapshot list … | head`) ends the program quietly
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -109,23 +122,23 @@ fn verify_bytes(name: &str, bytes: &[u8]) -> anyhow::Result<zone_persistence::sn
 fn describe(name: &str, s: &zone_persistence::snapshot::Snapshot, bytes: usize) {
     let m = &s.meta;
     let digest: String = m.zone_digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    println!("{name}: {} snapshot, format {}, tick {}, base tick {}, seed {}, zone digest {digest}…, {bytes} bytes", m.kind.as_str(), m.format_version, m.tick, m.base_tick, m.seed);
+    say!("{name}: {} snapshot, format {}, tick {}, base tick {}, seed {}, zone digest {digest}…, {bytes} bytes", m.kind.as_str(), m.format_version, m.tick, m.base_tick, m.seed);
     match &s.body {
         SnapshotBody::Full(state) => {
-            println!("  {} objects in {} shards", state.object_count(), state.shards.len());
+            say!("  {} objects in {} shards", state.object_count(), state.shards.len());
             for sh in &state.shards {
                 let mut kinds = std::collections::BTreeMap::new();
                 for o in &sh.objects {
                     *kinds.entry(o.obj.kind).or_insert(0u64) += 1;
                 }
                 let k: Vec<String> = kinds.iter().map(|(k, n)| format!("kind{k}={n}")).collect();
-                println!("  shard {:>2}: {:>6} objects ({}), {} pending respawns, {} mail", sh.index, sh.objects.len(), k.join(" "), sh.spawners.iter().map(|p| p.due.len()).sum::<usize>(), sh.mail.len());
+                say!("  shard {:>2}: {:>6} objects ({}), {} pending respawns, {} mail", sh.index, sh.objects.len(), k.join(" "), sh.spawners.iter().map(|p| p.due.len()).sum::<usize>(), sh.mail.len());
             }
         }
         SnapshotBody::Diff(d) => {
             let up: usize = d.shards.iter().map(|s| s.upserted.len()).sum();
             let rm: usize = d.shards.iter().map(|s| s.removed.len()).sum();
-            println!("  diff from tick {} to {}: {up} objects created or changed, {rm} removed", d.base_tick, d.tick);
+            say!("  diff from tick {} to {}: {up} objects created or changed, {rm} removed", d.base_tick, d.tick);
         }
     }
 }
@@ -137,11 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = open(&store, instance.as_deref(), timeout).await?;
             let list = s.list().await?;
             if list.is_empty() {
-                println!("no snapshots in {store}");
+                say!("no snapshots in {store}");
             }
-            println!("{:<48} {:>5} {:>10} {:>10} {:>10}", "key", "kind", "tick", "base", "bytes");
+            say!("{:<48} {:>5} {:>10} {:>10} {:>10}", "key", "kind", "tick", "base", "bytes");
             for e in list {
-                println!("{:<48} {:>5} {:>10} {:>10} {:>10}", e.key, e.meta.kind.as_str(), e.meta.tick, e.meta.base_tick, e.bytes_len);
+                say!("{:<48} {:>5} {:>10} {:>10} {:>10}", e.key, e.meta.kind.as_str(), e.meta.tick, e.meta.base_tick, e.bytes_len);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -156,10 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for f in &files {
                 let name = f.display().to_string();
                 match std::fs::read(f).map_err(anyhow::Error::from).and_then(|b| verify_bytes(&name, &b).map(|s| (s, b.len()))) {
-                    Ok((s, n)) => println!("ok: {name}: {} snapshot at tick {}, {n} bytes", s.meta.kind.as_str(), s.meta.tick),
+                    Ok((s, n)) => say!("ok: {name}: {} snapshot at tick {}, {n} bytes", s.meta.kind.as_str(), s.meta.tick),
                     Err(e) => {
                         bad += 1;
-                        println!("DAMAGED: {e:#}");
+                        say!("DAMAGED: {e:#}");
                     }
                 }
             }
@@ -178,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tmp = out.with_extension("tmp");
             std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, &out)?;
-            println!("exported {} snapshot at tick {} ({} bytes) to {}", snap.meta.kind.as_str(), snap.meta.tick, bytes.len(), out.display());
+            say!("exported {} snapshot at tick {} ({} bytes) to {}", snap.meta.kind.as_str(), snap.meta.tick, bytes.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { file, store, instance } => {
@@ -187,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let meta = decode_meta(&bytes)?;
             let s = open(&store, instance.as_deref(), timeout).await?;
             s.put(&meta, &bytes).await?;
-            println!("imported {} snapshot at tick {} into {} ({})", meta.kind.as_str(), meta.tick, s.name(), zone_server::config::mask_url_passwords(&store));
+            say!("imported {} snapshot at tick {} into {} ({})", meta.kind.as_str(), meta.tick, s.name(), zone_server::config::mask_url_passwords(&store));
             Ok(ExitCode::SUCCESS)
         }
     }
