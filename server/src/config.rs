@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// With no flags it runs assets/zones/demo.toml until Ctrl-C or SIGTERM (which drain the zone
 /// first; a second signal exits at once), logging per-shard statistics every few seconds to
-/// stderr and serving metrics and health on 127.0.0.1:9100. With --ticks N it runs N ticks as
+/// stderr, serving metrics and health on 127.0.0.1:9100, and keeping snapshots and the input
+/// journal in ./data (no other service needed). With --ticks N it runs N ticks as
 /// fast as it can and prints `final_tick=<N> zone_hash=<16 hex digits>` as the last line of
 /// stdout.
 ///
@@ -52,7 +53,7 @@ pub struct Cli {
     #[arg(long, value_name = "K", env = "ZONE_SIM_PLAYERS")]
     pub sim_players: Option<u32>,
 
-    /// Record an input journal to PATH; replay it with `zone-replay PATH`. [default: none]
+    /// Record the input journal to PATH; replay it with `zone-replay PATH`. [default: DATA_DIR/journal.zjnl when persistence is on, else none]
     #[arg(long, value_name = "PATH", env = "ZONE_JOURNAL")]
     pub journal: Option<PathBuf>,
 
