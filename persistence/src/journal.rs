@@ -381,6 +381,20 @@ impl<R: Read> JournalReader<R> {
         self.torn_tail_at
     }
 
+    /// Whether everything left in the input is zero bytes (reads it all; bounded by the file).
+    fn rest_is_zeros(&mut self) -> Result<bool, JournalError> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = read_full(&mut self.input, &mut chunk)?;
+            if chunk[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            if n < chunk.len() {
+                return Ok(true);
+            }
+        }
+    }
+
     /// The next whole record, `None` at the end (or at a torn tail), or the corruption found.
     pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
         if self.done {
@@ -399,6 +413,13 @@ impl<R: Read> JournalReader<R> {
             return Ok(None);
         }
         let len = u32::from_le_bytes(len_bytes);
+        if len == 0 && self.rest_is_zeros()? {
+            // After a power cut a file can end in zeros (the size was updated, the data was not):
+            // that is a torn tail, not corruption.
+            self.done = true;
+            self.torn_tail_at = Some(start);
+            return Ok(None);
+        }
         if len == 0 || len > RECORD_BYTES_MAX {
             self.done = true;
             return Err(JournalError::Corrupt { offset: start, reason: format!("record length {len} is outside 1..={RECORD_BYTES_MAX}") });
@@ -498,6 +519,19 @@ mod tests {
                 assert_ne!(recs, sample(), "flip at {at} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_a_torn_tail() {
+        let mut b = bytes(&sample());
+        let good = b.len() as u64;
+        b.extend_from_slice(&[0u8; 4096]);
+        let (recs, torn) = read_all(&b).unwrap();
+        assert_eq!(recs, sample());
+        assert_eq!(torn, Some(good));
+        // Zeros followed by data are corruption, not a tail.
+        b.push(1);
+        assert!(matches!(read_all(&b), Err(JournalError::Corrupt { .. })));
     }
 
     #[test]
