@@ -286,6 +286,7 @@ impl Worker {
     }
 
     async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
+        self.connect_at_start().await;
         let mut last_flush = Instant::now();
         loop {
             // Events first (cheap), then at most one snapshot, then a flush when due.
@@ -486,6 +487,25 @@ impl Worker {
             st.events_queued = self.events.len();
             st.events_dropped = self.events.dropped_total();
         }
+    }
+
+    /// Connects to the configured backends right away, so PostgreSQL migrations run at start and
+    /// a backend that is down is reported at once (and bypassed, through its breaker).
+    async fn connect_at_start(&mut self) {
+        if let Some(url) = self.cfg.redis.clone() {
+            if let Err(e) = self.ensure_redis(&url).await {
+                self.redis.failed("connect", &e);
+            }
+        }
+        if let Some(url) = self.cfg.postgres.clone() {
+            if let Err(e) = connect_pg(&mut self.pg, &url, &self.cfg).await {
+                self.pg.failed("connect", &e);
+            }
+            if let Err(e) = connect_pg(&mut self.pg_events, &url, &self.cfg).await {
+                self.pg_events.failed("connect", &e);
+            }
+        }
+        self.publish_status(None);
     }
 
     async fn ensure_redis(&mut self, url: &str) -> Result<(), zone_persistence::store::StoreError> {
