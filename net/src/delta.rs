@@ -111,7 +111,10 @@ pub enum DecodeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Change {
     Create(QObject),
-    Update { base: QObject, next: QObject },
+    Update {
+        base: QObject,
+        next: QObject,
+    },
     /// The object as the baseline has it (its position orders the removal).
     Remove(QObject),
 }
@@ -398,7 +401,11 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     let start = lo.at;
     // The common case (a delta): everything left fits in this datagram. (Every change takes at
     // least a byte, so more changes than budget bytes cannot fit: skip the trial for huge views.)
-    let mut chosen = if lo.len() <= budget_bytes { lo.changes[start..].to_vec() } else { Vec::new() };
+    let mut chosen = if lo.len() <= budget_bytes {
+        lo.changes[start..].to_vec()
+    } else {
+        Vec::new()
+    };
     let mut env = envelope(lo, build(lo, &mut chosen, false));
     if (lo.is_empty() || !chosen.is_empty()) && env.encoded_len() <= budget_bytes {
         lo.at = lo.changes.len();
@@ -424,13 +431,21 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
         }
         chosen = lo.changes[start..lo.at].to_vec();
         env = envelope(lo, build(lo, &mut chosen, lo.at < lo.changes.len()));
-        debug_assert_eq!(env.encoded_len(), envelope_bytes(lo, header_len + sizer.totals.lists_len()), "size model is off");
+        debug_assert_eq!(
+            env.encoded_len(),
+            envelope_bytes(lo, header_len + sizer.totals.lists_len()),
+            "size model is off"
+        );
     }
     let count = |f: fn(&Change) -> bool| chosen.iter().filter(|c| f(c)).count();
     let bytes = env.encode_to_vec();
     // The size model is exact, so this cannot fail; a datagram over the budget would be dropped
     // silently by the transport, so check it here where the cause is known.
-    assert!(bytes.len() <= budget_bytes, "snapshot datagram of {} bytes over the {budget_bytes}-byte budget", bytes.len());
+    assert!(
+        bytes.len() <= budget_bytes,
+        "snapshot datagram of {} bytes over the {budget_bytes}-byte budget",
+        bytes.len()
+    );
     lo.part = lo.part.wrapping_add(1);
     let stats = DeltaStats {
         datagrams: 1,
@@ -456,12 +471,24 @@ pub fn encode_delta(
         None => 0,
         Some(b) if b.tick() == 0 => return Err(EncodeError::BaselineAtTickZero),
         Some(b) if b.tick() >= next.tick() => {
-            return Err(EncodeError::TickNotAfterBaseline { baseline_tick: b.tick(), next_tick: next.tick() });
+            return Err(EncodeError::TickNotAfterBaseline {
+                baseline_tick: b.tick(),
+                next_tick: next.tick(),
+            });
         }
         Some(b) => b.tick(),
     };
     let changes = diff(base, next);
-    let mut lo = Leftover { tick: next.tick(), baseline_tick, frame, part: 0, focus, changes, by_distance: false, at: 0 };
+    let mut lo = Leftover {
+        tick: next.tick(),
+        baseline_tick,
+        frame,
+        part: 0,
+        focus,
+        changes,
+        by_distance: false,
+        at: 0,
+    };
     let (bytes, stats) = pack(&mut lo, budget_bytes)?;
     Ok((bytes, stats, lo))
 }
@@ -534,7 +561,9 @@ pub fn decode_snapshot(base: Option<&View>, bytes: &[u8]) -> Result<DecodedSnaps
         return Err(DecodeError::NotASnapshot);
     };
     if base.is_none() && snap.baseline_tick != 0 {
-        return Err(DecodeError::MissingBaseline { baseline_tick: snap.baseline_tick });
+        return Err(DecodeError::MissingBaseline {
+            baseline_tick: snap.baseline_tick,
+        });
     }
     let mut objects: Vec<QObject> = base.map_or_else(Vec::new, |b| b.objects().to_vec());
     let mut gone = vec![false; objects.len()];

@@ -45,14 +45,24 @@ pub struct Stamp {
 
 /// One server→client message as a datagram payload.
 pub fn encode_server(stamp: Stamp, body: server_envelope::Body) -> Vec<u8> {
-    ServerEnvelope { protocol_version: PROTOCOL_VERSION, channel: stamp.channel as i32, sequence: stamp.sequence, body: Some(body) }
-        .encode_to_vec()
+    ServerEnvelope {
+        protocol_version: PROTOCOL_VERSION,
+        channel: stamp.channel as i32,
+        sequence: stamp.sequence,
+        body: Some(body),
+    }
+    .encode_to_vec()
 }
 
 /// One client→server message as a datagram payload.
 pub fn encode_client(stamp: Stamp, body: client_envelope::Body) -> Vec<u8> {
-    ClientEnvelope { protocol_version: PROTOCOL_VERSION, channel: stamp.channel as i32, sequence: stamp.sequence, body: Some(body) }
-        .encode_to_vec()
+    ClientEnvelope {
+        protocol_version: PROTOCOL_VERSION,
+        channel: stamp.channel as i32,
+        sequence: stamp.sequence,
+        body: Some(body),
+    }
+    .encode_to_vec()
 }
 
 fn check_common(len_bytes: usize) -> Result<(), EnvelopeError> {
@@ -92,12 +102,20 @@ pub fn decode_client(bytes: &[u8]) -> Result<(Stamp, client_envelope::Body), Env
                 return Err(EnvelopeError::BadVersion { found: h.protocol_version });
             }
             if h.join_token.len() > JOIN_TOKEN_BYTES_MAX {
-                return Err(EnvelopeError::OverLimit { what: "join token bytes", found: h.join_token.len(), max: JOIN_TOKEN_BYTES_MAX });
+                return Err(EnvelopeError::OverLimit {
+                    what: "join token bytes",
+                    found: h.join_token.len(),
+                    max: JOIN_TOKEN_BYTES_MAX,
+                });
             }
         }
         client_envelope::Body::Inputs(b) => {
             if b.inputs.len() > INPUTS_PER_BATCH_MAX {
-                return Err(EnvelopeError::OverLimit { what: "inputs per batch", found: b.inputs.len(), max: INPUTS_PER_BATCH_MAX });
+                return Err(EnvelopeError::OverLimit {
+                    what: "inputs per batch",
+                    found: b.inputs.len(),
+                    max: INPUTS_PER_BATCH_MAX,
+                });
             }
         }
         client_envelope::Body::SnapshotAck(_) => {}
@@ -111,41 +129,99 @@ mod tests {
     use crate::proto::{Event, Hello, Input, InputBatch, Notice, NoticeKind, Reject, RejectReason, event};
 
     fn reliable(sequence: u32) -> Stamp {
-        Stamp { channel: Channel::Reliable, sequence }
+        Stamp {
+            channel: Channel::Reliable,
+            sequence,
+        }
     }
 
     #[test]
     fn client_round_trip_and_limits() {
-        let hello = client_envelope::Body::Hello(Hello { protocol_version: PROTOCOL_VERSION, join_token: "abc".into() });
+        let hello = client_envelope::Body::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            join_token: "abc".into(),
+        });
         let b = encode_client(reliable(7), hello.clone());
         assert_eq!(decode_client(&b), Ok((reliable(7), hello)));
 
-        let old = encode_client(reliable(0), client_envelope::Body::Hello(Hello { protocol_version: 0, join_token: "t".into() }));
+        let old = encode_client(
+            reliable(0),
+            client_envelope::Body::Hello(Hello {
+                protocol_version: 0,
+                join_token: "t".into(),
+            }),
+        );
         assert_eq!(decode_client(&old), Err(EnvelopeError::BadVersion { found: 0 }));
 
-        let long = client_envelope::Body::Hello(Hello { protocol_version: 1, join_token: "x".repeat(JOIN_TOKEN_BYTES_MAX + 1) });
-        assert!(matches!(decode_client(&encode_client(reliable(0), long)), Err(EnvelopeError::OverLimit { .. })));
+        let long = client_envelope::Body::Hello(Hello {
+            protocol_version: 1,
+            join_token: "x".repeat(JOIN_TOKEN_BYTES_MAX + 1),
+        });
+        assert!(matches!(
+            decode_client(&encode_client(reliable(0), long)),
+            Err(EnvelopeError::OverLimit { .. })
+        ));
 
-        let input = Input { tick: 3, move_x: -4, move_y: 5, attack: true };
-        let many = client_envelope::Body::Inputs(InputBatch { inputs: vec![input; INPUTS_PER_BATCH_MAX + 1] });
-        let unreliable = Stamp { channel: Channel::Unreliable, sequence: 1 };
-        assert!(matches!(decode_client(&encode_client(unreliable, many)), Err(EnvelopeError::OverLimit { .. })));
+        let input = Input {
+            tick: 3,
+            move_x: -4,
+            move_y: 5,
+            attack: true,
+        };
+        let many = client_envelope::Body::Inputs(InputBatch {
+            inputs: vec![input; INPUTS_PER_BATCH_MAX + 1],
+        });
+        let unreliable = Stamp {
+            channel: Channel::Unreliable,
+            sequence: 1,
+        };
+        assert!(matches!(
+            decode_client(&encode_client(unreliable, many)),
+            Err(EnvelopeError::OverLimit { .. })
+        ));
 
-        let mut future = ClientEnvelope { protocol_version: 2, channel: 1, sequence: 0, body: None }.encode_to_vec();
+        let mut future = ClientEnvelope {
+            protocol_version: 2,
+            channel: 1,
+            sequence: 0,
+            body: None,
+        }
+        .encode_to_vec();
         assert_eq!(decode_client(&future), Err(EnvelopeError::BadVersion { found: 2 }));
-        future = ClientEnvelope { protocol_version: 1, channel: 1, sequence: 0, body: None }.encode_to_vec();
+        future = ClientEnvelope {
+            protocol_version: 1,
+            channel: 1,
+            sequence: 0,
+            body: None,
+        }
+        .encode_to_vec();
         assert_eq!(decode_client(&future), Err(EnvelopeError::Empty));
-        future = ClientEnvelope { protocol_version: 1, channel: 9, sequence: 0, body: None }.encode_to_vec();
+        future = ClientEnvelope {
+            protocol_version: 1,
+            channel: 9,
+            sequence: 0,
+            body: None,
+        }
+        .encode_to_vec();
         assert_eq!(decode_client(&future), Err(EnvelopeError::BadChannel { found: 9 }));
-        assert!(matches!(decode_client(&vec![0u8; DATAGRAM_BYTES_MAX + 1]), Err(EnvelopeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_client(&vec![0u8; DATAGRAM_BYTES_MAX + 1]),
+            Err(EnvelopeError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn server_round_trip() {
         for body in [
-            server_envelope::Body::Reject(Reject { reason: RejectReason::Draining as i32, detail: "bye".into() }),
+            server_envelope::Body::Reject(Reject {
+                reason: RejectReason::Draining as i32,
+                detail: "bye".into(),
+            }),
             server_envelope::Body::Event(Event {
-                kind: Some(event::Kind::Notice(Notice { kind: NoticeKind::Draining as i32, text: "draining".into() })),
+                kind: Some(event::Kind::Notice(Notice {
+                    kind: NoticeKind::Draining as i32,
+                    text: "draining".into(),
+                })),
             }),
         ] {
             let b = encode_server(reliable(u32::MAX), body.clone());
@@ -155,7 +231,10 @@ mod tests {
 
     #[test]
     fn every_truncation_and_flip_is_an_error_or_a_message() {
-        let hello = client_envelope::Body::Hello(Hello { protocol_version: PROTOCOL_VERSION, join_token: "a.b.c".into() });
+        let hello = client_envelope::Body::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            join_token: "a.b.c".into(),
+        });
         let full = encode_client(reliable(300), hello);
         for cut in 0..full.len() {
             let _ = decode_client(&full[..cut]);

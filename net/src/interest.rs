@@ -50,7 +50,10 @@ impl ShardGrid {
 
     /// The cell that holds `p` (clamped into the zone).
     pub fn cell_of(&self, p: PosMm) -> Cell {
-        Cell { col: Self::index(p.x_mm, self.min.x_mm, self.max.x_mm, self.cols), row: Self::index(p.y_mm, self.min.y_mm, self.max.y_mm, self.rows) }
+        Cell {
+            col: Self::index(p.x_mm, self.min.x_mm, self.max.x_mm, self.cols),
+            row: Self::index(p.y_mm, self.min.y_mm, self.max.y_mm, self.rows),
+        }
     }
 
     /// The cell's rectangle as `(min, max)` in mm, max exclusive.
@@ -60,8 +63,14 @@ impl ShardGrid {
             i32::try_from(v).unwrap_or(max)
         };
         (
-            PosMm { x_mm: edge(self.min.x_mm, self.max.x_mm, self.cols, c.col), y_mm: edge(self.min.y_mm, self.max.y_mm, self.rows, c.row) },
-            PosMm { x_mm: edge(self.min.x_mm, self.max.x_mm, self.cols, c.col + 1), y_mm: edge(self.min.y_mm, self.max.y_mm, self.rows, c.row + 1) },
+            PosMm {
+                x_mm: edge(self.min.x_mm, self.max.x_mm, self.cols, c.col),
+                y_mm: edge(self.min.y_mm, self.max.y_mm, self.rows, c.row),
+            },
+            PosMm {
+                x_mm: edge(self.min.x_mm, self.max.x_mm, self.cols, c.col + 1),
+                y_mm: edge(self.min.y_mm, self.max.y_mm, self.rows, c.row + 1),
+            },
         )
     }
 }
@@ -77,7 +86,13 @@ pub fn dist2_mm2(a: PosMm, b: PosMm) -> u64 {
 fn dist2_to_rect(p: PosMm, min: PosMm, max: PosMm) -> u64 {
     let axis = |v: i32, lo: i32, hi: i32| -> u64 {
         let (v, lo, hi) = (i64::from(v), i64::from(lo), i64::from(hi) - 1);
-        if v < lo { (lo - v).unsigned_abs() } else if v > hi { (v - hi).unsigned_abs() } else { 0 }
+        if v < lo {
+            (lo - v).unsigned_abs()
+        } else if v > hi {
+            (v - hi).unsigned_abs()
+        } else {
+            0
+        }
     };
     let dx = axis(p.x_mm, min.x_mm, max.x_mm);
     let dy = axis(p.y_mm, min.y_mm, max.y_mm);
@@ -134,36 +149,90 @@ mod tests {
 
     fn grid() -> ShardGrid {
         // 400 m × 400 m, 4 × 4 cells of 100 m.
-        ShardGrid { min: PosMm { x_mm: 0, y_mm: 0 }, max: PosMm { x_mm: 400_000, y_mm: 400_000 }, cols: 4, rows: 4 }
+        ShardGrid {
+            min: PosMm { x_mm: 0, y_mm: 0 },
+            max: PosMm {
+                x_mm: 400_000,
+                y_mm: 400_000,
+            },
+            cols: 4,
+            rows: 4,
+        }
     }
 
     fn at(id: u64, x_m: i32, y_m: i32) -> Located {
-        Located { id, pos: PosMm { x_mm: x_m * 1000, y_mm: y_m * 1000 } }
+        Located {
+            id,
+            pos: PosMm {
+                x_mm: x_m * 1000,
+                y_mm: y_m * 1000,
+            },
+        }
     }
 
     #[test]
     fn cells() {
         let g = grid();
         assert_eq!(g.cell_of(PosMm { x_mm: 0, y_mm: 0 }), Cell { col: 0, row: 0 });
-        assert_eq!(g.cell_of(PosMm { x_mm: 99_999, y_mm: 100_000 }), Cell { col: 0, row: 1 });
-        assert_eq!(g.cell_of(PosMm { x_mm: i32::MAX, y_mm: i32::MIN }), Cell { col: 3, row: 0 });
+        assert_eq!(
+            g.cell_of(PosMm {
+                x_mm: 99_999,
+                y_mm: 100_000
+            }),
+            Cell { col: 0, row: 1 }
+        );
+        assert_eq!(
+            g.cell_of(PosMm {
+                x_mm: i32::MAX,
+                y_mm: i32::MIN
+            }),
+            Cell { col: 3, row: 0 }
+        );
         // In the middle of cell (1, 1) with a 20 m radius: only its own cell.
-        assert_eq!(cells_in_interest(&g, PosMm { x_mm: 150_000, y_mm: 150_000 }, 20_000), vec![Cell { col: 1, row: 1 }]);
+        assert_eq!(
+            cells_in_interest(
+                &g,
+                PosMm {
+                    x_mm: 150_000,
+                    y_mm: 150_000
+                },
+                20_000
+            ),
+            vec![Cell { col: 1, row: 1 }]
+        );
         // Near the corner of four cells: all four.
-        let c = cells_in_interest(&g, PosMm { x_mm: 195_000, y_mm: 195_000 }, 20_000);
-        assert_eq!(c, vec![Cell { col: 1, row: 1 }, Cell { col: 1, row: 2 }, Cell { col: 2, row: 1 }, Cell { col: 2, row: 2 }]);
+        let c = cells_in_interest(
+            &g,
+            PosMm {
+                x_mm: 195_000,
+                y_mm: 195_000,
+            },
+            20_000,
+        );
+        assert_eq!(
+            c,
+            vec![
+                Cell { col: 1, row: 1 },
+                Cell { col: 1, row: 2 },
+                Cell { col: 2, row: 1 },
+                Cell { col: 2, row: 2 }
+            ]
+        );
     }
 
     #[test]
     fn own_cell_whole_neighbours_by_radius() {
         let g = grid();
-        let me = PosMm { x_mm: 195_000, y_mm: 150_000 };
+        let me = PosMm {
+            x_mm: 195_000,
+            y_mm: 150_000,
+        };
         let objects = [
-            at(1, 105, 105),  // own cell, far: in
-            at(2, 210, 150),  // next cell, 15 m: in
-            at(3, 260, 150),  // next cell, 65 m: out
-            at(4, 195, 150),  // on top of me: in
-            at(5, 390, 390),  // far away: out
+            at(1, 105, 105), // own cell, far: in
+            at(2, 210, 150), // next cell, 15 m: in
+            at(3, 260, 150), // next cell, 65 m: out
+            at(4, 195, 150), // on top of me: in
+            at(5, 390, 390), // far away: out
         ];
         assert_eq!(interest_set(&objects, &g, me, 20_000, 100), vec![1, 2, 4]);
         // Capped at the two nearest.

@@ -57,7 +57,11 @@ impl TokenError {
 /// Signs a join token. Fails only if the claims cannot be serialized, which cannot happen for
 /// these types; the error is reported rather than unwrapped all the same.
 pub fn mint(secret: &[u8], player_id: u64, zone_id: &str, expires_at_unix: u64) -> Result<String, TokenError> {
-    let claims = Claims { player_id, zone_id: zone_id.to_owned(), exp: expires_at_unix };
+    let claims = Claims {
+        player_id,
+        zone_id: zone_id.to_owned(),
+        exp: expires_at_unix,
+    };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
         .map_err(|e| TokenError::Malformed { reason: e.to_string() })
 }
@@ -68,7 +72,9 @@ pub fn verify(secret: &[u8], token: &str, expected_zone: &str, now_unix: u64) ->
         return Err(TokenError::Missing);
     }
     if token.len() > TOKEN_BYTES_MAX {
-        return Err(TokenError::Malformed { reason: format!("{} bytes is over the {TOKEN_BYTES_MAX}-byte limit", token.len()) });
+        return Err(TokenError::Malformed {
+            reason: format!("{} bytes is over the {TOKEN_BYTES_MAX}-byte limit", token.len()),
+        });
     }
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_exp = false; // checked below against the time passed in
@@ -104,7 +110,14 @@ mod tests {
     #[test]
     fn round_trip() {
         let c = verify(SECRET, &token(), "zone-a", NOW).unwrap();
-        assert_eq!(c, Claims { player_id: 42, zone_id: "zone-a".into(), exp: NOW + 60 });
+        assert_eq!(
+            c,
+            Claims {
+                player_id: 42,
+                zone_id: "zone-a".into(),
+                exp: NOW + 60
+            }
+        );
         assert_eq!(verify(SECRET, &token(), "zone-a", NOW + 59).unwrap().player_id, 42);
     }
 
@@ -117,17 +130,29 @@ mod tests {
     #[test]
     fn malformed() {
         for bad in ["x", "a.b.c", "....", &"a".repeat(TOKEN_BYTES_MAX + 1)] {
-            assert!(matches!(verify(SECRET, bad, "zone-a", NOW), Err(TokenError::Malformed { .. })), "{bad}");
+            assert!(
+                matches!(verify(SECRET, bad, "zone-a", NOW), Err(TokenError::Malformed { .. })),
+                "{bad}"
+            );
         }
         // Validly signed, but missing our claims.
         #[derive(Serialize)]
         struct Other {
             exp: u64,
         }
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &Other { exp: NOW + 60 }, &EncodingKey::from_secret(SECRET)).unwrap();
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Other { exp: NOW + 60 },
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
         assert!(matches!(verify(SECRET, &t, "zone-a", NOW), Err(TokenError::Malformed { .. })));
         // Another algorithm, even with the same secret, is refused.
-        let claims = Claims { player_id: 1, zone_id: "zone-a".into(), exp: NOW + 60 };
+        let claims = Claims {
+            player_id: 1,
+            zone_id: "zone-a".into(),
+            exp: NOW + 60,
+        };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
         assert!(verify(SECRET, &t, "zone-a", NOW).is_err());
         // alg "none" with no signature.
@@ -139,11 +164,18 @@ mod tests {
     fn bad_signature() {
         assert_eq!(verify(b"another secret", &token(), "zone-a", NOW), Err(TokenError::BadSignature));
         // Well-formed header and claims, no signature.
-        assert_eq!(verify(SECRET, "eyJhbGciOiJIUzI1NiJ9.e30.", "zone-a", NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(SECRET, "eyJhbGciOiJIUzI1NiJ9.e30.", "zone-a", NOW),
+            Err(TokenError::BadSignature)
+        );
         // A tampered payload (player 43 instead of 42) with the original signature.
         let t = token();
         let parts: Vec<&str> = t.split('.').collect();
-        let forged_claims = Claims { player_id: 43, zone_id: "zone-a".into(), exp: NOW + 60 };
+        let forged_claims = Claims {
+            player_id: 43,
+            zone_id: "zone-a".into(),
+            exp: NOW + 60,
+        };
         let forged = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &forged_claims, &EncodingKey::from_secret(b"x")).unwrap();
         let forged_payload = forged.split('.').nth(1).unwrap();
         let spliced = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
@@ -155,13 +187,25 @@ mod tests {
 
     #[test]
     fn expired() {
-        assert_eq!(verify(SECRET, &token(), "zone-a", NOW + 60), Err(TokenError::Expired { exp: NOW + 60, now_unix: NOW + 60 }));
-        assert!(matches!(verify(SECRET, &token(), "zone-a", u64::MAX), Err(TokenError::Expired { .. })));
+        assert_eq!(
+            verify(SECRET, &token(), "zone-a", NOW + 60),
+            Err(TokenError::Expired {
+                exp: NOW + 60,
+                now_unix: NOW + 60
+            })
+        );
+        assert!(matches!(
+            verify(SECRET, &token(), "zone-a", u64::MAX),
+            Err(TokenError::Expired { .. })
+        ));
     }
 
     #[test]
     fn wrong_zone() {
-        assert_eq!(verify(SECRET, &token(), "zone-b", NOW), Err(TokenError::WrongZone { found: "zone-a".into() }));
+        assert_eq!(
+            verify(SECRET, &token(), "zone-b", NOW),
+            Err(TokenError::WrongZone { found: "zone-a".into() })
+        );
     }
 
     #[test]

@@ -107,7 +107,15 @@ mod tests {
     use super::*;
 
     fn obj(id: u64) -> QObject {
-        QObject { id, kind: 1, x: 2, y: 3, vx: 0, vy: 0, hp: 9 }
+        QObject {
+            id,
+            kind: 1,
+            x: 2,
+            y: 3,
+            vx: 0,
+            vy: 0,
+            hp: 9,
+        }
     }
 
     #[test]
@@ -122,6 +130,17 @@ mod tests {
     #[test]
     fn quantize_uses_the_origin() {
         let o = QObject::quantize(7, 2, (10_050, -20_000), (-15, 24), 70_000, (0, -20_000));
-        assert_eq!(o, QObject { id: 7, kind: 2, x: 101, y: 0, vx: -2, vy: 2, hp: u16::MAX });
+        assert_eq!(
+            o,
+            QObject {
+                id: 7,
+                kind: 2,
+                x: 101,
+                y: 0,
+                vx: -2,
+                vy: 2,
+                hp: u16::MAX
+            }
+        );
     }
 }

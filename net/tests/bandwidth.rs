@@ -40,7 +40,11 @@ fn world(rng: &mut Rng) -> Vec<Body> {
     (0..OBJECTS)
         .map(|i| {
             // NPC ids as the sim allocates them: (shard + 1) << 40 | sequence; a few players.
-            let id = if i % 20 == 0 { (1u64 << 63) | (1000 + i as u64) } else { (1 + (i as u64 % 4)) << 40 | i as u64 };
+            let id = if i % 20 == 0 {
+                (1u64 << 63) | (1000 + i as u64)
+            } else {
+                (1 + (i as u64 % 4)) << 40 | i as u64
+            };
             Body {
                 id,
                 kind: 1 + (i % 5) as u16,
@@ -71,7 +75,10 @@ fn step(bodies: &mut [Body], rng: &mut Rng) {
 }
 
 fn view(tick: u64, bodies: &[Body]) -> View {
-    let objects = bodies.iter().map(|b| QObject::quantize(b.id, b.kind, b.pos_mm, b.vel_mm_per_tick, b.hp, (0, 0))).collect();
+    let objects = bodies
+        .iter()
+        .map(|b| QObject::quantize(b.id, b.kind, b.pos_mm, b.vel_mm_per_tick, b.hp, (0, 0)))
+        .collect();
     View::new(tick, objects).expect("unique ids")
 }
 
@@ -89,7 +96,10 @@ fn run(baseline_lag: usize) -> (DeltaStats, DeltaStats) {
             continue;
         }
         let next = view(tick, &bodies);
-        let frame = SnapshotFrame { ack_input_tick: tick - 1, sequence: tick as u32 };
+        let frame = SnapshotFrame {
+            ack_input_tick: tick - 1,
+            sequence: tick as u32,
+        };
         let (datagrams, f) = encode_delta_all(None, &next, frame, BUDGET_BYTES_DEFAULT, focus).expect("full");
         assert!(datagrams.iter().all(|d| d.len() <= BUDGET_BYTES_DEFAULT));
         full.add(f);

@@ -4,14 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use zone_net::delta::*;
 use zone_net::envelope::{Stamp, encode_server};
 use zone_net::proto::{Channel, ObjectDeltas, ObjectState, Snapshot, server_envelope};
 use zone_net::view::{QObject, VIEW_OBJECTS_MAX, View};
 
-const FRAME: SnapshotFrame = SnapshotFrame { ack_input_tick: 77, sequence: 1_000 };
+const FRAME: SnapshotFrame = SnapshotFrame {
+    ack_input_tick: 77,
+    sequence: 1_000,
+};
 
 fn arb_id() -> impl Strategy<Value = u64> {
     prop_oneof![4 => 0u64..3_000, 2 => (1u64 << 40)..(1u64 << 40) + 3_000, 1 => (1u64 << 63)..(1u64 << 63) + 100, 1 => any::<u64>()]
@@ -22,8 +25,24 @@ fn arb_coord() -> impl Strategy<Value = u32> {
 }
 
 fn arb_obj() -> impl Strategy<Value = QObject> {
-    (arb_id(), 0u16..8, arb_coord(), arb_coord(), any::<i16>(), any::<i16>(), any::<u16>())
-        .prop_map(|(id, kind, x, y, vx, vy, hp)| QObject { id, kind, x, y, vx, vy, hp })
+    (
+        arb_id(),
+        0u16..8,
+        arb_coord(),
+        arb_coord(),
+        any::<i16>(),
+        any::<i16>(),
+        any::<u16>(),
+    )
+        .prop_map(|(id, kind, x, y, vx, vy, hp)| QObject {
+            id,
+            kind,
+            x,
+            y,
+            vx,
+            vy,
+            hp,
+        })
 }
 
 fn view_of(tick: u64, objects: Vec<QObject>) -> View {
@@ -58,31 +77,36 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
 
 /// A baseline view at tick 10 and a next view at tick 13 made from it by random edits.
 fn arb_pair(n_max: usize) -> impl Strategy<Value = (View, View)> {
-    arb_view(10, n_max).prop_flat_map(move |base| {
-        let n = base.len();
-        (Just(base), proptest::collection::vec(arb_edit(), n), proptest::collection::vec(arb_obj(), 0..n_max / 2 + 1))
-    })
-    .prop_map(|(base, edits, creates)| {
-        let mut next = Vec::new();
-        for (o, e) in base.objects().iter().zip(edits) {
-            let mut o = *o;
-            match e {
-                Edit::Keep => {}
-                Edit::Move(dx, dy) => {
-                    o.x = o.x.saturating_add_signed(dx.into());
-                    o.y = o.y.saturating_add_signed(dy.into());
+    arb_view(10, n_max)
+        .prop_flat_map(move |base| {
+            let n = base.len();
+            (
+                Just(base),
+                proptest::collection::vec(arb_edit(), n),
+                proptest::collection::vec(arb_obj(), 0..n_max / 2 + 1),
+            )
+        })
+        .prop_map(|(base, edits, creates)| {
+            let mut next = Vec::new();
+            for (o, e) in base.objects().iter().zip(edits) {
+                let mut o = *o;
+                match e {
+                    Edit::Keep => {}
+                    Edit::Move(dx, dy) => {
+                        o.x = o.x.saturating_add_signed(dx.into());
+                        o.y = o.y.saturating_add_signed(dy.into());
+                    }
+                    Edit::Hp(hp) => o.hp = hp,
+                    Edit::Vel(vx, vy) => (o.vx, o.vy) = (vx, vy),
+                    Edit::Replace(r) => o = QObject { id: o.id, ..r },
+                    Edit::Remove => continue,
                 }
-                Edit::Hp(hp) => o.hp = hp,
-                Edit::Vel(vx, vy) => (o.vx, o.vy) = (vx, vy),
-                Edit::Replace(r) => o = QObject { id: o.id, ..r },
-                Edit::Remove => continue,
+                next.push(o);
             }
-            next.push(o);
-        }
-        let existing: std::collections::BTreeSet<u64> = next.iter().map(|o| o.id).collect();
-        next.extend(creates.into_iter().filter(|c| !existing.contains(&c.id)));
-        (base, view_of(13, next))
-    })
+            let existing: std::collections::BTreeSet<u64> = next.iter().map(|o| o.id).collect();
+            next.extend(creates.into_iter().filter(|c| !existing.contains(&c.id)));
+            (base, view_of(13, next))
+        })
 }
 
 fn dist2(o: &QObject, focus: (u32, u32)) -> u128 {
@@ -108,7 +132,9 @@ fn round_trip(base: Option<&View>, next: &View, budget_bytes: usize, focus: (u32
         // Nearest first: everything this part touched is no nearer than what earlier parts did.
         let before = view.clone().unwrap_or_default();
         let touched = touched(&before, &got.view);
-        let (near, far) = touched.iter().fold((u128::MAX, 0u128), |(lo, hi), o| (lo.min(dist2(o, focus)), hi.max(dist2(o, focus))));
+        let (near, far) = touched
+            .iter()
+            .fold((u128::MAX, 0u128), |(lo, hi), o| (lo.min(dist2(o, focus)), hi.max(dist2(o, focus))));
         if let (Some(pf), false) = (prev_far, touched.is_empty()) {
             prop_assert!(near >= pf, "part {k} sends a change at distance² {near} after one at {pf}");
         }
@@ -183,7 +209,15 @@ proptest! {
 }
 
 fn obj(id: u64, x: u32) -> QObject {
-    QObject { id, kind: 1, x, y: 100, vx: 3, vy: -3, hp: 50 }
+    QObject {
+        id,
+        kind: 1,
+        x,
+        y: 100,
+        vx: 3,
+        vy: -3,
+        hp: 50,
+    }
 }
 
 #[test]
@@ -210,7 +244,10 @@ fn every_single_bit_flip_and_truncation_of_a_small_delta() {
     }
     // A cut at a field boundary is still a well-formed (shorter) message: count, never panic.
     let cut_errors = (0..d.len()).filter(|&cut| decode_delta(Some(&base), &d[..cut]).is_err()).count();
-    println!("{} flips: {errors} errors, {same} same view, {different} different valid views", d.len() * 8);
+    println!(
+        "{} flips: {errors} errors, {same} same view, {different} different valid views",
+        d.len() * 8
+    );
     println!("{} truncations: {cut_errors} errors", d.len());
     assert!(errors > 0 && different > 0);
 }
@@ -219,7 +256,11 @@ fn every_single_bit_flip_and_truncation_of_a_small_delta() {
 fn a_big_view_splits_nearest_first_within_budget() {
     let next = View::new(1, (0..500).map(|i| obj(i, (i as u32 * 37) % 2_000)).collect()).unwrap();
     let (first, stats, mut leftover) = encode_delta(None, &next, FRAME, BUDGET_BYTES_DEFAULT, (1_000, 100)).unwrap();
-    assert!(first.len() <= BUDGET_BYTES_DEFAULT && first.len() > BUDGET_BYTES_DEFAULT - 60, "{} bytes", first.len());
+    assert!(
+        first.len() <= BUDGET_BYTES_DEFAULT && first.len() > BUDGET_BYTES_DEFAULT - 60,
+        "{} bytes",
+        first.len()
+    );
     assert!(!leftover.is_empty());
     assert_eq!(stats.creates + leftover.len(), 500);
     let part0 = decode_snapshot(None, &first).unwrap();
@@ -250,14 +291,32 @@ fn an_unchanged_view_is_one_small_datagram() {
 #[test]
 fn encode_errors() {
     let v = View::new(10, vec![obj(1, 1)]).unwrap();
-    assert_eq!(encode_delta_all(None, &v, FRAME, 100, (0, 0)).unwrap_err(), EncodeError::BudgetTooSmall { budget_bytes: 100 });
-    assert_eq!(encode_delta_all(Some(&v), &v, FRAME, 1200, (0, 0)).unwrap_err(), EncodeError::TickNotAfterBaseline { baseline_tick: 10, next_tick: 10 });
+    assert_eq!(
+        encode_delta_all(None, &v, FRAME, 100, (0, 0)).unwrap_err(),
+        EncodeError::BudgetTooSmall { budget_bytes: 100 }
+    );
+    assert_eq!(
+        encode_delta_all(Some(&v), &v, FRAME, 1200, (0, 0)).unwrap_err(),
+        EncodeError::TickNotAfterBaseline {
+            baseline_tick: 10,
+            next_tick: 10
+        }
+    );
     let zero = View::empty(0);
-    assert_eq!(encode_delta_all(Some(&zero), &v, FRAME, 1200, (0, 0)).unwrap_err(), EncodeError::BaselineAtTickZero);
+    assert_eq!(
+        encode_delta_all(Some(&zero), &v, FRAME, 1200, (0, 0)).unwrap_err(),
+        EncodeError::BaselineAtTickZero
+    );
 }
 
 fn datagram(snap: Snapshot) -> Vec<u8> {
-    encode_server(Stamp { channel: Channel::Unreliable, sequence: 0 }, server_envelope::Body::Snapshot(snap))
+    encode_server(
+        Stamp {
+            channel: Channel::Unreliable,
+            sequence: 0,
+        },
+        server_envelope::Body::Snapshot(snap),
+    )
 }
 
 #[test]
@@ -267,60 +326,139 @@ fn decode_errors() {
     assert_eq!(decode_delta(Some(&base), &full[0]), Err(DecodeError::DuplicateObject { id: 1 }));
     let next = View::new(11, vec![obj(1, 2)]).unwrap();
     let (delta, _) = encode_delta_all(Some(&base), &next, FRAME, 1200, (0, 0)).unwrap();
-    assert_eq!(decode_delta(None, &delta[0]), Err(DecodeError::MissingBaseline { baseline_tick: 10 }));
-    assert_eq!(decode_delta(Some(&View::empty(10)), &delta[0]), Err(DecodeError::UnknownObject { id: 5 }));
+    assert_eq!(
+        decode_delta(None, &delta[0]),
+        Err(DecodeError::MissingBaseline { baseline_tick: 10 })
+    );
+    assert_eq!(
+        decode_delta(Some(&View::empty(10)), &delta[0]),
+        Err(DecodeError::UnknownObject { id: 5 })
+    );
 
     let snap = |f: &dyn Fn(&mut Snapshot)| {
-        let mut s = Snapshot { tick: 11, baseline_tick: 10, ..Snapshot::default() };
+        let mut s = Snapshot {
+            tick: 11,
+            baseline_tick: 10,
+            ..Snapshot::default()
+        };
         f(&mut s);
         datagram(s)
     };
     let cols = |id_gaps: &[u64], masks: &[u32], values: &[i64]| {
-        Some(ObjectDeltas { id_gaps: id_gaps.to_vec(), masks: masks.to_vec(), values: values.to_vec() })
+        Some(ObjectDeltas {
+            id_gaps: id_gaps.to_vec(),
+            masks: masks.to_vec(),
+            values: values.to_vec(),
+        })
     };
     let bad = |c: Option<ObjectDeltas>| decode_delta(Some(&base), &snap(&|s| s.updates = c.clone()));
     assert_eq!(bad(cols(&[1], &[1], &[-2])), Err(DecodeError::OutOfRange { id: 1, field: "x" }));
-    assert_eq!(bad(cols(&[1], &[1], &[i64::MAX])), Err(DecodeError::OutOfRange { id: 1, field: "x" }));
+    assert_eq!(
+        bad(cols(&[1], &[1], &[i64::MAX])),
+        Err(DecodeError::OutOfRange { id: 1, field: "x" })
+    );
     assert_eq!(bad(cols(&[1], &[16], &[-100])), Err(DecodeError::OutOfRange { id: 1, field: "hp" }));
     assert_eq!(bad(cols(&[1, 0], &[0, 0], &[])), Err(DecodeError::BadIds { list: "updated" }));
     assert_eq!(bad(cols(&[1, 4], &[1], &[1])), Err(DecodeError::BadColumns));
     assert_eq!(bad(cols(&[1], &[3], &[1])), Err(DecodeError::BadColumns));
     assert_eq!(bad(cols(&[1], &[1], &[1, 1])), Err(DecodeError::BadColumns));
     assert_eq!(bad(cols(&[1], &[64], &[1])), Err(DecodeError::BadColumns));
-    assert_eq!(bad(cols(&[1, 4], &[2, 1], &[3, 4])).unwrap().objects(), &[QObject { y: 103, ..obj(1, 1) }, QObject { x: 9, ..obj(5, 5) }]);
-    assert_eq!(decode_delta(Some(&base), &snap(&|s| s.remove_id_gaps = vec![5, u64::MAX])), Err(DecodeError::BadIds { list: "removed" }));
-    assert_eq!(decode_delta(Some(&base), &snap(&|s| s.remove_id_gaps = vec![2])), Err(DecodeError::UnknownObject { id: 2 }));
-    let create = ObjectState { id_gap: 9, vx: 40_000, ..ObjectState::default() };
-    assert_eq!(decode_delta(Some(&base), &snap(&|s| s.creates = vec![create])), Err(DecodeError::OutOfRange { id: 9, field: "vx" }));
+    assert_eq!(
+        bad(cols(&[1, 4], &[2, 1], &[3, 4])).unwrap().objects(),
+        &[QObject { y: 103, ..obj(1, 1) }, QObject { x: 9, ..obj(5, 5) }]
+    );
+    assert_eq!(
+        decode_delta(Some(&base), &snap(&|s| s.remove_id_gaps = vec![5, u64::MAX])),
+        Err(DecodeError::BadIds { list: "removed" })
+    );
+    assert_eq!(
+        decode_delta(Some(&base), &snap(&|s| s.remove_id_gaps = vec![2])),
+        Err(DecodeError::UnknownObject { id: 2 })
+    );
+    let create = ObjectState {
+        id_gap: 9,
+        vx: 40_000,
+        ..ObjectState::default()
+    };
+    assert_eq!(
+        decode_delta(Some(&base), &snap(&|s| s.creates = vec![create])),
+        Err(DecodeError::OutOfRange { id: 9, field: "vx" })
+    );
     // A removed object may not be updated in the same datagram; it may be created again.
-    assert_eq!(decode_delta(Some(&base), &snap(&|s| {
-        s.remove_id_gaps = vec![1];
-        s.updates = cols(&[1], &[1], &[1]);
-    })), Err(DecodeError::UnknownObject { id: 1 }));
-    let again = decode_delta(Some(&base), &snap(&|s| {
-        s.remove_id_gaps = vec![1];
-        s.creates = vec![ObjectState { id_gap: 1, hp: 7, ..ObjectState::default() }];
-    }))
+    assert_eq!(
+        decode_delta(
+            Some(&base),
+            &snap(&|s| {
+                s.remove_id_gaps = vec![1];
+                s.updates = cols(&[1], &[1], &[1]);
+            })
+        ),
+        Err(DecodeError::UnknownObject { id: 1 })
+    );
+    let again = decode_delta(
+        Some(&base),
+        &snap(&|s| {
+            s.remove_id_gaps = vec![1];
+            s.creates = vec![ObjectState {
+                id_gap: 1,
+                hp: 7,
+                ..ObjectState::default()
+            }];
+        }),
+    )
     .unwrap();
     assert_eq!(again.get(1).map(|o| o.hp), Some(7));
 
     let big = View::new(10, (0..VIEW_OBJECTS_MAX as u64).map(|i| obj(i, 0)).collect()).unwrap();
-    let one_more = snap(&|s| s.creates = vec![ObjectState { id_gap: u64::MAX, ..ObjectState::default() }]);
+    let one_more = snap(&|s| {
+        s.creates = vec![ObjectState {
+            id_gap: u64::MAX,
+            ..ObjectState::default()
+        }]
+    });
     assert_eq!(decode_delta(Some(&big), &one_more), Err(DecodeError::TooManyObjects));
 
-    let not_snapshot = encode_server(Stamp { channel: Channel::Reliable, sequence: 0 }, server_envelope::Body::Event(Default::default()));
+    let not_snapshot = encode_server(
+        Stamp {
+            channel: Channel::Reliable,
+            sequence: 0,
+        },
+        server_envelope::Body::Event(Default::default()),
+    );
     assert_eq!(decode_delta(None, &not_snapshot), Err(DecodeError::NotASnapshot));
     let mut env = zone_net::proto::ServerEnvelope::decode(&full[0][..]).unwrap();
     env.protocol_version = 2;
-    assert!(matches!(decode_delta(None, &env.encode_to_vec()), Err(DecodeError::Envelope(zone_net::envelope::EnvelopeError::BadVersion { found: 2 }))));
+    assert!(matches!(
+        decode_delta(None, &env.encode_to_vec()),
+        Err(DecodeError::Envelope(zone_net::envelope::EnvelopeError::BadVersion { found: 2 }))
+    ));
 }
 
 #[test]
 fn worst_case_objects_fit_the_minimum_budget() {
-    let frame = SnapshotFrame { ack_input_tick: u64::MAX, sequence: u32::MAX };
-    let big = |id: u64, x: u32| QObject { id, kind: u16::MAX, x, y: x, vx: i16::MIN, vy: i16::MIN, hp: u16::MAX };
+    let frame = SnapshotFrame {
+        ack_input_tick: u64::MAX,
+        sequence: u32::MAX,
+    };
+    let big = |id: u64, x: u32| QObject {
+        id,
+        kind: u16::MAX,
+        x,
+        y: x,
+        vx: i16::MIN,
+        vy: i16::MIN,
+        hp: u16::MAX,
+    };
     let base = View::new(u64::MAX - 1, (0..20).map(|i| big(u64::MAX - 100 + i, 0)).collect()).unwrap();
-    let mut next: Vec<QObject> = (0..10).map(|i| QObject { kind: 0, vx: i16::MAX, vy: i16::MAX, hp: 0, ..big(u64::MAX - 100 + i, u32::MAX) }).collect();
+    let mut next: Vec<QObject> = (0..10)
+        .map(|i| QObject {
+            kind: 0,
+            vx: i16::MAX,
+            vy: i16::MAX,
+            hp: 0,
+            ..big(u64::MAX - 100 + i, u32::MAX)
+        })
+        .collect();
     next.extend((0..10).map(|i| big(u64::MAX - 10 + i, u32::MAX / 2)));
     let next = View::new(u64::MAX, next).unwrap();
     for base in [None, Some(&base)] {

@@ -36,7 +36,12 @@ fn library_code_has_no_io_threads_or_clocks() {
                 continue;
             }
             for word in FORBIDDEN {
-                assert!(!code.contains(word), "{}:{}: `{word}` is not allowed in zone-net: {line}", path.display(), n + 1);
+                assert!(
+                    !code.contains(word),
+                    "{}:{}: `{word}` is not allowed in zone-net: {line}",
+                    path.display(),
+                    n + 1
+                );
             }
         }
         checked += 1;
@@ -44,6 +49,9 @@ fn library_code_has_no_io_threads_or_clocks() {
     assert!(checked >= 7, "only {checked} source files found");
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).expect("read Cargo.toml");
     for dep in ["tokio", "laminar", "bevy_ecs", "zone-sim"] {
-        assert!(!manifest.lines().any(|l| l.trim_start().starts_with(dep)), "zone-net must not depend on {dep}");
+        assert!(
+            !manifest.lines().any(|l| l.trim_start().starts_with(dep)),
+            "zone-net must not depend on {dep}"
+        );
     }
 }

@@ -25,7 +25,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(30) }
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
     }
 }
 
@@ -89,8 +92,17 @@ impl Default for Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Breaker {
-        let config = BreakerConfig { failure_threshold: config.failure_threshold.max(1), ..config };
-        Breaker { config, state: BreakerState::Closed, consecutive_failures: 0, open_until: None, trial_in_flight: false }
+        let config = BreakerConfig {
+            failure_threshold: config.failure_threshold.max(1),
+            ..config
+        };
+        Breaker {
+            config,
+            state: BreakerState::Closed,
+            consecutive_failures: 0,
+            open_until: None,
+            trial_in_flight: false,
+        }
     }
 
     pub fn config(&self) -> BreakerConfig {
@@ -113,7 +125,11 @@ impl Breaker {
     fn go(&mut self, to: BreakerState) -> Transition {
         let from = self.state;
         self.state = to;
-        Transition { from, to, consecutive_failures: self.consecutive_failures }
+        Transition {
+            from,
+            to,
+            consecutive_failures: self.consecutive_failures,
+        }
     }
 
     /// May a call go ahead at `now`? Closed: yes. Open: no, until `open_for` has passed; then the
@@ -121,17 +137,32 @@ impl Breaker {
     /// trial is out.
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state {
-            BreakerState::Closed => Admission { allowed: true, transition: None },
-            BreakerState::Open if self.open_until.is_some_and(|t| now < t) => Admission { allowed: false, transition: None },
+            BreakerState::Closed => Admission {
+                allowed: true,
+                transition: None,
+            },
+            BreakerState::Open if self.open_until.is_some_and(|t| now < t) => Admission {
+                allowed: false,
+                transition: None,
+            },
             BreakerState::Open => {
                 self.open_until = None;
                 self.trial_in_flight = true;
-                Admission { allowed: true, transition: Some(self.go(BreakerState::HalfOpen)) }
+                Admission {
+                    allowed: true,
+                    transition: Some(self.go(BreakerState::HalfOpen)),
+                }
             }
-            BreakerState::HalfOpen if self.trial_in_flight => Admission { allowed: false, transition: None },
+            BreakerState::HalfOpen if self.trial_in_flight => Admission {
+                allowed: false,
+                transition: None,
+            },
             BreakerState::HalfOpen => {
                 self.trial_in_flight = true;
-                Admission { allowed: true, transition: None }
+                Admission {
+                    allowed: true,
+                    transition: None,
+                }
             }
         }
     }
@@ -179,24 +210,54 @@ mod tests {
     use super::*;
 
     fn breaker() -> (Breaker, Instant) {
-        (Breaker::new(BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(30) }), Instant::now())
+        (
+            Breaker::new(BreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(30),
+            }),
+            Instant::now(),
+        )
     }
 
     fn t(from: BreakerState, to: BreakerState, consecutive_failures: u32) -> Option<Transition> {
-        Some(Transition { from, to, consecutive_failures })
+        Some(Transition {
+            from,
+            to,
+            consecutive_failures,
+        })
     }
 
     #[test]
     fn defaults_are_five_failures_and_thirty_seconds() {
-        assert_eq!(BreakerConfig::default(), BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(30) });
+        assert_eq!(
+            BreakerConfig::default(),
+            BreakerConfig {
+                failure_threshold: 5,
+                open_for: Duration::from_secs(30)
+            }
+        );
         assert_eq!(Breaker::default().state(), BreakerState::Closed);
-        assert_eq!(Breaker::new(BreakerConfig { failure_threshold: 0, ..Default::default() }).config().failure_threshold, 1);
+        assert_eq!(
+            Breaker::new(BreakerConfig {
+                failure_threshold: 0,
+                ..Default::default()
+            })
+            .config()
+            .failure_threshold,
+            1
+        );
     }
 
     #[test]
     fn closed_admits_and_success_resets_the_count() {
         let (mut b, now) = breaker();
-        assert_eq!(b.admit(now), Admission { allowed: true, transition: None });
+        assert_eq!(
+            b.admit(now),
+            Admission {
+                allowed: true,
+                transition: None
+            }
+        );
         assert_eq!(b.record_failure(now), None);
         assert_eq!(b.record_failure(now), None);
         assert_eq!(b.consecutive_failures(), 2);
@@ -212,7 +273,13 @@ mod tests {
         b.record_failure(now);
         assert_eq!(b.record_failure(now), t(BreakerState::Closed, BreakerState::Open, 3));
         assert_eq!(b.open_until(), Some(now + Duration::from_secs(30)));
-        assert_eq!(b.admit(now + Duration::from_secs(29)), Admission { allowed: false, transition: None });
+        assert_eq!(
+            b.admit(now + Duration::from_secs(29)),
+            Admission {
+                allowed: false,
+                transition: None
+            }
+        );
         // Late outcomes of calls admitted before opening change nothing.
         assert_eq!(b.record_success(now), None);
         assert_eq!(b.record_failure(now + Duration::from_secs(10)), None);
@@ -227,9 +294,21 @@ mod tests {
             b.record_failure(now);
         }
         let later = now + Duration::from_secs(30);
-        assert_eq!(b.admit(later), Admission { allowed: true, transition: t(BreakerState::Open, BreakerState::HalfOpen, 3) });
+        assert_eq!(
+            b.admit(later),
+            Admission {
+                allowed: true,
+                transition: t(BreakerState::Open, BreakerState::HalfOpen, 3)
+            }
+        );
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert_eq!(b.admit(later), Admission { allowed: false, transition: None });
+        assert_eq!(
+            b.admit(later),
+            Admission {
+                allowed: false,
+                transition: None
+            }
+        );
     }
 
     #[test]
@@ -242,7 +321,13 @@ mod tests {
         assert!(b.admit(later).allowed);
         assert_eq!(b.record_success(later), t(BreakerState::HalfOpen, BreakerState::Closed, 0));
         assert_eq!(b.consecutive_failures(), 0);
-        assert_eq!(b.admit(later), Admission { allowed: true, transition: None });
+        assert_eq!(
+            b.admit(later),
+            Admission {
+                allowed: true,
+                transition: None
+            }
+        );
     }
 
     #[test]
@@ -257,11 +342,20 @@ mod tests {
         assert_eq!(b.open_until(), Some(later + Duration::from_secs(30)));
         assert!(!b.admit(later + Duration::from_secs(29)).allowed);
         let trial = b.admit(later + Duration::from_secs(30));
-        assert_eq!(trial, Admission { allowed: true, transition: t(BreakerState::Open, BreakerState::HalfOpen, 4) });
+        assert_eq!(
+            trial,
+            Admission {
+                allowed: true,
+                transition: t(BreakerState::Open, BreakerState::HalfOpen, 4)
+            }
+        );
     }
 
     #[test]
     fn state_names() {
-        assert_eq!([BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen].map(BreakerState::as_str), ["closed", "open", "half_open"]);
+        assert_eq!(
+            [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen].map(BreakerState::as_str),
+            ["closed", "open", "half_open"]
+        );
     }
 }

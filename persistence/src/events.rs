@@ -42,7 +42,11 @@ impl EventQueue {
     /// A queue holding at most `capacity` events (at least 1).
     pub fn new(capacity: usize) -> EventQueue {
         let capacity = capacity.max(1);
-        EventQueue { events: VecDeque::with_capacity(capacity.min(EVENT_QUEUE_CAPACITY_DEFAULT)), capacity, dropped_total: 0 }
+        EventQueue {
+            events: VecDeque::with_capacity(capacity.min(EVENT_QUEUE_CAPACITY_DEFAULT)),
+            capacity,
+            dropped_total: 0,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -103,7 +107,13 @@ mod tests {
     use super::*;
 
     fn ev(tick: u64) -> GameEvent {
-        GameEvent { zone_id: "z".into(), tick, kind: "join".into(), player_id: Some(tick), detail: serde_json::json!({ "n": tick }) }
+        GameEvent {
+            zone_id: "z".into(),
+            tick,
+            kind: "join".into(),
+            player_id: Some(tick),
+            detail: serde_json::json!({ "n": tick }),
+        }
     }
 
     fn ticks(v: &[GameEvent]) -> Vec<u64> {

@@ -151,7 +151,11 @@ impl JournalWriter {
         let mut out = BufWriter::with_capacity(1 << 16, file);
         let h = encode_header(header);
         out.write_all(&h)?;
-        Ok(JournalWriter { out, buf: Vec::with_capacity(4096), bytes: h.len() as u64 })
+        Ok(JournalWriter {
+            out,
+            buf: Vec::with_capacity(4096),
+            bytes: h.len() as u64,
+        })
     }
 
     /// Reopens an existing journal to continue it after a restart: checks it records the same
@@ -162,14 +166,21 @@ impl JournalWriter {
         let existing = JournalReader::open(path)?;
         let h = existing.header();
         if h.zone_digest != header.zone_digest || h.seed != header.seed || h.zone_toml != header.zone_toml {
-            return Err(JournalError::Corrupt { offset: 0, reason: "the journal was recorded with another zone file or seed".into() });
+            return Err(JournalError::Corrupt {
+                offset: 0,
+                reason: "the journal was recorded with another zone file or seed".into(),
+            });
         }
         drop(existing);
         let file = std::fs::OpenOptions::new().write(true).open(path)?;
         file.set_len(valid_len)?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
         io::Seek::seek(&mut out, io::SeekFrom::Start(valid_len))?;
-        Ok(JournalWriter { out, buf: Vec::with_capacity(4096), bytes: valid_len })
+        Ok(JournalWriter {
+            out,
+            buf: Vec::with_capacity(4096),
+            bytes: valid_len,
+        })
     }
 
     pub fn append(&mut self, rec: &Record) -> io::Result<()> {
@@ -239,14 +250,20 @@ impl<'a> Cursor<'a> {
         let at = self.base + self.at as u64;
         let n = self.u32()? as usize;
         if n.saturating_mul(size) > self.b.len() - self.at {
-            return Err(JournalError::Corrupt { offset: at, reason: format!("a count of {n} items does not fit in the record") });
+            return Err(JournalError::Corrupt {
+                offset: at,
+                reason: format!("a count of {n} items does not fit in the record"),
+            });
         }
         Ok(n)
     }
     fn str(&mut self) -> Result<String, JournalError> {
         let at = self.base + self.at as u64;
         let n = self.count(1)?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| JournalError::Corrupt { offset: at, reason: "a string is not UTF-8".into() })
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| JournalError::Corrupt {
+            offset: at,
+            reason: "a string is not UTF-8".into(),
+        })
     }
     fn finish(&self) -> Result<(), JournalError> {
         if self.at != self.b.len() {
@@ -277,11 +294,27 @@ fn decode_payload(tag: u8, payload: &[u8], base: u64) -> Result<Record, JournalE
                 let attack = match c.u8()? {
                     0 => false,
                     1 => true,
-                    v => return Err(JournalError::Corrupt { offset: base + c.at as u64 - 1, reason: format!("attack flag is {v}, not 0 or 1") }),
+                    v => {
+                        return Err(JournalError::Corrupt {
+                            offset: base + c.at as u64 - 1,
+                            reason: format!("attack flag is {v}, not 0 or 1"),
+                        });
+                    }
                 };
-                inputs.push(PlayerInput { player, tick, move_x, move_y, attack });
+                inputs.push(PlayerInput {
+                    player,
+                    tick,
+                    move_x,
+                    move_y,
+                    attack,
+                });
             }
-            Record::Tick(TickBatch { tick, joins, leaves, inputs })
+            Record::Tick(TickBatch {
+                tick,
+                joins,
+                leaves,
+                inputs,
+            })
         }
         TAG_HASH | TAG_END => {
             let tick = c.u64()?;
@@ -291,7 +324,12 @@ fn decode_payload(tag: u8, payload: &[u8], base: u64) -> Result<Record, JournalE
             let h = ZoneHash { tick, zone, shards };
             if tag == TAG_HASH { Record::Hash(h) } else { Record::End(h) }
         }
-        other => return Err(JournalError::Corrupt { offset: base - 1, reason: format!("unknown record tag {other}") }),
+        other => {
+            return Err(JournalError::Corrupt {
+                offset: base - 1,
+                reason: format!("unknown record tag {other}"),
+            });
+        }
     };
     c.finish()?;
     Ok(rec)
@@ -333,7 +371,11 @@ impl<R: Read> JournalReader<R> {
         let mut fixed = [0u8; 10];
         let got = read_full(&mut input, &mut fixed)?;
         if got < 4 || &fixed[..4] != MAGIC {
-            return Err(if got < 4 && MAGIC.starts_with(&fixed[..got]) { JournalError::TruncatedHeader { offset: got as u64 } } else { JournalError::BadMagic });
+            return Err(if got < 4 && MAGIC.starts_with(&fixed[..got]) {
+                JournalError::TruncatedHeader { offset: got as u64 }
+            } else {
+                JournalError::BadMagic
+            });
         }
         if got < 10 {
             return Err(JournalError::TruncatedHeader { offset: got as u64 });
@@ -344,7 +386,10 @@ impl<R: Read> JournalReader<R> {
         }
         let len = u32::from_le_bytes(fixed[6..10].try_into().expect("4 bytes"));
         if len > HEADER_BYTES_MAX {
-            return Err(JournalError::Corrupt { offset: 6, reason: format!("header length {len} is over the {HEADER_BYTES_MAX}-byte limit") });
+            return Err(JournalError::Corrupt {
+                offset: 6,
+                reason: format!("header length {len} is over the {HEADER_BYTES_MAX}-byte limit"),
+            });
         }
         let mut payload = vec![0u8; len as usize + 4];
         let got = read_full(&mut input, &mut payload)?;
@@ -354,17 +399,37 @@ impl<R: Read> JournalReader<R> {
         let crc = u32::from_le_bytes(payload[len as usize..].try_into().expect("4 bytes"));
         payload.truncate(len as usize);
         if crc32fast::hash(&payload) != crc {
-            return Err(JournalError::Corrupt { offset: 10, reason: "header checksum does not match".into() });
+            return Err(JournalError::Corrupt {
+                offset: 10,
+                reason: "header checksum does not match".into(),
+            });
         }
-        let mut c = Cursor { b: &payload, at: 0, base: 10 };
+        let mut c = Cursor {
+            b: &payload,
+            at: 0,
+            base: 10,
+        };
         let seed = c.u64()?;
         let hash_interval = c.u32()?;
         let zone_digest: [u8; 32] = c.take(32)?.try_into().expect("32 bytes");
         let zone_name = c.str()?;
         let zone_toml = c.str()?;
         c.finish()?;
-        let header = JournalHeader { seed, hash_interval, zone_digest, zone_name, zone_toml };
-        Ok(JournalReader { input, header, offset: 14 + u64::from(len), torn_tail_at: None, done: false, buf: Vec::new() })
+        let header = JournalHeader {
+            seed,
+            hash_interval,
+            zone_digest,
+            zone_name,
+            zone_toml,
+        };
+        Ok(JournalReader {
+            input,
+            header,
+            offset: 14 + u64::from(len),
+            torn_tail_at: None,
+            done: false,
+            buf: Vec::new(),
+        })
     }
 
     pub fn header(&self) -> &JournalHeader {
@@ -422,7 +487,10 @@ impl<R: Read> JournalReader<R> {
         }
         if len == 0 || len > RECORD_BYTES_MAX {
             self.done = true;
-            return Err(JournalError::Corrupt { offset: start, reason: format!("record length {len} is outside 1..={RECORD_BYTES_MAX}") });
+            return Err(JournalError::Corrupt {
+                offset: start,
+                reason: format!("record length {len} is outside 1..={RECORD_BYTES_MAX}"),
+            });
         }
         self.buf.resize(len as usize + 4, 0);
         let got = read_full(&mut self.input, &mut self.buf)?;
@@ -434,7 +502,10 @@ impl<R: Read> JournalReader<R> {
         let (body, crc) = self.buf.split_at(len as usize);
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             self.done = true;
-            return Err(JournalError::Corrupt { offset: start, reason: "record checksum does not match".into() });
+            return Err(JournalError::Corrupt {
+                offset: start,
+                reason: "record checksum does not match".into(),
+            });
         }
         let rec = decode_payload(body[0], &body[1..], start + 5);
         if rec.is_err() {
@@ -450,7 +521,13 @@ mod tests {
     use super::*;
 
     fn header() -> JournalHeader {
-        JournalHeader { seed: 7, hash_interval: 60, zone_digest: [3; 32], zone_name: "z.toml".into(), zone_toml: "[zone]".into() }
+        JournalHeader {
+            seed: 7,
+            hash_interval: 60,
+            zone_digest: [3; 32],
+            zone_name: "z.toml".into(),
+            zone_toml: "[zone]".into(),
+        }
     }
 
     fn sample() -> Vec<Record> {
@@ -459,10 +536,24 @@ mod tests {
                 tick: 1,
                 joins: vec![5, 9],
                 leaves: vec![],
-                inputs: vec![PlayerInput { player: 5, tick: 1, move_x: -3, move_y: 4, attack: true }],
+                inputs: vec![PlayerInput {
+                    player: 5,
+                    tick: 1,
+                    move_x: -3,
+                    move_y: 4,
+                    attack: true,
+                }],
             }),
-            Record::Hash(ZoneHash { tick: 1, zone: 42, shards: vec![1, 2, 3] }),
-            Record::End(ZoneHash { tick: 2, zone: 43, shards: vec![4] }),
+            Record::Hash(ZoneHash {
+                tick: 1,
+                zone: 42,
+                shards: vec![1, 2, 3],
+            }),
+            Record::End(ZoneHash {
+                tick: 2,
+                zone: 43,
+                shards: vec![4],
+            }),
         ]
     }
 

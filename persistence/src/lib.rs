@@ -26,7 +26,7 @@ pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 pub use events::{EventQueue, GameEvent};
 pub use journal::{JournalError, JournalHeader, JournalReader, JournalWriter, Record};
 pub use snapshot::{
-    Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff, decode, decode_full, decode_meta,
-    encode_diff, encode_full, recover,
+    Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff, decode, decode_full,
+    decode_meta, encode_diff, encode_full, recover,
 };
 pub use store::{BoxFut, Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError, StoredSnapshot};

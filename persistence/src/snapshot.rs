@@ -423,7 +423,12 @@ fn diff_sorted(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
             }
         })
         .collect();
-    ZoneDiff { base_tick: base.tick, tick: next.tick, seed: next.seed, shards }
+    ZoneDiff {
+        base_tick: base.tick,
+        tick: next.tick,
+        seed: next.seed,
+        shards,
+    }
 }
 
 /// Encodes the changes from `base` (the state of the previous full snapshot) to `next`.
@@ -447,10 +452,16 @@ pub fn encode_zone_diff(d: &ZoneDiff, zone_digest: [u8; 32]) -> Vec<u8> {
 /// Rebuilds the state a diff describes from the state of its base full snapshot.
 pub fn apply_diff(base: &ZoneState, d: &ZoneDiff) -> Result<ZoneState, SnapshotError> {
     if d.base_tick != base.tick {
-        return Err(SnapshotError::BaseMismatch { diff_base_tick: d.base_tick, base_tick: base.tick });
+        return Err(SnapshotError::BaseMismatch {
+            diff_base_tick: d.base_tick,
+            base_tick: base.tick,
+        });
     }
     if d.seed != base.seed {
-        return Err(SnapshotError::SeedMismatch { diff_seed: d.seed, base_seed: base.seed });
+        return Err(SnapshotError::SeedMismatch {
+            diff_seed: d.seed,
+            base_seed: base.seed,
+        });
     }
     let shards = d
         .shards
@@ -492,7 +503,11 @@ pub fn apply_diff(base: &ZoneState, d: &ZoneDiff) -> Result<ZoneState, SnapshotE
             }
         })
         .collect();
-    Ok(ZoneState { tick: d.tick, seed: d.seed, shards })
+    Ok(ZoneState {
+        tick: d.tick,
+        seed: d.seed,
+        shards,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,7 +534,10 @@ pub fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     if bytes.len() < HEADER_BYTES {
-        return Err(SnapshotError::Truncated { offset: bytes.len() as u64, needed: HEADER_BYTES as u64 });
+        return Err(SnapshotError::Truncated {
+            offset: bytes.len() as u64,
+            needed: HEADER_BYTES as u64,
+        });
     }
     let h = &bytes[..HEADER_BYTES];
     if crc32fast::hash(&h[..OFF_HEADER_CRC]) != le_u32(h, OFF_HEADER_CRC) {
@@ -532,10 +550,18 @@ pub fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
     let kind = match h[OFF_KIND] {
         KIND_FULL => SnapshotKind::Full,
         KIND_DIFF => SnapshotKind::Diff,
-        k => return Err(SnapshotError::Corrupt { offset: OFF_KIND as u64, reason: format!("unknown snapshot kind {k}") }),
+        k => {
+            return Err(SnapshotError::Corrupt {
+                offset: OFF_KIND as u64,
+                reason: format!("unknown snapshot kind {k}"),
+            });
+        }
     };
     if h[OFF_RESERVED] != 0 {
-        return Err(SnapshotError::Corrupt { offset: OFF_RESERVED as u64, reason: format!("reserved byte is {}, not 0", h[OFF_RESERVED]) });
+        return Err(SnapshotError::Corrupt {
+            offset: OFF_RESERVED as u64,
+            reason: format!("reserved byte is {}, not 0", h[OFF_RESERVED]),
+        });
     }
     let mut zone_digest = [0u8; 32];
     zone_digest.copy_from_slice(&h[8..40]);
@@ -544,14 +570,27 @@ pub fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
     let seed = le_u64(h, 56);
     match kind {
         SnapshotKind::Full if base_tick != tick => {
-            return Err(SnapshotError::Corrupt { offset: 48, reason: format!("a full snapshot's base tick {base_tick} is not its tick {tick}") });
+            return Err(SnapshotError::Corrupt {
+                offset: 48,
+                reason: format!("a full snapshot's base tick {base_tick} is not its tick {tick}"),
+            });
         }
         SnapshotKind::Diff if base_tick > tick => {
-            return Err(SnapshotError::Corrupt { offset: 48, reason: format!("a diff's base tick {base_tick} is after its tick {tick}") });
+            return Err(SnapshotError::Corrupt {
+                offset: 48,
+                reason: format!("a diff's base tick {base_tick} is after its tick {tick}"),
+            });
         }
         _ => {}
     }
-    Ok(SnapshotMeta { format_version, kind, zone_digest, tick, base_tick, seed })
+    Ok(SnapshotMeta {
+        format_version,
+        kind,
+        zone_digest,
+        tick,
+        base_tick,
+        seed,
+    })
 }
 
 /// Decodes and checks a whole snapshot.
@@ -559,15 +598,24 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let meta = decode_meta(bytes)?;
     let body_len = le_u32(bytes, OFF_BODY_LEN);
     if body_len > PAYLOAD_BYTES_MAX {
-        return Err(SnapshotError::Corrupt { offset: OFF_BODY_LEN as u64, reason: format!("body length {body_len} is over the {PAYLOAD_BYTES_MAX}-byte limit") });
+        return Err(SnapshotError::Corrupt {
+            offset: OFF_BODY_LEN as u64,
+            reason: format!("body length {body_len} is over the {PAYLOAD_BYTES_MAX}-byte limit"),
+        });
     }
     let end = HEADER_BYTES + body_len as usize;
     let total = end + TRAILER_BYTES;
     if bytes.len() < total {
-        return Err(SnapshotError::Truncated { offset: bytes.len() as u64, needed: total as u64 });
+        return Err(SnapshotError::Truncated {
+            offset: bytes.len() as u64,
+            needed: total as u64,
+        });
     }
     if bytes.len() > total {
-        return Err(SnapshotError::TrailingBytes { offset: total as u64, extra: (bytes.len() - total) as u64 });
+        return Err(SnapshotError::TrailingBytes {
+            offset: total as u64,
+            extra: (bytes.len() - total) as u64,
+        });
     }
     if crc32fast::hash(&bytes[..end]) != le_u32(bytes, end) {
         return Err(SnapshotError::Checksum { len: end as u64 });
@@ -589,16 +637,24 @@ pub fn decode_full(bytes: &[u8]) -> Result<(SnapshotMeta, ZoneState), SnapshotEr
     let s = decode(bytes)?;
     match s.body {
         SnapshotBody::Full(state) => Ok((s.meta, state)),
-        SnapshotBody::Diff(_) => Err(SnapshotError::WrongKind { expected: "full", found: "diff" }),
+        SnapshotBody::Diff(_) => Err(SnapshotError::WrongKind {
+            expected: "full",
+            found: "diff",
+        }),
     }
 }
 
 fn decompress(body: &[u8]) -> Result<Vec<u8>, SnapshotError> {
     if body.len() < 4 {
-        return Err(SnapshotError::Corrupt { offset: HEADER_BYTES as u64, reason: "body is shorter than its size prefix".into() });
+        return Err(SnapshotError::Corrupt {
+            offset: HEADER_BYTES as u64,
+            reason: "body is shorter than its size prefix".into(),
+        });
     }
     let raw_len = le_u32(body, 0);
-    let bound = (body.len() as u64).saturating_mul(LZ4_EXPANSION_MAX).min(u64::from(PAYLOAD_BYTES_MAX));
+    let bound = (body.len() as u64)
+        .saturating_mul(LZ4_EXPANSION_MAX)
+        .min(u64::from(PAYLOAD_BYTES_MAX));
     if u64::from(raw_len) > bound {
         return Err(SnapshotError::Corrupt {
             offset: HEADER_BYTES as u64,
@@ -607,7 +663,9 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>, SnapshotError> {
     }
     let out = lz4_flex::block::decompress(&body[4..], raw_len as usize).map_err(|e| SnapshotError::Decompress { reason: e.to_string() })?;
     if out.len() != raw_len as usize {
-        return Err(SnapshotError::Decompress { reason: format!("payload is {} bytes, {raw_len} were declared", out.len()) });
+        return Err(SnapshotError::Decompress {
+            reason: format!("payload is {} bytes, {raw_len} were declared", out.len()),
+        });
     }
     Ok(out)
 }
@@ -620,7 +678,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn corrupt(&self, offset: usize, reason: String) -> SnapshotError {
-        SnapshotError::CorruptPayload { offset: offset as u64, reason }
+        SnapshotError::CorruptPayload {
+            offset: offset as u64,
+            reason,
+        }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
         let left = self.b.len() - self.at;
@@ -647,7 +708,10 @@ impl<'a> Cursor<'a> {
         Ok(le_u64(self.take(8)?, 0))
     }
     fn vec2(&mut self) -> Result<Vec2, SnapshotError> {
-        Ok(Vec2 { x: self.i32()?, y: self.i32()? })
+        Ok(Vec2 {
+            x: self.i32()?,
+            y: self.i32()?,
+        })
     }
     fn bool(&mut self, what: &str) -> Result<bool, SnapshotError> {
         match self.u8()? {
@@ -691,7 +755,11 @@ fn read_mail(c: &mut Cursor) -> Result<Vec<Mail>, SnapshotError> {
     for _ in 0..n {
         let at = c.at;
         v.push(match c.u8()? {
-            1 => Mail::Damage { target: c.u64()?, source: c.u64()?, amount: c.i32()? },
+            1 => Mail::Damage {
+                target: c.u64()?,
+                source: c.u64()?,
+                amount: c.i32()?,
+            },
             2 => Mail::Died { spawner: c.u32()? },
             t => return Err(c.corrupt(at, format!("unknown mail tag {t}"))),
         });
@@ -700,10 +768,16 @@ fn read_mail(c: &mut Cursor) -> Result<Vec<Mail>, SnapshotError> {
 }
 
 fn read_object(c: &mut Cursor) -> Result<ObjectRecord, SnapshotError> {
-    let obj = Obj { id: c.u64()?, kind: c.u16()? };
+    let obj = Obj {
+        id: c.u64()?,
+        kind: c.u16()?,
+    };
     let pos = c.vec2()?;
     let vel = c.vec2()?;
-    let health = Health { hp: c.i32()?, max: c.i32()? };
+    let health = Health {
+        hp: c.i32()?,
+        max: c.i32()?,
+    };
     let at = c.at;
     let body = match c.u8()? {
         1 => {
@@ -717,7 +791,13 @@ fn read_object(c: &mut Cursor) -> Result<ObjectRecord, SnapshotError> {
                 4 => Mind::Chase { player: c.u64()? },
                 t => return Err(c.corrupt(mind_at, format!("unknown NPC mind tag {t}"))),
             };
-            Body::Npc(Npc { spawner, home, mind, rng: DetRng { state: c.u64()? }, ready_at: c.u64()? })
+            Body::Npc(Npc {
+                spawner,
+                home,
+                mind,
+                rng: DetRng { state: c.u64()? },
+                ready_at: c.u64()?,
+            })
         }
         2 => {
             let player = c.u64()?;
@@ -725,11 +805,23 @@ fn read_object(c: &mut Cursor) -> Result<ObjectRecord, SnapshotError> {
             let attack = c.bool("player attack flag")?;
             let ready_at = c.u64()?;
             let respawn_at = if c.bool("player respawn flag")? { Some(c.u64()?) } else { None };
-            Body::Player(Player { player, wish, attack, ready_at, respawn_at })
+            Body::Player(Player {
+                player,
+                wish,
+                attack,
+                ready_at,
+                respawn_at,
+            })
         }
         t => return Err(c.corrupt(at, format!("unknown object body tag {t}"))),
     };
-    Ok(ObjectRecord { obj, pos, vel, health, body })
+    Ok(ObjectRecord {
+        obj,
+        pos,
+        vel,
+        health,
+        body,
+    })
 }
 
 /// Reads `n` objects whose ids must be strictly ascending.
@@ -759,25 +851,54 @@ struct ShardHead {
 }
 
 fn read_shard_head(c: &mut Cursor) -> Result<ShardHead, SnapshotError> {
-    Ok(ShardHead { index: c.u16()?, rng_state: c.u64()?, last_npc_id: c.u64()?, spawners: read_spawners(c)?, mail: read_mail(c)? })
+    Ok(ShardHead {
+        index: c.u16()?,
+        rng_state: c.u64()?,
+        last_npc_id: c.u64()?,
+        spawners: read_spawners(c)?,
+        mail: read_mail(c)?,
+    })
 }
 
 fn read_full(c: &mut Cursor, meta: &SnapshotMeta) -> Result<ZoneState, SnapshotError> {
     let n = c.u16()? as usize;
     let mut shards = Vec::with_capacity(n.min(c.b.len()));
     for _ in 0..n {
-        let ShardHead { index, rng_state, last_npc_id, spawners, mail } = read_shard_head(c)?;
+        let ShardHead {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+        } = read_shard_head(c)?;
         let objects = read_objects(c)?;
-        shards.push(ShardState { index, rng_state, last_npc_id, spawners, mail, objects });
+        shards.push(ShardState {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+            objects,
+        });
     }
-    Ok(ZoneState { tick: meta.tick, seed: meta.seed, shards })
+    Ok(ZoneState {
+        tick: meta.tick,
+        seed: meta.seed,
+        shards,
+    })
 }
 
 fn read_diff(c: &mut Cursor, meta: &SnapshotMeta) -> Result<ZoneDiff, SnapshotError> {
     let n = c.u16()? as usize;
     let mut shards = Vec::with_capacity(n.min(c.b.len()));
     for _ in 0..n {
-        let ShardHead { index, rng_state, last_npc_id, spawners, mail } = read_shard_head(c)?;
+        let ShardHead {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+        } = read_shard_head(c)?;
         let k = c.count(8)?;
         let mut removed: Vec<u64> = Vec::with_capacity(k);
         for _ in 0..k {
@@ -789,9 +910,22 @@ fn read_diff(c: &mut Cursor, meta: &SnapshotMeta) -> Result<ZoneDiff, SnapshotEr
             removed.push(id);
         }
         let upserted = read_objects(c)?;
-        shards.push(ShardDiff { index, rng_state, last_npc_id, spawners, mail, removed, upserted });
+        shards.push(ShardDiff {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+            removed,
+            upserted,
+        });
     }
-    Ok(ZoneDiff { base_tick: meta.base_tick, tick: meta.tick, seed: meta.seed, shards })
+    Ok(ZoneDiff {
+        base_tick: meta.base_tick,
+        tick: meta.tick,
+        seed: meta.seed,
+        shards,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -829,15 +963,30 @@ pub fn recover(full: &[u8], diffs: &[Vec<u8>], zone_digest: &[u8; 32]) -> Result
             }
             match s.body {
                 SnapshotBody::Diff(d) => apply_diff(&base, &d).map(|state| (s.meta, state)),
-                SnapshotBody::Full(_) => Err(SnapshotError::WrongKind { expected: "diff", found: "full" }),
+                SnapshotBody::Full(_) => Err(SnapshotError::WrongKind {
+                    expected: "diff",
+                    found: "full",
+                }),
             }
         });
         match attempt {
-            Ok((meta, state)) => return Ok(Recovered { state, full: full_meta, diff: Some(meta), skipped }),
+            Ok((meta, state)) => {
+                return Ok(Recovered {
+                    state,
+                    full: full_meta,
+                    diff: Some(meta),
+                    skipped,
+                });
+            }
             Err(e) => skipped.push((i, e)),
         }
     }
-    Ok(Recovered { state: base, full: full_meta, diff: None, skipped })
+    Ok(Recovered {
+        state: base,
+        full: full_meta,
+        diff: None,
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -850,17 +999,32 @@ mod tests {
             pos: Vec2 { x: -5, y: 7 },
             vel: Vec2 { x: 1, y: -1 },
             health: Health { hp: 3, max: 10 },
-            body: Body::Npc(Npc { spawner: 4, home: Vec2 { x: 9, y: 9 }, mind, rng: DetRng { state: 0xdead_beef }, ready_at: 77 }),
+            body: Body::Npc(Npc {
+                spawner: 4,
+                home: Vec2 { x: 9, y: 9 },
+                mind,
+                rng: DetRng { state: 0xdead_beef },
+                ready_at: 77,
+            }),
         }
     }
 
     fn player(p: u64, respawn_at: Option<u64>) -> ObjectRecord {
         ObjectRecord {
-            obj: Obj { id: zone_sim::object::player_object_id(p), kind: 0 },
+            obj: Obj {
+                id: zone_sim::object::player_object_id(p),
+                kind: 0,
+            },
             pos: Vec2 { x: 100, y: 200 },
             vel: Vec2::default(),
             health: Health { hp: 0, max: 100 },
-            body: Body::Player(Player { player: p, wish: Vec2 { x: 3, y: 4 }, attack: true, ready_at: 12, respawn_at }),
+            body: Body::Player(Player {
+                player: p,
+                wish: Vec2 { x: 3, y: 4 },
+                attack: true,
+                ready_at: 12,
+                respawn_at,
+            }),
         }
     }
 
@@ -874,8 +1038,19 @@ mod tests {
                     rng_state: 1,
                     last_npc_id: 5,
                     spawners: vec![SpawnerPending { id: 3, due: vec![10, 20] }],
-                    mail: vec![Mail::Damage { target: 1, source: 2, amount: -3 }, Mail::Died { spawner: 7 }],
-                    objects: vec![npc(1, Mind::Pause { until: 5 }), npc(2, Mind::Goto { to: Vec2 { x: 1, y: 2 } }), player(1, Some(40))],
+                    mail: vec![
+                        Mail::Damage {
+                            target: 1,
+                            source: 2,
+                            amount: -3,
+                        },
+                        Mail::Died { spawner: 7 },
+                    ],
+                    objects: vec![
+                        npc(1, Mind::Pause { until: 5 }),
+                        npc(2, Mind::Goto { to: Vec2 { x: 1, y: 2 } }),
+                        player(1, Some(40)),
+                    ],
                 },
                 ShardState {
                     index: 1,
@@ -892,7 +1067,14 @@ mod tests {
     /// Re-wraps a modified payload with a valid header and checksums, to reach the field checks
     /// behind the checksum.
     fn rewrap(kind: SnapshotKind, tick: u64, base_tick: u64, payload: &[u8]) -> Vec<u8> {
-        let meta = SnapshotMeta { format_version: FORMAT_VERSION, kind, zone_digest: [1; 32], tick, base_tick, seed: 99 };
+        let meta = SnapshotMeta {
+            format_version: FORMAT_VERSION,
+            kind,
+            zone_digest: [1; 32],
+            tick,
+            base_tick,
+            seed: 99,
+        };
         assemble(&meta, payload)
     }
 
@@ -911,18 +1093,32 @@ mod tests {
         next.shards[1].objects.insert(0, npc(2, Mind::Pause { until: 1 })); // migrated from shard 0
         next.shards[0].mail.clear();
         let d = encode_diff(&s, &next, [1; 32]);
-        let SnapshotBody::Diff(zd) = decode(&d).unwrap().body else { panic!("not a diff") };
+        let SnapshotBody::Diff(zd) = decode(&d).unwrap().body else {
+            panic!("not a diff")
+        };
         assert_eq!(zd.shards[0].removed, vec![2]);
         assert_eq!(zd.shards[1].upserted.len(), 2);
         assert_eq!(apply_diff(&s, &zd).unwrap(), next);
-        assert!(matches!(apply_diff(&next, &zd), Err(SnapshotError::BaseMismatch { diff_base_tick: 10, base_tick: 20 })));
+        assert!(matches!(
+            apply_diff(&next, &zd),
+            Err(SnapshotError::BaseMismatch {
+                diff_base_tick: 10,
+                base_tick: 20
+            })
+        ));
     }
 
     #[test]
     fn header_damage_is_named() {
         let b = encode_full(&state(1), [1; 32]);
         assert_eq!(decode(b"NOPE"), Err(SnapshotError::BadMagic));
-        assert_eq!(decode(&b[..3]), Err(SnapshotError::Truncated { offset: 3, needed: HEADER_BYTES as u64 }));
+        assert_eq!(
+            decode(&b[..3]),
+            Err(SnapshotError::Truncated {
+                offset: 3,
+                needed: HEADER_BYTES as u64
+            })
+        );
         let mut v = b.clone();
         v[OFF_VERSION] = 9;
         assert_eq!(decode(&v), Err(SnapshotError::HeaderChecksum));
@@ -966,7 +1162,11 @@ mod tests {
                 let mut p = payload.clone();
                 p[at] ^= bit;
                 // Must not panic; what decodes is well formed (ids ascending).
-                if let Ok(Snapshot { body: SnapshotBody::Full(got), .. }) = decode(&rewrap(SnapshotKind::Full, 3, 3, &p)) {
+                if let Ok(Snapshot {
+                    body: SnapshotBody::Full(got),
+                    ..
+                }) = decode(&rewrap(SnapshotKind::Full, 3, 3, &p))
+                {
                     for sh in &got.shards {
                         assert!(sh.objects.windows(2).all(|w| w[0].obj.id < w[1].obj.id));
                     }
@@ -981,7 +1181,10 @@ mod tests {
         let mut p = vec![1, 0, 0, 0];
         p.extend_from_slice(&[0; 16]);
         p.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&rewrap(SnapshotKind::Full, 3, 3, &p)), Err(SnapshotError::CorruptPayload { offset: 20, .. })));
+        assert!(matches!(
+            decode(&rewrap(SnapshotKind::Full, 3, 3, &p)),
+            Err(SnapshotError::CorruptPayload { offset: 20, .. })
+        ));
     }
 
     #[test]
@@ -1007,6 +1210,12 @@ mod tests {
         let r = recover(&full, &[], &digest).unwrap();
         assert_eq!(r.state, s);
         assert_eq!(recover(&full, &[], &[2; 32]).err(), Some(SnapshotError::DigestMismatch));
-        assert_eq!(recover(&d20, &[], &digest).err(), Some(SnapshotError::WrongKind { expected: "full", found: "diff" }));
+        assert_eq!(
+            recover(&d20, &[], &digest).err(),
+            Some(SnapshotError::WrongKind {
+                expected: "full",
+                found: "diff"
+            })
+        );
     }
 }

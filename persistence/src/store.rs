@@ -82,7 +82,11 @@ pub trait SnapshotStore: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{store} store: {op} timed out after {timeout:?}")]
-    Timeout { store: &'static str, op: &'static str, timeout: Duration },
+    Timeout {
+        store: &'static str,
+        op: &'static str,
+        timeout: Duration,
+    },
     #[error("file store: {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -113,7 +117,11 @@ pub enum StoreError {
     #[error("{store} store: the meta given does not match the snapshot's header")]
     MetaMismatch { store: &'static str },
     #[error("{store} store: {field} {value} does not fit the store's column type")]
-    OutOfRange { store: &'static str, field: &'static str, value: u64 },
+    OutOfRange {
+        store: &'static str,
+        field: &'static str,
+        value: u64,
+    },
     #[error("{store} store: the stored value is invalid: {reason}")]
     BadStoredValue { store: &'static str, reason: String },
     #[error("{store} store: a background IO task failed: {reason}")]
@@ -136,5 +144,7 @@ pub(crate) async fn bounded<T>(
     timeout: Duration,
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(StoreError::Timeout { store, op, timeout }))
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(StoreError::Timeout { store, op, timeout }))
 }

@@ -28,10 +28,27 @@ fn mind() -> impl Strategy<Value = Mind> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (any::<u32>(), vec2(), mind(), any::<u64>(), any::<u64>())
-            .prop_map(|(spawner, home, mind, rng, ready_at)| Body::Npc(Npc { spawner, home, mind, rng: DetRng { state: rng }, ready_at })),
-        (any::<u64>(), vec2(), any::<bool>(), any::<u64>(), proptest::option::of(any::<u64>()))
-            .prop_map(|(player, wish, attack, ready_at, respawn_at)| Body::Player(Player { player, wish, attack, ready_at, respawn_at })),
+        (any::<u32>(), vec2(), mind(), any::<u64>(), any::<u64>()).prop_map(|(spawner, home, mind, rng, ready_at)| Body::Npc(Npc {
+            spawner,
+            home,
+            mind,
+            rng: DetRng { state: rng },
+            ready_at
+        })),
+        (
+            any::<u64>(),
+            vec2(),
+            any::<bool>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(player, wish, attack, ready_at, respawn_at)| Body::Player(Player {
+                player,
+                wish,
+                attack,
+                ready_at,
+                respawn_at
+            })),
     ]
 }
 
@@ -42,8 +59,13 @@ fn object_id() -> impl Strategy<Value = u64> {
 }
 
 fn record(id: u64) -> impl Strategy<Value = ObjectRecord> {
-    (any::<u16>(), vec2(), vec2(), any::<i32>(), any::<i32>(), body())
-        .prop_map(move |(kind, pos, vel, hp, max, body)| ObjectRecord { obj: Obj { id, kind }, pos, vel, health: Health { hp, max }, body })
+    (any::<u16>(), vec2(), vec2(), any::<i32>(), any::<i32>(), body()).prop_map(move |(kind, pos, vel, hp, max, body)| ObjectRecord {
+        obj: Obj { id, kind },
+        pos,
+        vel,
+        health: Health { hp, max },
+        body,
+    })
 }
 
 fn objects() -> impl Strategy<Value = Vec<ObjectRecord>> {
@@ -62,12 +84,29 @@ fn spawner() -> impl Strategy<Value = SpawnerPending> {
 }
 
 fn shard(index: u16) -> impl Strategy<Value = ShardState> {
-    (any::<u64>(), any::<u64>(), proptest::collection::vec(spawner(), 0..3), proptest::collection::vec(mail(), 0..4), objects())
-        .prop_map(move |(rng_state, last_npc_id, spawners, mail, objects)| ShardState { index, rng_state, last_npc_id, spawners, mail, objects })
+    (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(spawner(), 0..3),
+        proptest::collection::vec(mail(), 0..4),
+        objects(),
+    )
+        .prop_map(move |(rng_state, last_npc_id, spawners, mail, objects)| ShardState {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+            objects,
+        })
 }
 
 fn zone_state(shards: usize) -> impl Strategy<Value = ZoneState> {
-    (any::<u64>(), any::<u64>(), (0..shards as u16).map(shard).collect::<Vec<_>>()).prop_map(|(tick, seed, shards)| ZoneState { tick, seed, shards })
+    (any::<u64>(), any::<u64>(), (0..shards as u16).map(shard).collect::<Vec<_>>()).prop_map(|(tick, seed, shards)| ZoneState {
+        tick,
+        seed,
+        shards,
+    })
 }
 
 fn any_state() -> impl Strategy<Value = ZoneState> {
@@ -143,7 +182,12 @@ proptest! {
 /// Decoding every prefix and every single-bit flip of `bytes` is an error.
 fn every_truncation_and_bit_flip_is_an_error(bytes: &[u8]) -> Result<(), TestCaseError> {
     for cut in 0..bytes.len() {
-        prop_assert!(snapshot::decode(&bytes[..cut]).is_err(), "a cut at {} of {} decoded", cut, bytes.len());
+        prop_assert!(
+            snapshot::decode(&bytes[..cut]).is_err(),
+            "a cut at {} of {} decoded",
+            cut,
+            bytes.len()
+        );
     }
     let mut b = bytes.to_vec();
     for at in 0..b.len() {
@@ -172,9 +216,28 @@ proptest! {
 
 #[test]
 fn diff_against_the_wrong_base_is_refused() {
-    let base = ZoneState { tick: 10, seed: 1, shards: vec![] };
-    let next = ZoneState { tick: 20, seed: 1, shards: vec![] };
-    let SnapshotBody::Diff(d) = snapshot::decode(&snapshot::encode_diff(&base, &next, DIGEST)).expect("decodes").body else { panic!("not a diff") };
+    let base = ZoneState {
+        tick: 10,
+        seed: 1,
+        shards: vec![],
+    };
+    let next = ZoneState {
+        tick: 20,
+        seed: 1,
+        shards: vec![],
+    };
+    let SnapshotBody::Diff(d) = snapshot::decode(&snapshot::encode_diff(&base, &next, DIGEST))
+        .expect("decodes")
+        .body
+    else {
+        panic!("not a diff")
+    };
     let other = ZoneState { tick: 11, ..base };
-    assert_eq!(snapshot::apply_diff(&other, &d), Err(snapshot::SnapshotError::BaseMismatch { diff_base_tick: 10, base_tick: 11 }));
+    assert_eq!(
+        snapshot::apply_diff(&other, &d),
+        Err(snapshot::SnapshotError::BaseMismatch {
+            diff_base_tick: 10,
+            base_tick: 11
+        })
+    );
 }

@@ -24,7 +24,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unique_zone_id(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     format!("test-{what}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -32,7 +34,11 @@ fn env_or_skip(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            let example = if var == "REDIS_URL" { "redis://127.0.0.1:6379/" } else { "postgres://postgres@127.0.0.1:5432/test" };
+            let example = if var == "REDIS_URL" {
+                "redis://127.0.0.1:6379/"
+            } else {
+                "postgres://postgres@127.0.0.1:5432/test"
+            };
             println!("skipped: {var} is not set (CI sets it; locally: {var}={example} cargo test -p zone-persistence)");
             None
         }
@@ -43,17 +49,38 @@ fn env_or_skip(var: &str) -> Option<String> {
 fn state(tick: u64) -> ZoneState {
     let npc = |id: u64| ObjectRecord {
         obj: Obj { id, kind: 1 },
-        pos: Vec2 { x: id as i32 * 1000 + tick as i32, y: 5 },
+        pos: Vec2 {
+            x: id as i32 * 1000 + tick as i32,
+            y: 5,
+        },
         vel: Vec2 { x: 1, y: 0 },
         health: Health { hp: 10, max: 10 },
-        body: Body::Npc(Npc { spawner: 0, home: Vec2 { x: 0, y: 0 }, mind: Mind::Patrol { leg: (id % 4) as u8 }, rng: DetRng::new(1, id), ready_at: 0 }),
+        body: Body::Npc(Npc {
+            spawner: 0,
+            home: Vec2 { x: 0, y: 0 },
+            mind: Mind::Patrol { leg: (id % 4) as u8 },
+            rng: DetRng::new(1, id),
+            ready_at: 0,
+        }),
     };
     let player = ObjectRecord {
-        obj: Obj { id: player_object_id(7), kind: 0 },
-        pos: Vec2 { x: tick as i32, y: -(tick as i32) },
+        obj: Obj {
+            id: player_object_id(7),
+            kind: 0,
+        },
+        pos: Vec2 {
+            x: tick as i32,
+            y: -(tick as i32),
+        },
         vel: Vec2::default(),
         health: Health { hp: 100, max: 100 },
-        body: Body::Player(Player { player: 7, wish: Vec2 { x: 1, y: 1 }, attack: tick.is_multiple_of(2), ready_at: tick, respawn_at: None }),
+        body: Body::Player(Player {
+            player: 7,
+            wish: Vec2 { x: 1, y: 1 },
+            attack: tick.is_multiple_of(2),
+            ready_at: tick,
+            respawn_at: None,
+        }),
     };
     // NPC ids present depend on the tick, so diffs create and remove objects.
     let npcs: Vec<ObjectRecord> = (1..20u64).filter(|id| !(id + tick / 10).is_multiple_of(3)).map(npc).collect();
@@ -68,11 +95,25 @@ fn state(tick: u64) -> ZoneState {
                 index: 0,
                 rng_state: tick,
                 last_npc_id: 19,
-                spawners: vec![SpawnerPending { id: 0, due: vec![tick + 60] }],
+                spawners: vec![SpawnerPending {
+                    id: 0,
+                    due: vec![tick + 60],
+                }],
                 mail: vec![Mail::Died { spawner: 0 }],
                 objects: a,
             },
-            ShardState { index: 1, rng_state: tick * 3, last_npc_id: 0, spawners: vec![], mail: vec![Mail::Damage { target: 7, source: 3, amount: 2 }], objects: b },
+            ShardState {
+                index: 1,
+                rng_state: tick * 3,
+                last_npc_id: 0,
+                spawners: vec![],
+                mail: vec![Mail::Damage {
+                    target: 7,
+                    source: 3,
+                    amount: 2,
+                }],
+                objects: b,
+            },
         ],
     }
 }
@@ -84,12 +125,22 @@ async fn put_history(store: &dyn SnapshotStore) -> Vec<(u64, SnapshotKind)> {
     for full_tick in [100u64, 200, 300] {
         let base = state(full_tick);
         let bytes = snapshot::encode_full(&base, DIGEST);
-        store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put full");
+        store
+            .put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes)
+            .await
+            .expect("put full");
         stored.push((full_tick, SnapshotKind::Full));
-        let diffs: &[u64] = if full_tick == 300 { &[310] } else { &[full_tick + 10, full_tick + 20] };
+        let diffs: &[u64] = if full_tick == 300 {
+            &[310]
+        } else {
+            &[full_tick + 10, full_tick + 20]
+        };
         for &t in diffs {
             let bytes = snapshot::encode_diff(&base, &state(t), DIGEST);
-            store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put diff");
+            store
+                .put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes)
+                .await
+                .expect("put diff");
             stored.push((t, SnapshotKind::Diff));
         }
     }
@@ -98,7 +149,11 @@ async fn put_history(store: &dyn SnapshotStore) -> Vec<(u64, SnapshotKind)> {
 
 /// The common round trip: history in, newest state out, retention as `expect` says (newest first).
 async fn round_trip(store: &dyn SnapshotStore, expect: &[(u64, SnapshotKind)]) {
-    assert!(store.latest_chain().await.expect("empty chain").is_none(), "{} store is not empty at the start", store.name());
+    assert!(
+        store.latest_chain().await.expect("empty chain").is_none(),
+        "{} store is not empty at the start",
+        store.name()
+    );
     put_history(store).await;
 
     let chain = store.latest_chain().await.expect("latest chain").expect("a chain");
@@ -121,7 +176,10 @@ async fn round_trip(store: &dyn SnapshotStore, expect: &[(u64, SnapshotKind)]) {
 
     // A meta that does not match the bytes is refused.
     let bytes = snapshot::encode_full(&state(400), DIGEST);
-    let wrong = SnapshotMeta { tick: 401, ..snapshot::decode_meta(&bytes).expect("meta") };
+    let wrong = SnapshotMeta {
+        tick: 401,
+        ..snapshot::decode_meta(&bytes).expect("meta")
+    };
     assert!(matches!(store.put(&wrong, &bytes).await, Err(StoreError::MetaMismatch { .. })));
     assert!(matches!(store.put(&wrong, b"junk").await, Err(StoreError::BadSnapshot { .. })));
 }
@@ -142,7 +200,10 @@ async fn file_store_round_trip_and_retention() {
     // Path traversal through a key is not possible.
     assert!(matches!(store.get("../notes.txt").await, Err(StoreError::NotFound { .. })));
     // No temporary files remain.
-    let temps = std::fs::read_dir(dir.path()).expect("dir").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp"))).count();
+    let temps = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp")))
+        .count();
     assert_eq!(temps, 0);
 }
 
@@ -156,7 +217,9 @@ async fn file_store_keep_one() {
 #[tokio::test]
 async fn redis_store_round_trip() {
     let Some(url) = env_or_skip("REDIS_URL") else { return };
-    let store = RedisStore::connect(&url, &unique_zone_id("redis"), Duration::from_secs(600), OP_TIMEOUT).await.expect("connect");
+    let store = RedisStore::connect(&url, &unique_zone_id("redis"), Duration::from_secs(600), OP_TIMEOUT)
+        .await
+        .expect("connect");
     round_trip(&store, &[(310, DIFF), (300, FULL)]).await;
     store.delete_zone().await.expect("cleanup");
     assert!(store.latest_chain().await.expect("chain").is_none());
@@ -165,12 +228,17 @@ async fn redis_store_round_trip() {
 #[tokio::test]
 async fn redis_keys_expire() {
     let Some(url) = env_or_skip("REDIS_URL") else { return };
-    let store = RedisStore::connect(&url, &unique_zone_id("redis-ttl"), Duration::from_millis(200), OP_TIMEOUT).await.expect("connect");
+    let store = RedisStore::connect(&url, &unique_zone_id("redis-ttl"), Duration::from_millis(200), OP_TIMEOUT)
+        .await
+        .expect("connect");
     let bytes = snapshot::encode_full(&state(1), DIGEST);
     store.put(&snapshot::decode_meta(&bytes).expect("meta"), &bytes).await.expect("put");
     assert!(store.latest_chain().await.expect("chain").is_some());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(store.latest_chain().await.expect("chain").is_none(), "the full snapshot outlived its TTL");
+    assert!(
+        store.latest_chain().await.expect("chain").is_none(),
+        "the full snapshot outlived its TTL"
+    );
 }
 
 #[tokio::test]
@@ -178,7 +246,10 @@ async fn postgres_store_round_trip_retention_and_events() {
     let Some(url) = env_or_skip("DATABASE_URL") else { return };
     let zone = unique_zone_id("pg");
     // Two stores connecting at once both migrate safely.
-    let (a, b) = tokio::join!(PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT), PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT));
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT),
+        PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT)
+    );
     let store = a.expect("connect");
     drop(b.expect("concurrent connect"));
     round_trip(&store, &[(310, DIFF), (300, FULL), (220, DIFF), (210, DIFF), (200, FULL)]).await;
@@ -206,21 +277,38 @@ async fn postgres_store_round_trip_retention_and_events() {
 /// A closed port fails fast; an unroutable address fails at the timeout: never a hang.
 #[tokio::test]
 async fn unreachable_backends_fail_within_the_timeout() {
-    for (url, timeout) in [("127.0.0.1:1", Duration::from_secs(2)), ("10.255.255.1:5432", Duration::from_millis(500))] {
+    for (url, timeout) in [
+        ("127.0.0.1:1", Duration::from_secs(2)),
+        ("10.255.255.1:5432", Duration::from_millis(500)),
+    ] {
         let started = Instant::now();
         let pg = PostgresStore::connect(&format!("postgres://postgres@{url}/test"), "z", 1, timeout).await;
         assert!(pg.is_err(), "postgres at {url} connected?");
-        assert!(started.elapsed() < timeout + Duration::from_secs(1), "postgres at {url} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "postgres at {url} took {:?}",
+            started.elapsed()
+        );
 
         let started = Instant::now();
         let redis = RedisStore::connect(&format!("redis://{url}/"), "z", Duration::from_secs(1), timeout).await;
         assert!(redis.is_err(), "redis at {url} connected?");
-        assert!(started.elapsed() < timeout + Duration::from_secs(1), "redis at {url} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "redis at {url} took {:?}",
+            started.elapsed()
+        );
     }
 }
 
 #[tokio::test]
 async fn bad_urls_are_errors() {
-    assert!(matches!(PostgresStore::connect("not a url", "z", 1, OP_TIMEOUT).await, Err(StoreError::Postgres { .. })));
-    assert!(matches!(RedisStore::connect("nope://x", "z", Duration::from_secs(1), OP_TIMEOUT).await, Err(StoreError::Redis { .. })));
+    assert!(matches!(
+        PostgresStore::connect("not a url", "z", 1, OP_TIMEOUT).await,
+        Err(StoreError::Postgres { .. })
+    ));
+    assert!(matches!(
+        RedisStore::connect("nope://x", "z", Duration::from_secs(1), OP_TIMEOUT).await,
+        Err(StoreError::Redis { .. })
+    ));
 }

@@ -100,8 +100,13 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` and serves on a new thread. Fails if the address cannot be bound.
     pub fn start(addr: SocketAddr, shared: Arc<AdminShared>) -> anyhow::Result<AdminServer> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the admin runtime")?;
-        let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind the admin listener on {addr} (is another server using it? choose another with --admin)"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the admin runtime")?;
+        let std_listener = std::net::TcpListener::bind(addr).with_context(|| {
+            format!("cannot bind the admin listener on {addr} (is another server using it? choose another with --admin)")
+        })?;
         std_listener.set_nonblocking(true)?;
         let local = std_listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -145,7 +150,11 @@ impl AdminServer {
             });
         })?;
         tracing::info!(admin = %local, "admin listener up: /metrics /healthz /readyz /status POST /drain");
-        Ok(AdminServer { addr: local, shutdown: Some(tx), thread: Some(thread) })
+        Ok(AdminServer {
+            addr: local,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     pub fn stop(mut self) {
@@ -189,7 +198,11 @@ async fn healthz(State(s): State<Arc<AdminShared>>) -> Response {
     if s.is_live() {
         (StatusCode::OK, "ok: the tick loop is advancing\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy: the tick loop has not advanced in the last 2 s\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the tick loop has not advanced in the last 2 s\n",
+        )
+            .into_response()
     }
 }
 
@@ -198,7 +211,11 @@ async fn readyz(State(s): State<Arc<AdminShared>>) -> Response {
     let bound = s.socket_bound.load(Ordering::Relaxed);
     let draining = s.draining.load(Ordering::Relaxed);
     let body = serde_json::json!({"ready": s.is_ready(), "zone_loaded": loaded, "socket_bound": bound, "draining": draining});
-    let code = if s.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if s.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
@@ -216,5 +233,9 @@ async fn status(State(s): State<Arc<AdminShared>>) -> Response {
 async fn drain(State(s): State<Arc<AdminShared>>) -> Response {
     let already = s.drain_requested.swap(true, Ordering::Relaxed);
     tracing::info!(already, "drain requested over HTTP");
-    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"draining": true, "already": already}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"draining": true, "already": already})),
+    )
+        .into_response()
 }

@@ -238,7 +238,9 @@ impl ServerConfig {
     }
     /// The journal to write: the explicit one, or DATA_DIR/journal.zjnl when persistence is on.
     pub fn journal_path(&self) -> Option<PathBuf> {
-        self.journal.clone().or_else(|| self.persistence_on().then(|| self.data_dir.join("journal.zjnl")))
+        self.journal
+            .clone()
+            .or_else(|| self.persistence_on().then(|| self.data_dir.join("journal.zjnl")))
     }
 
     pub fn telemetry_on(&self) -> bool {
@@ -298,7 +300,10 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
-    let threads = cli.threads.or(file.threads).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cli
+        .threads
+        .or(file.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cfg = ServerConfig {
         zone: cli.zone.clone().or(file.zone).unwrap_or_else(|| "assets/zones/demo.toml".into()),
         seed: cli.seed.or(file.seed).unwrap_or(1),
@@ -344,13 +349,25 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         anyhow::bail!("{}: must be at least 1", src("hash_interval"));
     }
     if !(cfg.stats_interval.is_finite() && cfg.stats_interval > 0.0) {
-        anyhow::bail!("{}: {} must be a positive number of seconds", src("stats_interval"), cfg.stats_interval);
+        anyhow::bail!(
+            "{}: {} must be a positive number of seconds",
+            src("stats_interval"),
+            cfg.stats_interval
+        );
     }
     if !(cfg.drain_timeout.is_finite() && cfg.drain_timeout >= 0.0) {
-        anyhow::bail!("{}: {} must be zero or a positive number of seconds", src("drain_timeout"), cfg.drain_timeout);
+        anyhow::bail!(
+            "{}: {} must be zero or a positive number of seconds",
+            src("drain_timeout"),
+            cfg.drain_timeout
+        );
     }
     if !["text", "json"].contains(&cfg.log_format.as_str()) {
-        anyhow::bail!("{}: {:?} is not a log format: use \"text\" or \"json\"", src("log_format"), cfg.log_format);
+        anyhow::bail!(
+            "{}: {:?} is not a log format: use \"text\" or \"json\"",
+            src("log_format"),
+            cfg.log_format
+        );
     }
     if !["on", "off"].contains(&cfg.telemetry.as_str()) {
         anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("telemetry"), cfg.telemetry);
@@ -367,23 +384,45 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         }
     }
     if !["on", "off"].contains(&cfg.persistence.as_str()) {
-        anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("persistence"), cfg.persistence);
+        anyhow::bail!(
+            "{}: {:?} is not allowed: use \"on\" or \"off\"",
+            src("persistence"),
+            cfg.persistence
+        );
     }
     if !["off", "auto", "required"].contains(&cfg.restore.as_str()) {
-        anyhow::bail!("{}: {:?} is not allowed: use \"off\", \"auto\" or \"required\"", src("restore"), cfg.restore);
+        anyhow::bail!(
+            "{}: {:?} is not allowed: use \"off\", \"auto\" or \"required\"",
+            src("restore"),
+            cfg.restore
+        );
     }
     if cfg.keep_snapshots == 0 || cfg.breaker_failures == 0 || cfg.event_queue == 0 || cfg.backend_timeout_ms == 0 {
-        anyhow::bail!("{}, breaker_failures, event_queue and backend_timeout_ms must be at least 1", src("keep_snapshots"));
+        anyhow::bail!(
+            "{}, breaker_failures, event_queue and backend_timeout_ms must be at least 1",
+            src("keep_snapshots")
+        );
     }
-    for (name, url, schemes) in [("redis", &cfg.redis, &["redis://", "rediss://"][..]), ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..])] {
+    for (name, url, schemes) in [
+        ("redis", &cfg.redis, &["redis://", "rediss://"][..]),
+        ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..]),
+    ] {
         if let Some(u) = url {
             if !schemes.iter().any(|s| u.starts_with(s)) {
-                anyhow::bail!("{}: {:?} is not a URL starting with {}", src(name), mask_url_passwords(u), schemes.join(" or "));
+                anyhow::bail!(
+                    "{}: {:?} is not a URL starting with {}",
+                    src(name),
+                    mask_url_passwords(u),
+                    schemes.join(" or ")
+                );
             }
         }
     }
     if cfg.realtime && cfg.ticks.is_none() {
-        anyhow::bail!("{}: realtime only makes sense with ticks (without ticks the server always runs in real time)", src("realtime"));
+        anyhow::bail!(
+            "{}: realtime only makes sense with ticks (without ticks the server always runs in real time)",
+            src("realtime")
+        );
     }
     Ok(cfg)
 }
@@ -398,7 +437,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("server.toml");
         std::fs::write(&f, "seed = 7\nhash_interval = 5\nadmin = \"127.0.0.1:9999\"\n").unwrap();
-        let cli = Cli { config: Some(f.clone()), seed: Some(3), ..Default::default() };
+        let cli = Cli {
+            config: Some(f.clone()),
+            seed: Some(3),
+            ..Default::default()
+        };
         let c = resolve(&cli).unwrap();
         assert_eq!(c.seed, 3, "command line beats file");
         assert_eq!(c.hash_interval, 5, "file beats default");
@@ -407,13 +450,19 @@ mod tests {
 
         std::fs::write(&f, "seed = 7\nhash_intervl = 5\n").unwrap();
         let err = resolve(&cli).unwrap_err().to_string();
-        assert!(err.contains("server.toml") && err.contains("line 2") && err.contains("hash_intervl"), "{err}");
+        assert!(
+            err.contains("server.toml") && err.contains("line 2") && err.contains("hash_intervl"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn masks_passwords() {
-        assert_eq!(mask_url_passwords("redis = \"redis://u:secret@h:1/\""), "redis = \"redis://u:***@h:1/\"");
+        assert_eq!(
+            mask_url_passwords("redis = \"redis://u:secret@h:1/\""),
+            "redis = \"redis://u:***@h:1/\""
+        );
         assert_eq!(mask_url_passwords("a = \"postgres://h/db\""), "a = \"postgres://h/db\"");
     }
 }

@@ -19,8 +19,15 @@ pub struct PoolExecutor {
 impl PoolExecutor {
     pub fn new(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("shard-{i}")).build()?;
-        Ok(PoolExecutor { pool, threads, step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect() })
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shard-{i}"))
+            .build()?;
+        Ok(PoolExecutor {
+            pool,
+            threads,
+            step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     pub fn threads(&self) -> usize {

@@ -52,47 +52,58 @@ impl JournalSink {
         }
         let mut writer = match append_at {
             None => JournalWriter::create(path, header).with_context(|| format!("cannot create journal {}", path.display()))?,
-            Some(len) => JournalWriter::open_append(path, header, len).with_context(|| format!("cannot continue journal {}", path.display()))?,
+            Some(len) => {
+                JournalWriter::open_append(path, header, len).with_context(|| format!("cannot continue journal {}", path.display()))?
+            }
         };
         let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE_RECORDS_MAX);
         let counters = Arc::new(SinkCounters::default());
         let c = counters.clone();
         let shown = path.display().to_string();
-        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || -> anyhow::Result<()> {
-            let mut last_flush = Instant::now();
-            let mut last_sync = Instant::now();
-            let result = (|| -> anyhow::Result<()> {
-                loop {
-                    match rx.recv_timeout(FLUSH_INTERVAL) {
-                        Ok(rec) => {
-                            writer.append(&rec)?;
-                            c.records.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let mut last_flush = Instant::now();
+                let mut last_sync = Instant::now();
+                let result = (|| -> anyhow::Result<()> {
+                    loop {
+                        match rx.recv_timeout(FLUSH_INTERVAL) {
+                            Ok(rec) => {
+                                writer.append(&rec)?;
+                                c.records.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
                         }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        if last_flush.elapsed() >= FLUSH_INTERVAL {
+                            writer.flush()?;
+                            c.bytes.store(writer.bytes(), Ordering::Relaxed);
+                            last_flush = Instant::now();
+                        }
+                        // To the disk too, now and then: a power cut then loses at most this much.
+                        if last_sync.elapsed() >= SYNC_INTERVAL {
+                            writer.sync()?;
+                            last_sync = Instant::now();
+                        }
                     }
-                    if last_flush.elapsed() >= FLUSH_INTERVAL {
-                        writer.flush()?;
-                        c.bytes.store(writer.bytes(), Ordering::Relaxed);
-                        last_flush = Instant::now();
-                    }
-                    // To the disk too, now and then: a power cut then loses at most this much.
-                    if last_sync.elapsed() >= SYNC_INTERVAL {
-                        writer.sync()?;
-                        last_sync = Instant::now();
-                    }
+                    writer.sync()?;
+                    c.bytes.store(writer.bytes(), Ordering::Relaxed);
+                    Ok(())
+                })();
+                if let Err(e) = &result {
+                    c.failed.store(true, Ordering::Relaxed);
+                    tracing::error!(journal = %shown, error = %e, "journal writer failed; the journal ends here");
                 }
-                writer.sync()?;
-                c.bytes.store(writer.bytes(), Ordering::Relaxed);
-                Ok(())
-            })();
-            if let Err(e) = &result {
-                c.failed.store(true, Ordering::Relaxed);
-                tracing::error!(journal = %shown, error = %e, "journal writer failed; the journal ends here");
-            }
-            result
-        })?;
-        Ok(JournalSink { tx: Some(tx), thread: Some(thread), blocking, broken: false, counters, path: path.to_path_buf() })
+                result
+            })?;
+        Ok(JournalSink {
+            tx: Some(tx),
+            thread: Some(thread),
+            blocking,
+            broken: false,
+            counters,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Hands a record to the writer. Never blocks unless the sink was started `blocking`.

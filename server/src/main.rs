@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
+use std::time::{Duration, Instant};
+use zone_persistence::breaker::BreakerConfig;
 use zone_server::admin::{AdminServer, AdminShared};
 use zone_server::config::{Cli, resolve};
-use zone_server::runner::{Hooks, RunConfig, run};
 use zone_server::persist::PersistConfig;
 use zone_server::recovery::{restore, restored_line};
+use zone_server::runner::{Hooks, RunConfig, run};
 use zone_server::zone_load::load_zone;
-use zone_persistence::breaker::BreakerConfig;
-use std::time::{Duration, Instant};
 use zone_telemetry::logs::{self, LogFormat};
 
 fn main() -> ExitCode {
@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_masked_toml());
         return ExitCode::SUCCESS;
     }
-    let format = if cfg.log_format == "json" { LogFormat::Json } else { LogFormat::Text };
+    let format = if cfg.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
     let log_guard = logs::init(format, &cfg.log_filter);
     let result = real_main(&cfg, &log_guard, process_start);
     let code = match result {
@@ -72,7 +76,10 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         instance: cfg.instance.clone().unwrap_or_else(|| loaded.spec.id.clone()),
         redis_ttl: Duration::from_secs_f64(cfg.redis_ttl),
         op_timeout: Duration::from_millis(cfg.backend_timeout_ms),
-        breaker: BreakerConfig { failure_threshold: cfg.breaker_failures, open_for: Duration::from_secs_f64(cfg.breaker_open) },
+        breaker: BreakerConfig {
+            failure_threshold: cfg.breaker_failures,
+            open_for: Duration::from_secs_f64(cfg.breaker_open),
+        },
         event_queue: cfg.event_queue,
     });
     let journal = cfg.journal_path();
@@ -82,21 +89,33 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         None
     } else {
         let Some(p) = &persist else {
-            anyhow::bail!("restore: {} needs persistence (it reads snapshots from the stores and the journal): drop --persistence off", cfg.restore);
+            anyhow::bail!(
+                "restore: {} needs persistence (it reads snapshots from the stores and the journal): drop --persistence off",
+                cfg.restore
+            );
         };
         let exec = zone_server::executor::PoolExecutor::new(cfg.threads, loaded.spec.shard_count())?;
         match restore(&loaded, cfg.seed, journal.as_deref(), p, &exec)? {
             Some(mut r) => {
                 let hash = r.zone.hash(&exec).hex();
                 let line = restored_line(r.zone.tick(), &hash, r.source, process_start.elapsed());
-                tracing::info!(source = r.source, tick = r.zone.tick(), snapshot_tick = r.snapshot_tick, replayed_ticks = r.replayed_ticks, "{line}");
+                tracing::info!(
+                    source = r.source,
+                    tick = r.zone.tick(),
+                    snapshot_tick = r.snapshot_tick,
+                    replayed_ticks = r.replayed_ticks,
+                    "{line}"
+                );
                 println!("{line}");
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
                 Some(r)
             }
             None if cfg.restore == "required" => {
-                anyhow::bail!("restore required, but there is no snapshot in any store and no journal at {}: nothing to restore", journal.as_deref().map_or("(none)".into(), |p| p.display().to_string()));
+                anyhow::bail!(
+                    "restore required, but there is no snapshot in any store and no journal at {}: nothing to restore",
+                    journal.as_deref().map_or("(none)".into(), |p| p.display().to_string())
+                );
             }
             None => {
                 tracing::info!("restore auto: no snapshot and no journal; starting fresh");
@@ -109,7 +128,12 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         // keep-newest-N rule, and belong to another journal. Keep them, out of the way.
         let snaps = cfg.data_dir.join("snapshots");
         if snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            let aside = cfg.data_dir.join(format!("snapshots.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+            let aside = cfg.data_dir.join(format!(
+                "snapshots.{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
             std::fs::rename(&snaps, &aside).with_context(|| format!("cannot move the old snapshots {} aside", snaps.display()))?;
             tracing::warn!(old = %aside.display(), "starting fresh: the previous run's file snapshots were moved aside (use --restore auto to continue that run)");
         }
@@ -118,7 +142,12 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         if let Some(j) = &journal {
             if j.exists() && cfg.journal.is_none() {
                 // The default journal of an earlier run would be overwritten: keep it.
-                let aside = j.with_extension(format!("zjnl.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+                let aside = j.with_extension(format!(
+                    "zjnl.{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
                 std::fs::rename(j, &aside).with_context(|| format!("cannot move the old journal {} aside", j.display()))?;
                 tracing::warn!(old = %aside.display(), "starting fresh: the previous journal was moved aside (use --restore auto to continue it)");
             }
@@ -140,7 +169,12 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         snapshot_diff_every: ticks(cfg.snapshot_diff_interval),
         cold_snapshot_every: ticks(cfg.cold_snapshot_interval),
     };
-    let hooks = Hooks { stop_signal: stop, admin: shared, metrics: cfg.telemetry_on(), log_dropped: Some(log_guard.dropped_counter()) };
+    let hooks = Hooks {
+        stop_signal: stop,
+        admin: shared,
+        metrics: cfg.telemetry_on(),
+        log_dropped: Some(log_guard.dropped_counter()),
+    };
     let outcome = run(&run_cfg, &loaded, hooks, restored)?;
     if let Some(a) = admin {
         a.stop();

@@ -26,7 +26,11 @@ pub struct FixedStep {
 impl FixedStep {
     /// `rate_hz` ticks per second; at most `catch_up_max` ticks run back to back after a stall.
     pub fn new(rate_hz: u32, catch_up_max: u32) -> Self {
-        FixedStep { dt: Duration::from_secs(1) / rate_hz.max(1), acc: Duration::ZERO, catch_up_max: catch_up_max.max(1) }
+        FixedStep {
+            dt: Duration::from_secs(1) / rate_hz.max(1),
+            acc: Duration::ZERO,
+            catch_up_max: catch_up_max.max(1),
+        }
     }
 
     pub fn dt(&self) -> Duration {
@@ -41,7 +45,10 @@ impl FixedStep {
         let dropped = due - ticks;
         // Keep the fraction of a tick; forget the dropped backlog.
         self.acc -= self.dt * due as u32;
-        Plan { ticks: ticks as u32, dropped }
+        Plan {
+            ticks: ticks as u32,
+            dropped,
+        }
     }
 
     /// Time until the next tick is due.

@@ -55,10 +55,17 @@ pub struct PersistConfig {
 }
 
 enum Job {
-    Snapshot { state: ZoneState, full: bool, cold: bool },
+    Snapshot {
+        state: ZoneState,
+        full: bool,
+        cold: bool,
+    },
     Events(Vec<GameEvent>),
     /// The last snapshot before exit; the sender is told when it is written.
-    Final { state: ZoneState, done: mpsc::Sender<()> },
+    Final {
+        state: ZoneState,
+        done: mpsc::Sender<()>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +120,12 @@ impl Persister {
             let mut w = Worker::new(cfg, files, zone_digest, seed, c);
             rt.block_on(w.run(snap_rx, event_rx));
         })?;
-        Ok(Persister { snap_tx: Some(snap_tx), event_tx: Some(event_tx), thread: Some(thread), counters })
+        Ok(Persister {
+            snap_tx: Some(snap_tx),
+            event_tx: Some(event_tx),
+            thread: Some(thread),
+            counters,
+        })
     }
 
     /// Offers a snapshot; skipped (and counted) if the worker is still busy. Never blocks.
@@ -192,7 +204,13 @@ struct Backend<S> {
 impl<S> Backend<S> {
     fn new(name: &'static str, snapshots: bool, breaker: BreakerConfig) -> Self {
         gauge!("zone_backend_breaker_state", "backend" => name).set(0.0);
-        Backend { name, snapshots, store: None, breaker: Breaker::new(breaker), base_tick: None }
+        Backend {
+            name,
+            snapshots,
+            store: None,
+            breaker: Breaker::new(breaker),
+            base_tick: None,
+        }
     }
 
     fn admit(&mut self) -> bool {
@@ -250,8 +268,19 @@ fn log_transition(backend: &'static str, t: Transition) {
     gauge!("zone_backend_breaker_state", "backend" => backend).set(v);
     counter!("zone_backend_breaker_transitions_total", "backend" => backend, "to" => t.to.as_str()).increment(1);
     match t.to {
-        BreakerState::Open => tracing::warn!(backend, from = t.from.as_str(), to = t.to.as_str(), failures = t.consecutive_failures, "backend circuit breaker opened: bypassing it"),
-        _ => tracing::info!(backend, from = t.from.as_str(), to = t.to.as_str(), "backend circuit breaker changed state"),
+        BreakerState::Open => tracing::warn!(
+            backend,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            failures = t.consecutive_failures,
+            "backend circuit breaker opened: bypassing it"
+        ),
+        _ => tracing::info!(
+            backend,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            "backend circuit breaker changed state"
+        ),
     }
 }
 
@@ -282,7 +311,22 @@ impl Worker {
         let pg = Backend::new("postgres", true, cfg.breaker);
         let pg_events = Backend::new("postgres_events", false, cfg.breaker);
         let events = EventQueue::new(cfg.event_queue);
-        Worker { cfg, digest, seed, files, file_base_tick: None, redis, pg, pg_events, last_full: None, events, counters, consecutive_file_failures: 0, last_error: None, upgraded_to_full: false }
+        Worker {
+            cfg,
+            digest,
+            seed,
+            files,
+            file_base_tick: None,
+            redis,
+            pg,
+            pg_events,
+            last_full: None,
+            events,
+            counters,
+            consecutive_file_failures: 0,
+            last_error: None,
+            upgraded_to_full: false,
+        }
     }
 
     async fn run(&mut self, snaps: Receiver<Job>, events: Receiver<Job>) {
@@ -293,7 +337,11 @@ impl Worker {
             while let Ok(Job::Events(batch)) = events.try_recv() {
                 for e in batch {
                     if self.events.push(e) > 0 && self.events.dropped_total() % 1000 == 1 {
-                        tracing::warn!(capacity = self.events.capacity(), dropped_total = self.events.dropped_total(), "event queue full: dropping the oldest events");
+                        tracing::warn!(
+                            capacity = self.events.capacity(),
+                            dropped_total = self.events.dropped_total(),
+                            "event queue full: dropping the oldest events"
+                        );
                     }
                 }
             }
@@ -345,7 +393,11 @@ impl Worker {
         let full_bytes = full.then(|| encode_full(&state, self.digest));
         let diff_bytes = (!full).then(|| encode_diff(self.last_full.as_ref().expect("a base exists"), &state, self.digest));
         let encode_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let base_tick = if full { tick } else { self.last_full.as_ref().map_or(tick, |b| b.tick) };
+        let base_tick = if full {
+            tick
+        } else {
+            self.last_full.as_ref().map_or(tick, |b| b.tick)
+        };
         let (digest, seed) = (self.digest, self.seed);
         let meta = move |kind| SnapshotMeta {
             format_version: zone_persistence::snapshot::FORMAT_VERSION,
@@ -467,7 +519,8 @@ impl Worker {
 
     fn publish_status(&self, tick: Option<u64>) {
         if let Ok(mut st) = self.counters.status.lock() {
-            let any_ok = self.consecutive_file_failures == 0 || (self.cfg.redis.is_some() && self.redis.breaker.consecutive_failures() == 0);
+            let any_ok =
+                self.consecutive_file_failures == 0 || (self.cfg.redis.is_some() && self.redis.breaker.consecutive_failures() == 0);
             if let (Some(t), true) = (tick, any_ok) {
                 st.last_ok_tick = Some(t);
             }
@@ -516,8 +569,6 @@ impl Worker {
         }
         Ok(())
     }
-
-
 
     /// Writes queued events to PostgreSQL, in order, while the breaker allows. `all` keeps going
     /// until the queue is empty or a write fails.

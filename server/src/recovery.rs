@@ -43,17 +43,27 @@ struct Candidate {
 /// newest full is past it, the newest full that is not (a crash right after a snapshot leaves the
 /// journal up to 100 ms behind the snapshot stores).
 async fn chain_up_to(store: &dyn SnapshotStore, max_tick: Option<u64>) -> Result<Option<Chain>, StoreError> {
-    let Some(mut chain) = store.latest_chain().await? else { return Ok(None) };
+    let Some(mut chain) = store.latest_chain().await? else {
+        return Ok(None);
+    };
     let Some(max) = max_tick else { return Ok(Some(chain)) };
     chain.diffs.retain(|d| decode_meta(d).map_or(true, |m| m.tick <= max));
     match decode_meta(&chain.full) {
         Ok(m) if m.tick <= max => return Ok(Some(chain)),
         Err(_) => return Ok(Some(chain)), // let `recover` report the damage
-        Ok(m) => tracing::info!(source = store.name(), full_tick = m.tick, journal_end = max, "recovery: newest full is ahead of the journal; looking for an older one"),
+        Ok(m) => tracing::info!(
+            source = store.name(),
+            full_tick = m.tick,
+            journal_end = max,
+            "recovery: newest full is ahead of the journal; looking for an older one"
+        ),
     }
     for entry in store.list().await? {
         if entry.meta.kind == SnapshotKind::Full && entry.meta.tick <= max {
-            return Ok(Some(Chain { full: store.get(&entry.key).await?, diffs: Vec::new() }));
+            return Ok(Some(Chain {
+                full: store.get(&entry.key).await?,
+                diffs: Vec::new(),
+            }));
         }
     }
     Ok(None)
@@ -77,13 +87,24 @@ fn candidates(loaded: &LoadedZone, seed: u64, pcfg: &PersistConfig, max_tick: Op
             Ok(Some(c)) => match recover(&c.full, &c.diffs, &digest) {
                 Err(e) => tracing::warn!(source, error = %e, "recovery: newest snapshot does not verify; skipping this store"),
                 Ok(r) if r.state.seed != seed => {
-                    tracing::warn!(source, snapshot_seed = r.state.seed, seed, "recovery: snapshot is for another seed; skipping")
+                    tracing::warn!(
+                        source,
+                        snapshot_seed = r.state.seed,
+                        seed,
+                        "recovery: snapshot is for another seed; skipping"
+                    )
                 }
                 Ok(r) => {
                     for (i, e) in &r.skipped {
                         tracing::warn!(source, diff = i, error = %e, "recovery: a newer diff is damaged; using an older one");
                     }
-                    tracing::info!(source, full_tick = r.full.tick, diff_tick = r.diff.map(|d| d.tick), tick = r.state.tick, "recovery: snapshot verifies");
+                    tracing::info!(
+                        source,
+                        full_tick = r.full.tick,
+                        diff_tick = r.diff.map(|d| d.tick),
+                        tick = r.state.tick,
+                        "recovery: snapshot verifies"
+                    );
                     out.push(Candidate { source, state: r.state });
                 }
             },
@@ -144,11 +165,21 @@ fn journal_extent(path: &Path, loaded: &LoadedZone, seed: u64) -> anyhow::Result
     if let Some(at) = r.torn_tail_at() {
         tracing::warn!(journal = %path.display(), offset = at, "recovery: the journal ends in a torn record (a crash mid-write); it is cut there");
     }
-    Ok(Extent { end: last, valid_len: len, hashes })
+    Ok(Extent {
+        end: last,
+        valid_len: len,
+        hashes,
+    })
 }
 
 /// Restores the zone, or returns `None` when there is nothing to restore from.
-pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &PersistConfig, exec: &dyn ShardExecutor) -> anyhow::Result<Option<Restored>> {
+pub fn restore(
+    loaded: &LoadedZone,
+    seed: u64,
+    journal: Option<&Path>,
+    pcfg: &PersistConfig,
+    exec: &dyn ShardExecutor,
+) -> anyhow::Result<Option<Restored>> {
     let journal = journal.filter(|p| p.exists());
     let extent = match journal {
         Some(p) => Some(journal_extent(p, loaded, seed)?),
@@ -164,7 +195,11 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         let tick = c.state.tick;
         let source = c.source;
         if extent.as_ref().is_some_and(|e| tick > e.end) {
-            tracing::warn!(source, tick, "recovery: snapshot is ahead of the journal; not used (replay could not continue from it)");
+            tracing::warn!(
+                source,
+                tick,
+                "recovery: snapshot is ahead of the journal; not used (replay could not continue from it)"
+            );
             continue;
         }
         let mut z = match Zone::restore(spec.clone(), c.state) {
@@ -180,11 +215,19 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
             match e.hashes.get(&tick) {
                 Some(h) if *h == z.hash(exec) => {}
                 Some(_) => {
-                    tracing::warn!(source, tick, "recovery: snapshot differs from the journal's hash at its tick (another run's snapshot?); skipping it");
+                    tracing::warn!(
+                        source,
+                        tick,
+                        "recovery: snapshot differs from the journal's hash at its tick (another run's snapshot?); skipping it"
+                    );
                     continue;
                 }
                 None => {
-                    tracing::warn!(source, tick, "recovery: the journal has no hash at this snapshot's tick, so it cannot be tied to this journal; skipping it");
+                    tracing::warn!(
+                        source,
+                        tick,
+                        "recovery: the journal has no hash at this snapshot's tick, so it cannot be tied to this journal; skipping it"
+                    );
                     continue;
                 }
             }
@@ -208,7 +251,14 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         let advance_to = |zone: &mut Zone, tick: u64, n: &mut u64| {
             while zone.tick() < tick {
                 let next = zone.tick() + 1;
-                zone.step_batch(&TickBatch { tick: next, ..Default::default() }, exec).expect("next tick");
+                zone.step_batch(
+                    &TickBatch {
+                        tick: next,
+                        ..Default::default()
+                    },
+                    exec,
+                )
+                .expect("next tick");
                 *n += 1;
             }
         };
@@ -235,11 +285,16 @@ pub fn restore(loaded: &LoadedZone, seed: u64, journal: Option<&Path>, pcfg: &Pe
         }
         tracing::info!(journal = %path.display(), from_tick = from, to_tick = zone.tick(), replayed_ticks = replayed, "recovery: journal replayed");
     }
-    Ok(Some(Restored { zone, source, snapshot_tick, replayed_ticks: replayed, journal_valid_len: extent.map(|e| e.valid_len) }))
+    Ok(Some(Restored {
+        zone,
+        source,
+        snapshot_tick,
+        replayed_ticks: replayed,
+        journal_valid_len: extent.map(|e| e.valid_len),
+    }))
 }
 
 /// The one line recovery prints on stdout.
 pub fn restored_line(tick: u64, hash: &str, source: &str, rto: Duration) -> String {
     format!("restored_tick={tick} zone_hash={hash} source={source} rto_ms={}", rto.as_millis())
 }
-

@@ -29,7 +29,16 @@ pub enum ReplayError {
          (zone hash {got_zone:016x} vs {expected_zone:016x}); hashes were recorded every {interval} ticks, so the \
          first differing tick is in {first}..={tick}"
     )]
-    Divergence { tick: u64, shard: usize, expected: u64, got: u64, expected_zone: u64, got_zone: u64, interval: u32, first: u64 },
+    Divergence {
+        tick: u64,
+        shard: usize,
+        expected: u64,
+        got: u64,
+        expected_zone: u64,
+        got_zone: u64,
+        interval: u32,
+        first: u64,
+    },
 }
 
 /// What a successful replay found.
@@ -60,7 +69,10 @@ impl ReplayOutcome {
 pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u64)) -> Result<ReplayOutcome, ReplayError> {
     let mut reader = JournalReader::open(path)?;
     let header = reader.header().clone();
-    let spec = ZoneSpec::from_toml_str(&header.zone_name, &header.zone_toml).map_err(|source| ReplayError::Zone { name: header.zone_name.clone(), source })?;
+    let spec = ZoneSpec::from_toml_str(&header.zone_name, &header.zone_toml).map_err(|source| ReplayError::Zone {
+        name: header.zone_name.clone(),
+        source,
+    })?;
     if spec.digest != header.zone_digest {
         return Err(ReplayError::DigestMismatch);
     }
@@ -72,7 +84,14 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
     let mut advance_to = |zone: &mut Zone, tick: u64| {
         while zone.tick() < tick {
             let next = zone.tick() + 1;
-            zone.step_batch(&TickBatch { tick: next, ..Default::default() }, exec).expect("the next tick is always accepted");
+            zone.step_batch(
+                &TickBatch {
+                    tick: next,
+                    ..Default::default()
+                },
+                exec,
+            )
+            .expect("the next tick is always accepted");
             if next % 1000 == 0 {
                 progress(next);
             }
@@ -85,7 +104,11 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
         match rec {
             Record::Tick(batch) => {
                 if batch.tick <= zone.tick() {
-                    return Err(ReplayError::OutOfOrder { offset, tick: batch.tick, after: zone.tick() });
+                    return Err(ReplayError::OutOfOrder {
+                        offset,
+                        tick: batch.tick,
+                        after: zone.tick(),
+                    });
                 }
                 advance_to(&mut zone, batch.tick - 1);
                 zone.step_batch(&batch, exec)?;
@@ -93,7 +116,11 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
             }
             Record::Hash(expected) | Record::End(expected) => {
                 if expected.tick < zone.tick() {
-                    return Err(ReplayError::OutOfOrder { offset, tick: expected.tick, after: zone.tick() });
+                    return Err(ReplayError::OutOfOrder {
+                        offset,
+                        tick: expected.tick,
+                        after: zone.tick(),
+                    });
                 }
                 advance_to(&mut zone, expected.tick);
                 let got = zone.hash(exec);

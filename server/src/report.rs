@@ -104,6 +104,9 @@ impl ShardWindow {
             step_p99_us = self.step.quantile_us(0.99),
             "shard stats"
         );
-        *self = ShardWindow { last: std::mem::take(&mut self.last), ..Default::default() };
+        *self = ShardWindow {
+            last: std::mem::take(&mut self.last),
+            ..Default::default()
+        };
     }
 }

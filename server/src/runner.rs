@@ -29,9 +29,9 @@ use crate::journal_sink::{JournalSink, QUEUE_RECORDS_MAX};
 use crate::pacing::FixedStep;
 use crate::persist::{PersistConfig, Persister};
 use crate::recovery::Restored;
-use zone_persistence::events::GameEvent;
 use crate::report::{Samples, ShardWindow};
 use crate::zone_load::LoadedZone;
+use zone_persistence::events::GameEvent;
 
 /// Ticks run back to back at most after a stall, before the rest of the backlog is dropped.
 pub const CATCH_UP_TICKS_MAX: u32 = 5;
@@ -234,7 +234,8 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let mut ticks_run: u64 = 0;
     'run: loop {
         // Drain: stop taking players, wait for them to leave (or the timeout), then stop.
-        let drain_asked = hooks.stop_signal.load(Ordering::Relaxed) || hooks.admin.as_ref().is_some_and(|a| a.drain_requested.load(Ordering::Relaxed));
+        let drain_asked =
+            hooks.stop_signal.load(Ordering::Relaxed) || hooks.admin.as_ref().is_some_and(|a| a.drain_requested.load(Ordering::Relaxed));
         if drain_asked && drain_started.is_none() {
             drain_started = Some(Instant::now());
             zone.set_draining(true);
@@ -246,7 +247,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 m.ready.set(0.0);
             }
             // Clients would be told over the reliable channel here; there is no UDP transport yet.
-            tracing::info!(players = zone.players().len(), timeout_s = cfg.drain_timeout.as_secs_f64(), "draining: new joins refused; waiting for players to leave");
+            tracing::info!(
+                players = zone.players().len(),
+                timeout_s = cfg.drain_timeout.as_secs_f64(),
+                "draining: new joins refused; waiting for players to leave"
+            );
         }
         if let Some(t) = drain_started {
             let players = zone.players().len();
@@ -255,7 +260,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 break 'run;
             }
             if drain_logged_at.elapsed() >= Duration::from_secs(1) {
-                tracing::info!(players, remaining_s = (cfg.drain_timeout.saturating_sub(t.elapsed())).as_secs_f64(), "draining");
+                tracing::info!(
+                    players,
+                    remaining_s = (cfg.drain_timeout.saturating_sub(t.elapsed())).as_secs_f64(),
+                    "draining"
+                );
                 drain_logged_at = Instant::now();
             }
         }
@@ -274,7 +283,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     m.record_overruns(plan.dropped);
                 }
                 if overruns_logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    tracing::warn!(dropped_ticks = plan.dropped, overrun_ticks_total = overrun_ticks, "tick loop fell behind; backlog dropped");
+                    tracing::warn!(
+                        dropped_ticks = plan.dropped,
+                        overrun_ticks_total = overrun_ticks,
+                        "tick loop fell behind; backlog dropped"
+                    );
                     overruns_logged_at = Some(Instant::now());
                 }
             }
@@ -291,7 +304,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             let batch = zone.step(&exec);
             let t = zone.tick();
             let snapshot_due = persister.is_some()
-                && (t % cfg.snapshot_full_every.max(1) == 0 || t % cfg.cold_snapshot_every.max(1) == 0 || t % cfg.snapshot_diff_every.max(1) == 0);
+                && (t % cfg.snapshot_full_every.max(1) == 0
+                    || t % cfg.cold_snapshot_every.max(1) == 0
+                    || t % cfg.snapshot_diff_every.max(1) == 0);
             // Every snapshot tick also gets a journaled hash: recovery uses it to check that a
             // snapshot belongs to this journal's timeline, and it marks the journal's progress.
             let hash = (t % hash_interval == 0 || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
@@ -359,7 +374,16 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         if let Some(a) = &hooks.admin {
             if last_status.elapsed() >= STATUS_INTERVAL {
-                let mut doc = status_doc(&zone, &kind_names, &windows, &tick_window, tick_rate_hz, overrun_ticks, drain_started.is_some(), journal.as_ref());
+                let mut doc = status_doc(
+                    &zone,
+                    &kind_names,
+                    &windows,
+                    &tick_window,
+                    tick_rate_hz,
+                    overrun_ticks,
+                    drain_started.is_some(),
+                    journal.as_ref(),
+                );
                 if let (Some(p), Some(obj)) = (&persister, doc.as_object_mut()) {
                     let st = p.counters.status.lock().map(|s| s.clone()).unwrap_or_default();
                     obj.insert("snapshot".into(), serde_json::to_value(st).unwrap_or_default());
@@ -429,7 +453,12 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         drained: drain_started.is_some(),
     };
     let r = zone.refusals();
-    let refusals: String = r.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
+    let refusals: String = r
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let totals = zone.totals();
     tracing::info!(
         tick = zone.tick(),
@@ -487,8 +516,11 @@ fn status_doc(
         .zip(windows)
         .map(|(s, w)| {
             let mut step = w.step.clone();
-            let by_kind: serde_json::Map<String, serde_json::Value> =
-                kinds.iter().zip(&s.objects_by_kind).map(|(k, n)| (k.clone(), serde_json::json!(n))).collect();
+            let by_kind: serde_json::Map<String, serde_json::Value> = kinds
+                .iter()
+                .zip(&s.objects_by_kind)
+                .map(|(k, n)| (k.clone(), serde_json::json!(n)))
+                .collect();
             serde_json::json!({
                 "shard": s.shard,
                 "objects": s.objects,
@@ -499,8 +531,13 @@ fn status_doc(
             })
         })
         .collect();
-    let refusals: serde_json::Map<String, serde_json::Value> = zone.refusals().iter().map(|(r, n)| (r.as_str().to_string(), serde_json::json!(n))).collect();
-    let mut queues = vec![serde_json::json!({"queue": "input", "depth": zone.queued_inputs(), "capacity": zone_sim::input::QUEUED_INPUTS_MAX})];
+    let refusals: serde_json::Map<String, serde_json::Value> = zone
+        .refusals()
+        .iter()
+        .map(|(r, n)| (r.as_str().to_string(), serde_json::json!(n)))
+        .collect();
+    let mut queues =
+        vec![serde_json::json!({"queue": "input", "depth": zone.queued_inputs(), "capacity": zone_sim::input::QUEUED_INPUTS_MAX})];
     if let Some(j) = journal {
         queues.push(serde_json::json!({"queue": "journal", "depth": j.depth(), "capacity": QUEUE_RECORDS_MAX, "dropped": j.counters().dropped.load(Ordering::Relaxed)}));
     }

@@ -29,7 +29,10 @@ fn mark<const N: usize>(mut c: ResMut<StageClock>) {
 
 /// Adds the probes to a shard. Call once, before the first step.
 pub fn install(shard: &mut Shard, histograms: StageHistograms) {
-    shard.world_mut().insert_resource(StageClock { last: Instant::now(), histograms });
+    shard.world_mut().insert_resource(StageClock {
+        last: Instant::now(),
+        histograms,
+    });
     let s = shard.schedule_mut();
     s.add_systems(mark::<0>.before(Stage::Input));
     s.add_systems(mark::<1>.after(Stage::Input).before(Stage::Simulate));

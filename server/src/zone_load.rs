@@ -19,5 +19,9 @@ pub fn load_zone(path: &Path) -> anyhow::Result<LoadedZone> {
         format!("cannot read zone file {name}: check the path (zone files live in assets/zones/, e.g. assets/zones/demo.toml)")
     })?;
     let spec = ZoneSpec::from_toml_str(&name, &text)?;
-    Ok(LoadedZone { spec: Arc::new(spec), text, name })
+    Ok(LoadedZone {
+        spec: Arc::new(spec),
+        text,
+        name,
+    })
 }

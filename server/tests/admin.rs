@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-
-
 fn wait_for(addr: SocketAddr, path: &str, code: u16) -> bool {
     for _ in 0..100 {
         if http(addr, "GET", path).is_some_and(|(c, _)| c == code) {
@@ -35,7 +33,14 @@ fn start(admin: SocketAddr, extra: &[&str]) -> Child {
 
 /// A value of a metric line in an exposition (the first series matching all `parts`).
 fn value(scrape: &str, parts: &[&str]) -> Option<f64> {
-    scrape.lines().filter(|l| !l.starts_with('#')).find(|l| parts.iter().all(|p| l.contains(p)))?.rsplit(' ').next()?.parse().ok()
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| parts.iter().all(|p| l.contains(p)))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -70,7 +75,10 @@ fn metrics_health_readiness_and_drain_go_through_their_transitions() {
         assert!(second.contains(name), "{name} missing from /metrics");
     }
     for edge in ["0.005", "0.01", "0.015", "0.0167", "0.025", "0.05", "0.07", "0.1", "0.25"] {
-        assert!(second.contains(&format!("zone_tick_duration_seconds_bucket{{zone=\"demo\",le=\"{edge}\"}}")), "bucket {edge} missing");
+        assert!(
+            second.contains(&format!("zone_tick_duration_seconds_bucket{{zone=\"demo\",le=\"{edge}\"}}")),
+            "bucket {edge} missing"
+        );
     }
     for stage in ["input", "simulate", "replicate", "persist", "telemetry"] {
         assert!(second.contains(&format!("stage=\"{stage}\"")), "stage {stage} missing");
@@ -82,7 +90,13 @@ fn metrics_health_readiness_and_drain_go_through_their_transitions() {
     assert!(value(&second, &["zone_players{"]).unwrap() > 0.0);
 
     // promtool, when installed (CI installs it), must accept a live scrape.
-    match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(mut p) => {
             p.stdin.take().unwrap().write_all(second.as_bytes()).unwrap();
             let out = p.wait_with_output().unwrap();
@@ -94,7 +108,14 @@ fn metrics_health_readiness_and_drain_go_through_their_transitions() {
 
     let (code, status) = http(admin, "GET", "/status").unwrap();
     assert_eq!(code, 200);
-    for field in ["\"tick\"", "\"players\"", "\"shards\"", "\"uptime_s\"", "\"version\"", "\"objects_by_kind\""] {
+    for field in [
+        "\"tick\"",
+        "\"players\"",
+        "\"shards\"",
+        "\"uptime_s\"",
+        "\"version\"",
+        "\"objects_by_kind\"",
+    ] {
         assert!(status.contains(field), "/status lacks {field}: {status}");
     }
 
@@ -104,7 +125,13 @@ fn metrics_health_readiness_and_drain_go_through_their_transitions() {
     assert!(wait_for(admin, "/readyz", 503), "readyz did not fail while draining");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().starts_with("final_tick="));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("final_tick=")
+    );
     assert!(http(admin, "GET", "/healthz").is_none(), "still listening after exit");
 }
 
@@ -138,7 +165,10 @@ fn print_config_masks_secrets_and_shows_precedence() {
     assert!(text.contains("stats_interval = 2.5"), "{text}");
 
     std::fs::write(&f, "sead = 9\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_zone-server")).args(["--config", f.to_str().unwrap(), "--print-config"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zone-server"))
+        .args(["--config", f.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.toml") && err.contains("sead"), "{err}");

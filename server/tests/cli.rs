@@ -14,7 +14,10 @@ fn bin() -> Command {
 
 #[test]
 fn headless_run_prints_the_final_line_last() {
-    let out = bin().args(["--ticks", "120", "--sim-players", "5", "--threads", "2"]).output().unwrap();
+    let out = bin()
+        .args(["--ticks", "120", "--sim-players", "5", "--threads", "2"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().unwrap();
@@ -25,7 +28,10 @@ fn headless_run_prints_the_final_line_last() {
     assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{last}");
 
     // Same seed, other thread count: same line.
-    let again = bin().args(["--ticks", "120", "--sim-players", "5", "--threads", "1"]).output().unwrap();
+    let again = bin()
+        .args(["--ticks", "120", "--sim-players", "5", "--threads", "1"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8(again.stdout).unwrap().lines().last().unwrap(), last);
 }
 
@@ -45,7 +51,16 @@ fn a_bad_zone_file_fails_with_file_field_and_reason() {
 fn help_explains_every_flag() {
     let out = bin().arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--zone", "--seed", "--threads", "--sim-players", "--journal", "--ticks", "--realtime", "--hash-interval"] {
+    for flag in [
+        "--zone",
+        "--seed",
+        "--threads",
+        "--sim-players",
+        "--journal",
+        "--ticks",
+        "--realtime",
+        "--hash-interval",
+    ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
 }
@@ -72,7 +87,17 @@ fn json_logs_are_one_object_per_line_with_the_zone() {
     let out = bin()
         .env("RUST_LOG", "info")
         // Paced, so the 0.1 s statistics interval passes several times whatever the machine speed.
-        .args(["--ticks", "30", "--realtime", "--sim-players", "2", "--log-format", "json", "--stats-interval", "0.1"])
+        .args([
+            "--ticks",
+            "30",
+            "--realtime",
+            "--sim-players",
+            "2",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "0.1",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -81,7 +106,13 @@ fn json_logs_are_one_object_per_line_with_the_zone() {
     assert!(lines.len() >= 3, "{err}");
     for l in &lines {
         assert!(l.starts_with('{') && l.ends_with('}'), "not a JSON object: {l}");
-        assert!(l.contains("\"level\":") && l.contains("\"zone\":\"demo\""), "missing level or zone: {l}");
+        assert!(
+            l.contains("\"level\":") && l.contains("\"zone\":\"demo\""),
+            "missing level or zone: {l}"
+        );
     }
-    assert!(lines.iter().any(|l| l.contains("\"shard\":") && l.contains("\"tick\":")), "no per-shard line with shard and tick");
+    assert!(
+        lines.iter().any(|l| l.contains("\"shard\":") && l.contains("\"tick\":")),
+        "no per-shard line with shard and tick"
+    );
 }

@@ -24,8 +24,6 @@ use zone_sim::Serial;
 // ---------------------------------------------------------------------------------------------
 // Small helpers (same style as tests/admin.rs).
 
-
-
 /// Polls `f` every 100 ms until it returns `Some`, for at most `cap`.
 fn poll<T>(cap: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + cap;
@@ -46,7 +44,10 @@ fn metric(scrape: &str, name: &str, labels: &[&str]) -> f64 {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter(|l| labels.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -58,10 +59,13 @@ fn unique_instance(name: &str) -> String {
 }
 
 fn skip(name: &str, var: &str) {
-    eprintln!("skipped: {name}: {var} is not set (CI sets it; locally: {} cargo test)", match var {
-        "REDIS_URL" => "REDIS_URL=redis://127.0.0.1:6379/",
-        _ => "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
-    });
+    eprintln!(
+        "skipped: {name}: {var} is not set (CI sets it; locally: {} cargo test)",
+        match var {
+            "REDIS_URL" => "REDIS_URL=redis://127.0.0.1:6379/",
+            _ => "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
+        }
+    );
 }
 
 fn env_url(var: &str) -> Option<String> {
@@ -110,7 +114,13 @@ impl Server {
                 }
             }
         });
-        Server { child, admin, stdout: rx, stderr_path, label: label.to_string() }
+        Server {
+            child,
+            admin,
+            stdout: rx,
+            stderr_path,
+            label: label.to_string(),
+        }
     }
 
     fn pid(&self) -> String {
@@ -121,7 +131,12 @@ impl Server {
     fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- {} stderr (last {n} lines of {}) ---\n{}", self.label, lines.len(), lines[lines.len().saturating_sub(n)..].join("\n"))
+        format!(
+            "--- {} stderr (last {n} lines of {}) ---\n{}",
+            self.label,
+            lines.len(),
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
     }
 
     fn next_line(&self, cap: Duration) -> Option<String> {
@@ -155,7 +170,12 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {cap:?}\n{}", self.label, self.log_tail(40));
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {cap:?}\n{}",
+                self.label,
+                self.log_tail(40)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -223,21 +243,35 @@ impl Drop for RedisKeys {
 #[test]
 fn crash_drill_restores_the_journal_hash() {
     let name = "crash_drill_restores_the_journal_hash";
-    let Some(redis) = env_url("REDIS_URL") else { return skip(name, "REDIS_URL") };
+    let Some(redis) = env_url("REDIS_URL") else {
+        return skip(name, "REDIS_URL");
+    };
     let instance = unique_instance("drill");
-    let _keys = RedisKeys { url: redis.clone(), instance: instance.clone() };
+    let _keys = RedisKeys {
+        url: redis.clone(),
+        instance: instance.clone(),
+    };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let args: Vec<String> = [
-        "--sim-players", "20",
-        "--threads", "1",
-        "--redis", &redis,
-        "--redis-ttl", "300",
-        "--data-dir", data.to_str().unwrap(),
-        "--instance", &instance,
-        "--snapshot-full-interval", "1",
-        "--snapshot-diff-interval", "0.25",
-        "--stats-interval", "60",
+        "--sim-players",
+        "20",
+        "--threads",
+        "1",
+        "--redis",
+        &redis,
+        "--redis-ttl",
+        "300",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--instance",
+        &instance,
+        "--snapshot-full-interval",
+        "1",
+        "--snapshot-diff-interval",
+        "0.25",
+        "--stats-interval",
+        "60",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -248,7 +282,11 @@ fn crash_drill_restores_the_journal_hash() {
     let seen = poll(Duration::from_secs(30), || first.status_tick().filter(|&t| t >= 180));
     assert!(seen.is_some(), "the zone never reached tick 180\n{}", first.log_tail(40));
     let scrape = first.scrape();
-    assert!(metric(&scrape, "zone_snapshots_total", &["store=\"redis\""]) > 0.0, "no Redis snapshot before the crash\n{}", first.log_tail(40));
+    assert!(
+        metric(&scrape, "zone_snapshots_total", &["store=\"redis\""]) > 0.0,
+        "no Redis snapshot before the crash\n{}",
+        first.log_tail(40)
+    );
     let last_tick = first.status_tick().or(seen).unwrap();
     let mut first = first;
     first.child.kill().unwrap();
@@ -289,7 +327,9 @@ fn crash_drill_restores_the_journal_hash() {
     // files win. The state is checked against the journal above either way.
     if source != "redis" {
         let log = std::fs::read_to_string(&second.stderr_path).unwrap_or_default();
-        let redis_full_ahead = log.lines().any(|l| l.contains("newest full is ahead of the journal") && l.contains("redis"));
+        let redis_full_ahead = log
+            .lines()
+            .any(|l| l.contains("newest full is ahead of the journal") && l.contains("redis"));
         assert!(
             redis_full_ahead && (source == "file" || source == "journal"),
             "restored from {source}, not the hot store, and not because Redis's full was ahead of the journal\n{}",
@@ -297,7 +337,11 @@ fn crash_drill_restores_the_journal_hash() {
         );
         eprintln!("crash drill: NOTE: restored from {source}: Redis's only full snapshot was ahead of the journal");
     }
-    assert!(poll(Duration::from_secs(20), || (second.healthz() == Some(200)).then_some(())).is_some(), "never live after the restore\n{}", second.log_tail(40));
+    assert!(
+        poll(Duration::from_secs(20), || (second.healthz() == Some(200)).then_some(())).is_some(),
+        "never live after the restore\n{}",
+        second.log_tail(40)
+    );
     assert!(
         poll(Duration::from_secs(20), || second.status_tick().filter(|&t| t > restored_tick + 30)).is_some(),
         "the restored zone does not tick on\n{}",
@@ -313,8 +357,15 @@ fn crash_drill_restores_the_journal_hash() {
     assert!(final_line.starts_with("final_tick="), "stdout after the restore line: {rest:?}");
     let full = zone_server::replay::replay(&journal, &Serial, |_| {}).expect("the continued journal replays");
     assert!(full.clean_end, "the continued journal ends with an End record");
-    assert_eq!(full.final_line(), final_line, "replaying the whole (continued) journal must give the server's final line");
-    eprintln!("crash drill: after restart {final_line}; full journal replay checked {} hashes", full.hashes_checked);
+    assert_eq!(
+        full.final_line(),
+        final_line,
+        "replaying the whole (continued) journal must give the server's final line"
+    );
+    eprintln!(
+        "crash drill: after restart {final_line}; full journal replay checked {} hashes",
+        full.hashes_checked
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,7 +374,9 @@ fn crash_drill_restores_the_journal_hash() {
 /// Sends `PING` over RESP; true on `+PONG`.
 fn redis_ping(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     if s.write_all(b"PING\r\n").is_err() {
         return false;
@@ -335,21 +388,39 @@ fn redis_ping(port: u16) -> bool {
 fn start_redis(port: u16, log_dir: &Path, n: u32) -> KillOnDrop {
     let log = File::create(log_dir.join(format!("redis-{n}.log"))).unwrap();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("cannot start redis-server");
     let guard = KillOnDrop(child);
-    assert!(poll(Duration::from_secs(10), || redis_ping(port).then_some(())).is_some(), "redis-server on port {port} never answered PING");
+    assert!(
+        poll(Duration::from_secs(10), || redis_ping(port).then_some(())).is_some(),
+        "redis-server on port {port} never answered PING"
+    );
     guard
 }
 
 #[test]
 fn redis_outage_falls_back_and_resumes() {
     let name = "redis_outage_falls_back_and_resumes";
-    if !Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+    if !Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         eprintln!("skipped: {name}: the redis-server binary is not installed (CI installs it; locally: apt-get install redis-server)");
         return;
     }
@@ -358,17 +429,28 @@ fn redis_outage_falls_back_and_resumes() {
     let mut redis = Some(start_redis(port, tmp.path(), 1));
     let instance = unique_instance("redis-outage");
     let args: Vec<String> = [
-        "--sim-players", "5",
-        "--threads", "1",
-        "--redis", &format!("redis://127.0.0.1:{port}/"),
-        "--data-dir", tmp.path().join("data").to_str().unwrap(),
-        "--instance", &instance,
-        "--breaker-failures", "2",
-        "--breaker-open", "1",
-        "--backend-timeout-ms", "300",
-        "--snapshot-full-interval", "1",
-        "--snapshot-diff-interval", "0.25",
-        "--stats-interval", "60",
+        "--sim-players",
+        "5",
+        "--threads",
+        "1",
+        "--redis",
+        &format!("redis://127.0.0.1:{port}/"),
+        "--data-dir",
+        tmp.path().join("data").to_str().unwrap(),
+        "--instance",
+        &instance,
+        "--breaker-failures",
+        "2",
+        "--breaker-open",
+        "1",
+        "--backend-timeout-ms",
+        "300",
+        "--snapshot-full-interval",
+        "1",
+        "--snapshot-diff-interval",
+        "0.25",
+        "--stats-interval",
+        "60",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -379,7 +461,11 @@ fn redis_outage_falls_back_and_resumes() {
     let fallbacks = |s: &str| metric(s, "zone_snapshot_fallbacks_total", &["from=\"redis\""]);
     let breaker = |s: &str| metric(s, "zone_backend_breaker_state", &["backend=\"redis\""]);
 
-    assert!(poll(Duration::from_secs(30), || (redis_snaps(&srv.scrape()) > 0.0).then_some(())).is_some(), "no Redis snapshot\n{}", srv.log_tail(40));
+    assert!(
+        poll(Duration::from_secs(30), || (redis_snaps(&srv.scrape()) > 0.0).then_some(())).is_some(),
+        "no Redis snapshot\n{}",
+        srv.log_tail(40)
+    );
 
     // Redis goes away.
     drop(redis.take());
@@ -389,17 +475,40 @@ fn redis_outage_falls_back_and_resumes() {
         let s = srv.scrape();
         (breaker(&s) == 2.0 && fallbacks(&s) > fallbacks(&down) && file_snaps(&s) > file_snaps(&down)).then_some(s)
     });
-    let opened = opened.unwrap_or_else(|| panic!("breaker never opened with fallbacks and file snapshots growing\n{}\n{}", srv.scrape(), srv.log_tail(40)));
-    eprintln!("redis outage: breaker open {} ms after Redis was killed", t_down.elapsed().as_millis());
+    let opened = opened.unwrap_or_else(|| {
+        panic!(
+            "breaker never opened with fallbacks and file snapshots growing\n{}\n{}",
+            srv.scrape(),
+            srv.log_tail(40)
+        )
+    });
+    eprintln!(
+        "redis outage: breaker open {} ms after Redis was killed",
+        t_down.elapsed().as_millis()
+    );
     assert!(metric(&opened, "zone_snapshot_failures_total", &["store=\"redis\""]) > 0.0);
-    assert!(metric(&opened, "zone_backend_breaker_transitions_total", &["backend=\"redis\"", "to=\"open\""]) > 0.0);
+    assert!(
+        metric(
+            &opened,
+            "zone_backend_breaker_transitions_total",
+            &["backend=\"redis\"", "to=\"open\""]
+        ) > 0.0
+    );
     let before = srv.scrape();
     std::thread::sleep(Duration::from_secs(1));
     let after = srv.scrape();
-    assert!(metric(&after, "zone_ticks_total", &[]) > metric(&before, "zone_ticks_total", &[]), "the zone stalled while Redis was down");
+    assert!(
+        metric(&after, "zone_ticks_total", &[]) > metric(&before, "zone_ticks_total", &[]),
+        "the zone stalled while Redis was down"
+    );
     assert_eq!(srv.healthz(), Some(200), "not live while Redis was down\n{}", srv.log_tail(40));
     assert!(file_snaps(&after) >= file_snaps(&opened));
-    assert!(poll(Duration::from_secs(10), || (file_snaps(&srv.scrape()) > file_snaps(&opened)).then_some(())).is_some(), "file snapshots stopped during the outage");
+    assert!(
+        poll(Duration::from_secs(10), || (file_snaps(&srv.scrape()) > file_snaps(&opened))
+            .then_some(()))
+        .is_some(),
+        "file snapshots stopped during the outage"
+    );
 
     // Redis returns on the same port, empty.
     let _redis = start_redis(port, tmp.path(), 2);
@@ -409,9 +518,24 @@ fn redis_outage_falls_back_and_resumes() {
         let s = srv.scrape();
         (redis_snaps(&s) > redis_snaps(&back) && breaker(&s) == 0.0).then_some(s)
     });
-    let resumed = resumed.unwrap_or_else(|| panic!("Redis snapshots did not resume with the breaker closed\n{}\n{}", srv.scrape(), srv.log_tail(40)));
-    eprintln!("redis outage: Redis snapshots resumed {} ms after Redis came back", t_up.elapsed().as_millis());
-    assert!(metric(&resumed, "zone_backend_breaker_transitions_total", &["backend=\"redis\"", "to=\"closed\""]) > 0.0);
+    let resumed = resumed.unwrap_or_else(|| {
+        panic!(
+            "Redis snapshots did not resume with the breaker closed\n{}\n{}",
+            srv.scrape(),
+            srv.log_tail(40)
+        )
+    });
+    eprintln!(
+        "redis outage: Redis snapshots resumed {} ms after Redis came back",
+        t_up.elapsed().as_millis()
+    );
+    assert!(
+        metric(
+            &resumed,
+            "zone_backend_breaker_transitions_total",
+            &["backend=\"redis\"", "to=\"closed\""]
+        ) > 0.0
+    );
     assert_eq!(srv.healthz(), Some(200));
 
     assert_eq!(http(srv.admin, "POST", "/drain").map(|(c, _)| c), Some(202));
@@ -502,13 +626,24 @@ fn split_pg_url(url: &str) -> (String, String, String) {
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let hostport = &rest[..end];
-    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:5432") };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5432")
+    };
     (format!("{scheme}://{userinfo}"), hostport, rest[end..].to_string())
 }
 
 fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql]).output().expect("psql must be installed for this test");
-    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .expect("psql must be installed for this test");
+    assert!(
+        out.status.success(),
+        "psql failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -522,7 +657,11 @@ impl Drop for PgRows {
     fn drop(&mut self) {
         for table in ["game_events", "zone_snapshots"] {
             let _ = Command::new("psql")
-                .args([&self.url, "-tAc", &format!("DELETE FROM {table} WHERE zone_id = '{}'", self.instance)])
+                .args([
+                    &self.url,
+                    "-tAc",
+                    &format!("DELETE FROM {table} WHERE zone_id = '{}'", self.instance),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
@@ -533,30 +672,48 @@ impl Drop for PgRows {
 #[test]
 fn postgres_outage_buffers_events_and_flushes_in_order() {
     let name = "postgres_outage_buffers_events_and_flushes_in_order";
-    let Some(db) = env_url("DATABASE_URL") else { return skip(name, "DATABASE_URL") };
+    let Some(db) = env_url("DATABASE_URL") else {
+        return skip(name, "DATABASE_URL");
+    };
     if Command::new("psql").arg("--version").stdout(Stdio::null()).status().is_err() {
         eprintln!("skipped: {name}: psql is not installed (it checks the rows the server wrote)");
         return;
     }
     let (head, hostport, tail) = split_pg_url(&db);
-    let upstream: SocketAddr = hostport.replace("localhost", "127.0.0.1").parse().expect("DATABASE_URL must name 127.0.0.1/localhost and a port");
+    let upstream: SocketAddr = hostport
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("DATABASE_URL must name 127.0.0.1/localhost and a port");
     assert!(upstream.ip().is_loopback(), "this test only talks to 127.0.0.1");
     let proxy = Proxy::start(upstream);
     let via_proxy = format!("{head}{}{tail}", proxy.addr);
     let instance = unique_instance("pg-outage");
-    let _rows = PgRows { url: db.clone(), instance: instance.clone() };
+    let _rows = PgRows {
+        url: db.clone(),
+        instance: instance.clone(),
+    };
     let tmp = tempfile::tempdir().unwrap();
     let args: Vec<String> = [
-        "--postgres", &via_proxy,
-        "--instance", &instance,
-        "--sim-players", "30",
-        "--threads", "1",
-        "--data-dir", tmp.path().join("data").to_str().unwrap(),
-        "--cold-snapshot-interval", "1",
-        "--breaker-failures", "2",
-        "--breaker-open", "1",
-        "--backend-timeout-ms", "500",
-        "--stats-interval", "60",
+        "--postgres",
+        &via_proxy,
+        "--instance",
+        &instance,
+        "--sim-players",
+        "30",
+        "--threads",
+        "1",
+        "--data-dir",
+        tmp.path().join("data").to_str().unwrap(),
+        "--cold-snapshot-interval",
+        "1",
+        "--breaker-failures",
+        "2",
+        "--breaker-open",
+        "1",
+        "--backend-timeout-ms",
+        "500",
+        "--stats-interval",
+        "60",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -566,7 +723,11 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
     let depth = |s: &str| metric(s, "zone_queue_depth", &["queue=\"events\""]);
     let ticks = |s: &str| metric(s, "zone_ticks_total", &[]);
 
-    assert!(poll(Duration::from_secs(30), || (written(&srv.scrape()) > 0.0).then_some(())).is_some(), "no events written\n{}", srv.log_tail(40));
+    assert!(
+        poll(Duration::from_secs(30), || (written(&srv.scrape()) > 0.0).then_some(())).is_some(),
+        "no events written\n{}",
+        srv.log_tail(40)
+    );
 
     // PostgreSQL goes away for ~4 s.
     proxy.set_down(true);
@@ -587,7 +748,10 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
         metric(&last, "zone_backend_breaker_state", &["backend=\"postgres\""])
     );
     assert!(ticks(&last) > ticks(&start), "the zone stalled while PostgreSQL was down");
-    assert!(max_depth > 0.0 || written(&last) == written(&start), "events neither buffered nor stalled while PostgreSQL was down");
+    assert!(
+        max_depth > 0.0 || written(&last) == written(&start),
+        "events neither buffered nor stalled while PostgreSQL was down"
+    );
     let buffered = max_depth.max(depth(&last));
     let written_down = written(&last);
 
@@ -595,10 +759,17 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
     proxy.set_down(false);
     let t_up = Instant::now();
     // The way back is open: a new connection through the proxy works.
-    assert_eq!(psql(&via_proxy, "SELECT 1"), "1", "the proxy does not pass new connections after coming back up");
+    assert_eq!(
+        psql(&via_proxy, "SELECT 1"),
+        "1",
+        "the proxy does not pass new connections after coming back up"
+    );
     let flushed = poll(Duration::from_secs(30), || {
         let s = srv.scrape();
-        (written(&s) > written_down && depth(&s) < buffered.max(1.0) && metric(&s, "zone_backend_breaker_state", &["backend=\"postgres\""]) == 0.0).then_some(s)
+        (written(&s) > written_down
+            && depth(&s) < buffered.max(1.0)
+            && metric(&s, "zone_backend_breaker_state", &["backend=\"postgres\""]) == 0.0)
+            .then_some(s)
     });
     let flushed = flushed.unwrap_or_else(|| {
         let s = srv.scrape();
@@ -610,7 +781,11 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
             srv.log_tail(40)
         )
     });
-    eprintln!("postgres outage: flushed {} ms after PostgreSQL returned (written {})", t_up.elapsed().as_millis(), written(&flushed));
+    eprintln!(
+        "postgres outage: flushed {} ms after PostgreSQL returned (written {})",
+        t_up.elapsed().as_millis(),
+        written(&flushed)
+    );
 
     // Drain; the last scrape is a lower bound on what reached the table.
     let last_scrape = srv.scrape();
@@ -619,7 +794,9 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
     assert!(st.success(), "drain exit status {st}\n{}", srv.log_tail(40));
     assert_eq!(metric(&last_scrape, "zone_events_dropped_total", &[]), 0.0, "events were dropped");
 
-    let rows: u64 = psql(&db, &format!("SELECT count(*) FROM game_events WHERE zone_id = '{instance}'")).parse().unwrap();
+    let rows: u64 = psql(&db, &format!("SELECT count(*) FROM game_events WHERE zone_id = '{instance}'"))
+        .parse()
+        .unwrap();
     let backwards: u64 = psql(
         &db,
         &format!("SELECT count(*) FROM (SELECT tick < lag(tick) OVER (ORDER BY id) AS back FROM game_events WHERE zone_id = '{instance}') s WHERE back"),
@@ -632,8 +809,15 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
     )
     .parse()
     .unwrap();
-    eprintln!("postgres outage: {rows} rows for the instance; last scrape said {} written; {dupes} duplicated events", written(&last_scrape));
-    assert!(rows as f64 >= written(&last_scrape), "{rows} rows < {} events reported written", written(&last_scrape));
+    eprintln!(
+        "postgres outage: {rows} rows for the instance; last scrape said {} written; {dupes} duplicated events",
+        written(&last_scrape)
+    );
+    assert!(
+        rows as f64 >= written(&last_scrape),
+        "{rows} rows < {} events reported written",
+        written(&last_scrape)
+    );
     assert_eq!(backwards, 0, "rows ordered by id go back in tick: events were not flushed in order");
     assert_eq!(dupes, 0, "some events were written twice");
 }

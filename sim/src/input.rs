@@ -228,7 +228,10 @@ impl InputQueue {
 
     /// Takes everything due at `tick`, in canonical order, and drops anything older.
     pub fn take_batch(&mut self, tick: u64) -> TickBatch {
-        let mut batch = TickBatch { tick, ..TickBatch::default() };
+        let mut batch = TickBatch {
+            tick,
+            ..TickBatch::default()
+        };
         batch.joins = std::mem::take(&mut self.joins).into_iter().collect();
         batch.leaves = std::mem::take(&mut self.leaves).into_iter().collect();
         while let Some(entry) = self.inputs.first_entry() {
@@ -240,7 +243,10 @@ impl InputQueue {
             self.queued -= slot.len();
             if due {
                 // A player who leaves this tick sends nothing more.
-                batch.inputs = slot.into_values().filter(|i| batch.leaves.binary_search(&i.player).is_err()).collect();
+                batch.inputs = slot
+                    .into_values()
+                    .filter(|i| batch.leaves.binary_search(&i.player).is_err())
+                    .collect();
             }
         }
         batch
@@ -261,7 +267,13 @@ mod tests {
     use super::*;
 
     fn input(player: u64, tick: u64) -> PlayerInput {
-        PlayerInput { player, tick, move_x: 1, move_y: 0, attack: false }
+        PlayerInput {
+            player,
+            tick,
+            move_x: 1,
+            move_y: 0,
+            attack: false,
+        }
     }
 
     #[test]

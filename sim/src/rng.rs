@@ -28,7 +28,9 @@ pub struct DetRng {
 impl DetRng {
     /// A generator derived from a seed and a stream id (a shard index, an object id, ...).
     pub const fn new(seed: u64, stream: u64) -> Self {
-        DetRng { state: mix64(seed ^ mix64(stream.wrapping_add(0x632b_e59b_d9b4_e019))) }
+        DetRng {
+            state: mix64(seed ^ mix64(stream.wrapping_add(0x632b_e59b_d9b4_e019))),
+        }
     }
 
     #[inline]

@@ -43,7 +43,11 @@ impl ScriptedPlayers {
                 rng: DetRng::new(seed ^ 0x5c21_97ed, i),
             })
             .collect();
-        ScriptedPlayers { bots, attack_per_mille: 50, leave_per_100k: 20 }
+        ScriptedPlayers {
+            bots,
+            attack_per_mille: 50,
+            leave_per_100k: 20,
+        }
     }
 
     /// After a restore: bots whose player is already in the zone are online again.
@@ -95,7 +99,13 @@ impl ScriptedPlayers {
                 b.next_change = tick + 30 + b.rng.below(150);
             }
             let attack = b.rng.chance_per_mille(self.attack_per_mille);
-            let _ = zone.submit_input(PlayerInput { player: b.id, tick, move_x: b.dir.0, move_y: b.dir.1, attack });
+            let _ = zone.submit_input(PlayerInput {
+                player: b.id,
+                tick,
+                move_x: b.dir.0,
+                move_y: b.dir.1,
+                attack,
+            });
         }
     }
 }

@@ -163,8 +163,19 @@ impl PlayerGrid {
             self.start[i + 1] += self.start[i];
         }
         self.items.clear();
-        self.items.resize(players.len(), PlayerView { player: 0, pos: Vec2::ZERO, alive: false, shard: 0 });
-        self.bbox = Rect { min: Vec2::new(i32::MAX, i32::MAX), max: Vec2::new(i32::MIN, i32::MIN) };
+        self.items.resize(
+            players.len(),
+            PlayerView {
+                player: 0,
+                pos: Vec2::ZERO,
+                alive: false,
+                shard: 0,
+            },
+        );
+        self.bbox = Rect {
+            min: Vec2::new(i32::MAX, i32::MAX),
+            max: Vec2::new(i32::MIN, i32::MIN),
+        };
         for p in players {
             self.bbox.min = Vec2::new(self.bbox.min.x.min(p.pos.x), self.bbox.min.y.min(p.pos.y));
             self.bbox.max = Vec2::new(self.bbox.max.x.max(p.pos.x), self.bbox.max.y.max(p.pos.y));
@@ -221,8 +232,23 @@ pub(crate) struct IdAlloc {
 #[derive(Resource, Default)]
 pub(crate) struct Stats(pub ShardStats);
 
-type HashQuery = (&'static Obj, &'static Pos, &'static Vel, &'static Health, Option<&'static Npc>, Option<&'static Player>);
-type RecordQuery = (Entity, &'static Obj, &'static Pos, &'static Vel, &'static Health, Option<&'static Npc>, Option<&'static Player>);
+type HashQuery = (
+    &'static Obj,
+    &'static Pos,
+    &'static Vel,
+    &'static Health,
+    Option<&'static Npc>,
+    Option<&'static Player>,
+);
+type RecordQuery = (
+    Entity,
+    &'static Obj,
+    &'static Pos,
+    &'static Vel,
+    &'static Health,
+    Option<&'static Npc>,
+    Option<&'static Player>,
+);
 
 /// One shard of a zone.
 pub struct Shard {
@@ -250,13 +276,23 @@ impl Shard {
         world.insert_resource(Nearby::default());
         world.insert_resource(Spawners(spawners));
         world.insert_resource(ShardRng(DetRng::new(seed, index as u64)));
-        world.insert_resource(IdAlloc { next: ((index as u64) + 1) << NPC_ID_SHARD_SHIFT });
+        world.insert_resource(IdAlloc {
+            next: ((index as u64) + 1) << NPC_ID_SHARD_SHIFT,
+        });
         world.insert_resource(Stats::default());
 
         let mut schedule = checked_schedule();
         schedule.add_systems((apply_joins_leaves, apply_inputs).chain().in_set(Stage::Input));
         schedule.add_systems(
-            (deliver_mail, respawn_players, npc_ai, player_attacks, run_spawners, movement, collect_migrants)
+            (
+                deliver_mail,
+                respawn_players,
+                npc_ai,
+                player_attacks,
+                run_spawners,
+                movement,
+                collect_migrants,
+            )
                 .chain()
                 .in_set(Stage::Simulate),
         );
@@ -267,7 +303,15 @@ impl Shard {
         let npc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Npc)>();
         let pc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Player)>();
         let player_query = world.query::<(&Pos, &Player)>();
-        Ok(Shard { index: index as u16, world, schedule, hash_query, npc_query, pc_query, player_query })
+        Ok(Shard {
+            index: index as u16,
+            world,
+            schedule,
+            hash_query,
+            npc_query,
+            pc_query,
+            player_query,
+        })
     }
 
     pub fn index(&self) -> usize {
@@ -295,7 +339,10 @@ impl Shard {
         let seed = self.world.resource::<ShardInfo>().seed;
         let pos = {
             let rng = &mut self.world.resource_mut::<ShardRng>().0;
-            Vec2::new(rng.range_i32(s.area.min.x, s.area.max.x - 1), rng.range_i32(s.area.min.y, s.area.max.y - 1))
+            Vec2::new(
+                rng.range_i32(s.area.min.x, s.area.max.x - 1),
+                rng.range_i32(s.area.min.y, s.area.max.y - 1),
+            )
         };
         let id = {
             let mut alloc = self.world.resource_mut::<IdAlloc>();
@@ -306,7 +353,14 @@ impl Shard {
     }
 
     /// Hands the shard what it needs for tick `tick`.
-    pub(crate) fn prepare(&mut self, tick: u64, joins: Vec<(PlayerId, Vec2)>, leaves: Vec<PlayerId>, inputs: Vec<PlayerInput>, players: Arc<[PlayerView]>) {
+    pub(crate) fn prepare(
+        &mut self,
+        tick: u64,
+        joins: Vec<(PlayerId, Vec2)>,
+        leaves: Vec<PlayerId>,
+        inputs: Vec<PlayerInput>,
+        players: Arc<[PlayerView]>,
+    ) {
         let kinds = self.world.resource::<Rules>().0.kinds.len();
         self.world.resource_mut::<Clock>().tick = tick;
         self.world.resource_mut::<Stats>().0.reset(self.index, tick, kinds);
@@ -351,7 +405,12 @@ impl Shard {
     /// The players this shard holds, in no particular order.
     pub(crate) fn players(&mut self, out: &mut Vec<PlayerView>) {
         for (pos, p) in self.player_query.iter(&self.world) {
-            out.push(PlayerView { player: p.player, pos: pos.0, alive: p.respawn_at.is_none(), shard: self.index });
+            out.push(PlayerView {
+                player: p.player,
+                pos: pos.0,
+                alive: p.respawn_at.is_none(),
+                shard: self.index,
+            });
         }
     }
 
@@ -389,7 +448,10 @@ impl Shard {
             .0
             .iter()
             .filter(|s| !s.pending.is_empty())
-            .map(|s| SpawnerPending { id: s.id, due: s.pending.iter().copied().collect() })
+            .map(|s| SpawnerPending {
+                id: s.id,
+                due: s.pending.iter().copied().collect(),
+            })
             .collect();
         let mut mail = self.world.resource::<Inbox>().mail.clone();
         mail.sort_unstable();
@@ -417,7 +479,10 @@ impl Shard {
             }
             for p in state.spawners {
                 let Some(s) = spawners.0.iter_mut().find(|s| s.id == p.id) else {
-                    return Err(RestoreError::UnknownSpawner { shard: usize::from(self.index), spawner: p.id });
+                    return Err(RestoreError::UnknownSpawner {
+                        shard: usize::from(self.index),
+                        spawner: p.id,
+                    });
                 };
                 s.pending = p.due.into_iter().collect();
             }
@@ -427,7 +492,10 @@ impl Shard {
         stats.reset(self.index, 0, kinds);
         for rec in state.objects {
             if usize::from(rec.obj.kind) >= kinds {
-                return Err(RestoreError::UnknownKind { id: rec.obj.id, kind: rec.obj.kind });
+                return Err(RestoreError::UnknownKind {
+                    id: rec.obj.id,
+                    kind: rec.obj.kind,
+                });
             }
             stats.objects_by_kind[usize::from(rec.obj.kind)] += 1;
             rec.spawn(&mut self.world);
@@ -450,10 +518,22 @@ impl Shard {
     pub fn objects_unsorted(&mut self) -> Vec<ObjectRecord> {
         let mut v = Vec::with_capacity(self.object_count() + 16);
         for (o, p, vel, h, n) in self.npc_query.iter(&self.world) {
-            v.push(ObjectRecord { obj: *o, pos: p.0, vel: vel.0, health: *h, body: Body::Npc(*n) });
+            v.push(ObjectRecord {
+                obj: *o,
+                pos: p.0,
+                vel: vel.0,
+                health: *h,
+                body: Body::Npc(*n),
+            });
         }
         for (o, p, vel, h, pl) in self.pc_query.iter(&self.world) {
-            v.push(ObjectRecord { obj: *o, pos: p.0, vel: vel.0, health: *h, body: Body::Player(*pl) });
+            v.push(ObjectRecord {
+                obj: *o,
+                pos: p.0,
+                vel: vel.0,
+                health: *h,
+                body: Body::Player(*pl),
+            });
         }
         v
     }
@@ -484,7 +564,13 @@ fn record(o: &Obj, p: &Pos, v: &Vel, h: &Health, n: Option<&Npc>, pl: Option<&Pl
         (None, Some(p)) => Body::Player(*p),
         (None, None) => unreachable!("every object is an NPC or a player"),
     };
-    ObjectRecord { obj: *o, pos: p.0, vel: v.0, health: *h, body }
+    ObjectRecord {
+        obj: *o,
+        pos: p.0,
+        vel: v.0,
+        health: *h,
+        body,
+    }
 }
 
 fn new_npc(spec: &ZoneSpec, seed: u64, s: &SpawnerState, id: u64, pos: Vec2, tick: u64) -> ObjectRecord {
@@ -492,14 +578,25 @@ fn new_npc(spec: &ZoneSpec, seed: u64, s: &SpawnerState, id: u64, pos: Vec2, tic
     let mut rng = DetRng::new(seed, id);
     let mind = match k.behaviour {
         Behaviour::Patrol => Mind::Patrol { leg: rng.below(4) as u8 },
-        Behaviour::Wander | Behaviour::Idle => Mind::Pause { until: tick + rng.below(u64::from(k.pause_ticks_max) + 1) },
+        Behaviour::Wander | Behaviour::Idle => Mind::Pause {
+            until: tick + rng.below(u64::from(k.pause_ticks_max) + 1),
+        },
     };
     ObjectRecord {
         obj: Obj { id, kind: s.kind },
         pos,
         vel: Vec2::ZERO,
-        health: Health { hp: k.hit_points, max: k.hit_points },
-        body: Body::Npc(Npc { spawner: s.id, home: pos, mind, rng, ready_at: 0 }),
+        health: Health {
+            hp: k.hit_points,
+            max: k.hit_points,
+        },
+        body: Body::Npc(Npc {
+            spawner: s.id,
+            home: pos,
+            mind,
+            rng,
+            ready_at: 0,
+        }),
     }
 }
 
@@ -525,8 +622,11 @@ fn apply_joins_leaves(world: &mut World) {
     let mut n_leaves = 0;
     if !leaves.is_empty() {
         let mut q = world.query::<(Entity, &Player)>();
-        let mut gone: Vec<(PlayerId, Entity)> =
-            q.iter(world).filter(|(_, p)| leaves.binary_search(&p.player).is_ok()).map(|(e, p)| (p.player, e)).collect();
+        let mut gone: Vec<(PlayerId, Entity)> = q
+            .iter(world)
+            .filter(|(_, p)| leaves.binary_search(&p.player).is_ok())
+            .map(|(e, p)| (p.player, e))
+            .collect();
         gone.sort_unstable_by_key(|g| g.0);
         for (_, e) in gone {
             world.despawn(e);
@@ -536,11 +636,23 @@ fn apply_joins_leaves(world: &mut World) {
     let spec = world.resource::<Rules>().0.clone();
     for &(player, pos) in &joins {
         ObjectRecord {
-            obj: Obj { id: player_object_id(player), kind: PLAYER_KIND },
+            obj: Obj {
+                id: player_object_id(player),
+                kind: PLAYER_KIND,
+            },
             pos,
             vel: Vec2::ZERO,
-            health: Health { hp: spec.player.hit_points, max: spec.player.hit_points },
-            body: Body::Player(Player { player, wish: Vec2::ZERO, attack: false, ready_at: 0, respawn_at: None }),
+            health: Health {
+                hp: spec.player.hit_points,
+                max: spec.player.hit_points,
+            },
+            body: Body::Player(Player {
+                player,
+                wish: Vec2::ZERO,
+                attack: false,
+                ready_at: 0,
+                respawn_at: None,
+            }),
         }
         .spawn(world);
     }
@@ -561,7 +673,10 @@ fn apply_inputs(mut players: Query<(&mut Player, &mut Vel)>, inbox: Res<Inbox>, 
         if let Ok(i) = inbox.inputs.binary_search_by_key(&p.player, |i| i.player) {
             let input = inbox.inputs[i];
             matched += 1;
-            let raw = Vec2::new(input.move_x.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX), input.move_y.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX));
+            let raw = Vec2::new(
+                input.move_x.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX),
+                input.move_y.clamp(-MOVE_AXIS_MAX, MOVE_AXIS_MAX),
+            );
             let (wish, capped) = raw.cap_length(speed);
             stats.0.inputs_speed_capped += u32::from(capped);
             p.wish = wish;
@@ -614,9 +729,10 @@ fn deliver_mail(
     }
     for m in &mail {
         if let Mail::Died { spawner } = *m
-            && let Some(s) = spawners.0.iter_mut().find(|s| s.id == spawner) {
-                s.pending.push_back(clock.tick + u64::from(s.respawn_delay_ticks));
-            }
+            && let Some(s) = spawners.0.iter_mut().find(|s| s.id == spawner)
+        {
+            s.pending.push_back(clock.tick + u64::from(s.respawn_delay_ticks));
+        }
     }
     // Keep the allocation.
     mail.clear();
@@ -652,7 +768,9 @@ fn npc_ai(
     let tick = clock.tick;
     let nearby = &mut *nearby;
     nearby.players.clear();
-    nearby.players.extend(inbox.players.iter().filter(|p| p.alive && info.watch.contains(p.pos)));
+    nearby
+        .players
+        .extend(inbox.players.iter().filter(|p| p.alive && info.watch.contains(p.pos)));
     if !nearby.players.is_empty() {
         nearby.grid.build(info.watch, spec.player_awareness_mm() / 2, &nearby.players);
     }
@@ -683,7 +801,11 @@ fn npc_ai(
                 if t.pos.dist2(here) <= range2 {
                     vel.0 = Vec2::ZERO;
                     if npc.ready_at <= tick && k.damage > 0 {
-                        out.mail.push(Mail::Damage { target: t.player, source: obj.id, amount: k.damage });
+                        out.mail.push(Mail::Damage {
+                            target: t.player,
+                            source: obj.id,
+                            amount: k.damage,
+                        });
                         npc.ready_at = tick + u64::from(k.attack_cooldown_ticks);
                         stats.0.attacks += 1;
                     }
@@ -705,7 +827,10 @@ fn npc_ai(
                 vel.0 = Vec2::ZERO;
                 if tick >= until && k.behaviour == Behaviour::Wander {
                     let r = k.wander_radius_mm;
-                    let to = Vec2::new(npc.home.x.saturating_add(npc.rng.range_i32(-r, r)), npc.home.y.saturating_add(npc.rng.range_i32(-r, r)));
+                    let to = Vec2::new(
+                        npc.home.x.saturating_add(npc.rng.range_i32(-r, r)),
+                        npc.home.y.saturating_add(npc.rng.range_i32(-r, r)),
+                    );
                     npc.mind = Mind::Goto { to: spec.bounds.clamp(to) };
                 }
             }
@@ -717,13 +842,17 @@ fn npc_ai(
                         Behaviour::Idle => u64::MAX - 1,
                         _ => npc.rng.below(u64::from(k.pause_ticks_max) + 1),
                     };
-                    npc.mind = Mind::Pause { until: tick.saturating_add(pause) };
+                    npc.mind = Mind::Pause {
+                        until: tick.saturating_add(pause),
+                    };
                 }
             }
             Mind::Patrol { leg } => {
                 let r = k.wander_radius_mm;
                 let (dx, dy) = [(-r, -r), (r, -r), (r, r), (-r, r)][usize::from(leg % 4)];
-                let to = spec.bounds.clamp(Vec2::new(npc.home.x.saturating_add(dx), npc.home.y.saturating_add(dy)));
+                let to = spec
+                    .bounds
+                    .clamp(Vec2::new(npc.home.x.saturating_add(dx), npc.home.y.saturating_add(dy)));
                 let step = here.step_towards(to, k.speed_mm_per_tick);
                 vel.0 = step;
                 if here.saturating_add(step) == to {
@@ -795,7 +924,10 @@ fn run_spawners(
     for s in spawners.0.iter_mut() {
         while s.pending.front().is_some_and(|&t| t <= clock.tick) {
             s.pending.pop_front();
-            let pos = Vec2::new(rng.0.range_i32(s.area.min.x, s.area.max.x - 1), rng.0.range_i32(s.area.min.y, s.area.max.y - 1));
+            let pos = Vec2::new(
+                rng.0.range_i32(s.area.min.x, s.area.max.x - 1),
+                rng.0.range_i32(s.area.min.y, s.area.max.y - 1),
+            );
             alloc.next += 1;
             new_npc(&rules.0, info.seed, s, alloc.next, pos, clock.tick).spawn_cmd(&mut commands);
             stats.0.spawns += 1;

@@ -37,7 +37,13 @@ impl ShardStats {
     pub(crate) fn reset(&mut self, shard: u16, tick: u64, kinds: usize) {
         let mut dead = std::mem::take(&mut self.dead_players);
         dead.clear();
-        *self = ShardStats { shard, tick, objects_by_kind: std::mem::take(&mut self.objects_by_kind), dead_players: dead, ..Default::default() };
+        *self = ShardStats {
+            shard,
+            tick,
+            objects_by_kind: std::mem::take(&mut self.objects_by_kind),
+            dead_players: dead,
+            ..Default::default()
+        };
         self.objects_by_kind.clear();
         self.objects_by_kind.resize(kinds, 0);
     }

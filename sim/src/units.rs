@@ -60,10 +60,7 @@ impl Vec2 {
         }
         let l = isqrt(l2 as u64) as i64;
         (
-            Vec2::new(
-                (i64::from(self.x) * max / l) as i32,
-                (i64::from(self.y) * max / l) as i32,
-            ),
+            Vec2::new((i64::from(self.x) * max / l) as i32, (i64::from(self.y) * max / l) as i32),
             true,
         )
     }
@@ -105,10 +102,7 @@ impl Rect {
 
     /// The nearest point inside the rectangle (max is exclusive, so it clamps to `max - 1`).
     pub fn clamp(&self, p: Vec2) -> Vec2 {
-        Vec2::new(
-            p.x.clamp(self.min.x, self.max.x - 1),
-            p.y.clamp(self.min.y, self.max.y - 1),
-        )
+        Vec2::new(p.x.clamp(self.min.x, self.max.x - 1), p.y.clamp(self.min.y, self.max.y - 1))
     }
 
     pub fn width(&self) -> i64 {
@@ -190,7 +184,10 @@ mod tests {
 
     #[test]
     fn rect_clamp_keeps_inside() {
-        let r = Rect { min: Vec2::new(0, 0), max: Vec2::new(10, 10) };
+        let r = Rect {
+            min: Vec2::new(0, 0),
+            max: Vec2::new(10, 10),
+        };
         assert_eq!(r.clamp(Vec2::new(-5, 20)), Vec2::new(0, 9));
         assert!(r.contains(r.clamp(Vec2::new(i32::MAX, i32::MIN))));
     }

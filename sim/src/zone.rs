@@ -127,7 +127,11 @@ impl Zone {
     pub fn restore(spec: Arc<ZoneSpec>, state: ZoneState) -> Result<Zone, ZoneError> {
         let mut zone = Zone::empty(spec, state.seed)?;
         if state.shards.len() != zone.shards.len() {
-            return Err(RestoreError::ShardCount { expected: zone.shards.len(), got: state.shards.len() }.into());
+            return Err(RestoreError::ShardCount {
+                expected: zone.shards.len(),
+                got: state.shards.len(),
+            }
+            .into());
         }
         if state.tick > crate::input::TICK_MAX {
             return Err(RestoreError::TickOutOfRange { tick: state.tick }.into());
@@ -136,9 +140,15 @@ impl Zone {
             for o in &s.objects {
                 match o.body {
                     crate::object::Body::Npc(n) if n.spawner as usize >= zone.spawner_shard.len() => {
-                        return Err(RestoreError::UnknownSpawner { shard: usize::from(s.index), spawner: n.spawner }.into());
+                        return Err(RestoreError::UnknownSpawner {
+                            shard: usize::from(s.index),
+                            spawner: n.spawner,
+                        }
+                        .into());
                     }
-                    crate::object::Body::Player(p) if crate::object::player_object_id(p.player) != o.obj.id || !crate::input::is_valid_player_id(p.player) => {
+                    crate::object::Body::Player(p)
+                        if crate::object::player_object_id(p.player) != o.obj.id || !crate::input::is_valid_player_id(p.player) =>
+                    {
                         return Err(RestoreError::BadPlayerObject { id: o.obj.id }.into());
                     }
                     _ => {}
@@ -182,8 +192,15 @@ impl Zone {
             let st = s.capture();
             *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
         });
-        let shards = slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured")).collect();
-        ZoneState { tick: self.tick, seed: self.seed, shards }
+        let shards = slots
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
+            .collect();
+        ZoneState {
+            tick: self.tick,
+            seed: self.seed,
+            shards,
+        }
     }
 
     fn empty(spec: Arc<ZoneSpec>, seed: u64) -> Result<Zone, ZoneError> {
@@ -209,7 +226,17 @@ impl Zone {
             shard.prepare(0, Vec::new(), Vec::new(), Vec::new(), Arc::from([]));
             shards.push(shard);
         }
-        Ok(Zone { spec, seed, tick: 0, shards, spawner_shard, players: Arc::from([]), queue: InputQueue::default(), last_stats_total: TotalStats::default(), draining: false })
+        Ok(Zone {
+            spec,
+            seed,
+            tick: 0,
+            shards,
+            spawner_shard,
+            players: Arc::from([]),
+            queue: InputQueue::default(),
+            last_stats_total: TotalStats::default(),
+            draining: false,
+        })
     }
 
     pub fn spec(&self) -> &Arc<ZoneSpec> {
@@ -294,7 +321,10 @@ impl Zone {
     /// Runs the next tick with a given batch (replay). The batch must be for `tick() + 1`.
     pub fn step_batch(&mut self, batch: &TickBatch, exec: &dyn ShardExecutor) -> Result<(), ZoneError> {
         if batch.tick != self.tick + 1 || batch.tick > crate::input::TICK_MAX {
-            return Err(ZoneError::WrongTick { expected: self.tick + 1, got: batch.tick });
+            return Err(ZoneError::WrongTick {
+                expected: self.tick + 1,
+                got: batch.tick,
+            });
         }
         let mut b = batch.clone();
         b.canonicalize();
@@ -314,7 +344,10 @@ impl Zone {
         let staying = self.players.iter().filter(|v| !leaving(&v.player)).count();
         for &p in &batch.joins {
             // Joins were checked when queued; a replayed batch gets the same checks here.
-            if !crate::input::is_valid_player_id(p) || (self.is_present(p) && !leaving(&p)) || staying + joined >= self.spec.max_players as usize {
+            if !crate::input::is_valid_player_id(p)
+                || (self.is_present(p) && !leaving(&p))
+                || staying + joined >= self.spec.max_players as usize
+            {
                 continue;
             }
             joined += 1;
@@ -340,7 +373,13 @@ impl Zone {
             inputs[shard_of_player(i.player).unwrap_or(0)].push(*i);
         }
         for (i, shard) in self.shards.iter_mut().enumerate() {
-            shard.prepare(tick, std::mem::take(&mut joins[i]), std::mem::take(&mut leaves[i]), std::mem::take(&mut inputs[i]), self.players.clone());
+            shard.prepare(
+                tick,
+                std::mem::take(&mut joins[i]),
+                std::mem::take(&mut leaves[i]),
+                std::mem::take(&mut inputs[i]),
+                self.players.clone(),
+            );
         }
 
         exec.run(Phase::Step, &mut self.shards, &|s: &mut Shard| s.step());
@@ -425,8 +464,9 @@ impl Zone {
 /// Splits a spawner's area over the shard cells it touches, giving each cell a share of the count
 /// proportional to its part of the area (largest remainder; ties to the lower shard index).
 fn split_spawner(spec: &ZoneSpec, area: crate::units::Rect, count: u64) -> Vec<(usize, crate::units::Rect, u64)> {
-    let parts: Vec<(usize, crate::units::Rect)> =
-        (0..spec.shard_count()).filter_map(|i| spec.shard_rect(i).intersect(&area).map(|r| (i, r))).collect();
+    let parts: Vec<(usize, crate::units::Rect)> = (0..spec.shard_count())
+        .filter_map(|i| spec.shard_rect(i).intersect(&area).map(|r| (i, r)))
+        .collect();
     let total: u128 = parts.iter().map(|(_, r)| r.area() as u128).sum();
     if total == 0 {
         return Vec::new();

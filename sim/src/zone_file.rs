@@ -234,7 +234,10 @@ impl ZoneSpec {
 
         let z = &raw.zone;
         if z.id.is_empty() || !z.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(err("zone.id", format!("{:?} must be non-empty ASCII letters, digits, '-' or '_'", z.id)));
+            return Err(err(
+                "zone.id",
+                format!("{:?} must be non-empty ASCII letters, digits, '-' or '_'", z.id),
+            ));
         }
         for (name, v) in [("zone.width_m", z.width_m), ("zone.height_m", z.height_m)] {
             if !(v.is_finite() && (1.0..=ZONE_SIDE_M_MAX).contains(&v)) {
@@ -250,14 +253,20 @@ impl ZoneSpec {
             return Err(err("zone.max_players", "must be at least 1".into()));
         }
         if z.input_lead_ticks_max == 0 || z.input_lead_ticks_max > 600 {
-            return Err(err("zone.input_lead_ticks_max", format!("{} is out of range: use 1 to 600 ticks", z.input_lead_ticks_max)));
+            return Err(err(
+                "zone.input_lead_ticks_max",
+                format!("{} is out of range: use 1 to 600 ticks", z.input_lead_ticks_max),
+            ));
         }
         let bounds = Rect {
             min: Vec2::ZERO,
             max: Vec2::new(metres_to_mm(z.width_m) as i32, metres_to_mm(z.height_m) as i32),
         };
         if bounds.width() / i64::from(z.shard_cols) < 1000 || bounds.height() / i64::from(z.shard_rows) < 1000 {
-            return Err(err("zone.shard_cols", "shard cells must be at least 1 m on each side: use fewer shards or a larger zone".into()));
+            return Err(err(
+                "zone.shard_cols",
+                "shard cells must be at least 1 m on each side: use fewer shards or a larger zone".into(),
+            ));
         }
 
         let player = match &raw.player {
@@ -290,14 +299,26 @@ impl ZoneSpec {
         for (i, k) in raw.npc_kind.iter().enumerate() {
             let f = |name: &str| format!("npc_kind[{i}].{name}");
             if k.name.is_empty() || k.name == "player" {
-                return Err(err(&f("name"), format!("{:?} is not allowed: give each kind a unique, non-empty name other than \"player\"", k.name)));
+                return Err(err(
+                    &f("name"),
+                    format!(
+                        "{:?} is not allowed: give each kind a unique, non-empty name other than \"player\"",
+                        k.name
+                    ),
+                ));
             }
             if kinds.iter().any(|o| o.name == k.name) {
-                return Err(err(&f("name"), format!("{:?} is declared twice: kind names must be unique", k.name)));
+                return Err(err(
+                    &f("name"),
+                    format!("{:?} is declared twice: kind names must be unique", k.name),
+                ));
             }
             let wander_radius_mm = distance(&err, &f("wander_radius_m"), k.wander_radius_m)?;
             if k.behaviour != Behaviour::Idle && wander_radius_mm == 0 {
-                return Err(err(&f("wander_radius_m"), "must be greater than 0 for wander and patrol kinds".into()));
+                return Err(err(
+                    &f("wander_radius_m"),
+                    "must be greater than 0 for wander and patrol kinds".into(),
+                ));
             }
             kinds.push(KindParams {
                 name: k.name.clone(),
@@ -319,7 +340,10 @@ impl ZoneSpec {
             let f = |name: &str| format!("spawner[{i}].{name}");
             let Some(kind) = kinds.iter().position(|k| k.name == s.kind).filter(|&p| p > 0) else {
                 let known: Vec<&str> = kinds[1..].iter().map(|k| k.name.as_str()).collect();
-                return Err(err(&f("kind"), format!("unknown kind {:?}: declare it in an [[npc_kind]] table (known: {known:?})", s.kind)));
+                return Err(err(
+                    &f("kind"),
+                    format!("unknown kind {:?}: declare it in an [[npc_kind]] table (known: {known:?})", s.kind),
+                ));
             };
             total = total.saturating_add(s.count);
             if total > NPC_COUNT_MAX {
@@ -335,9 +359,15 @@ impl ZoneSpec {
                     let finite = [a.x_m, a.y_m, a.width_m, a.height_m].iter().all(|v| v.is_finite());
                     match bounds.intersect(&r) {
                         Some(inside) if finite && inside == r => r,
-                        _ => return Err(err(&f("area"), format!(
-                            "({}, {}) {}×{} m is not a non-empty rectangle inside the zone (0, 0) {}×{} m",
-                            a.x_m, a.y_m, a.width_m, a.height_m, z.width_m, z.height_m))),
+                        _ => {
+                            return Err(err(
+                                &f("area"),
+                                format!(
+                                    "({}, {}) {}×{} m is not a non-empty rectangle inside the zone (0, 0) {}×{} m",
+                                    a.x_m, a.y_m, a.width_m, a.height_m, z.width_m, z.height_m
+                                ),
+                            ));
+                        }
                     }
                 }
             };
@@ -353,7 +383,10 @@ impl ZoneSpec {
         for (i, p) in raw.player_spawn.iter().enumerate() {
             let v = Vec2::new(metres_to_mm(p.x_m) as i32, metres_to_mm(p.y_m) as i32);
             if !(p.x_m.is_finite() && p.y_m.is_finite()) || !bounds.contains(v) {
-                return Err(err(&format!("player_spawn[{i}]"), format!("({}, {}) m is outside the zone", p.x_m, p.y_m)));
+                return Err(err(
+                    &format!("player_spawn[{i}]"),
+                    format!("({}, {}) m is outside the zone", p.x_m, p.y_m),
+                ));
             }
             player_spawns.push(v);
         }
@@ -388,7 +421,10 @@ impl ZoneSpec {
         let (cols, rows) = (i64::from(self.shard_cols), i64::from(self.shard_rows));
         let x = |c: i64| (i64::from(self.bounds.min.x) + w * c / cols) as i32;
         let y = |r: i64| (i64::from(self.bounds.min.y) + h * r / rows) as i32;
-        Rect { min: Vec2::new(x(col), y(row)), max: Vec2::new(x(col + 1), y(row + 1)) }
+        Rect {
+            min: Vec2::new(x(col), y(row)),
+            max: Vec2::new(x(col + 1), y(row + 1)),
+        }
     }
 
     /// The shard that owns position `p`; points outside the zone belong to the nearest shard.
@@ -404,8 +440,16 @@ impl ZoneSpec {
         for _ in 0..2 {
             let r = self.shard_rect(idx);
             let (mut c, mut rr) = (idx as u32 % self.shard_cols, idx as u32 / self.shard_cols);
-            if p.x < r.min.x && c > 0 { c -= 1 } else if p.x >= r.max.x && c + 1 < self.shard_cols { c += 1 }
-            if p.y < r.min.y && rr > 0 { rr -= 1 } else if p.y >= r.max.y && rr + 1 < self.shard_rows { rr += 1 }
+            if p.x < r.min.x && c > 0 {
+                c -= 1
+            } else if p.x >= r.max.x && c + 1 < self.shard_cols {
+                c += 1
+            }
+            if p.y < r.min.y && rr > 0 {
+                rr -= 1
+            } else if p.y >= r.max.y && rr + 1 < self.shard_rows {
+                rr += 1
+            }
             idx = (rr * self.shard_cols + c) as usize;
         }
         idx
@@ -511,7 +555,9 @@ y_m = 50
 
     #[test]
     fn shard_of_agrees_with_shard_rect() {
-        let text = MINI.replace("shard_cols = 2", "shard_cols = 3").replace("width_m = 100", "width_m = 100.001");
+        let text = MINI
+            .replace("shard_cols = 2", "shard_cols = 3")
+            .replace("width_m = 100", "width_m = 100.001");
         let z = ZoneSpec::from_toml_str("mini.toml", &text).unwrap();
         for x in (-10..100_010).step_by(997) {
             for y in (-10..100_010).step_by(1009) {

@@ -13,4 +13,6 @@ pub mod logs;
 pub mod metrics_export;
 pub mod process;
 
-pub use metrics_export::{QueueMetrics, STAGES, StageHistograms, TICK_BUCKETS_S, TelemetryError, ZoneMetrics, install_prometheus, record_process};
+pub use metrics_export::{
+    QueueMetrics, STAGES, StageHistograms, TICK_BUCKETS_S, TelemetryError, ZoneMetrics, install_prometheus, record_process,
+};

@@ -39,58 +39,120 @@ pub fn install_prometheus(zone_id: &str) -> Result<PrometheusHandle, TelemetryEr
             Matcher::Full("zone_packet_size_bytes".into()),
             &[32.0, 64.0, 128.0, 256.0, 512.0, 768.0, 1024.0, 1200.0, 1500.0, 4096.0],
         )?
-        .set_buckets_for_metric(Matcher::Full("zone_rtt_seconds".into()), &[0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.500, 1.0])?
+        .set_buckets_for_metric(
+            Matcher::Full("zone_rtt_seconds".into()),
+            &[0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.500, 1.0],
+        )?
         .install_recorder()?;
     describe_all();
     Ok(handle)
 }
 
 fn describe_all() {
-    describe_histogram!("zone_tick_duration_seconds", Unit::Seconds, "Wall time of one whole tick (all shards, the boundary and hashing).");
+    describe_histogram!(
+        "zone_tick_duration_seconds",
+        Unit::Seconds,
+        "Wall time of one whole tick (all shards, the boundary and hashing)."
+    );
     describe_histogram!("zone_shard_tick_duration_seconds", Unit::Seconds, "Wall time of one shard's step.");
-    describe_histogram!("zone_stage_duration_seconds", Unit::Seconds, "Wall time of one stage of one shard's step.");
+    describe_histogram!(
+        "zone_stage_duration_seconds",
+        Unit::Seconds,
+        "Wall time of one stage of one shard's step."
+    );
     describe_counter!("zone_ticks_total", "Ticks run since start.");
-    describe_counter!("zone_tick_overruns_total", "Ticks dropped because the loop fell behind (after bounded catch-up).");
+    describe_counter!(
+        "zone_tick_overruns_total",
+        "Ticks dropped because the loop fell behind (after bounded catch-up)."
+    );
     describe_gauge!("zone_tick_rate_hz", "Achieved ticks per second over the last report window.");
     describe_gauge!("zone_players", "Players in the zone (CCU).");
     describe_counter!("zone_inputs_total", "Player inputs applied by the simulation.");
-    describe_counter!("zone_inputs_speed_capped_total", "Inputs whose requested speed was capped to the player's maximum.");
+    describe_counter!(
+        "zone_inputs_speed_capped_total",
+        "Inputs whose requested speed was capped to the player's maximum."
+    );
     describe_counter!("zone_input_refusals_total", "Inputs, joins and leaves refused, by reason.");
     describe_gauge!("zone_shard_objects", "Objects in a shard, by kind.");
     describe_gauge!("zone_shard_players", "Players in a shard.");
-    describe_counter!("zone_shard_spawns_total", "Objects created in a shard (NPC spawns and player joins).");
+    describe_counter!(
+        "zone_shard_spawns_total",
+        "Objects created in a shard (NPC spawns and player joins)."
+    );
     describe_counter!("zone_shard_despawns_total", "Objects removed from a shard (deaths and leaves).");
     describe_counter!("zone_shard_migrations_in_total", "Objects that crossed into a shard.");
     describe_counter!("zone_shard_migrations_out_total", "Objects that crossed out of a shard.");
     describe_counter!("zone_shard_npc_deaths_total", "NPCs killed in a shard.");
     describe_counter!("zone_shard_player_deaths_total", "Players killed in a shard.");
-    describe_gauge!("zone_shard_tick_rate_hz", "Achieved ticks per second of a shard over the last report window.");
+    describe_gauge!(
+        "zone_shard_tick_rate_hz",
+        "Achieved ticks per second of a shard over the last report window."
+    );
     describe_gauge!("zone_queue_depth", "Items waiting in a bounded queue.");
     describe_gauge!("zone_queue_capacity", "Capacity of a bounded queue.");
     describe_counter!("zone_queue_dropped_total", "Items dropped because a bounded queue was full.");
-    describe_counter!("zone_reliable_retries_total", "Reliable packets retransmitted (set by the UDP transport).");
-    describe_counter!("zone_reliable_timeouts_total", "Reliable packets given up on (set by the UDP transport).");
-    describe_counter!("zone_dropped_duplicates_total", "Duplicate packets dropped (set by the UDP transport).");
-    describe_histogram!("zone_packet_size_bytes", Unit::Bytes, "Size of game datagrams (set by the UDP transport).");
+    describe_counter!(
+        "zone_reliable_retries_total",
+        "Reliable packets retransmitted (set by the UDP transport)."
+    );
+    describe_counter!(
+        "zone_reliable_timeouts_total",
+        "Reliable packets given up on (set by the UDP transport)."
+    );
+    describe_counter!(
+        "zone_dropped_duplicates_total",
+        "Duplicate packets dropped (set by the UDP transport)."
+    );
+    describe_histogram!(
+        "zone_packet_size_bytes",
+        Unit::Bytes,
+        "Size of game datagrams (set by the UDP transport)."
+    );
     describe_gauge!("zone_draining", "1 while the server drains for shutdown.");
     describe_gauge!("zone_ready", "1 while /readyz answers 200.");
     describe_gauge!("zone_uptime_seconds", Unit::Seconds, "Seconds since the process started.");
     describe_gauge!("zone_build_info", "Always 1; the version label says which build runs.");
-    describe_counter!("zone_process_cpu_seconds_total", Unit::Seconds, "CPU time used by the process (user + system).");
+    describe_counter!(
+        "zone_process_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time used by the process (user + system)."
+    );
     describe_gauge!("zone_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process.");
     describe_gauge!("zone_process_open_fds", "Open file descriptors of the process.");
     describe_counter!("zone_journal_records_total", "Records written to the input journal.");
-    describe_histogram!("zone_snapshot_capture_duration_seconds", Unit::Seconds, "Time the tick thread spends copying the zone's state for a snapshot.");
+    describe_histogram!(
+        "zone_snapshot_capture_duration_seconds",
+        Unit::Seconds,
+        "Time the tick thread spends copying the zone's state for a snapshot."
+    );
     describe_counter!("zone_snapshots_total", "Snapshots written, by store and kind.");
     describe_counter!("zone_snapshot_failures_total", "Snapshot writes that failed, by store.");
-    describe_gauge!("zone_snapshot_consecutive_failures", "Snapshot writes that failed in a row, by store (0 after a success).");
-    describe_counter!("zone_snapshot_fallbacks_total", "Snapshots written to a fallback store because the preferred one was down.");
+    describe_gauge!(
+        "zone_snapshot_consecutive_failures",
+        "Snapshot writes that failed in a row, by store (0 after a success)."
+    );
+    describe_counter!(
+        "zone_snapshot_fallbacks_total",
+        "Snapshots written to a fallback store because the preferred one was down."
+    );
     describe_gauge!("zone_snapshot_bytes", Unit::Bytes, "Size of the last encoded snapshot, by kind.");
-    describe_gauge!("zone_backend_breaker_state", "Circuit breaker of a backend: 0 closed, 1 half-open, 2 open.");
-    describe_counter!("zone_backend_breaker_transitions_total", "Circuit breaker state changes, by backend and new state.");
+    describe_gauge!(
+        "zone_backend_breaker_state",
+        "Circuit breaker of a backend: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "zone_backend_breaker_transitions_total",
+        "Circuit breaker state changes, by backend and new state."
+    );
     describe_counter!("zone_events_written_total", "Player events written to PostgreSQL.");
-    describe_counter!("zone_events_dropped_total", "Player events dropped because the in-memory event queue was full.");
-    describe_counter!("zone_event_write_failures_total", "Failed attempts to write player events to PostgreSQL.");
+    describe_counter!(
+        "zone_events_dropped_total",
+        "Player events dropped because the in-memory event queue was full."
+    );
+    describe_counter!(
+        "zone_event_write_failures_total",
+        "Failed attempts to write player events to PostgreSQL."
+    );
 }
 
 /// Per-shard handles.
@@ -137,7 +199,11 @@ pub struct QueueMetrics {
 impl QueueMetrics {
     pub fn new(queue: &'static str, capacity: usize) -> Self {
         gauge!("zone_queue_capacity", "queue" => queue).set(capacity as f64);
-        QueueMetrics { depth: gauge!("zone_queue_depth", "queue" => queue), dropped: counter!("zone_queue_dropped_total", "queue" => queue), dropped_seen: 0 }
+        QueueMetrics {
+            depth: gauge!("zone_queue_depth", "queue" => queue),
+            dropped: counter!("zone_queue_dropped_total", "queue" => queue),
+            dropped_seen: 0,
+        }
     }
 
     /// Sets the depth and brings the drop counter up to a cumulative `dropped_total`.
@@ -202,7 +268,10 @@ impl ZoneMetrics {
             players: gauge!("zone_players"),
             inputs: counter!("zone_inputs_total"),
             speed_capped: counter!("zone_inputs_speed_capped_total"),
-            refusals: InputRefusal::ALL.iter().map(|r| counter!("zone_input_refusals_total", "reason" => r.as_str())).collect(),
+            refusals: InputRefusal::ALL
+                .iter()
+                .map(|r| counter!("zone_input_refusals_total", "reason" => r.as_str()))
+                .collect(),
             refusals_seen: RefusalCounts::default(),
             shards,
             draining: gauge!("zone_draining"),

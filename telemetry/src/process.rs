@@ -14,7 +14,11 @@ pub struct ProcessSample {
 }
 
 pub fn sample() -> ProcessSample {
-    ProcessSample { cpu_seconds: cpu_seconds(), resident_bytes: resident_bytes(), open_fds: open_fds() }
+    ProcessSample {
+        cpu_seconds: cpu_seconds(),
+        resident_bytes: resident_bytes(),
+        open_fds: open_fds(),
+    }
 }
 
 fn cpu_seconds() -> Option<f64> {

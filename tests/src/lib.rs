@@ -114,7 +114,10 @@ pub struct Shuffled(pub std::sync::atomic::AtomicU64);
 
 impl ShardExecutor for Shuffled {
     fn run(&self, _phase: Phase, shards: &mut [Shard], f: &(dyn Fn(&mut Shard) + Sync)) {
-        let mut k = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut k = self
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut order: Vec<usize> = (0..shards.len()).collect();
         for i in (1..order.len()).rev() {
             k = k.rotate_left(17) ^ 0x2545_f491_4f6c_dd1d;

@@ -11,7 +11,13 @@ use zone_tests::{Reversed, Shuffled, busy_zone};
 enum Event {
     Join(u64),
     Leave(u64),
-    Input { player: u64, lead: u64, mx: i32, my: i32, attack: bool },
+    Input {
+        player: u64,
+        lead: u64,
+        mx: i32,
+        my: i32,
+        attack: bool,
+    },
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -37,9 +43,19 @@ fn run(seed: u64, schedule: &[Vec<Event>], exec: &dyn ShardExecutor) -> (Vec<u64
             let _ = match *e {
                 Event::Join(p) => zone.join(p),
                 Event::Leave(p) => zone.leave(p),
-                Event::Input { player, lead, mx, my, attack } => {
-                    zone.submit_input(PlayerInput { player, tick: next + lead, move_x: mx, move_y: my, attack })
-                }
+                Event::Input {
+                    player,
+                    lead,
+                    mx,
+                    my,
+                    attack,
+                } => zone.submit_input(PlayerInput {
+                    player,
+                    tick: next + lead,
+                    move_x: mx,
+                    move_y: my,
+                    attack,
+                }),
             };
         }
         batches.push(zone.step(exec));

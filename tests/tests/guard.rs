@@ -63,7 +63,11 @@ fn sim_source_has_no_clock_randomness_threads_io_or_hash_iteration() {
             }
         }
     }
-    assert!(found.is_empty(), "zone-sim must stay IO-free and deterministic:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "zone-sim must stay IO-free and deterministic:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -86,7 +90,10 @@ fn sim_depends_only_on_allowed_crates() {
         }
         if section == "[dependencies]" && !l.is_empty() && !l.starts_with('#') {
             let name = l.split(['=', '.', ' ']).next().unwrap();
-            assert!(ALLOWED_DEPS.contains(&name), "zone-sim must not depend on `{name}` (allowed: {ALLOWED_DEPS:?})");
+            assert!(
+                ALLOWED_DEPS.contains(&name),
+                "zone-sim must not depend on `{name}` (allowed: {ALLOWED_DEPS:?})"
+            );
         }
     }
 }
@@ -116,7 +123,9 @@ mod schedule {
         let mut world = World::new();
         let mut s = checked_schedule();
         s.add_systems((heal, hurt).in_set(Stage::Simulate));
-        let Err(err) = s.initialize(&mut world) else { panic!("an ambiguous pair must not build") };
+        let Err(err) = s.initialize(&mut world) else {
+            panic!("an ambiguous pair must not build")
+        };
         let text = format!("{err:?}");
         assert!(text.contains("Ambigu"), "{text}");
     }
@@ -143,6 +152,9 @@ mod schedule {
         s.add_systems((|mut l: ResMut<Log>| l.0.push(Stage::Simulate)).in_set(Stage::Simulate));
         s.add_systems((|mut l: ResMut<Log>| l.0.push(Stage::Input)).in_set(Stage::Input));
         s.run(&mut world);
-        assert_eq!(world.resource::<Log>().0, [Stage::Input, Stage::Simulate, Stage::Replicate, Stage::Persist, Stage::Telemetry]);
+        assert_eq!(
+            world.resource::<Log>().0,
+            [Stage::Input, Stage::Simulate, Stage::Replicate, Stage::Persist, Stage::Telemetry]
+        );
     }
 }

@@ -18,7 +18,14 @@ fn write_zone(dir: &Path) -> PathBuf {
 
 fn record(dir: &Path, ticks: u64, hash_interval: u32, threads: usize) -> (PathBuf, RunOutcome) {
     let journal = dir.join(format!("run-{ticks}-{hash_interval}-{threads}.journal"));
-    let cfg = RunConfig { seed: 17, threads, sim_players: 25, journal: Some(journal.clone()), hash_interval, ..RunConfig::headless(ticks) };
+    let cfg = RunConfig {
+        seed: 17,
+        threads,
+        sim_players: 25,
+        journal: Some(journal.clone()),
+        hash_interval,
+        ..RunConfig::headless(ticks)
+    };
     let zone = zone_server::zone_load::load_zone(&write_zone(dir)).unwrap();
     let out = run(&cfg, &zone, Hooks::default(), None).unwrap();
     (journal, out)
@@ -69,11 +76,19 @@ fn a_corrupt_journal_names_the_byte_offset() {
     std::fs::write(&bad, &bytes).unwrap();
     let err = replay(&bad, &Serial, |_| {}).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ReplayError::Journal(zone_persistence::JournalError::Corrupt { offset, .. }) if offset as usize <= at), "{msg}");
+    assert!(
+        matches!(err, ReplayError::Journal(zone_persistence::JournalError::Corrupt { offset, .. }) if offset as usize <= at),
+        "{msg}"
+    );
     assert!(msg.contains("corrupt at byte"), "{msg}");
 
     std::fs::write(&bad, b"this is not a journal").unwrap();
-    assert!(replay(&bad, &Serial, |_| {}).unwrap_err().to_string().contains("not a zone journal"));
+    assert!(
+        replay(&bad, &Serial, |_| {})
+            .unwrap_err()
+            .to_string()
+            .contains("not a zone journal")
+    );
     std::fs::write(&bad, &bytes[..20]).unwrap();
     assert!(replay(&bad, &Serial, |_| {}).unwrap_err().to_string().contains("truncated"));
 }
@@ -86,10 +101,23 @@ fn divergence_names_the_tick_and_shard() {
     let spec = busy_spec();
     let mut zone = zone_sim::Zone::new(spec.clone(), 4).unwrap();
     let path = dir.path().join("div.journal");
-    let header = JournalHeader { seed: 4, hash_interval: 1, zone_digest: spec.digest, zone_name: "busy.toml".into(), zone_toml: BUSY_ZONE.into() };
+    let header = JournalHeader {
+        seed: 4,
+        hash_interval: 1,
+        zone_digest: spec.digest,
+        zone_name: "busy.toml".into(),
+        zone_toml: BUSY_ZONE.into(),
+    };
     let mut w = JournalWriter::create(&path, &header).unwrap();
     for tick in 1..=8 {
-        zone.step_batch(&TickBatch { tick, ..Default::default() }, &Serial).unwrap();
+        zone.step_batch(
+            &TickBatch {
+                tick,
+                ..Default::default()
+            },
+            &Serial,
+        )
+        .unwrap();
         let mut h = zone.hash(&Serial);
         if tick == 6 {
             h.shards[5] ^= 1;

@@ -27,12 +27,22 @@ fn migration_conserves_objects() {
         // Every object sits in the shard that owns its position.
         for (i, shard) in zone.shards_mut().iter_mut().enumerate() {
             for rec in shard.objects() {
-                assert_eq!(spec.shard_of(rec.pos), i, "tick {tick}: object {} at {:?} is in shard {i}", rec.obj.id, rec.pos);
+                assert_eq!(
+                    spec.shard_of(rec.pos),
+                    i,
+                    "tick {tick}: object {} at {:?} is in shard {i}",
+                    rec.obj.id,
+                    rec.pos
+                );
             }
         }
         // NPC ids are conserved once no more players join (players come and go).
-        let npc_ids: BTreeSet<u64> =
-            zone.objects().into_iter().filter(|r| matches!(r.body, Body::Npc(_))).map(|r| r.obj.id).collect();
+        let npc_ids: BTreeSet<u64> = zone
+            .objects()
+            .into_iter()
+            .filter(|r| matches!(r.body, Body::Npc(_)))
+            .map(|r| r.obj.id)
+            .collect();
         let all = zone.objects();
         let unique: BTreeSet<u64> = all.iter().map(|r| r.obj.id).collect();
         assert_eq!(unique.len(), all.len(), "tick {tick}: duplicate ids");
@@ -41,7 +51,10 @@ fn migration_conserves_objects() {
             Some(before) => assert_eq!(before, &npc_ids, "tick {tick}: NPC set changed without deaths"),
         }
     }
-    assert!(migrations > 500, "only {migrations} migrations: the test zone no longer exercises borders");
+    assert!(
+        migrations > 500,
+        "only {migrations} migrations: the test zone no longer exercises borders"
+    );
 }
 
 #[test]

@@ -7,7 +7,14 @@ use zone_server::runner::{Hooks, RunConfig, run};
 
 fn record(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let journal = dir.join("demo.journal");
-    let cfg = RunConfig { seed: 8, threads: 2, sim_players: 10, journal: Some(journal.clone()), hash_interval: 10, ..RunConfig::headless(150) };
+    let cfg = RunConfig {
+        seed: 8,
+        threads: 2,
+        sim_players: 10,
+        journal: Some(journal.clone()),
+        hash_interval: 10,
+        ..RunConfig::headless(150)
+    };
     let zone = zone_server::zone_load::load_zone(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml").as_ref()).unwrap();
     let out = run(&cfg, &zone, Hooks::default(), None).unwrap();
     (journal, out.final_line())
@@ -36,7 +43,10 @@ fn damaged_journals_exit_2_with_the_offset() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt at byte"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_zone-replay")).arg(dir.path().join("missing.journal")).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zone-replay"))
+        .arg(dir.path().join("missing.journal"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -83,5 +93,8 @@ fn snapshot_tool_round_trips_between_stores_and_flags_damage() {
     let out = tool(&["verify", exported.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ok: ") && text.contains("DAMAGED") && text.contains("checksum"), "{text}");
+    assert!(
+        text.contains("ok: ") && text.contains("DAMAGED") && text.contains("checksum"),
+        "{text}"
+    );
 }

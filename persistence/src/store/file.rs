@@ -53,11 +53,19 @@ fn parse_name(name: &str) -> Option<Entry> {
         "diff" => SnapshotKind::Diff,
         _ => return None,
     };
-    Some(Entry { name: name.to_owned(), tick: tick.parse().ok()?, kind })
+    Some(Entry {
+        name: name.to_owned(),
+        tick: tick.parse().ok()?,
+        kind,
+    })
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl FileStore {
@@ -73,7 +81,11 @@ impl FileStore {
                 fs::remove_file(&path).map_err(io_err("remove stale temporary file", &path))?;
             }
         }
-        Ok(FileStore { dir, keep_full: keep_full.max(1), temp_seq: AtomicU64::new(0) })
+        Ok(FileStore {
+            dir,
+            keep_full: keep_full.max(1),
+            temp_seq: AtomicU64::new(0),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -107,11 +119,19 @@ impl FileStore {
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&temp_path);
-            return Err(StoreError::Io { op: "write", path: temp_path, source: e });
+            return Err(StoreError::Io {
+                op: "write",
+                path: temp_path,
+                source: e,
+            });
         }
         if let Err(e) = fs::rename(&temp_path, &final_path) {
             let _ = fs::remove_file(&temp_path);
-            return Err(StoreError::Io { op: "rename", path: final_path, source: e });
+            return Err(StoreError::Io {
+                op: "rename",
+                path: final_path,
+                source: e,
+            });
         }
         sync_dir(dir)?;
         if meta.kind == SnapshotKind::Full {
@@ -124,7 +144,9 @@ impl FileStore {
     fn retain(dir: &Path, keep_full: usize) -> Result<(), StoreError> {
         let entries = Self::entries(dir)?;
         let fulls: Vec<&Entry> = entries.iter().filter(|e| e.kind == SnapshotKind::Full).collect();
-        let Some(cut) = fulls.len().checked_sub(keep_full) else { return Ok(()) };
+        let Some(cut) = fulls.len().checked_sub(keep_full) else {
+            return Ok(());
+        };
         let oldest_kept_tick = fulls.get(cut).map_or(0, |e| e.tick);
         let mut removed = false;
         // File names are unique per (tick, kind), so "older than the oldest kept full" is
@@ -135,7 +157,13 @@ impl FileStore {
                 match fs::remove_file(&path) {
                     Ok(()) => removed = true,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(StoreError::Io { op: "remove old snapshot", path, source: err }),
+                    Err(err) => {
+                        return Err(StoreError::Io {
+                            op: "remove old snapshot",
+                            path,
+                            source: err,
+                        });
+                    }
                 }
             }
         }
@@ -153,15 +181,27 @@ impl FileStore {
             let len = match File::open(&path) {
                 Ok(f) => {
                     let len = f.metadata().map_err(io_err("stat", &path))?.len();
-                    f.take(HEADER_BYTES as u64).read_to_end(&mut header).map_err(io_err("read", &path))?;
+                    f.take(HEADER_BYTES as u64)
+                        .read_to_end(&mut header)
+                        .map_err(io_err("read", &path))?;
                     len
                 }
                 // Deleted by retention between the directory read and now.
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(StoreError::Io { op: "open", path, source: err }),
+                Err(err) => {
+                    return Err(StoreError::Io {
+                        op: "open",
+                        path,
+                        source: err,
+                    });
+                }
             };
             if let Ok(meta) = decode_meta(&header) {
-                out.push(StoredSnapshot { key: e.name, meta, bytes_len: len });
+                out.push(StoredSnapshot {
+                    key: e.name,
+                    meta,
+                    bytes_len: len,
+                });
             }
         }
         Ok(out)
@@ -169,12 +209,18 @@ impl FileStore {
 
     fn read(dir: &Path, name: &str) -> Result<Vec<u8>, StoreError> {
         if parse_name(name).is_none() {
-            return Err(StoreError::NotFound { store: STORE, key: name.to_owned() });
+            return Err(StoreError::NotFound {
+                store: STORE,
+                key: name.to_owned(),
+            });
         }
         let path = dir.join(name);
         fs::read(&path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
-                StoreError::NotFound { store: STORE, key: name.to_owned() }
+                StoreError::NotFound {
+                    store: STORE,
+                    key: name.to_owned(),
+                }
             } else {
                 StoreError::Io { op: "read", path, source }
             }
@@ -183,7 +229,9 @@ impl FileStore {
 
     fn latest_chain_blocking(dir: &Path) -> Result<Option<Chain>, StoreError> {
         let entries = Self::entries(dir)?;
-        let Some(full) = entries.iter().rev().find(|e| e.kind == SnapshotKind::Full) else { return Ok(None) };
+        let Some(full) = entries.iter().rev().find(|e| e.kind == SnapshotKind::Full) else {
+            return Ok(None);
+        };
         let full_bytes = Self::read(dir, &full.name)?;
         let mut diffs = Vec::new();
         for e in entries.iter().filter(|e| e.kind == SnapshotKind::Diff && e.tick > full.tick) {
@@ -203,7 +251,12 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Runs blocking file IO on the runtime's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Task { store: STORE, reason: e.to_string() }))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Task {
+            store: STORE,
+            reason: e.to_string(),
+        })
+    })
 }
 
 impl SnapshotStore for FileStore {
@@ -215,7 +268,11 @@ impl SnapshotStore for FileStore {
         Box::pin(async move {
             check_meta(STORE, meta, bytes)?;
             let (dir, keep_full, meta, bytes) = (self.dir.clone(), self.keep_full, *meta, bytes.to_vec());
-            let temp = format!("{TEMP_PREFIX}{}-{}", std::process::id(), self.temp_seq.fetch_add(1, Ordering::Relaxed));
+            let temp = format!(
+                "{TEMP_PREFIX}{}-{}",
+                std::process::id(),
+                self.temp_seq.fetch_add(1, Ordering::Relaxed)
+            );
             blocking(move || Self::put_blocking(&dir, keep_full, &temp, meta, &bytes)).await
         })
     }
@@ -246,9 +303,22 @@ mod tests {
         let b = file_name(10, SnapshotKind::Diff);
         assert_eq!(a, "snap-00000000000000000009-full.zsnap");
         assert!(a < b);
-        assert_eq!(parse_name(&b), Some(Entry { name: b.clone(), tick: 10, kind: SnapshotKind::Diff }));
+        assert_eq!(
+            parse_name(&b),
+            Some(Entry {
+                name: b.clone(),
+                tick: 10,
+                kind: SnapshotKind::Diff
+            })
+        );
         assert_eq!(parse_name(&file_name(u64::MAX, SnapshotKind::Full)).map(|e| e.tick), Some(u64::MAX));
-        for bad in ["snap-1-full.zsnap", "../snap-00000000000000000009-full.zsnap", "snap-0000000000000000000x-full.zsnap", "snap-00000000000000000009-half.zsnap", "x"] {
+        for bad in [
+            "snap-1-full.zsnap",
+            "../snap-00000000000000000009-full.zsnap",
+            "snap-0000000000000000000x-full.zsnap",
+            "snap-00000000000000000009-half.zsnap",
+            "x",
+        ] {
             assert_eq!(parse_name(bad), None, "{bad}");
         }
         assert_eq!(parse_name("snap-99999999999999999999-full.zsnap"), None, "over u64::MAX");

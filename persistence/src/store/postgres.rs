@@ -63,7 +63,11 @@ pub struct PostgresStore {
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("zone_id", &self.zone_id).field("keep_full", &self.keep_full).field("op_timeout", &self.op_timeout).finish()
+        f.debug_struct("PostgresStore")
+            .field("zone_id", &self.zone_id)
+            .field("keep_full", &self.keep_full)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
     }
 }
 
@@ -78,7 +82,11 @@ fn pg_err(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError 
 }
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { store: STORE, field, value })
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange {
+        store: STORE,
+        field,
+        value,
+    })
 }
 
 impl PostgresStore {
@@ -88,14 +96,23 @@ impl PostgresStore {
     pub async fn connect(url: &str, zone_id: &str, keep_full: usize, op_timeout: Duration) -> Result<PostgresStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(pg_err("parse url"))?;
         config.connect_timeout(op_timeout);
-        let (mut client, connection) = bounded(STORE, "connect", op_timeout, async { config.connect(NoTls).await.map_err(pg_err("connect")) }).await?;
+        let (mut client, connection) = bounded(STORE, "connect", op_timeout, async {
+            config.connect(NoTls).await.map_err(pg_err("connect"))
+        })
+        .await?;
         let connection = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres snapshot store connection ended");
             }
         });
         bounded(STORE, "migrate", op_timeout, migrate(&mut client)).await?;
-        Ok(PostgresStore { client, connection, zone_id: zone_id.to_owned(), keep_full: i64::try_from(keep_full.max(1)).unwrap_or(i64::MAX), op_timeout })
+        Ok(PostgresStore {
+            client,
+            connection,
+            zone_id: zone_id.to_owned(),
+            keep_full: i64::try_from(keep_full.max(1)).unwrap_or(i64::MAX),
+            op_timeout,
+        })
     }
 
     pub fn zone_id(&self) -> &str {
@@ -111,7 +128,10 @@ impl PostgresStore {
         let zones: Vec<&str> = events.iter().map(|e| e.zone_id.as_str()).collect();
         let ticks = events.iter().map(|e| to_i64("tick", e.tick)).collect::<Result<Vec<_>, _>>()?;
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let players = events.iter().map(|e| e.player_id.map(|p| to_i64("player_id", p)).transpose()).collect::<Result<Vec<_>, _>>()?;
+        let players = events
+            .iter()
+            .map(|e| e.player_id.map(|p| to_i64("player_id", p)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         let details: Vec<String> = events.iter().map(|e| e.detail.to_string()).collect();
         bounded(STORE, "insert events", self.op_timeout, async {
             self.client
@@ -130,7 +150,11 @@ impl PostgresStore {
     /// The number of events stored for this zone (for tests and operators).
     pub async fn count_events(&self) -> Result<u64, StoreError> {
         bounded(STORE, "count events", self.op_timeout, async {
-            let row = self.client.query_one("SELECT count(*) FROM game_events WHERE zone_id = $1", &[&self.zone_id]).await.map_err(pg_err("count events"))?;
+            let row = self
+                .client
+                .query_one("SELECT count(*) FROM game_events WHERE zone_id = $1", &[&self.zone_id])
+                .await
+                .map_err(pg_err("count events"))?;
             Ok(row.get::<_, i64>(0).max(0) as u64)
         })
         .await
@@ -139,8 +163,14 @@ impl PostgresStore {
     /// Deletes this zone's snapshots and events.
     pub async fn delete_zone(&self) -> Result<(), StoreError> {
         bounded(STORE, "delete zone", self.op_timeout, async {
-            self.client.execute("DELETE FROM zone_snapshots WHERE zone_id = $1", &[&self.zone_id]).await.map_err(pg_err("delete zone"))?;
-            self.client.execute("DELETE FROM game_events WHERE zone_id = $1", &[&self.zone_id]).await.map_err(pg_err("delete zone"))?;
+            self.client
+                .execute("DELETE FROM zone_snapshots WHERE zone_id = $1", &[&self.zone_id])
+                .await
+                .map_err(pg_err("delete zone"))?;
+            self.client
+                .execute("DELETE FROM game_events WHERE zone_id = $1", &[&self.zone_id])
+                .await
+                .map_err(pg_err("delete zone"))?;
             Ok(())
         })
         .await
@@ -150,16 +180,27 @@ impl PostgresStore {
 /// Applies the migrations not yet recorded, in one transaction under an advisory lock.
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(pg_err("migrate"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await.map_err(pg_err("migrate: lock"))?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS zone_schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
-        .map_err(pg_err("migrate: create migrations table"))?;
-    let applied: Vec<i32> =
-        tx.query("SELECT version FROM zone_schema_migrations", &[]).await.map_err(pg_err("migrate: read versions"))?.iter().map(|r| r.get(0)).collect();
+        .map_err(pg_err("migrate: lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS zone_schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(pg_err("migrate: create migrations table"))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM zone_schema_migrations", &[])
+        .await
+        .map_err(pg_err("migrate: read versions"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     for (version, sql) in MIGRATIONS {
         if !applied.contains(version) {
             tx.batch_execute(sql).await.map_err(pg_err("migrate: apply"))?;
-            tx.execute("INSERT INTO zone_schema_migrations (version) VALUES ($1)", &[version]).await.map_err(pg_err("migrate: record version"))?;
+            tx.execute("INSERT INTO zone_schema_migrations (version) VALUES ($1)", &[version])
+                .await
+                .map_err(pg_err("migrate: record version"))?;
         }
     }
     tx.commit().await.map_err(pg_err("migrate: commit"))
@@ -220,7 +261,11 @@ impl SnapshotStore for PostgresStore {
                 .iter()
                 .filter_map(|r| {
                     let meta = decode_meta(r.get::<_, &[u8]>(1)).ok()?;
-                    Some(StoredSnapshot { key: r.get::<_, i64>(0).to_string(), meta, bytes_len: r.get::<_, i32>(2).max(0) as u64 })
+                    Some(StoredSnapshot {
+                        key: r.get::<_, i64>(0).to_string(),
+                        meta,
+                        bytes_len: r.get::<_, i32>(2).max(0) as u64,
+                    })
                 })
                 .collect())
         }))
@@ -228,10 +273,19 @@ impl SnapshotStore for PostgresStore {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
-            let not_found = || StoreError::NotFound { store: STORE, key: key.to_owned() };
+            let not_found = || StoreError::NotFound {
+                store: STORE,
+                key: key.to_owned(),
+            };
             let id: i64 = key.parse().map_err(|_| not_found())?;
             let row = bounded(STORE, "get", self.op_timeout, async {
-                self.client.query_opt("SELECT data FROM zone_snapshots WHERE zone_id = $1 AND id = $2", &[&self.zone_id, &id]).await.map_err(pg_err("get"))
+                self.client
+                    .query_opt(
+                        "SELECT data FROM zone_snapshots WHERE zone_id = $1 AND id = $2",
+                        &[&self.zone_id, &id],
+                    )
+                    .await
+                    .map_err(pg_err("get"))
             })
             .await?;
             row.map(|r| r.get::<_, Vec<u8>>(0)).ok_or_else(not_found)
@@ -260,7 +314,10 @@ impl SnapshotStore for PostgresStore {
                 )
                 .await
                 .map_err(pg_err("latest chain"))?;
-            Ok(Some(Chain { full: full.get(1), diffs: diffs.iter().map(|r| r.get(0)).collect() }))
+            Ok(Some(Chain {
+                full: full.get(1),
+                diffs: diffs.iter().map(|r| r.get(0)).collect(),
+            }))
         }))
     }
 }

@@ -37,7 +37,11 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("zone_id", &self.zone_id).field("ttl", &self.ttl).field("op_timeout", &self.op_timeout).finish()
+        f.debug_struct("RedisStore")
+            .field("zone_id", &self.zone_id)
+            .field("ttl", &self.ttl)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
     }
 }
 
@@ -57,7 +61,9 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(op_timeout);
         let conn = bounded(STORE, "connect", op_timeout, async {
-            ConnectionManager::new_with_config(client, config).await.map_err(redis_err("connect"))
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(redis_err("connect"))
         })
         .await?;
         Ok(RedisStore {
@@ -82,7 +88,12 @@ impl RedisStore {
     pub async fn delete_zone(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         bounded(STORE, "delete zone", self.op_timeout, async {
-            redis::cmd("DEL").arg(&self.full_key).arg(&self.diffs_key).exec_async(&mut conn).await.map_err(redis_err("delete zone"))
+            redis::cmd("DEL")
+                .arg(&self.full_key)
+                .arg(&self.diffs_key)
+                .exec_async(&mut conn)
+                .await
+                .map_err(redis_err("delete zone"))
         })
         .await
     }
@@ -137,7 +148,10 @@ impl SnapshotStore for RedisStore {
                     pipe.cmd("PEXPIRE").arg(&self.full_key).arg(ttl_ms).ignore();
                 }
             }
-            bounded(STORE, "put", self.op_timeout, async { pipe.exec_async(&mut conn).await.map_err(redis_err("put")) }).await
+            bounded(STORE, "put", self.op_timeout, async {
+                pipe.exec_async(&mut conn).await.map_err(redis_err("put"))
+            })
+            .await
         })
     }
 
@@ -149,11 +163,19 @@ impl SnapshotStore for RedisStore {
                 .enumerate()
                 .filter_map(|(i, d)| {
                     let meta = decode_meta(d).ok()?;
-                    Some(StoredSnapshot { key: format!("{DIFF_KEY_PREFIX}{i}"), meta, bytes_len: d.len() as u64 })
+                    Some(StoredSnapshot {
+                        key: format!("{DIFF_KEY_PREFIX}{i}"),
+                        meta,
+                        bytes_len: d.len() as u64,
+                    })
                 })
                 .collect();
             if let Ok(meta) = decode_meta(&full_header) {
-                out.push(StoredSnapshot { key: FULL_KEY.to_owned(), meta, bytes_len: full_len });
+                out.push(StoredSnapshot {
+                    key: FULL_KEY.to_owned(),
+                    meta,
+                    bytes_len: full_len,
+                });
             }
             // Newest first; a full sorts after the diffs of the same tick, as it is older.
             out.sort_by_key(|s| std::cmp::Reverse((s.meta.tick, s.meta.kind == SnapshotKind::Diff)));
@@ -163,20 +185,28 @@ impl SnapshotStore for RedisStore {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
-            let not_found = || StoreError::NotFound { store: STORE, key: key.to_owned() };
+            let not_found = || StoreError::NotFound {
+                store: STORE,
+                key: key.to_owned(),
+            };
             let cmd = if key == FULL_KEY {
                 let mut c = redis::cmd("GET");
                 c.arg(&self.full_key);
                 c
             } else {
-                let index: i64 = key.strip_prefix(DIFF_KEY_PREFIX).and_then(|i| i.parse().ok()).ok_or_else(not_found)?;
+                let index: i64 = key
+                    .strip_prefix(DIFF_KEY_PREFIX)
+                    .and_then(|i| i.parse().ok())
+                    .ok_or_else(not_found)?;
                 let mut c = redis::cmd("LINDEX");
                 c.arg(&self.diffs_key).arg(index);
                 c
             };
             let mut conn = self.conn.clone();
-            let got: Option<Vec<u8>> =
-                bounded(STORE, "get", self.op_timeout, async { cmd.query_async(&mut conn).await.map_err(redis_err("get")) }).await?;
+            let got: Option<Vec<u8>> = bounded(STORE, "get", self.op_timeout, async {
+                cmd.query_async(&mut conn).await.map_err(redis_err("get"))
+            })
+            .await?;
             got.ok_or_else(not_found)
         })
     }
@@ -193,7 +223,10 @@ impl SnapshotStore for RedisStore {
                 (Ok(m), Some(t)) => m.tick > t,
                 _ => true,
             });
-            Ok(Some(Chain { full, diffs: diffs.collect() }))
+            Ok(Some(Chain {
+                full,
+                diffs: diffs.collect(),
+            }))
         })
     }
 }

@@ -28,7 +28,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     // The shard count is not known before the journal is read; timing slots are not needed here.
     let exec = match PoolExecutor::new(threads, 0) {
         Ok(e) => e,
@@ -55,8 +58,14 @@ fn main() -> ExitCode {
                     out.hashes_checked,
                     out.wall.as_secs_f64(),
                     out.ticks_per_s(),
-                    if out.clean_end { "" } else { "; no end record (the recording did not shut down cleanly)" },
-                    out.torn_tail_at.map(|o| format!("; torn last record at byte {o} ignored")).unwrap_or_default(),
+                    if out.clean_end {
+                        ""
+                    } else {
+                        "; no end record (the recording did not shut down cleanly)"
+                    },
+                    out.torn_tail_at
+                        .map(|o| format!("; torn last record at byte {o} ignored"))
+                        .unwrap_or_default(),
                 );
             }
             println!("{}", out.final_line());

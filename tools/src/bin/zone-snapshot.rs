@@ -101,9 +101,12 @@ fn main() -> ExitCode {
 }
 
 async fn open(store: &str, instance: Option<&str>, timeout: Duration) -> anyhow::Result<Box<dyn SnapshotStore>> {
-    let need = || instance.context("--instance is required for Redis and PostgreSQL stores (the server's --instance, by default its zone id)");
+    let need =
+        || instance.context("--instance is required for Redis and PostgreSQL stores (the server's --instance, by default its zone id)");
     if store.starts_with("redis://") || store.starts_with("rediss://") {
-        Ok(Box::new(RedisStore::connect(store, need()?, Duration::from_secs(7 * 24 * 3600), timeout).await?))
+        Ok(Box::new(
+            RedisStore::connect(store, need()?, Duration::from_secs(7 * 24 * 3600), timeout).await?,
+        ))
     } else if store.starts_with("postgres://") || store.starts_with("postgresql://") {
         Ok(Box::new(PostgresStore::connect(store, need()?, usize::MAX, timeout).await?))
     } else {
@@ -122,7 +125,14 @@ fn verify_bytes(name: &str, bytes: &[u8]) -> anyhow::Result<zone_persistence::sn
 fn describe(name: &str, s: &zone_persistence::snapshot::Snapshot, bytes: usize) {
     let m = &s.meta;
     let digest: String = m.zone_digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    say!("{name}: {} snapshot, format {}, tick {}, base tick {}, seed {}, zone digest {digest}…, {bytes} bytes", m.kind.as_str(), m.format_version, m.tick, m.base_tick, m.seed);
+    say!(
+        "{name}: {} snapshot, format {}, tick {}, base tick {}, seed {}, zone digest {digest}…, {bytes} bytes",
+        m.kind.as_str(),
+        m.format_version,
+        m.tick,
+        m.base_tick,
+        m.seed
+    );
     match &s.body {
         SnapshotBody::Full(state) => {
             say!("  {} objects in {} shards", state.object_count(), state.shards.len());
@@ -132,13 +142,24 @@ fn describe(name: &str, s: &zone_persistence::snapshot::Snapshot, bytes: usize) 
                     *kinds.entry(o.obj.kind).or_insert(0u64) += 1;
                 }
                 let k: Vec<String> = kinds.iter().map(|(k, n)| format!("kind{k}={n}")).collect();
-                say!("  shard {:>2}: {:>6} objects ({}), {} pending respawns, {} mail", sh.index, sh.objects.len(), k.join(" "), sh.spawners.iter().map(|p| p.due.len()).sum::<usize>(), sh.mail.len());
+                say!(
+                    "  shard {:>2}: {:>6} objects ({}), {} pending respawns, {} mail",
+                    sh.index,
+                    sh.objects.len(),
+                    k.join(" "),
+                    sh.spawners.iter().map(|p| p.due.len()).sum::<usize>(),
+                    sh.mail.len()
+                );
             }
         }
         SnapshotBody::Diff(d) => {
             let up: usize = d.shards.iter().map(|s| s.upserted.len()).sum();
             let rm: usize = d.shards.iter().map(|s| s.removed.len()).sum();
-            say!("  diff from tick {} to {}: {up} objects created or changed, {rm} removed", d.base_tick, d.tick);
+            say!(
+                "  diff from tick {} to {}: {up} objects created or changed, {rm} removed",
+                d.base_tick,
+                d.tick
+            );
         }
     }
 }
@@ -154,7 +175,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             say!("{:<48} {:>5} {:>10} {:>10} {:>10}", "key", "kind", "tick", "base", "bytes");
             for e in list {
-                say!("{:<48} {:>5} {:>10} {:>10} {:>10}", e.key, e.meta.kind.as_str(), e.meta.tick, e.meta.base_tick, e.bytes_len);
+                say!(
+                    "{:<48} {:>5} {:>10} {:>10} {:>10}",
+                    e.key,
+                    e.meta.kind.as_str(),
+                    e.meta.tick,
+                    e.meta.base_tick,
+                    e.bytes_len
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -168,7 +196,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut bad = 0;
             for f in &files {
                 let name = f.display().to_string();
-                match std::fs::read(f).map_err(anyhow::Error::from).and_then(|b| verify_bytes(&name, &b).map(|s| (s, b.len()))) {
+                match std::fs::read(f)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| verify_bytes(&name, &b).map(|s| (s, b.len())))
+                {
                     Ok((s, n)) => say!("ok: {name}: {} snapshot at tick {}, {n} bytes", s.meta.kind.as_str(), s.meta.tick),
                     Err(e) => {
                         bad += 1;
@@ -182,7 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = open(&store, instance.as_deref(), timeout).await?;
             let bytes = if key == "latest" {
                 let list = s.list().await?;
-                let newest = list.iter().find(|e| e.meta.kind == SnapshotKind::Full).context("the store holds no full snapshot")?;
+                let newest = list
+                    .iter()
+                    .find(|e| e.meta.kind == SnapshotKind::Full)
+                    .context("the store holds no full snapshot")?;
                 s.get(&newest.key).await?
             } else {
                 s.get(&key).await?
@@ -191,7 +225,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tmp = out.with_extension("tmp");
             std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, &out)?;
-            say!("exported {} snapshot at tick {} ({} bytes) to {}", snap.meta.kind.as_str(), snap.meta.tick, bytes.len(), out.display());
+            say!(
+                "exported {} snapshot at tick {} ({} bytes) to {}",
+                snap.meta.kind.as_str(),
+                snap.meta.tick,
+                bytes.len(),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { file, store, instance } => {
@@ -200,7 +240,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let meta = decode_meta(&bytes)?;
             let s = open(&store, instance.as_deref(), timeout).await?;
             s.put(&meta, &bytes).await?;
-            say!("imported {} snapshot at tick {} into {} ({})", meta.kind.as_str(), meta.tick, s.name(), zone_server::config::mask_url_passwords(&store));
+            say!(
+                "imported {} snapshot at tick {} into {} ({})",
+                meta.kind.as_str(),
+                meta.tick,
+                s.name(),
+                zone_server::config::mask_url_passwords(&store)
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
