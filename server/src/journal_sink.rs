@@ -30,7 +30,6 @@ pub struct SinkCounters {
     /// Records written.
     pub records: AtomicU64,
     pub dropped: AtomicU64,
-    pub bytes: AtomicU64,
     pub failed: AtomicBool,
 }
 
@@ -77,7 +76,6 @@ impl JournalSink {
                         }
                         if last_flush.elapsed() >= FLUSH_INTERVAL {
                             writer.flush()?;
-                            c.bytes.store(writer.bytes(), Ordering::Relaxed);
                             last_flush = Instant::now();
                         }
                         // To the disk too, now and then: a power cut then loses at most this much.
@@ -87,7 +85,6 @@ impl JournalSink {
                         }
                     }
                     writer.sync()?;
-                    c.bytes.store(writer.bytes(), Ordering::Relaxed);
                     Ok(())
                 })();
                 if let Err(e) = &result {

@@ -123,34 +123,15 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             }
         }
     };
-    if restored.is_none() && cfg.persistence_on() {
-        // A fresh timeline: an earlier run's file snapshots would crowd out this run's under the
-        // keep-newest-N rule, and belong to another journal. Keep them, out of the way.
-        let snaps = cfg.data_dir.join("snapshots");
-        if snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            let aside = cfg.data_dir.join(format!(
-                "snapshots.{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            ));
-            std::fs::rename(&snaps, &aside).with_context(|| format!("cannot move the old snapshots {} aside", snaps.display()))?;
-            tracing::warn!(old = %aside.display(), "starting fresh: the previous run's file snapshots were moved aside (use --restore auto to continue that run)");
-        }
-    }
     if restored.is_none() {
-        if let Some(j) = &journal {
-            if j.exists() && cfg.journal.is_none() {
-                // The default journal of an earlier run would be overwritten: keep it.
-                let aside = j.with_extension(format!(
-                    "zjnl.{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                std::fs::rename(j, &aside).with_context(|| format!("cannot move the old journal {} aside", j.display()))?;
-                tracing::warn!(old = %aside.display(), "starting fresh: the previous journal was moved aside (use --restore auto to continue it)");
-            }
+        // A fresh timeline: an earlier run's files belong to another journal (and its snapshots
+        // would crowd out this run's under the keep-newest-N rule). Keep them, out of the way.
+        let snaps = cfg.data_dir.join("snapshots");
+        if cfg.persistence_on() && snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            move_aside(&snaps, "the previous run's file snapshots")?;
+        }
+        if let Some(j) = journal.as_deref().filter(|j| j.exists() && cfg.journal.is_none()) {
+            move_aside(j, "the previous journal")?;
         }
     }
 
@@ -181,4 +162,16 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
     }
     println!("{}", outcome.final_line());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Renames `path` to `path.<unix seconds>` so a fresh run does not overwrite or mix with it.
+fn move_aside(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".{secs}"));
+    std::fs::rename(path, &aside).with_context(|| format!("cannot move {what} ({}) aside", path.display()))?;
+    tracing::warn!(old = %std::path::Path::new(&aside).display(), "starting fresh: {what} moved aside (use --restore auto to continue that run)");
+    Ok(())
 }

@@ -33,10 +33,6 @@ impl FixedStep {
         }
     }
 
-    pub fn dt(&self) -> Duration {
-        self.dt
-    }
-
     /// Adds `elapsed` wall time and says how many ticks are due.
     pub fn advance(&mut self, elapsed: Duration) -> Plan {
         self.acc += elapsed;

@@ -70,9 +70,8 @@ enum Job {
 
 #[derive(Debug, Default)]
 pub struct PersistCounters {
+    /// Snapshots the tick thread skipped because the worker was busy (shown in `/status`).
     pub snapshots_skipped: AtomicU64,
-    pub event_batches_dropped: AtomicU64,
-    pub snapshots_written: AtomicU64,
     /// What `/status` shows under `snapshot`.
     pub status: std::sync::Mutex<SnapshotStatus>,
 }
@@ -89,6 +88,7 @@ pub struct SnapshotStatus {
     pub breakers: std::collections::BTreeMap<&'static str, &'static str>,
     pub events_queued: usize,
     pub events_dropped: u64,
+    pub snapshots_skipped: u64,
 }
 
 /// The tick thread's handle on the worker.
@@ -148,7 +148,6 @@ impl Persister {
         }
         let n = events.len() as u64;
         if self.event_tx.as_ref().is_none_or(|tx| tx.try_send(Job::Events(events)).is_err()) {
-            self.counters.event_batches_dropped.fetch_add(1, Ordering::Relaxed);
             counter!("zone_queue_dropped_total", "queue" => "events").increment(n);
         }
     }
@@ -188,6 +187,17 @@ impl Persister {
             let _ = t.join();
         }
     }
+}
+
+/// How much [`Worker::flush_events`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flush {
+    /// One batch, if the breaker allows (the regular once-a-second flush).
+    Due,
+    /// Batches until the queue is empty, a write fails or the breaker refuses.
+    All,
+    /// Like `All`, but past an open breaker: the process is exiting and this is the last chance.
+    Final,
 }
 
 /// One remote backend: its store (connected lazily), its breaker.
@@ -349,7 +359,7 @@ impl Worker {
                 Ok(Job::Snapshot { state, full, cold }) => self.snapshot(state, full, cold).await,
                 Ok(Job::Final { state, done }) => {
                     self.snapshot(state, true, self.cfg.postgres.is_some()).await;
-                    self.flush_events(true).await;
+                    self.flush_events(Flush::All).await;
                     let _ = done.send(());
                 }
                 Ok(Job::Events(_)) => {}
@@ -360,12 +370,8 @@ impl Worker {
                             self.events.push(e);
                         }
                     }
-                    self.flush_events(true).await;
-                    if !self.events.is_empty() && self.cfg.postgres.is_some() {
-                        // One last try past an open breaker: the process is about to go.
-                        self.pg_events.breaker = Breaker::new(self.cfg.breaker);
-                        self.flush_events(true).await;
-                    }
+                    // The process is about to go: one last try, past an open breaker.
+                    self.flush_events(Flush::Final).await;
                     let left = self.events.len();
                     if left > 0 && self.cfg.postgres.is_some() {
                         counter!("zone_events_dropped_total").absolute(self.events.dropped_total() + left as u64);
@@ -375,7 +381,7 @@ impl Worker {
                 }
             }
             if last_flush.elapsed() >= Duration::from_secs(1) {
-                self.flush_events(false).await;
+                self.flush_events(Flush::Due).await;
                 self.publish_status(None);
                 last_flush = Instant::now();
             }
@@ -513,7 +519,6 @@ impl Worker {
         if full || std::mem::take(&mut self.upgraded_to_full) {
             self.last_full = Some(state);
         }
-        self.counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
         self.publish_status(Some(tick));
     }
 
@@ -539,6 +544,7 @@ impl Worker {
             }
             st.events_queued = self.events.len();
             st.events_dropped = self.events.dropped_total();
+            st.snapshots_skipped = self.counters.snapshots_skipped.load(Ordering::Relaxed);
         }
     }
 
@@ -570,9 +576,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes queued events to PostgreSQL, in order, while the breaker allows. `all` keeps going
-    /// until the queue is empty or a write fails.
-    async fn flush_events(&mut self, all: bool) {
+    /// Writes queued events to PostgreSQL, in order (see [`Flush`]).
+    async fn flush_events(&mut self, mode: Flush) {
         let Some(url) = self.cfg.postgres.clone() else {
             // Without PostgreSQL there is nowhere to keep events: they are only counted.
             let n = self.events.len();
@@ -582,7 +587,7 @@ impl Worker {
             return;
         };
         while !self.events.is_empty() {
-            if !self.pg_events.admit() {
+            if mode != Flush::Final && !self.pg_events.admit() {
                 return;
             }
             if let Err(e) = connect_pg(&mut self.pg_events, &url, &self.cfg).await {
@@ -603,7 +608,7 @@ impl Worker {
                     return;
                 }
             }
-            if !all {
+            if mode == Flush::Due {
                 return;
             }
         }

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use zone_persistence::snapshot::{SnapshotKind, decode_meta, recover};
 use zone_persistence::store::{Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError};
 use zone_persistence::{JournalReader, Record};
-use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneState};
+use zone_sim::{ShardExecutor, Zone, ZoneState};
 
 use crate::persist::PersistConfig;
 use crate::zone_load::LoadedZone;
@@ -244,47 +244,16 @@ pub fn restore(
         }
         None => return Ok(None),
     };
-    let mut replayed = 0;
+    let from = zone.tick();
     if let Some(path) = journal {
-        let from = zone.tick();
         let mut r = JournalReader::open(path)?;
-        let advance_to = |zone: &mut Zone, tick: u64, n: &mut u64| {
-            while zone.tick() < tick {
-                let next = zone.tick() + 1;
-                zone.step_batch(
-                    &TickBatch {
-                        tick: next,
-                        ..Default::default()
-                    },
-                    exec,
-                )
-                .expect("next tick");
-                *n += 1;
-            }
-        };
-        while let Some(rec) = r.next_record()? {
-            match rec {
-                Record::Tick(b) if b.tick > from => {
-                    advance_to(&mut zone, b.tick - 1, &mut replayed);
-                    zone.step_batch(&b, exec)?;
-                    replayed += 1;
-                }
-                Record::Hash(h) | Record::End(h) if h.tick > from || (h.tick == from && snapshot_tick.is_some()) => {
-                    advance_to(&mut zone, h.tick, &mut replayed);
-                    let got = zone.hash(exec);
-                    if got != h {
-                        bail!(
-                            "recovery: the journal's hash at tick {} does not match the restored zone (shard {:?} differs); the snapshot and the journal disagree. Move the snapshots or the journal away to start from the other",
-                            h.tick,
-                            got.first_difference(&h)
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-        tracing::info!(journal = %path.display(), from_tick = from, to_tick = zone.tick(), replayed_ticks = replayed, "recovery: journal replayed");
+        // A mismatch here means the snapshot and the journal disagree: moving one of them away
+        // lets the server start from the other.
+        crate::replay::continue_from_journal(&mut zone, &mut r, exec, &mut |_| {})
+            .with_context(|| format!("recovery: the journal {} does not continue the restored zone", path.display()))?;
+        tracing::info!(journal = %path.display(), from_tick = from, to_tick = zone.tick(), "recovery: journal replayed");
     }
+    let replayed = zone.tick() - from;
     Ok(Some(Restored {
         zone,
         source,

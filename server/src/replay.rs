@@ -78,9 +78,42 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
     }
     let started = Instant::now();
     let mut zone = Zone::new(Arc::new(spec), header.seed)?;
-    let mut hashes_checked = 0;
-    let mut batches = 0;
-    let mut clean_end = false;
+    let done = continue_from_journal(&mut zone, &mut reader, exec, &mut progress)?;
+    let final_hash = zone.hash(exec);
+    Ok(ReplayOutcome {
+        final_hash,
+        hashes_checked: done.hashes_checked,
+        batches: done.batches,
+        wall: started.elapsed(),
+        clean_end: done.clean_end,
+        torn_tail_at: reader.torn_tail_at(),
+        zone_name: header.zone_name,
+        seed: header.seed,
+    })
+}
+
+/// What [`continue_from_journal`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Continued {
+    pub batches: u64,
+    pub hashes_checked: u64,
+    /// The last record read was an End record (the recording shut down cleanly).
+    pub clean_end: bool,
+}
+
+/// Brings `zone` up to the end of the journal: records for ticks the zone has already run are
+/// skipped (a hash at the zone's own tick is still checked), ticks without a record run empty,
+/// every batch is applied and every recorded hash is checked. Used by replay (from tick 0) and by
+/// recovery (from a restored snapshot). `progress(tick)` is called every 1,000 ticks.
+pub fn continue_from_journal<R: std::io::Read>(
+    zone: &mut Zone,
+    reader: &mut JournalReader<R>,
+    exec: &dyn ShardExecutor,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Continued, ReplayError> {
+    let from = zone.tick();
+    let interval = reader.header().hash_interval.max(1);
+    let mut done = Continued::default();
     let mut advance_to = |zone: &mut Zone, tick: u64| {
         while zone.tick() < tick {
             let next = zone.tick() + 1;
@@ -100,9 +133,12 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
     loop {
         let offset = reader.offset();
         let Some(rec) = reader.next_record()? else { break };
-        clean_end = matches!(rec, Record::End(_));
+        done.clean_end = matches!(rec, Record::End(_));
         match rec {
             Record::Tick(batch) => {
+                if batch.tick <= from {
+                    continue;
+                }
                 if batch.tick <= zone.tick() {
                     return Err(ReplayError::OutOfOrder {
                         offset,
@@ -110,11 +146,14 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
                         after: zone.tick(),
                     });
                 }
-                advance_to(&mut zone, batch.tick - 1);
+                advance_to(zone, batch.tick - 1);
                 zone.step_batch(&batch, exec)?;
-                batches += 1;
+                done.batches += 1;
             }
             Record::Hash(expected) | Record::End(expected) => {
+                if expected.tick < from {
+                    continue;
+                }
                 if expected.tick < zone.tick() {
                     return Err(ReplayError::OutOfOrder {
                         offset,
@@ -122,7 +161,7 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
                         after: zone.tick(),
                     });
                 }
-                advance_to(&mut zone, expected.tick);
+                advance_to(zone, expected.tick);
                 let got = zone.hash(exec);
                 if got != expected {
                     let shard = got.first_difference(&expected).unwrap_or(0);
@@ -133,23 +172,13 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
                         got: got.shards.get(shard).copied().unwrap_or(0),
                         expected_zone: expected.zone,
                         got_zone: got.zone,
-                        interval: header.hash_interval,
-                        first: expected.tick.saturating_sub(u64::from(header.hash_interval) - 1).max(1),
+                        interval,
+                        first: expected.tick.saturating_sub(u64::from(interval) - 1).max(1),
                     });
                 }
-                hashes_checked += 1;
+                done.hashes_checked += 1;
             }
         }
     }
-    let final_hash = zone.hash(exec);
-    Ok(ReplayOutcome {
-        final_hash,
-        hashes_checked,
-        batches,
-        wall: started.elapsed(),
-        clean_end,
-        torn_tail_at: reader.torn_tail_at(),
-        zone_name: header.zone_name,
-        seed: header.seed,
-    })
+    Ok(done)
 }

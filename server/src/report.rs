@@ -39,13 +39,6 @@ impl Samples {
         let rank = ((q * self.us.len() as f64).ceil() as usize).clamp(1, self.us.len());
         self.us[rank - 1]
     }
-
-    pub fn mean_us(&self) -> f64 {
-        if self.us.is_empty() {
-            return 0.0;
-        }
-        self.us.iter().map(|&v| f64::from(v)).sum::<f64>() / self.us.len() as f64
-    }
 }
 
 /// Per-shard counters summed over a reporting window.

@@ -108,8 +108,6 @@ pub struct RunOutcome {
     pub tick_p99_us: u32,
     pub tick_max_us: u32,
     pub overrun_ticks: u64,
-    /// The run ended by draining (signal or HTTP), not by reaching `ticks`.
-    pub drained: bool,
 }
 
 impl RunOutcome {
@@ -450,7 +448,6 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         ticks_run,
         wall,
         overrun_ticks,
-        drained: drain_started.is_some(),
     };
     let r = zone.refusals();
     let refusals: String = r
