@@ -151,6 +151,9 @@ pub struct Leftover {
     changes: Vec<Change>,
     by_distance: bool,
     at: usize,
+    /// The next datagram is the last one sent for this change: it says no more follow even if
+    /// changes are left (see [`encode_delta_capped`]).
+    final_part: bool,
 }
 
 impl Leftover {
@@ -430,7 +433,7 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
             return Err(EncodeError::BudgetTooSmall { budget_bytes });
         }
         chosen = lo.changes[start..lo.at].to_vec();
-        env = envelope(lo, build(lo, &mut chosen, lo.at < lo.changes.len()));
+        env = envelope(lo, build(lo, &mut chosen, lo.at < lo.changes.len() && !lo.final_part));
         debug_assert_eq!(
             env.encoded_len(),
             envelope_bytes(lo, header_len + sizer.totals.lists_len()),
@@ -467,6 +470,13 @@ pub fn encode_delta(
     budget_bytes: usize,
     focus: (u32, u32),
 ) -> Result<(Vec<u8>, DeltaStats, Leftover), EncodeError> {
+    let mut lo = start(base, next, frame, focus)?;
+    let (bytes, stats) = pack(&mut lo, budget_bytes)?;
+    Ok((bytes, stats, lo))
+}
+
+/// Every change from `base` to `next`, not yet packed.
+fn start(base: Option<&View>, next: &View, frame: SnapshotFrame, focus: (u32, u32)) -> Result<Leftover, EncodeError> {
     let baseline_tick = match base {
         None => 0,
         Some(b) if b.tick() == 0 => return Err(EncodeError::BaselineAtTickZero),
@@ -478,19 +488,17 @@ pub fn encode_delta(
         }
         Some(b) => b.tick(),
     };
-    let changes = diff(base, next);
-    let mut lo = Leftover {
+    Ok(Leftover {
         tick: next.tick(),
         baseline_tick,
         frame,
         part: 0,
         focus,
-        changes,
+        changes: diff(base, next),
         by_distance: false,
         at: 0,
-    };
-    let (bytes, stats) = pack(&mut lo, budget_bytes)?;
-    Ok((bytes, stats, lo))
+        final_part: false,
+    })
 }
 
 /// Encodes the next datagram of a view change begun by [`encode_delta`]. On an empty leftover it
@@ -519,6 +527,59 @@ pub fn encode_delta_all(
         total.add(stats);
     }
     Ok((out, total))
+}
+
+/// Encodes a view change in at most `max_datagrams` datagrams (nearest objects first), the last
+/// one saying that no more follow. Returns the datagrams, their statistics and the view the client
+/// holds once it has applied all of them: `next` itself when everything fit, otherwise the
+/// baseline with the nearest changes applied. The server records that view as what it sent at
+/// `next.tick()`; the next change (against it, once acknowledged) carries the rest, so a view too
+/// big for one send is spread over the following sends.
+pub fn encode_delta_capped(
+    base: Option<&View>,
+    next: &View,
+    frame: SnapshotFrame,
+    budget_bytes: usize,
+    focus: (u32, u32),
+    max_datagrams: usize,
+) -> Result<(Vec<Vec<u8>>, DeltaStats, View), EncodeError> {
+    let max_datagrams = max_datagrams.max(1);
+    let mut lo = start(base, next, frame, focus)?;
+    let mut out = Vec::new();
+    let mut total = DeltaStats::default();
+    // Always at least one datagram: an unchanged view still tells the client the tick and ack.
+    loop {
+        lo.final_part = out.len() + 1 == max_datagrams;
+        let (bytes, stats) = pack(&mut lo, budget_bytes)?;
+        out.push(bytes);
+        total.add(stats);
+        if lo.is_empty() || lo.final_part {
+            break;
+        }
+    }
+    let held = if lo.is_empty() {
+        next.clone()
+    } else {
+        apply_changes(base, next.tick(), &lo.changes[..lo.at])
+    };
+    Ok((out, total, held))
+}
+
+/// The baseline (or the empty view) with `changes` applied, at `tick`.
+fn apply_changes(base: Option<&View>, tick: u64, changes: &[Change]) -> View {
+    let mut objects: BTreeMap<u64, QObject> = base.map(|b| b.objects().iter().map(|o| (o.id, *o)).collect()).unwrap_or_default();
+    for c in changes {
+        match c {
+            Change::Create(o) | Change::Update { next: o, .. } => {
+                objects.insert(o.id, *o);
+            }
+            Change::Remove(o) => {
+                objects.remove(&o.id);
+            }
+        }
+    }
+    // The objects come from two valid views, so the result is valid too.
+    View::new(tick, objects.into_values().collect()).unwrap_or_else(|_| View::empty(tick))
 }
 
 /// A decoded snapshot datagram: its header and the view after applying it.

@@ -118,7 +118,10 @@ pub fn decode_client(bytes: &[u8]) -> Result<(Stamp, client_envelope::Body), Env
                 });
             }
         }
-        client_envelope::Body::SnapshotAck(_) => {}
+        client_envelope::Body::SnapshotAck(_)
+        | client_envelope::Body::Ping(_)
+        | client_envelope::Body::Pong(_)
+        | client_envelope::Body::Goodbye(_) => {}
     }
     Ok((stamp, body))
 }
@@ -170,6 +173,7 @@ mod tests {
         };
         let many = client_envelope::Body::Inputs(InputBatch {
             inputs: vec![input; INPUTS_PER_BATCH_MAX + 1],
+            ..Default::default()
         });
         let unreliable = Stamp {
             channel: Channel::Unreliable,

@@ -142,6 +142,138 @@ pub fn interest_set(objects: &[Located], grid: &ShardGrid, client: PosMm, radius
     ids
 }
 
+/// A bucket grid over many objects, so that each client's [`interest_set`] costs a few buckets
+/// instead of a pass over the whole zone. [`SpatialIndex::nearest`] gives exactly what
+/// [`interest_set`] gives over the same objects (a property test checks it).
+#[derive(Clone, Debug)]
+pub struct SpatialIndex {
+    grid: ShardGrid,
+    bucket_mm: i64,
+    cols: i64,
+    rows: i64,
+    /// `starts[b]..starts[b + 1]` are bucket `b`'s entries.
+    starts: Vec<u32>,
+    entries: Vec<Located>,
+}
+
+impl SpatialIndex {
+    /// Buckets `objects` (clamped into the zone) into squares of `bucket_mm`.
+    pub fn build(grid: ShardGrid, bucket_mm: u32, objects: &[Located]) -> SpatialIndex {
+        let bucket_mm = i64::from(bucket_mm.max(1000));
+        let span = |lo: i32, hi: i32| (i64::from(hi) - i64::from(lo)).max(1);
+        let cols = (span(grid.min.x_mm, grid.max.x_mm) + bucket_mm - 1) / bucket_mm;
+        let rows = (span(grid.min.y_mm, grid.max.y_mm) + bucket_mm - 1) / bucket_mm;
+        let mut idx = SpatialIndex {
+            grid,
+            bucket_mm,
+            cols,
+            rows,
+            starts: vec![0; (cols * rows) as usize + 1],
+            entries: Vec::with_capacity(objects.len()),
+        };
+        let buckets: Vec<usize> = objects.iter().map(|o| idx.bucket_of(o.pos)).collect();
+        for &b in &buckets {
+            idx.starts[b + 1] += 1;
+        }
+        for b in 1..idx.starts.len() {
+            idx.starts[b] += idx.starts[b - 1];
+        }
+        let mut fill = idx.starts.clone();
+        idx.entries.resize(
+            objects.len(),
+            Located {
+                id: 0,
+                pos: PosMm::default(),
+            },
+        );
+        for (o, &b) in objects.iter().zip(&buckets) {
+            idx.entries[fill[b] as usize] = *o;
+            fill[b] += 1;
+        }
+        idx
+    }
+
+    fn col_row(&self, p: PosMm) -> (i64, i64) {
+        let c = ((i64::from(p.x_mm) - i64::from(self.grid.min.x_mm)) / self.bucket_mm).clamp(0, self.cols - 1);
+        let r = ((i64::from(p.y_mm) - i64::from(self.grid.min.y_mm)) / self.bucket_mm).clamp(0, self.rows - 1);
+        (c, r)
+    }
+
+    fn bucket_of(&self, p: PosMm) -> usize {
+        let (c, r) = self.col_row(p);
+        (r * self.cols + c) as usize
+    }
+
+    /// The ids [`interest_set`] would choose: those in the client's own shard cell or within
+    /// `radius_mm`, the `objects_max` nearest (ties by id), ascending. `scratch` is reused
+    /// between calls to avoid allocating.
+    pub fn nearest(&self, client: PosMm, radius_mm: u32, objects_max: usize, scratch: &mut Vec<(u64, u64)>) -> Vec<u64> {
+        scratch.clear();
+        if objects_max == 0 || self.entries.is_empty() {
+            return Vec::new();
+        }
+        let own = self.grid.cell_of(client);
+        let (own_min, own_max) = self.grid.cell_rect(own);
+        let r2 = u64::from(radius_mm) * u64::from(radius_mm);
+        let corner = |x: i32, y: i32| dist2_mm2(client, PosMm { x_mm: x, y_mm: y });
+        let own_far2 = corner(own_min.x_mm, own_min.y_mm)
+            .max(corner(own_min.x_mm, own_max.y_mm))
+            .max(corner(own_max.x_mm, own_min.y_mm))
+            .max(corner(own_max.x_mm, own_max.y_mm));
+        let (cc, cr) = self.col_row(client);
+        let max_ring = self.cols.max(self.rows);
+        let mut kth: Option<u64> = None;
+        for ring in 0..=max_ring {
+            // Every point of this ring is at least this far from the client.
+            let lb = if ring == 0 { 0 } else { ((ring - 1) * self.bucket_mm) as u64 };
+            let lb2 = lb * lb;
+            if ring > 0 && lb2 > r2 {
+                // Only own-cell objects can still qualify: stop once the ring is beyond the
+                // cell's farthest corner.
+                if lb2 > own_far2 {
+                    break;
+                }
+            }
+            if kth.is_some_and(|k| lb2 > k) {
+                break;
+            }
+            let mut visit = |c: i64, r: i64| {
+                if c < 0 || r < 0 || c >= self.cols || r >= self.rows {
+                    return;
+                }
+                let b = (r * self.cols + c) as usize;
+                for o in &self.entries[self.starts[b] as usize..self.starts[b + 1] as usize] {
+                    let d2 = dist2_mm2(o.pos, client);
+                    if d2 <= r2 || self.grid.cell_of(o.pos) == own {
+                        scratch.push((d2, o.id));
+                    }
+                }
+            };
+            if ring == 0 {
+                visit(cc, cr);
+            } else {
+                for c in (cc - ring)..=(cc + ring) {
+                    visit(c, cr - ring);
+                    visit(c, cr + ring);
+                }
+                for r in (cr - ring + 1)..=(cr + ring - 1) {
+                    visit(cc - ring, r);
+                    visit(cc + ring, r);
+                }
+            }
+            if scratch.len() >= objects_max {
+                scratch.select_nth_unstable(objects_max - 1);
+                scratch.truncate(objects_max);
+                kth = scratch.iter().map(|(d, _)| *d).max();
+            }
+        }
+        let mut ids: Vec<u64> = scratch.iter().map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +398,23 @@ mod tests {
             for o in objects.iter().filter(|o| got.contains(&o.id)) {
                 prop_assert!(cells.contains(&g.cell_of(o.pos)));
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn spatial_index_matches_interest_set(
+            pts in proptest::collection::vec((0i32..400, 0i32..400), 0..300),
+            cx in -20i32..420, cy in -20i32..420,
+            radius_m in 0u32..200, max in 0usize..80, bucket_m in 1u32..60,
+        ) {
+            let g = grid();
+            let objs: Vec<Located> = pts.iter().enumerate().map(|(i, &(x, y))| at(i as u64 * 7 + 1, x, y)).collect();
+            let client = PosMm { x_mm: cx * 1000, y_mm: cy * 1000 };
+            let want = interest_set(&objs, &g, client, radius_m * 1000, max);
+            let idx = SpatialIndex::build(g, bucket_m * 1000, &objs);
+            let got = idx.nearest(client, radius_m * 1000, max, &mut Vec::new());
+            prop_assert_eq!(got, want);
         }
     }
 }

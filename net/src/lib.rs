@@ -11,7 +11,9 @@
 //!   budget, nearest objects first; exact reconstruction on the client);
 //! - [`interest`]: which objects a client sees (own shard cell, neighbours within a radius,
 //!   capped at the nearest N);
-//! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in.
+//! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in;
+//! - [`client`]: a client's session as a pure state machine (join, 60 Hz inputs, snapshot
+//!   reassembly and acks, RTT, the ordered event stream), driven by the caller's socket and clock.
 //!
 //! **Invariant:** this crate owns no socket, no thread and no clock, and never panics on bytes from
 //! the network. Every function is a pure transformation the server drives: it passes in `now`,
@@ -24,6 +26,7 @@
 //! admits only Hellos whose token verifies; per-client sessions (handshake, baselines by acked tick,
 //! input redundancy and de-duplication, counters); and the bot swarm.
 
+pub mod client;
 pub mod delta;
 pub mod envelope;
 pub mod interest;
@@ -31,3 +34,4 @@ pub mod proto;
 pub mod quantize;
 pub mod token;
 pub mod view;
+pub mod wire;

@@ -12,7 +12,7 @@ const FORBIDDEN: &[&str] = &[
     "Instant::now",
     "SystemTime",
     "tokio",
-    "laminar",
+    "laminar::",
     "bevy_ecs",
     "zone_sim",
     "get_current_timestamp",

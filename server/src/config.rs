@@ -155,6 +155,40 @@ pub struct Cli {
     /// Player events held in memory while PostgreSQL is unreachable (the oldest are dropped past it). [default: 10000]
     #[arg(long, value_name = "N", env = "ZONE_EVENT_QUEUE")]
     pub event_queue: Option<usize>,
+
+    /// UDP address of the game socket (players), or `off` for no socket. [default: 0.0.0.0:7777]
+    #[arg(long, value_name = "ADDR|off", env = "ZONE_BIND")]
+    pub bind: Option<String>,
+
+    /// Secret that signs join tokens (HS256 JWTs with claims player id, zone id, expiry). Prefer the
+    /// ZONE_TOKEN_SECRET environment variable: command lines are visible to other users. Without
+    /// a secret every join is refused (a warning says so at start). [default: none]
+    #[arg(long, value_name = "SECRET", env = "ZONE_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Snapshots sent to each client per second; must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60). [default: 20]
+    #[arg(long, value_name = "HZ", env = "ZONE_SNAPSHOT_RATE")]
+    pub snapshot_rate: Option<u32>,
+
+    /// Metres around a player within which objects are sent to it (besides its own shard cell). [default: 150]
+    #[arg(long, value_name = "M", env = "ZONE_INTEREST_RADIUS_M")]
+    pub interest_radius_m: Option<f64>,
+
+    /// Most objects one client is told about (the nearest). [default: 256]
+    #[arg(long, value_name = "N", env = "ZONE_INTEREST_MAX")]
+    pub interest_max: Option<usize>,
+
+    /// Most connected clients; further joins are refused with ZONE_FULL. [default: the zone's max_players]
+    #[arg(long, value_name = "N", env = "ZONE_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+
+    /// Join attempts (Hellos from addresses not yet admitted) accepted per second from one IP address; twice this is the burst. [default: 100]
+    #[arg(long, value_name = "PER_S", env = "ZONE_HANDSHAKE_RATE_PER_IP")]
+    pub handshake_rate_per_ip: Option<f64>,
+
+    /// Datagrams per second accepted from one connected client (it sends about 64); twice this is the burst. [default: 240]
+    #[arg(long, value_name = "PER_S", env = "ZONE_PEER_PACKET_RATE")]
+    pub peer_packet_rate: Option<f64>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -190,6 +224,14 @@ struct FileConfig {
     breaker_failures: Option<u32>,
     breaker_open: Option<f64>,
     event_queue: Option<usize>,
+    bind: Option<String>,
+    token_secret: Option<String>,
+    snapshot_rate: Option<u32>,
+    interest_radius_m: Option<f64>,
+    interest_max: Option<usize>,
+    max_clients: Option<usize>,
+    handshake_rate_per_ip: Option<f64>,
+    peer_packet_rate: Option<f64>,
 }
 
 /// The effective configuration.
@@ -224,9 +266,24 @@ pub struct ServerConfig {
     pub breaker_failures: u32,
     pub breaker_open: f64,
     pub event_queue: usize,
+    pub bind: String,
+    /// Never printed: `to_masked_toml` masks it.
+    pub token_secret: Option<String>,
+    pub snapshot_rate: u32,
+    pub interest_radius_m: f64,
+    pub interest_max: usize,
+    /// None: the zone's max_players.
+    pub max_clients: Option<usize>,
+    pub handshake_rate_per_ip: f64,
+    pub peer_packet_rate: f64,
 }
 
 impl ServerConfig {
+    /// The game socket's address, or None when it is off.
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        (self.bind != "off").then(|| self.bind.parse().ok()).flatten()
+    }
+
     pub fn persistence_on(&self) -> bool {
         self.persistence == "on"
     }
@@ -251,6 +308,20 @@ impl ServerConfig {
     pub fn to_masked_toml(&self) -> String {
         let mut text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         text = mask_url_passwords(&text);
+        if self.token_secret.is_some() {
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("token_secret") {
+                        "token_secret = \"***\"".to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+        }
         text
     }
 }
@@ -337,6 +408,14 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         breaker_failures: cli.breaker_failures.or(file.breaker_failures).unwrap_or(5),
         breaker_open: cli.breaker_open.or(file.breaker_open).unwrap_or(30.0),
         event_queue: cli.event_queue.or(file.event_queue).unwrap_or(10_000),
+        bind: cli.bind.clone().or(file.bind).unwrap_or_else(|| "0.0.0.0:7777".into()),
+        token_secret: cli.token_secret.clone().or(file.token_secret).filter(|s| !s.is_empty()),
+        snapshot_rate: cli.snapshot_rate.or(file.snapshot_rate).unwrap_or(20),
+        interest_radius_m: cli.interest_radius_m.or(file.interest_radius_m).unwrap_or(150.0),
+        interest_max: cli.interest_max.or(file.interest_max).unwrap_or(256),
+        max_clients: cli.max_clients.or(file.max_clients),
+        handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
+        peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -417,6 +496,46 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
                 );
             }
         }
+    }
+    if cfg.bind != "off" && cfg.bind.parse::<SocketAddr>().is_err() {
+        anyhow::bail!(
+            "{}: {:?} is not an address: use IP:PORT (e.g. 0.0.0.0:7777) or off",
+            src("bind"),
+            cfg.bind
+        );
+    }
+    if cfg.snapshot_rate == 0 || cfg.snapshot_rate > 60 || 60 % cfg.snapshot_rate != 0 {
+        anyhow::bail!(
+            "{}: {} does not divide the 60 Hz tick rate: use 1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60",
+            src("snapshot_rate"),
+            cfg.snapshot_rate
+        );
+    }
+    if !(cfg.interest_radius_m.is_finite() && cfg.interest_radius_m >= 0.0 && cfg.interest_radius_m <= 100_000.0) {
+        anyhow::bail!(
+            "{}: {} must be between 0 and 100000 metres",
+            src("interest_radius_m"),
+            cfg.interest_radius_m
+        );
+    }
+    if cfg.interest_max == 0 || cfg.interest_max > zone_net::view::VIEW_OBJECTS_MAX {
+        anyhow::bail!(
+            "{}: {} must be between 1 and {}",
+            src("interest_max"),
+            cfg.interest_max,
+            zone_net::view::VIEW_OBJECTS_MAX
+        );
+    }
+    for (name, v) in [
+        ("handshake_rate_per_ip", cfg.handshake_rate_per_ip),
+        ("peer_packet_rate", cfg.peer_packet_rate),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            anyhow::bail!("{}: {v} must be a positive rate per second", src(name));
+        }
+    }
+    if cfg.max_clients == Some(0) {
+        anyhow::bail!("{}: must be at least 1", src("max_clients"));
     }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!(

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod executor;
 pub mod journal_sink;
+pub mod net;
 pub mod pacing;
 pub mod persist;
 pub mod recovery;

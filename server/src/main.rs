@@ -149,6 +149,19 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         snapshot_full_every: ticks(cfg.snapshot_full_interval),
         snapshot_diff_every: ticks(cfg.snapshot_diff_interval),
         cold_snapshot_every: ticks(cfg.cold_snapshot_interval),
+        net: cfg.bind_addr().map(|bind| {
+            let mut n = zone_server::net::NetConfig::new(
+                bind,
+                cfg.token_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+                cfg.max_clients.unwrap_or(loaded.spec.max_players as usize),
+            );
+            n.snapshot_rate_hz = cfg.snapshot_rate;
+            n.interest_radius_mm = (cfg.interest_radius_m * 1000.0).round() as u32;
+            n.interest_max = cfg.interest_max;
+            n.handshake_rate_per_ip = cfg.handshake_rate_per_ip;
+            n.peer_packet_rate = cfg.peer_packet_rate;
+            n
+        }),
     };
     let hooks = Hooks {
         stop_signal: stop,

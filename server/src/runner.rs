@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub snapshot_diff_every: u64,
     /// Ticks between cold (PostgreSQL) full snapshots.
     pub cold_snapshot_every: u64,
+    /// The game socket (None: no socket).
+    pub net: Option<crate::net::NetConfig>,
 }
 
 impl RunConfig {
@@ -78,6 +80,7 @@ impl RunConfig {
             stats_interval: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
             persist: None,
+            net: None,
             snapshot_full_every: 600,
             snapshot_diff_every: 60,
             cold_snapshot_every: 3600,
@@ -180,9 +183,18 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
     };
 
+    let mut net = match &cfg.net {
+        Some(n) => {
+            if n.token_secret.is_none() {
+                tracing::warn!("no token secret (--token-secret or ZONE_TOKEN_SECRET): every join will be refused");
+            }
+            Some(crate::net::NetLink::start(n.clone(), spec.clone())?)
+        }
+        None => None,
+    };
     if let Some(a) = &hooks.admin {
         a.zone_loaded.store(true, Ordering::Relaxed);
-        // There is no game socket yet (the UDP transport is issue 3); the zone is what clients need.
+        // Ready needs the game socket bound (or no socket configured).
         a.socket_bound.store(true, Ordering::Relaxed);
     }
     if let Some(m) = &mut metrics {
@@ -244,7 +256,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 m.draining.set(1.0);
                 m.ready.set(0.0);
             }
-            // Clients would be told over the reliable channel here; there is no UDP transport yet.
+            if let Some(n) = &net {
+                n.set_draining();
+            }
             tracing::info!(
                 players = zone.players().len(),
                 timeout_s = cfg.drain_timeout.as_secs_f64(),
@@ -297,6 +311,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             if cfg.ticks.is_some_and(|n| ticks_run >= n) {
                 break 'run;
             }
+            if let Some(n) = &mut net {
+                n.before_step(&mut zone);
+            }
             scripted.drive(&mut zone);
             let t0 = Instant::now();
             let batch = zone.step(&exec);
@@ -309,6 +326,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             // snapshot belongs to this journal's timeline, and it marks the journal's progress.
             let hash = (t % hash_interval == 0 || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
             let took = t0.elapsed();
+            if let Some(n) = &mut net {
+                n.after_step(&mut zone, &batch);
+            }
             if tick_all.len() < TICK_SAMPLES_MAX {
                 tick_all.push(took);
             }
@@ -416,6 +436,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let wall = started.elapsed();
     if let Some(a) = &hooks.admin {
         a.stopping.store(true, Ordering::Relaxed);
+    }
+    if let Some(n) = net.take() {
+        n.shutdown();
     }
     // The final state: hashed, closed in the journal, and snapshotted.
     let final_hash = zone.hash(&exec);

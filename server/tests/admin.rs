@@ -23,6 +23,7 @@ fn start(admin: SocketAddr, extra: &[&str]) -> Child {
         .env("RUST_LOG", "warn")
         // Snapshots and the journal are tested in recovery.rs; keep these runs from writing ./data.
         .env("ZONE_PERSISTENCE", "off")
+        .env("ZONE_BIND", "127.0.0.1:0")
         .args(["--admin", &admin.to_string()])
         .args(extra)
         .stdout(Stdio::piped())

@@ -9,6 +9,8 @@ fn bin() -> Command {
     // Tests run in parallel: none of them may take the default admin port.
     c.env("ZONE_TELEMETRY", "off");
     c.env("ZONE_PERSISTENCE", "off");
+    // ... nor the default game port.
+    c.env("ZONE_BIND", "127.0.0.1:0");
     c
 }
 

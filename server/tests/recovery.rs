@@ -97,6 +97,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_zone-server"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .env("RUST_LOG", "info")
+            .env("ZONE_BIND", "127.0.0.1:0")
             .args(["--admin", &admin.to_string()])
             .args(args)
             .stdin(Stdio::null())

@@ -19,6 +19,7 @@
 
 pub mod input;
 pub mod object;
+pub mod replicate;
 pub mod rng;
 pub mod scripted;
 pub mod shard;
@@ -30,6 +31,7 @@ pub mod zone_file;
 
 pub use input::{InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 pub use object::ObjectRecord;
+pub use replicate::Replicated;
 pub use scripted::ScriptedPlayers;
 pub use shard::{Shard, Stage};
 pub use state::{RestoreError, ShardState, ZoneState};

@@ -280,6 +280,7 @@ impl Shard {
             next: ((index as u64) + 1) << NPC_ID_SHARD_SHIFT,
         });
         world.insert_resource(Stats::default());
+        world.insert_resource(crate::replicate::Replica::default());
 
         let mut schedule = checked_schedule();
         schedule.add_systems((apply_joins_leaves, apply_inputs).chain().in_set(Stage::Input));
@@ -296,6 +297,7 @@ impl Shard {
                 .chain()
                 .in_set(Stage::Simulate),
         );
+        schedule.add_systems(crate::replicate::replicate_objects.in_set(Stage::Replicate));
         schedule.add_systems(count_objects.in_set(Stage::Telemetry));
         schedule.initialize(&mut world)?;
 
@@ -383,6 +385,18 @@ impl Shard {
 
     pub(crate) fn receive_migrant(&mut self, rec: ObjectRecord) {
         let is_player = matches!(rec.body, Body::Player(_));
+        // The Replicate stage ran before the boundary: add the newcomer to this tick's copy, or it
+        // would be missing from clients' snapshots for one frame.
+        let mut replica = self.world.resource_mut::<crate::replicate::Replica>();
+        if replica.wanted {
+            replica.objects.push(crate::replicate::Replicated {
+                id: rec.obj.id,
+                kind: rec.obj.kind,
+                pos: rec.pos,
+                vel: rec.vel,
+                hp: rec.health.hp,
+            });
+        }
         rec.spawn(&mut self.world);
         let mut stats = self.world.resource_mut::<Stats>();
         stats.0.migrations_in += 1;
@@ -542,6 +556,17 @@ impl Shard {
     /// entity count).
     pub fn object_count(&self) -> usize {
         self.stats().objects as usize
+    }
+
+    /// Asks the Replicate stage to copy every object at the end of each tick from now on (or stops).
+    pub fn set_replicate(&mut self, wanted: bool) {
+        self.world.resource_mut::<crate::replicate::Replica>().wanted = wanted;
+    }
+
+    /// The objects the Replicate stage copied in the last tick that wanted a copy (in storage
+    /// order); empty after a take.
+    pub fn take_replica(&mut self) -> Vec<crate::replicate::Replicated> {
+        std::mem::take(&mut self.world.resource_mut::<crate::replicate::Replica>().objects)
     }
 
     /// The schedule, for systems other crates add around or inside the Replicate, Persist and

@@ -456,6 +456,18 @@ impl Zone {
         v
     }
 
+    /// Asks every shard's Replicate stage to copy its objects at the end of each tick (or stops).
+    pub fn set_replicate(&mut self, wanted: bool) {
+        for s in &mut self.shards {
+            s.set_replicate(wanted);
+        }
+    }
+
+    /// Each shard's Replicate-stage copy from the last tick that wanted one, by shard index.
+    pub fn take_replicas(&mut self) -> Vec<Vec<crate::replicate::Replicated>> {
+        self.shards.iter_mut().map(Shard::take_replica).collect()
+    }
+
     pub fn object_count(&self) -> usize {
         self.shards.iter().map(|s| s.object_count()).sum()
     }

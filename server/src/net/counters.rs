@@ -1,0 +1,157 @@
+//! The transport's counters: plain atomics bumped by the gate and the network thread, published
+//! to the metrics recorder once a second by the network thread and readable by tests and
+//! `/status`. Never touches the tick thread.
+//!
+//! Exact: datagrams and bytes both ways (counted at the socket, laminar's 5-byte header
+//! included), every rejection by reason, duplicates (by our envelope sequence numbers), event
+//! resends and give-ups (our own reliable layer), RTT (our Ping/Pong, measured on the network
+//! thread, so it includes up to one poll interval of ours, about 1 ms).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a datagram, join or input was refused. The label is the `reason` of
+/// `zone_net_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Oversized,
+    NotOurProtocol,
+    Malformed,
+    NotJoined,
+    BadVersion,
+    HandshakeRate,
+    NoSecret,
+    MissingToken,
+    BadSignature,
+    Expired,
+    WrongZone,
+    ZoneFull,
+    Draining,
+    PeerRate,
+    InputTooOld,
+    InputTooFar,
+    InputQueueFull,
+    ControlQueueFull,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 18] = [
+        Rejection::Oversized,
+        Rejection::NotOurProtocol,
+        Rejection::Malformed,
+        Rejection::NotJoined,
+        Rejection::BadVersion,
+        Rejection::HandshakeRate,
+        Rejection::NoSecret,
+        Rejection::MissingToken,
+        Rejection::BadSignature,
+        Rejection::Expired,
+        Rejection::WrongZone,
+        Rejection::ZoneFull,
+        Rejection::Draining,
+        Rejection::PeerRate,
+        Rejection::InputTooOld,
+        Rejection::InputTooFar,
+        Rejection::InputQueueFull,
+        Rejection::ControlQueueFull,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Oversized => "oversized",
+            Rejection::NotOurProtocol => "not_our_protocol",
+            Rejection::Malformed => "malformed",
+            Rejection::NotJoined => "not_joined",
+            Rejection::BadVersion => "bad_version",
+            Rejection::HandshakeRate => "handshake_rate",
+            Rejection::NoSecret => "no_token_secret",
+            Rejection::MissingToken => "missing_token",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Expired => "expired",
+            Rejection::WrongZone => "wrong_zone",
+            Rejection::ZoneFull => "zone_full",
+            Rejection::Draining => "draining",
+            Rejection::PeerRate => "peer_rate",
+            Rejection::InputTooOld => "input_too_old",
+            Rejection::InputTooFar => "input_too_far",
+            Rejection::InputQueueFull => "input_queue_full",
+            Rejection::ControlQueueFull => "control_queue_full",
+        }
+    }
+
+    pub fn from_reject_reason(r: zone_net::proto::RejectReason) -> Rejection {
+        use zone_net::proto::RejectReason as R;
+        match r {
+            R::MissingToken => Rejection::MissingToken,
+            R::Expired => Rejection::Expired,
+            R::WrongZone => Rejection::WrongZone,
+            R::BadVersion => Rejection::BadVersion,
+            _ => Rejection::BadSignature,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub datagrams_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rejected: [AtomicU64; 18],
+    pub duplicates: AtomicU64,
+    pub event_resends: AtomicU64,
+    pub event_give_ups: AtomicU64,
+    pub joins: AtomicU64,
+    pub leaves: AtomicU64,
+    pub replaced: AtomicU64,
+    pub snapshot_datagrams: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub clients: AtomicU64,
+}
+
+impl NetCounters {
+    pub fn received(&self, bytes: usize) {
+        self.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.datagrams_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn reject(&self, r: Rejection) {
+        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, r: Rejection) -> u64 {
+        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Publishes the totals to the metrics recorder (a no-op without one).
+    pub fn publish(&self) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter!("zone_net_datagrams_total", "direction" => "in").absolute(g(&self.datagrams_in));
+        metrics::counter!("zone_net_datagrams_total", "direction" => "out").absolute(g(&self.datagrams_out));
+        metrics::counter!("zone_net_bytes_total", "direction" => "in").absolute(g(&self.bytes_in));
+        metrics::counter!("zone_net_bytes_total", "direction" => "out").absolute(g(&self.bytes_out));
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            metrics::counter!("zone_net_rejected_total", "reason" => r.label()).absolute(g(&self.rejected[i]));
+        }
+        metrics::counter!("zone_dropped_duplicates_total").absolute(g(&self.duplicates));
+        metrics::counter!("zone_reliable_retries_total").absolute(g(&self.event_resends));
+        metrics::counter!("zone_reliable_timeouts_total").absolute(g(&self.event_give_ups));
+        metrics::counter!("zone_net_sessions_total", "event" => "joined").absolute(g(&self.joins));
+        metrics::counter!("zone_net_sessions_total", "event" => "left").absolute(g(&self.leaves));
+        metrics::counter!("zone_net_sessions_total", "event" => "replaced").absolute(g(&self.replaced));
+        metrics::counter!("zone_net_snapshot_bytes_total").absolute(g(&self.snapshot_bytes));
+        metrics::counter!("zone_net_frames_dropped_total").absolute(g(&self.frames_dropped));
+        metrics::gauge!("zone_net_clients").set(g(&self.clients) as f64);
+    }
+}

@@ -1,0 +1,261 @@
+//! The game socket: players over UDP. A network thread owns the socket (laminar behind the
+//! stateless gate, [`gate`]); the tick thread talks to it only through bounded queues, through
+//! [`NetLink`]:
+//!
+//! - network → tick: joins and leaves ([`Control`]) and inputs, drained before each step and
+//!   handed to `Zone::join` / `leave` / `submit_input`;
+//! - tick → network: join results, and at every snapshot tick a [`Frame`], the Replicate stage's
+//!   copy of every shard's objects plus the tick's joins, leaves and deaths. The network thread
+//!   picks each client's objects, encodes its delta snapshot and sends it ([`worker`]).
+//!
+//! **The tick never waits**: every send from the tick thread is a `try_send`; a full queue drops
+//! the message and counts it (`zone_net_frames_dropped_total`, the input refusal counters).
+//! Never encode, sort or send on the tick thread beyond what is listed here.
+
+pub mod counters;
+pub mod gate;
+mod session;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use zone_sim::{InputRefusal, PlayerId, PlayerInput, Replicated, TickBatch, Zone, ZoneSpec};
+
+pub use counters::{NetCounters, Rejection};
+
+/// Joins and leaves waiting for the tick thread.
+const CONTROL_QUEUE_MAX: usize = 4_096;
+/// Inputs waiting for the tick thread (about 4 ticks of 1,000 players at 60 Hz, with redundancy).
+const INPUT_QUEUE_MAX: usize = 16_384;
+/// Messages waiting for the network thread (frames are a few per second).
+const TO_NET_QUEUE_MAX: usize = 256;
+/// Joins, leaves and deaths held for the next frame when frames are being dropped.
+const PENDING_EVENTS_MAX: usize = 10_000;
+
+/// The game socket's settings.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub bind: SocketAddr,
+    pub token_secret: Option<Vec<u8>>,
+    pub snapshot_rate_hz: u32,
+    pub interest_radius_mm: u32,
+    pub interest_max: usize,
+    pub max_clients: usize,
+    pub handshake_rate_per_ip: f64,
+    pub peer_packet_rate: f64,
+    /// A session that sends nothing for this long is ended.
+    pub idle_timeout: Duration,
+    /// Datagrams one snapshot may take per client; the rest of a large view follows in later sends.
+    pub datagrams_per_snapshot_max: usize,
+}
+
+impl NetConfig {
+    pub fn new(bind: SocketAddr, token_secret: Option<Vec<u8>>, max_clients: usize) -> NetConfig {
+        NetConfig {
+            bind,
+            token_secret,
+            snapshot_rate_hz: 20,
+            interest_radius_mm: 150_000,
+            interest_max: 256,
+            max_clients,
+            handshake_rate_per_ip: 100.0,
+            peer_packet_rate: 240.0,
+            idle_timeout: Duration::from_secs(5),
+            datagrams_per_snapshot_max: 4,
+        }
+    }
+}
+
+/// A join or leave for the tick thread.
+#[derive(Clone, Copy, Debug)]
+pub enum Control {
+    Join(PlayerId),
+    Leave(PlayerId),
+}
+
+/// What the Replicate stage produced at one tick, with the player events since the last frame.
+#[derive(Debug, Default)]
+pub struct Frame {
+    pub tick: u64,
+    /// Each shard's objects (storage order).
+    pub shards: Vec<Vec<Replicated>>,
+    pub joins: Vec<(PlayerId, u64)>,
+    pub leaves: Vec<(PlayerId, u64)>,
+    pub deaths: Vec<(PlayerId, u64)>,
+}
+
+/// Messages from the tick thread.
+#[derive(Debug)]
+pub enum ToNet {
+    JoinResult(PlayerId, Result<(), InputRefusal>),
+    Frame(Box<Frame>),
+    Draining,
+}
+
+/// State both threads read.
+#[derive(Debug, Default)]
+pub struct NetShared {
+    /// The last tick the zone ran.
+    pub tick: AtomicU64,
+    pub stop: AtomicBool,
+    pub counters: Arc<NetCounters>,
+}
+
+/// The tick thread's end of the game socket.
+pub struct NetLink {
+    to_net: SyncSender<ToNet>,
+    control: Receiver<Control>,
+    inputs: Receiver<PlayerInput>,
+    shared: Arc<NetShared>,
+    snapshot_every: u64,
+    pending: Frame,
+    replicating: bool,
+    local_addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NetLink {
+    /// Binds the socket and starts the network thread.
+    pub fn start(cfg: NetConfig, spec: Arc<ZoneSpec>) -> anyhow::Result<NetLink> {
+        let shared = Arc::new(NetShared::default());
+        let policy = gate::GatePolicy {
+            token_secret: cfg.token_secret.clone(),
+            zone_id: spec.id.clone(),
+            handshake_rate_per_ip: cfg.handshake_rate_per_ip,
+            // Room for joining clients and replaced sessions beyond the joined ones.
+            admitted_max: cfg.max_clients + cfg.max_clients / 4 + 16,
+        };
+        let gate = gate::GateSocket::bind(cfg.bind, policy, Arc::clone(&shared.counters)).with_context(|| {
+            format!(
+                "cannot bind the game socket on UDP {} (is another server using it? set --bind)",
+                cfg.bind
+            )
+        })?;
+        let local_addr = laminar::DatagramSocket::local_addr(&gate)?;
+        let (to_net, from_tick) = sync_channel(TO_NET_QUEUE_MAX);
+        let (control_tx, control) = sync_channel(CONTROL_QUEUE_MAX);
+        let (input_tx, inputs) = sync_channel(INPUT_QUEUE_MAX);
+        let snapshot_every = u64::from(60 / cfg.snapshot_rate_hz.clamp(1, 60));
+        let worker = worker::Worker::new(cfg, spec, gate, Arc::clone(&shared), from_tick, control_tx, input_tx);
+        let thread = std::thread::Builder::new()
+            .name("zone-net".into())
+            .spawn(move || worker.run())
+            .context("cannot start the network thread")?;
+        Ok(NetLink {
+            to_net,
+            control,
+            inputs,
+            shared,
+            snapshot_every,
+            pending: Frame::default(),
+            replicating: false,
+            local_addr,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn counters(&self) -> &NetCounters {
+        &self.shared.counters
+    }
+
+    fn send(&self, m: ToNet) -> bool {
+        match self.to_net.try_send(m) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Before a step: applies queued joins, leaves and inputs, and asks the Replicate stage for a
+    /// copy when the coming tick is a snapshot tick and someone is connected.
+    pub fn before_step(&mut self, zone: &mut Zone) {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Join(p)) => {
+                    let r = match zone.join(p) {
+                        // A rejoin before the leave of an old session ran, or a restored player.
+                        Err(InputRefusal::AlreadyJoined) => Ok(()),
+                        r => r,
+                    };
+                    self.send(ToNet::JoinResult(p, r));
+                }
+                Ok(Control::Leave(p)) => {
+                    let _ = zone.leave(p);
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        // At most one queue's worth per tick, so a flood cannot stall the tick.
+        for _ in 0..INPUT_QUEUE_MAX {
+            match self.inputs.try_recv() {
+                Ok(i) => {
+                    let _ = zone.submit_input(i);
+                }
+                Err(_) => break,
+            }
+        }
+        let next = zone.tick() + 1;
+        let want = next % self.snapshot_every == 0 && self.shared.counters.clients.load(Ordering::Relaxed) > 0;
+        if want != self.replicating {
+            zone.set_replicate(want);
+            self.replicating = want;
+        }
+    }
+
+    /// After a step: records the tick's player events and hands a frame to the network thread at
+    /// snapshot ticks.
+    pub fn after_step(&mut self, zone: &mut Zone, batch: &TickBatch) {
+        let t = zone.tick();
+        self.shared.tick.store(t, Ordering::Relaxed);
+        let p = &mut self.pending;
+        if p.joins.len() + p.leaves.len() + p.deaths.len() < PENDING_EVENTS_MAX {
+            p.joins.extend(batch.joins.iter().map(|&j| (j, t)));
+            p.leaves.extend(batch.leaves.iter().map(|&l| (l, t)));
+            for s in zone.shard_stats() {
+                p.deaths.extend(s.dead_players.iter().map(|&d| (d, t)));
+            }
+        }
+        if self.replicating {
+            let mut frame = std::mem::take(&mut self.pending);
+            frame.tick = t;
+            frame.shards = zone.take_replicas();
+            if let Err(TrySendError::Full(ToNet::Frame(f)) | TrySendError::Disconnected(ToNet::Frame(f))) =
+                self.to_net.try_send(ToNet::Frame(Box::new(frame)))
+            {
+                self.shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                // Keep the events for the next frame; the objects are stale anyway.
+                self.pending = Frame {
+                    joins: f.joins,
+                    leaves: f.leaves,
+                    deaths: f.deaths,
+                    ..Frame::default()
+                };
+            }
+        }
+    }
+
+    /// Tells every client the zone is draining.
+    pub fn set_draining(&self) {
+        self.send(ToNet::Draining);
+    }
+
+    /// Tells clients the server is going away and stops the network thread.
+    pub fn shutdown(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
