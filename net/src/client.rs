@@ -498,11 +498,13 @@ impl ClientSession {
         Some(self.send(Channel::Unreliable, client_envelope::Body::Inputs(batch)))
     }
 
-    /// Adds the next input: for tick max(previous + 1, estimated server tick + lead).
+    /// Adds the next input: for tick max(previous + 1, estimated server tick + lead). The estimate
+    /// comes from snapshots, which are already half a round trip old, and the input needs the
+    /// other half to arrive: the lead is a whole RTT in ticks, plus a margin.
     fn push_input(&mut self, now_us: u64) {
-        let rtt_ticks_half = u128::from(self.srtt_us.unwrap_or(0)) * u128::from(self.tick_rate_hz);
-        let half_rtt = u64::try_from(rtt_ticks_half.div_ceil(2 * u128::from(US_PER_S))).unwrap_or(u64::MAX);
-        let lead = INPUT_LEAD_TICKS_MIN.saturating_add(half_rtt);
+        let rtt_ticks = u128::from(self.srtt_us.unwrap_or(0)) * u128::from(self.tick_rate_hz);
+        let rtt_ticks = u64::try_from(rtt_ticks.div_ceil(u128::from(US_PER_S))).unwrap_or(u64::MAX);
+        let lead = INPUT_LEAD_TICKS_MIN.saturating_add(rtt_ticks);
         let wanted = self.estimated_server_tick(now_us).saturating_add(lead);
         let tick = match self.inputs.back() {
             Some(prev) => wanted.max(prev.tick.saturating_add(1)),

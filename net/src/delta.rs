@@ -419,7 +419,7 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
             lo.changes[start..].sort_unstable_by_key(|c| (c.dist2(focus), c.id()));
             lo.by_distance = true;
         }
-        let header_len = build(lo, &mut [], true).encoded_len();
+        let header_len = build(lo, &mut [], !lo.final_part).encoded_len();
         let mut sizer = Sizer::default();
         while let Some(c) = lo.changes.get(lo.at) {
             let totals = sizer.with(c);

@@ -202,6 +202,34 @@ proptest! {
     }
 
     #[test]
+    fn capped_changes_hold_what_was_sent_and_converge(
+        (base, next) in arb_pair(300), max in 1usize..4, budget_bytes in BUDGET_BYTES_MIN..1_200, fx in 0u32..40_000, fy in 0u32..40_000,
+    ) {
+        // A send capped at `max` datagrams leaves the client holding exactly `held`; sending again
+        // against what it holds (a later tick of the same objects) reaches `next` in the end.
+        let mut holding = Some(base.clone());
+        let mut target = next.clone();
+        for round in 0..2_000u64 {
+            let (datagrams, stats, held) = encode_delta_capped(holding.as_ref(), &target, FRAME, budget_bytes, (fx, fy), max).expect("encode");
+            prop_assert!(datagrams.len() <= max && stats.datagrams == datagrams.len());
+            let mut view = holding.clone();
+            for (k, d) in datagrams.iter().enumerate() {
+                prop_assert!(d.len() <= budget_bytes, "datagram {k} is {} > {budget_bytes}", d.len());
+                let got = decode_snapshot(view.as_ref(), d).map_err(|e| TestCaseError::fail(format!("round {round} part {k}: {e}")))?;
+                prop_assert_eq!(got.more_follow, k + 1 < datagrams.len(), "only the last part says no more follow");
+                view = Some(got.view);
+            }
+            prop_assert_eq!(view.as_ref(), Some(&held));
+            if held.objects() == target.objects() {
+                return Ok(());
+            }
+            holding = Some(held);
+            target = View::new(target.tick() + 1, target.objects().to_vec()).unwrap();
+        }
+        prop_assert!(false, "never converged");
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), base in arb_view(3, 20)) {
         let _ = decode_delta(Some(&base), &bytes);
         let _ = decode_delta(None, &bytes);

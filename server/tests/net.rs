@@ -182,3 +182,217 @@ fn fifty_bots_join_receive_snapshots_and_see_what_the_server_simulated() {
     }
     assert!(compared > 50 * 20, "compared {compared} objects");
 }
+
+/// The zone and the tick thread's end of the game socket, ticked by the test itself.
+struct Harness {
+    zone: Zone,
+    link: zone_server::net::NetLink,
+}
+
+impl Harness {
+    fn start(bind: SocketAddr, max_clients: usize) -> Harness {
+        let loaded = zone_server::zone_load::load_zone(Path::new(DEMO)).unwrap();
+        let mut net = NetConfig::new(bind, Some(SECRET.to_vec()), max_clients);
+        net.handshake_rate_per_ip = 1000.0;
+        let link = zone_server::net::NetLink::start(net, loaded.spec.clone()).unwrap();
+        Harness {
+            zone: Zone::new(loaded.spec, 3).unwrap(),
+            link,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.link.before_step(&mut self.zone);
+        let batch = self.zone.step(&Serial);
+        self.link.after_step(&mut self.zone, &batch);
+    }
+
+    /// Ticks `n` times while `bots` run, about 16 ms apart.
+    fn run(&mut self, n: usize, bots: &mut [Bot], t0: Instant) {
+        for _ in 0..n {
+            self.tick();
+            for _ in 0..4 {
+                for b in bots.iter_mut() {
+                    b.step(t0);
+                }
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        }
+    }
+}
+
+fn token(player: u64, zone: &str, secret: &[u8], expires: u64) -> String {
+    zone_net::token::mint(secret, player, zone, expires).unwrap()
+}
+
+fn hello(token: &str, version: u32) -> Vec<u8> {
+    use zone_net::envelope::{Stamp, encode_client};
+    use zone_net::proto::{Channel, Hello, client_envelope};
+    let stamp = Stamp {
+        channel: Channel::Reliable,
+        sequence: 0,
+    };
+    let mut env = encode_client(
+        stamp,
+        client_envelope::Body::Hello(Hello {
+            protocol_version: 1,
+            join_token: token.into(),
+        }),
+    );
+    if version != 1 {
+        // Rewrite the envelope's own version field (field 1, the first byte pair).
+        assert_eq!(env[0], 0x08);
+        env[1] = version as u8;
+    }
+    zone_net::wire::frame(&env)
+}
+
+/// Sends `d` from `s` and returns every reply that arrives within a short wait.
+fn exchange(s: &UdpSocket, d: &[u8], h: &mut Harness) -> Vec<Vec<u8>> {
+    s.send(d).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        h.tick();
+        std::thread::sleep(Duration::from_millis(4));
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.recv(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+    }
+    out
+}
+
+fn reject_reason(d: &[u8]) -> Option<zone_net::proto::RejectReason> {
+    use zone_net::proto::server_envelope::Body;
+    match zone_net::envelope::decode_server(zone_net::wire::unframe(d)?).ok()?.1 {
+        Body::Reject(r) => zone_net::proto::RejectReason::try_from(r.reason).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
+    use zone_net::proto::RejectReason;
+    use zone_server::net::Rejection;
+    let bind = free_udp_port();
+    let mut h = Harness::start(bind, 8);
+    let t0 = Instant::now();
+    // A real player, to show the zone keeps serving while it is attacked.
+    let mut good = vec![Bot::new(bind, token(7, "demo", SECRET, now_unix() + 600), t0)];
+    h.run(40, &mut good, t0);
+    assert!(good[0].session.is_joined(), "{:?}", good[0].session.end_reason());
+
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    attacker.connect(bind).unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut sent = 0usize;
+    let mut replies = 0usize;
+    let mut send = |d: &[u8], h: &mut Harness| {
+        sent += d.len();
+        let r = exchange(&attacker, d, h);
+        let back: usize = r.iter().map(Vec::len).sum();
+        assert!(back <= d.len(), "a stranger's {}-byte datagram drew {back} bytes", d.len());
+        replies += back;
+        r
+    };
+    // Random bytes, and random bytes in our frame.
+    for i in 0..30 {
+        let d: Vec<u8> = (0..(next() % 1300) as usize + i % 2).map(|_| next() as u8).collect();
+        send(&d, &mut h);
+        send(&zone_net::wire::frame(&d), &mut h);
+    }
+    // Oversized.
+    send(&zone_net::wire::frame(&vec![0x55; 3000]), &mut h);
+    // A truncated Hello.
+    let good_hello = hello(&token(8, "demo", SECRET, now_unix() + 600), 1);
+    send(&good_hello[..good_hello.len() / 2], &mut h);
+    // Forged, expired and wrong-zone tokens, a missing token and another protocol version.
+    let cases = [
+        (
+            hello(&token(9, "demo", b"not-the-secret", now_unix() + 600), 1),
+            RejectReason::BadSignature,
+        ),
+        (hello(&token(9, "demo", SECRET, now_unix() - 3600), 1), RejectReason::Expired),
+        (hello(&token(9, "elsewhere", SECRET, now_unix() + 600), 1), RejectReason::WrongZone),
+        (hello("", 1), RejectReason::MissingToken),
+        (hello(&token(9, "demo", SECRET, now_unix() + 600), 2), RejectReason::BadVersion),
+    ];
+    for (d, want) in &cases {
+        let r = send(d, &mut h);
+        assert_eq!(
+            r.iter().filter_map(|d| reject_reason(d)).collect::<Vec<_>>(),
+            vec![*want],
+            "reply to a Hello expecting {want:?}"
+        );
+    }
+    // Replayed datagrams: everything the real player sent, again, from its own address (counted
+    // as duplicates) and from the attacker's (not joined).
+    let replay: Vec<Vec<u8>> = (0..3)
+        .flat_map(|_| good[0].session.poll(t0.elapsed().as_micros() as u64 + 20_000))
+        .collect();
+    for d in &replay {
+        good[0].socket.send(d).unwrap();
+        good[0].socket.send(d).unwrap();
+        send(d, &mut h);
+    }
+    h.run(30, &mut good, t0);
+
+    let c = h.link.counters();
+    for r in [
+        Rejection::NotOurProtocol,
+        Rejection::Malformed,
+        Rejection::Oversized,
+        Rejection::BadSignature,
+        Rejection::Expired,
+        Rejection::WrongZone,
+        Rejection::MissingToken,
+        Rejection::BadVersion,
+        Rejection::NotJoined,
+    ] {
+        assert!(c.rejected(r) > 0, "{} was counted: {:?}", r.label(), c);
+    }
+    assert!(
+        c.duplicates.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "replays counted as duplicates"
+    );
+    assert!(replies <= sent);
+    // The zone kept ticking and the real player kept receiving snapshots.
+    assert!(h.zone.tick() >= 40 + 67 * 5 + 30, "every exchange ticked the zone");
+    assert!(good[0].session.is_joined());
+    assert!(good[0].session.stats().snapshots_completed > 10, "{:?}", good[0].session.stats());
+    assert_eq!(good[0].session.stats().decode_errors, 0);
+    h.link.shutdown();
+}
+
+#[test]
+fn a_second_join_as_the_same_player_replaces_the_first() {
+    let bind = free_udp_port();
+    let mut h = Harness::start(bind, 8);
+    let t0 = Instant::now();
+    let mut bots = vec![Bot::new(bind, token(42, "demo", SECRET, now_unix() + 600), t0)];
+    h.run(30, &mut bots, t0);
+    assert!(bots[0].session.is_joined());
+    bots.push(Bot::new(bind, token(42, "demo", SECRET, now_unix() + 600), t0));
+    h.run(30, &mut bots, t0);
+    assert!(
+        bots[1].session.is_joined(),
+        "the newer connection wins: {:?}",
+        bots[1].session.end_reason()
+    );
+    assert_eq!(
+        bots[0].session.end_reason().map(|r| r.label()),
+        Some("replaced"),
+        "the older one is told why"
+    );
+    assert_eq!(h.zone.players().len(), 1, "the player is in the zone once");
+    h.run(20, &mut bots, t0);
+    assert!(bots[1].session.stats().snapshots_completed > 0);
+    h.link.shutdown();
+}

@@ -93,21 +93,50 @@ fn describe_all() {
     describe_counter!("zone_queue_dropped_total", "Items dropped because a bounded queue was full.");
     describe_counter!(
         "zone_reliable_retries_total",
-        "Reliable packets retransmitted (set by the UDP transport)."
+        "Reliable events resent because the client had not acknowledged them (our event layer over UDP)."
     );
     describe_counter!(
         "zone_reliable_timeouts_total",
-        "Reliable packets given up on (set by the UDP transport)."
+        "Reliable events given up on: the client stopped acknowledging and its session was ended."
     );
     describe_counter!(
         "zone_dropped_duplicates_total",
-        "Duplicate packets dropped (set by the UDP transport)."
+        "Datagrams dropped because their sequence number was already seen."
     );
     describe_histogram!(
         "zone_packet_size_bytes",
         Unit::Bytes,
-        "Size of game datagrams (set by the UDP transport)."
+        "Size of game datagrams sent, laminar header included."
     );
+    describe_counter!(
+        "zone_net_datagrams_total",
+        "Game datagrams by direction (in, out), counted at the socket."
+    );
+    describe_counter!(
+        "zone_net_bytes_total",
+        Unit::Bytes,
+        "Game bytes by direction (in, out), counted at the socket."
+    );
+    describe_counter!(
+        "zone_net_rejected_total",
+        "Datagrams, joins and inputs refused by the game socket, by reason."
+    );
+    describe_counter!("zone_net_sessions_total", "Client sessions by event (joined, left, replaced).");
+    describe_counter!(
+        "zone_net_snapshot_bytes_total",
+        Unit::Bytes,
+        "Snapshot bytes sent to clients (envelopes, no laminar header)."
+    );
+    describe_counter!(
+        "zone_net_frames_dropped_total",
+        "Replicate-stage frames (or join results) dropped because the network thread's queue was full."
+    );
+    describe_histogram!(
+        "zone_rtt_seconds",
+        Unit::Seconds,
+        "Round-trip time to clients, from the server's Ping/Pong once a second per client."
+    );
+    describe_gauge!("zone_net_clients", "Clients connected to the game socket (joined or joining).");
     describe_gauge!("zone_draining", "1 while the server drains for shutdown.");
     describe_gauge!("zone_ready", "1 while /readyz answers 200.");
     describe_gauge!("zone_uptime_seconds", Unit::Seconds, "Seconds since the process started.");

@@ -145,7 +145,11 @@ impl NetLink {
         let worker = worker::Worker::new(cfg, spec, gate, Arc::clone(&shared), from_tick, control_tx, input_tx);
         let thread = std::thread::Builder::new()
             .name("zone-net".into())
-            .spawn(move || worker.run())
+            .spawn({
+                // The thread's log lines carry the run's `zone` span like the tick thread's.
+                let span = tracing::Span::current();
+                move || span.in_scope(|| worker.run())
+            })
             .context("cannot start the network thread")?;
         Ok(NetLink {
             to_net,

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Capacity and memory per client of the game socket: one zone-server (demo zone, 10,000 NPCs, real
+# time) and one zone-bots process with N bots on loopback, for each N given.
+#
+#   bash benchmarks/net.sh                 # N = 100 500 1000
+#   bash benchmarks/net.sh 1000 1500       # other counts
+#
+# For each N it prints: the server's tick p99 (worst 5-second window once every bot has joined),
+# overruns, the server's CPU (cores, over the steady window), its RSS before the bots and with them
+# (and the growth per client), and the bots' report (joined, failed joins, snapshots and kbit/s
+# per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -q --bin zone-server --bin zone-bots
+S=./target/release/zone-server
+B=./target/release/zone-bots
+T=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
+export ZONE_TOKEN_SECRET=bench-secret
+PORT=17777
+ADMIN=127.0.0.1:19100
+DURATION=${DURATION:-40}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
+for N in ${@:-100 500 1000}; do
+  $S --zone assets/zones/demo.toml --bind 127.0.0.1:$PORT --admin $ADMIN --persistence off --threads 2 \
+     --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 2> "$T/server-$N.log" &
+  SP=$!
+  for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+  sleep 2
+  RSS0=$(rss_kb $SP)
+  START=$(date +%s)
+  $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior wander --ramp-per-s 500 \
+     --report "$T/bots-$N.json" 2> "$T/bots-$N.log" &
+  BP=$!
+  # Ramp (N/500 s) plus settling, then a steady window of half the duration.
+  RAMP=$(( N / 500 + 5 ))
+  sleep $RAMP
+  C0=$(cpu_ticks $SP); W0=$(date +%s.%N)
+  sleep $(( DURATION / 2 ))
+  C1=$(cpu_ticks $SP); W1=$(date +%s.%N)
+  RSSN=$(rss_kb $SP)
+  wait $BP || echo "zone-bots exited with $?"
+  kill -TERM $SP; wait $SP || true
+  python3 - "$T/server-$N.log" "$T/bots-$N.json" "$N" "$RSS0" "$RSSN" "$C0" "$C1" "$W0" "$W1" "$START" "$RAMP" <<'PY'
+import json, sys
+log, report, n, rss0, rssn, c0, c1, w0, w1, start, ramp = sys.argv[1:]
+n, rss0, rssn = int(n), int(rss0), int(rssn)
+p99 = []; overruns = 0
+for line in open(log):
+    try: j = json.loads(line)
+    except ValueError: continue
+    f = j.get("fields", j)
+    if f.get("message") == "zone stats":
+        ts = j.get("timestamp", "")
+        p99.append(int(f.get("tick_p99_us", 0))); overruns = int(f.get("overrun_ticks", 0))
+# Skip the windows that include the ramp.
+skip = int(ramp) // 5 + 1
+steady = p99[skip:-1] or p99
+cpu = (int(c1) - int(c0)) / 100 / (float(w1) - float(w0))
+r = json.load(open(report))
+print(f"N={n} tick_p99_ms_worst={max(steady)/1000:.2f} tick_p99_ms_windows={[round(x/1000,2) for x in steady]} overrun_ticks={overruns} "
+      f"server_cpu_cores={cpu:.2f} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
+keys = ["joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
+        "decode_errors", "missing_baselines", "bot_process_cpu_s", "bot_process_peak_rss_mb", "cpu_seconds", "peak_rss_mb"]
+print("   bots: " + " ".join(f"{k}={r[k]}" for k in keys if k in r))
+PY
+  sleep 2
+done

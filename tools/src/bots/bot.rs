@@ -1,0 +1,249 @@
+//! One bot: its own UDP socket connected to the server, its own join token, a
+//! [`ClientSession`] driven from the socket and the clock, a [`Brain`] choosing its inputs, and
+//! its counters fed to the shared [`Live`] totals. Returns a [`BotOutcome`] when the run ends, the
+//! server ends the session, a draining notice arrives or the swarm is stopped.
+//!
+//! Never blocks a runtime thread (all waits are async) and never panics on what the server
+//! sends: every datagram goes through the session, which counts and drops what it cannot use.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use zone_net::client::{ClientConfig, ClientSession, ClientStats, SessionState};
+
+use crate::behavior::{Behavior, Brain};
+use crate::report::{BotOutcome, Live};
+
+/// Goodbyes sent when leaving (each is one unreliable datagram).
+const GOODBYES: usize = 3;
+/// How often a bot adds its counters to the shared totals.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// Longest wait between two polls even when nothing is due (the session says when it is).
+const POLL_MAX_WAIT: Duration = Duration::from_millis(20);
+const RECV_BUFFER_BYTES: usize = 65_536;
+
+/// What every bot of a swarm shares.
+#[derive(Debug)]
+pub struct SwarmConfig {
+    pub server: SocketAddr,
+    pub zone_id: String,
+    pub token_secret: Vec<u8>,
+    pub token_ttl: Duration,
+    pub behavior: Behavior,
+    pub seed: u64,
+    /// The run's time origin (`now_us` is measured from it).
+    pub epoch: Instant,
+    /// When every bot leaves.
+    pub deadline: Instant,
+}
+
+impl SwarmConfig {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why a bot stopped.
+enum Stop {
+    /// The run's duration is over.
+    Deadline,
+    /// Ctrl-C.
+    Interrupted,
+    /// The session ended (a reject, the join timeout).
+    SessionEnded(String),
+    /// A DRAINING or SHUTDOWN notice arrived.
+    Notice,
+}
+
+/// The bot's progress through the run, and the counters already published.
+struct Tracker {
+    joined_at: Option<Instant>,
+    at_join: ClientStats,
+    published: ClientStats,
+    published_at: Instant,
+    was_connected: bool,
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        Tracker {
+            joined_at: None,
+            at_join: ClientStats::default(),
+            published: ClientStats::default(),
+            published_at: Instant::now(),
+            was_connected: false,
+        }
+    }
+
+    /// Notes the join; once joined, adds the new counters and RTT samples to `live` (at most
+    /// every [`PUBLISH_EVERY`] unless `force`).
+    fn publish(&mut self, s: &mut ClientSession, live: &Live, force: bool) {
+        if s.is_joined() && self.joined_at.is_none() {
+            self.joined_at = Some(Instant::now());
+            self.at_join = *s.stats();
+            self.was_connected = true;
+            Live::add(&live.connected, 1);
+        }
+        if self.joined_at.is_none() {
+            // Live rates are per joined bot: the join handshake's bytes are not counted.
+            self.published = *s.stats();
+            return;
+        }
+        if !force && self.published_at.elapsed() < PUBLISH_EVERY {
+            return;
+        }
+        self.published_at = Instant::now();
+        let (now, old) = (*s.stats(), self.published);
+        Live::add(&live.snapshots, now.snapshots_completed - old.snapshots_completed);
+        Live::add(&live.bytes_in, now.bytes_in - old.bytes_in);
+        Live::add(&live.bytes_out, now.bytes_out - old.bytes_out);
+        Live::add(&live.decode_errors, now.decode_errors - old.decode_errors);
+        live.record_rtts(&s.take_rtt_samples_us());
+        self.published = now;
+    }
+
+    /// The outcome, once the bot has stopped for `stop`.
+    fn finish(mut self, s: &mut ClientSession, live: &Live, stop: Stop) -> BotOutcome {
+        self.publish(s, live, true);
+        if self.was_connected {
+            live.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let reason = match stop {
+            Stop::Deadline => None,
+            Stop::Interrupted => Some("interrupted".to_owned()),
+            Stop::SessionEnded(r) => Some(r),
+            Stop::Notice => Some("draining_notice".to_owned()),
+        };
+        let Some(joined_at) = self.joined_at else {
+            Live::add(&live.failed_joins, 1);
+            return BotOutcome {
+                join_failure: Some(reason.unwrap_or_else(|| "deadline_before_join".to_owned())),
+                ..BotOutcome::default()
+            };
+        };
+        let (end, start) = (*s.stats(), self.at_join);
+        BotOutcome {
+            joined: true,
+            joined_s: joined_at.elapsed().as_secs_f64(),
+            join_failure: None,
+            ended_early: reason,
+            snapshots: end.snapshots_completed - start.snapshots_completed,
+            bytes_in: end.bytes_in - start.bytes_in,
+            bytes_out: end.bytes_out - start.bytes_out,
+            decode_errors: end.decode_errors,
+            missing_baselines: end.missing_baselines,
+            events_received: end.events_received,
+            duplicate_events: end.duplicate_events,
+        }
+    }
+}
+
+/// A failure before the session could start.
+fn failed(live: &Live, why: &str) -> BotOutcome {
+    Live::add(&live.failed_joins, 1);
+    BotOutcome {
+        join_failure: Some(why.to_owned()),
+        ..BotOutcome::default()
+    }
+}
+
+/// A socket connected to `server`, bound to loopback when the server is.
+async fn connect(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: IpAddr = match (server.ip().is_loopback(), server.is_ipv4()) {
+        (true, true) => Ipv4Addr::LOCALHOST.into(),
+        (true, false) => Ipv6Addr::LOCALHOST.into(),
+        (false, true) => Ipv4Addr::UNSPECIFIED.into(),
+        (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
+    socket.connect(server).await?;
+    Ok(socket)
+}
+
+/// Sends datagrams, ignoring errors (a refused or dropped datagram is what UDP does; the
+/// session's timeouts and counters notice the consequences).
+async fn send_all(socket: &UdpSocket, datagrams: Vec<Vec<u8>>) {
+    for d in datagrams {
+        let _ = socket.send(&d).await;
+    }
+}
+
+/// Resolves once the swarm is told to stop (never, if the sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs bot `player_id` from `start_at` until the deadline, a stop or the session's end.
+pub async fn run_bot(
+    cfg: Arc<SwarmConfig>,
+    live: Arc<Live>,
+    player_id: u64,
+    start_at: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> BotOutcome {
+    tokio::select! {
+        _ = tokio::time::sleep_until(start_at.into()) => {}
+        _ = stopped(&mut stop) => return failed(&live, "interrupted"),
+    }
+    let socket = match connect(cfg.server).await {
+        Ok(s) => s,
+        Err(_) => return failed(&live, "socket_error"),
+    };
+    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
+    let token = match zone_net::token::mint(&cfg.token_secret, player_id, &cfg.zone_id, expires) {
+        Ok(t) => t,
+        Err(_) => return failed(&live, "token_error"),
+    };
+    let mut session = ClientSession::new(ClientConfig::new(token), cfg.now_us());
+    let mut brain = Brain::new(cfg.behavior, cfg.seed, player_id);
+    let mut tracker = Tracker::new();
+    let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+    let stop_reason = loop {
+        let now = cfg.now_us();
+        send_all(&socket, session.poll(now)).await;
+        tracker.publish(&mut session, &live, false);
+        // Bots only count events (the session does); draining keeps them acknowledged.
+        drop(session.take_events());
+        if let SessionState::Ended(r) = session.state() {
+            break Stop::SessionEnded(r.label().to_owned());
+        }
+        if session.leave_notice().is_some() {
+            break Stop::Notice;
+        }
+        if Instant::now() >= cfg.deadline {
+            break Stop::Deadline;
+        }
+        if session.is_joined() {
+            let m = brain.decide(now, session.view(), session.player_object_id());
+            session.set_input(m.x, m.y, m.attack);
+        }
+        let wake_us = session.next_poll_us().unwrap_or(now).max(now);
+        let wake = (cfg.epoch + Duration::from_micros(wake_us))
+            .min(Instant::now() + POLL_MAX_WAIT)
+            .min(cfg.deadline);
+        tokio::select! {
+            r = socket.recv(&mut buf) => {
+                // Errors (an ICMP "port unreachable" while the server is down) are left to the
+                // join timeout.
+                if let Ok(n) = r {
+                    let replies = session.receive(&buf[..n], cfg.now_us());
+                    send_all(&socket, replies).await;
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = stopped(&mut stop) => break Stop::Interrupted,
+        }
+    };
+    tracker.publish(&mut session, &live, true);
+    if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
+        let goodbyes: Vec<Vec<u8>> = (0..GOODBYES).map(|_| session.goodbye()).collect();
+        send_all(&socket, goodbyes).await;
+    }
+    tracker.finish(&mut session, &live, stop_reason)
+}

@@ -1,0 +1,146 @@
+//! `zone-bots`' command line: the flags, their units and defaults, and the parsers for durations
+//! (`30s`, `2m`, `500ms`, `1h`, or plain seconds), server addresses and rates.
+//!
+//! Parsing only: never opens a socket (a server name is resolved once, here, through the system
+//! resolver) and never starts the swarm.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::behavior::Behavior;
+
+/// Runs N bot clients against a zone server over UDP, from one process, and reports what they
+/// measured (join failures, snapshot and byte rates per bot, round-trip times, decode errors, and
+/// this process's own CPU and memory).
+///
+/// Every bot mints its own join token with the shared secret, joins, sends inputs at 60 Hz,
+/// decodes and acknowledges snapshots, and leaves with a Goodbye at the end. Progress is printed
+/// on stderr once a second. Exit status: 0 when every bot joined and no snapshot failed to
+/// decode, 1 otherwise (the reason is printed), 2 for a bad command line.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "zone-bots", version, about, long_about)]
+pub struct Cli {
+    /// The zone server's UDP address, HOST:PORT (e.g. 127.0.0.1:7777).
+    #[arg(long, value_parser = parse_server)]
+    pub server: SocketAddr,
+
+    /// Number of bots to run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+
+    /// How long the run lasts, from the start of the first join: `30s`, `2m`, `500ms`, `1h`, or
+    /// plain seconds. At the end every bot sends Goodbye and the report is written.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The HS256 secret join tokens are signed with (the server's token secret).
+    #[arg(long, env = "ZONE_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+
+    /// The zone id written into the tokens; must equal the server's zone id.
+    #[arg(long, default_value = "demo")]
+    pub zone_id: String,
+
+    /// What the bots do once joined.
+    #[arg(long, value_enum, default_value_t = Behavior::Wander)]
+    pub behavior: Behavior,
+
+    /// Player id of the first bot; bot k uses this plus k, so processes with disjoint ranges can
+    /// run side by side (a player id joining twice replaces the first session).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub first_player_id: u64,
+
+    /// Joins started per second (the bots' start times are spread evenly at this rate).
+    #[arg(long, default_value_t = 200.0, value_parser = parse_rate)]
+    pub ramp_per_s: f64,
+
+    /// Lifetime of the minted tokens (same formats as --duration).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Seed for the behaviours' randomness (each bot mixes in its player id).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Write the pretty-printed JSON report to this file (without it, the report goes to stdout).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// `30s`, `2m`, `500ms`, `1h`, `1.5s` or plain (possibly fractional) seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 30s, 2m, 500ms, 1h or plain seconds"))?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3_600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// HOST:PORT, resolved once; the first address wins.
+pub fn parse_server(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not a HOST:PORT address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// A strictly positive, finite rate.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        for bad in ["", "s", "10x", "-3s", "1..2s", "ms5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "zone-bots",
+            "--server",
+            "127.0.0.1:7777",
+            "--count",
+            "3",
+            "--token-secret",
+            "s",
+            "--behavior",
+            "chase",
+        ])
+        .unwrap();
+        assert_eq!(cli.count, 3);
+        assert_eq!(cli.behavior, Behavior::Chase);
+        assert_eq!(cli.duration, Duration::from_secs(30));
+        assert!(Cli::try_parse_from(["zone-bots", "--server", "127.0.0.1:7777", "--count", "0", "--token-secret", "s"]).is_err());
+        assert!(parse_rate("0").is_err() && parse_rate("nan").is_err() && parse_rate("2.5") == Ok(2.5));
+    }
+}
