@@ -38,6 +38,8 @@ pub const PING_INTERVAL_US_DEFAULT: u64 = 250_000;
 pub const INPUTS_PER_BATCH: usize = 4;
 /// Lead, in ticks, of an input over the estimated server tick, on top of half the RTT.
 pub const INPUT_LEAD_TICKS_MIN: u64 = 2;
+/// How far past the wanted tick the newest input may be before new inputs are held back.
+pub const INPUT_AHEAD_SLACK_TICKS: u64 = 10;
 /// Completed views kept as possible baselines.
 pub const VIEWS_KEPT: usize = 32;
 /// Ticks being reassembled at once; the oldest is dropped beyond this.
@@ -62,6 +64,9 @@ pub struct ClientConfig {
     pub hello_interval_us: u64,
     pub hello_backoff_us: u64,
     pub ping_interval_us: u64,
+    /// A joined session that hears nothing from the server for this long ends
+    /// ([`EndReason::ServerSilent`]); the server pings every second, so this means it is gone.
+    pub server_silence_timeout_us: u64,
 }
 
 impl ClientConfig {
@@ -73,6 +78,7 @@ impl ClientConfig {
             hello_interval_us: HELLO_INTERVAL_US_DEFAULT,
             hello_backoff_us: HELLO_BACKOFF_US_DEFAULT,
             ping_interval_us: PING_INTERVAL_US_DEFAULT,
+            server_silence_timeout_us: 10 * US_PER_S,
         }
     }
 }
@@ -86,6 +92,8 @@ pub enum EndReason {
     JoinTimeout,
     /// The caller left with [`ClientSession::goodbye`].
     Left,
+    /// Nothing arrived from the server for [`ClientConfig::server_silence_timeout_us`] after joining.
+    ServerSilent,
 }
 
 impl EndReason {
@@ -95,6 +103,7 @@ impl EndReason {
         match self {
             EndReason::Rejected { reason, .. } => reject_label(*reason),
             EndReason::JoinTimeout => "join_timeout",
+            EndReason::ServerSilent => "server_silent",
             EndReason::Left => "left",
         }
     }
@@ -106,6 +115,7 @@ impl fmt::Display for EndReason {
             EndReason::Rejected { detail, .. } if !detail.is_empty() => write!(f, "rejected: {} ({detail})", self.label()),
             EndReason::Rejected { .. } => write!(f, "rejected: {}", self.label()),
             EndReason::JoinTimeout => write!(f, "no Welcome before the join timeout"),
+            EndReason::ServerSilent => write!(f, "the server went silent"),
             EndReason::Left => write!(f, "left"),
         }
     }
@@ -208,6 +218,8 @@ pub struct ClientSession {
     config: ClientConfig,
     state: SessionState,
     started_us: u64,
+    /// When the last well-formed datagram from the server arrived.
+    last_heard_us: u64,
     sequence_unreliable: u32,
     sequence_reliable: u32,
     next_hello_us: u64,
@@ -242,6 +254,7 @@ impl ClientSession {
             config,
             state: SessionState::Joining,
             started_us: now_us,
+            last_heard_us: now_us,
             sequence_unreliable: 0,
             sequence_reliable: 0,
             next_hello_us: now_us,
@@ -330,6 +343,7 @@ impl ClientSession {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
+        self.last_heard_us = now_us;
         let joined = matches!(self.state, SessionState::Joined { .. });
         match body {
             server_envelope::Body::Welcome(w) => self.on_welcome(&w, now_us),
@@ -452,6 +466,11 @@ impl ClientSession {
         if matches!(self.state, SessionState::Joining) && now_us.saturating_sub(self.started_us) >= self.config.join_timeout_us {
             self.state = SessionState::Ended(EndReason::JoinTimeout);
         }
+        if matches!(self.state, SessionState::Joined { .. })
+            && now_us.saturating_sub(self.last_heard_us) >= self.config.server_silence_timeout_us
+        {
+            self.state = SessionState::Ended(EndReason::ServerSilent);
+        }
     }
 
     /// Frames one message on `channel`, advancing that channel's sequence, and counts it.
@@ -507,6 +526,9 @@ impl ClientSession {
         let lead = INPUT_LEAD_TICKS_MIN.saturating_add(rtt_ticks);
         let wanted = self.estimated_server_tick(now_us).saturating_add(lead);
         let tick = match self.inputs.back() {
+            // Far ahead of where the server is (it fell behind real time, or the RTT dropped):
+            // hold this tick's input rather than drift out of the server's input window.
+            Some(prev) if prev.tick > wanted.saturating_add(INPUT_AHEAD_SLACK_TICKS) => return,
             Some(prev) => wanted.max(prev.tick.saturating_add(1)),
             None => wanted,
         };

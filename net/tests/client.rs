@@ -195,7 +195,8 @@ fn inputs_are_redundant_consecutive_and_lead_the_server() {
     // Nothing more until the next tick is due.
     assert!(s.poll(TICK_US - 100).is_empty());
 
-    // An RTT sample of 40 ms: lead = 2 + ceil(20 ms in ticks) = 4.
+    // An RTT sample of 40 ms: lead = 2 + ceil(40 ms in ticks) = 5 (the estimate is half a round
+    // trip old and the input needs the other half).
     let pong = server(Channel::Unreliable, server_envelope::Body::Pong(Pong { echo_us: 0 }));
     s.receive(&pong, 40 * MS);
     assert_eq!(s.take_rtt_samples_us(), vec![40 * MS]);
@@ -215,10 +216,10 @@ fn inputs_are_redundant_consecutive_and_lead_the_server() {
         assert_eq!(last.len(), 1, "one batch per tick");
     }
     let ticks: Vec<u64> = last[0].inputs.iter().map(|i| i.tick).collect();
-    // At tick 5 the estimate is 1005, plus a lead of 4.
-    assert_eq!(ticks, vec![1_006, 1_007, 1_008, 1_009]);
+    // At tick 5 the estimate is 1005, plus a lead of 5.
+    assert_eq!(ticks, vec![1_007, 1_008, 1_009, 1_010]);
     assert!(last[0].inputs.iter().all(|i| (i.move_x, i.move_y, i.attack) == (0, 0, false)));
-    assert_eq!(s.last_input_tick(), Some(1_009));
+    assert_eq!(s.last_input_tick(), Some(1_010));
 
     // After a stall, one batch carries an input per missed tick (at most four), and the schedule
     // restarts from now.

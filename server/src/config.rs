@@ -174,7 +174,7 @@ pub struct Cli {
     #[arg(long, value_name = "M", env = "ZONE_INTEREST_RADIUS_M")]
     pub interest_radius_m: Option<f64>,
 
-    /// Most objects one client is told about (the nearest). [default: 256]
+    /// Most objects one client is told about (the nearest). [default: 128]
     #[arg(long, value_name = "N", env = "ZONE_INTEREST_MAX")]
     pub interest_max: Option<usize>,
 
@@ -412,7 +412,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         token_secret: cli.token_secret.clone().or(file.token_secret).filter(|s| !s.is_empty()),
         snapshot_rate: cli.snapshot_rate.or(file.snapshot_rate).unwrap_or(20),
         interest_radius_m: cli.interest_radius_m.or(file.interest_radius_m).unwrap_or(150.0),
-        interest_max: cli.interest_max.or(file.interest_max).unwrap_or(256),
+        interest_max: cli.interest_max.or(file.interest_max).unwrap_or(128),
         max_clients: cli.max_clients.or(file.max_clients),
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),

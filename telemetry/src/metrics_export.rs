@@ -35,6 +35,7 @@ pub fn install_prometheus(zone_id: &str) -> Result<PrometheusHandle, TelemetryEr
         .set_buckets_for_metric(Matcher::Full("zone_shard_tick_duration_seconds".into()), &TICK_BUCKETS_S)?
         .set_buckets_for_metric(Matcher::Full("zone_stage_duration_seconds".into()), &STAGE_BUCKETS_S)?
         .set_buckets_for_metric(Matcher::Full("zone_snapshot_capture_duration_seconds".into()), &STAGE_BUCKETS_S)?
+        .set_buckets_for_metric(Matcher::Full("zone_net_frame_encode_seconds".into()), &TICK_BUCKETS_S)?
         .set_buckets_for_metric(
             Matcher::Full("zone_packet_size_bytes".into()),
             &[32.0, 64.0, 128.0, 256.0, 512.0, 768.0, 1024.0, 1200.0, 1500.0, 4096.0],
@@ -135,6 +136,19 @@ fn describe_all() {
         "zone_rtt_seconds",
         Unit::Seconds,
         "Round-trip time to clients, from the server's Ping/Pong once a second per client."
+    );
+    describe_counter!(
+        "zone_net_snapshots_total",
+        "Client snapshots sent, by kind (full: no acknowledged baseline; delta)."
+    );
+    describe_histogram!(
+        "zone_net_frame_encode_seconds",
+        Unit::Seconds,
+        "Time the network thread spends turning one frame into every client's snapshot."
+    );
+    describe_counter!(
+        "zone_net_events_dropped_total",
+        "Other players' joins, leaves and deaths not sent to a client (at most 16 per snapshot and 64 queued)."
     );
     describe_gauge!("zone_net_clients", "Clients connected to the game socket (joined or joining).");
     describe_gauge!("zone_draining", "1 while the server drains for shutdown.");

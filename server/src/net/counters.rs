@@ -100,11 +100,16 @@ pub struct NetCounters {
     pub duplicates: AtomicU64,
     pub event_resends: AtomicU64,
     pub event_give_ups: AtomicU64,
+    /// Other players' events not queued for a client (per-frame and queue caps).
+    pub events_dropped: AtomicU64,
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
     pub replaced: AtomicU64,
     pub snapshot_datagrams: AtomicU64,
     pub snapshot_bytes: AtomicU64,
+    /// Snapshots sent with no baseline (full) rather than as a delta.
+    pub snapshots_full: AtomicU64,
+    pub snapshots_delta: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub clients: AtomicU64,
 }
@@ -147,10 +152,13 @@ impl NetCounters {
         metrics::counter!("zone_dropped_duplicates_total").absolute(g(&self.duplicates));
         metrics::counter!("zone_reliable_retries_total").absolute(g(&self.event_resends));
         metrics::counter!("zone_reliable_timeouts_total").absolute(g(&self.event_give_ups));
+        metrics::counter!("zone_net_events_dropped_total").absolute(g(&self.events_dropped));
         metrics::counter!("zone_net_sessions_total", "event" => "joined").absolute(g(&self.joins));
         metrics::counter!("zone_net_sessions_total", "event" => "left").absolute(g(&self.leaves));
         metrics::counter!("zone_net_sessions_total", "event" => "replaced").absolute(g(&self.replaced));
         metrics::counter!("zone_net_snapshot_bytes_total").absolute(g(&self.snapshot_bytes));
+        metrics::counter!("zone_net_snapshots_total", "kind" => "full").absolute(g(&self.snapshots_full));
+        metrics::counter!("zone_net_snapshots_total", "kind" => "delta").absolute(g(&self.snapshots_delta));
         metrics::counter!("zone_net_frames_dropped_total").absolute(g(&self.frames_dropped));
         metrics::gauge!("zone_net_clients").set(g(&self.clients) as f64);
     }

@@ -33,8 +33,11 @@ pub use counters::{NetCounters, Rejection};
 const CONTROL_QUEUE_MAX: usize = 4_096;
 /// Inputs waiting for the tick thread (about 4 ticks of 1,000 players at 60 Hz, with redundancy).
 const INPUT_QUEUE_MAX: usize = 16_384;
-/// Messages waiting for the network thread (frames are a few per second).
+/// Messages waiting for the network thread.
 const TO_NET_QUEUE_MAX: usize = 256;
+/// Frames waiting for the network thread at most: an older frame is worthless once a newer one
+/// exists, and each holds a copy of the zone's objects.
+const FRAMES_IN_FLIGHT_MAX: usize = 2;
 /// Joins, leaves and deaths held for the next frame when frames are being dropped.
 const PENDING_EVENTS_MAX: usize = 10_000;
 
@@ -62,7 +65,7 @@ impl NetConfig {
             token_secret,
             snapshot_rate_hz: 20,
             interest_radius_mm: 150_000,
-            interest_max: 256,
+            interest_max: 128,
             max_clients,
             handshake_rate_per_ip: 100.0,
             peer_packet_rate: 240.0,
@@ -104,6 +107,8 @@ pub struct NetShared {
     /// The last tick the zone ran.
     pub tick: AtomicU64,
     pub stop: AtomicBool,
+    /// Frames sent to the network thread and not yet encoded.
+    pub frames_in_flight: std::sync::atomic::AtomicUsize,
     pub counters: Arc<NetCounters>,
 }
 
@@ -128,6 +133,7 @@ impl NetLink {
             token_secret: cfg.token_secret.clone(),
             zone_id: spec.id.clone(),
             handshake_rate_per_ip: cfg.handshake_rate_per_ip,
+            peer_packet_rate: cfg.peer_packet_rate,
             // Room for joining clients and replaced sessions beyond the joined ones.
             admitted_max: cfg.max_clients + cfg.max_clients / 4 + 16,
         };
@@ -224,7 +230,12 @@ impl NetLink {
         let t = zone.tick();
         self.shared.tick.store(t, Ordering::Relaxed);
         let p = &mut self.pending;
-        if p.joins.len() + p.leaves.len() + p.deaths.len() < PENDING_EVENTS_MAX {
+        if self.shared.counters.clients.load(Ordering::Relaxed) == 0 {
+            // Nobody to tell: a later client must not receive a backlog of old events.
+            p.joins.clear();
+            p.leaves.clear();
+            p.deaths.clear();
+        } else if p.joins.len() + p.leaves.len() + p.deaths.len() < PENDING_EVENTS_MAX {
             p.joins.extend(batch.joins.iter().map(|&j| (j, t)));
             p.leaves.extend(batch.leaves.iter().map(|&l| (l, t)));
             for s in zone.shard_stats() {
@@ -232,12 +243,21 @@ impl NetLink {
             }
         }
         if self.replicating {
+            if self.shared.frames_in_flight.load(Ordering::Relaxed) >= FRAMES_IN_FLIGHT_MAX {
+                // The network thread is behind: skip this frame (its objects would be stale by
+                // the time it was encoded) and keep the events for the next one.
+                zone.take_replicas();
+                self.shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.shared.frames_in_flight.fetch_add(1, Ordering::Relaxed);
             let mut frame = std::mem::take(&mut self.pending);
             frame.tick = t;
             frame.shards = zone.take_replicas();
             if let Err(TrySendError::Full(ToNet::Frame(f)) | TrySendError::Disconnected(ToNet::Frame(f))) =
                 self.to_net.try_send(ToNet::Frame(Box::new(frame)))
             {
+                self.shared.frames_in_flight.fetch_sub(1, Ordering::Relaxed);
                 self.shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 // Keep the events for the next frame; the objects are stale anyway.
                 self.pending = Frame {

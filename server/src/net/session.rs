@@ -11,11 +11,12 @@ use zone_net::proto::Event;
 use zone_net::view::View;
 use zone_sim::PlayerId;
 
-use super::gate::Bucket;
-
-/// Views kept per client for delta baselines: 0.8 s at 20 Hz, far more than a loopback or LAN
-/// round trip; an acknowledgement older than that falls back to a full snapshot.
-pub const SENT_VIEWS_MAX: usize = 16;
+/// Views kept per client for delta baselines: half a second of sends (at least 8, at most 30),
+/// far more than a LAN round trip. An acknowledgement older than that is not used (the client's
+/// decoder keeps 32 views): sends are full snapshots until a newer one arrives.
+pub fn history_len(snapshot_rate_hz: u32) -> usize {
+    (snapshot_rate_hz as usize / 2).clamp(8, 30)
+}
 /// Unacknowledged events a client may have before the server gives up on it.
 pub const EVENTS_UNACKED_MAX: usize = 256;
 /// How long an event may stay unacknowledged before the server gives up on the client.
@@ -33,11 +34,16 @@ pub struct Session {
     pub player: PlayerId,
     pub phase: Phase,
     pub last_heard: Instant,
-    pub bucket: Bucket,
     newest_seq: Option<u32>,
     seen_mask: u64,
-    /// The newest input tick forwarded to the zone.
+    /// The newest input tick seen (later copies of it and older ones are redundant).
+    pub newest_input_tick: u64,
+    /// The newest input tick forwarded to the zone (what snapshots acknowledge).
     pub last_input_tick: u64,
+    /// When the join was last asked of the tick thread (asked again if no answer comes).
+    pub join_asked: Instant,
+    /// The last event batch could not hold every unacknowledged event.
+    pub events_truncated: bool,
     /// Next sequence number on the unreliable channel (snapshots, events, pings).
     pub unreliable_seq: u32,
     /// Next sequence number on the reliable channel (Welcome, Reject).
@@ -57,15 +63,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(player: PlayerId, now: Instant, burst: f64) -> Session {
+    pub fn new(player: PlayerId, now: Instant) -> Session {
         Session {
             player,
             phase: Phase::Joining,
             last_heard: now,
-            bucket: Bucket::full(burst, now),
             newest_seq: None,
             seen_mask: 0,
+            newest_input_tick: 0,
             last_input_tick: 0,
+            join_asked: now,
+            events_truncated: false,
             unreliable_seq: 0,
             reliable_seq: 0,
             sent: VecDeque::new(),
@@ -119,15 +127,18 @@ impl Session {
         }
     }
 
-    /// The baseline to delta against at `tick`, if the client's acknowledgements keep up.
-    pub fn baseline_for(&self, tick: u64) -> Option<&View> {
+    /// The baseline to delta against at `tick`: the acknowledged view, if it is at most
+    /// `max_age_ticks` old. The age limit is the sent history's span, so at most that many views
+    /// were completed after it and the client (which keeps 32) still holds it.
+    pub fn baseline_for(&self, tick: u64, max_age_ticks: u64) -> Option<&View> {
         self.baseline
             .as_ref()
-            .filter(|b| b.tick() < tick && b.tick() + (SENT_VIEWS_MAX as u64) * 3 * 4 >= tick)
+            .filter(|b| b.tick() < tick && b.tick() + max_age_ticks >= tick)
     }
 
-    pub fn record_sent(&mut self, held: View) {
-        if self.sent.len() == SENT_VIEWS_MAX {
+    /// Records what the client holds after this send, keeping the last `history` sends.
+    pub fn record_sent(&mut self, held: View, history: usize) {
+        while self.sent.len() >= history.max(1) {
             self.sent.pop_front();
         }
         self.sent.push_back(held);
@@ -173,7 +184,7 @@ mod tests {
     #[test]
     fn duplicate_window() {
         let now = Instant::now();
-        let mut s = Session::new(1, now, 10.0);
+        let mut s = Session::new(1, now);
         assert!(s.first_sight(5));
         assert!(!s.first_sight(5));
         assert!(s.first_sight(7));

@@ -33,8 +33,10 @@ use super::gate::{CLIENT_DATAGRAM_BYTES_MAX, GateSocket};
 use super::session::{Phase, Session};
 use super::{Control, Frame, NetConfig, NetShared, ToNet};
 
-/// How long the thread sleeps when there is nothing to do.
-const IDLE_SLEEP: Duration = Duration::from_millis(1);
+/// The thread polls the socket at most this often: each laminar poll visits every connection,
+/// so polling back to back under load would spend the thread on bookkeeping. Datagrams wait in
+/// the kernel's 4 MiB buffer meanwhile (at most this long).
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Unacknowledged events are resent this often.
 const EVENT_RESEND: Duration = Duration::from_millis(100);
 /// The server pings each client this often (RTT per client).
@@ -42,6 +44,51 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// Inputs may target at most this many ticks past the zone's next tick (the zone's own
 /// `input_lead_ticks_max` applies too).
 const INPUT_LEAD_TICKS_MAX: u64 = 30;
+/// What every client's snapshot at one frame is made from.
+struct Encoder<'a> {
+    tick: u64,
+    objects: &'a [QObject],
+    index: &'a SpatialIndex,
+    players: &'a HashMap<u64, PosMm>,
+    origin: (i32, i32),
+    radius_mm: u32,
+    objects_max: usize,
+    datagrams_max: usize,
+    history: usize,
+    interval_ticks: u64,
+}
+
+impl Encoder<'_> {
+    /// One client's snapshot datagrams (and their bytes), recorded in its session; None when
+    /// its player is not in the zone yet (joins apply at the next tick).
+    fn snapshot(&self, s: &mut Session) -> Option<(Vec<Vec<u8>>, usize, bool)> {
+        let &pos = self.players.get(&player_object_id(s.player))?;
+        let ids = self.index.nearest(pos, self.radius_mm, self.objects_max, &mut Vec::new());
+        let view_objects: Vec<QObject> = ids
+            .iter()
+            .filter_map(|id| self.objects.binary_search_by_key(id, |o| o.id).ok().map(|i| self.objects[i]))
+            .collect();
+        let view = View::new(self.tick, view_objects).ok()?;
+        let focus = (quantize_pos(pos.x_mm, self.origin.0), quantize_pos(pos.y_mm, self.origin.1));
+        let frame = SnapshotFrame {
+            ack_input_tick: s.last_input_tick,
+            sequence: s.unreliable_seq,
+        };
+        let base = s.baseline_for(self.tick, self.history as u64 * self.interval_ticks).cloned();
+        let base = base.as_ref();
+        let (datagrams, stats, held) = encode_delta_capped(base, &view, frame, SNAPSHOT_BUDGET_BYTES, focus, self.datagrams_max).ok()?;
+        s.unreliable_seq = s.unreliable_seq.wrapping_add(datagrams.len() as u32);
+        s.record_sent(held, self.history);
+        Some((datagrams, stats.bytes, base.is_none()))
+    }
+}
+
+/// Other players' joins, leaves and deaths queued per client per frame at most.
+const OTHER_EVENTS_PER_FRAME_MAX: usize = 16;
+/// Other players' events are not queued for a client with this many unacknowledged events.
+const OTHER_EVENTS_QUEUED_MAX: usize = 64;
+/// Clients encoded between two socket polls.
+const ENCODE_CHUNK: usize = 200;
 /// Spatial index bucket edge.
 const BUCKET_MM: u32 = 32_000;
 /// Snapshot datagrams carry laminar's header too.
@@ -62,7 +109,14 @@ pub struct Worker {
     by_player: HashMap<PlayerId, SocketAddr>,
     draining: bool,
     epoch: Instant,
-    scratch: Vec<(u64, u64)>,
+    /// Snapshot encoding runs on this pool (one thread per core).
+    pool: rayon::ThreadPool,
+    /// Views kept per client for baselines (about half a second of sends).
+    history: usize,
+    /// Player positions at the previous frame (for the events of players who just left).
+    prev_players: HashMap<u64, PosMm>,
+    encode_hist: metrics::Histogram,
+    slow_logged: Instant,
     rtt_hist: metrics::Histogram,
     size_hist: metrics::Histogram,
 }
@@ -104,6 +158,7 @@ impl Worker {
             cols: spec.shard_cols,
             rows: spec.shard_rows,
         };
+        let history = super::session::history_len(cfg.snapshot_rate_hz);
         Worker {
             origin: (b.min.x, b.min.y),
             grid,
@@ -119,7 +174,15 @@ impl Worker {
             by_player: HashMap::new(),
             draining: false,
             epoch: Instant::now(),
-            scratch: Vec::new(),
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .thread_name(|i| format!("zone-net-encode-{i}"))
+                .build()
+                .expect("a thread pool of available_parallelism threads"),
+            history,
+            prev_players: HashMap::new(),
+            encode_hist: metrics::histogram!("zone_net_frame_encode_seconds"),
+            slow_logged: Instant::now() - Duration::from_secs(60),
             rtt_hist: metrics::histogram!("zone_rtt_seconds"),
             size_hist: metrics::histogram!("zone_packet_size_bytes", "direction" => "out"),
         }
@@ -132,14 +195,8 @@ impl Worker {
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            self.manager.manual_poll(now);
-            let mut busy = false;
-            while let Ok(ev) = self.events.try_recv() {
-                busy = true;
-                self.on_socket_event(ev, now);
-            }
+            self.poll_socket(now);
             while let Ok(m) = self.from_tick.try_recv() {
-                busy = true;
                 self.on_tick_message(m, now);
             }
             if now.duration_since(last_timers) >= Duration::from_millis(10) {
@@ -151,11 +208,21 @@ impl Worker {
                 self.shared.counters.publish();
                 last_publish = now;
             }
-            if !busy {
-                std::thread::sleep(IDLE_SLEEP);
+            let spent = now.elapsed();
+            if spent < POLL_INTERVAL {
+                std::thread::sleep(POLL_INTERVAL - spent);
             }
         }
         self.goodbye_all();
+    }
+
+    /// One laminar poll (sends what is queued, reads what arrived) and the datagrams it produced.
+    fn poll_socket(&mut self, now: Instant) {
+        self.manager.socket_mut().begin_poll();
+        self.manager.manual_poll(now);
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_socket_event(ev, now);
+        }
     }
 
     fn now_us(&self, now: Instant) -> u64 {
@@ -217,23 +284,22 @@ impl Worker {
             }
             return;
         }
-        let rate = self.cfg.peer_packet_rate;
         let s = self.sessions.get_mut(&addr).expect("checked above");
         s.last_heard = now;
-        if !s.bucket.take(rate, rate * 2.0, now) {
-            counters.reject(Rejection::PeerRate);
-            return;
-        }
         if stamp.channel == Channel::Unreliable && !s.first_sight(stamp.sequence) {
             counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
         match body {
             client_envelope::Body::Hello(_) => {
-                // The client missed our Welcome: say it again (it is smaller than the Hello).
+                let player = s.player;
                 if s.phase == Phase::Joined {
-                    let player = s.player;
+                    // The client missed our Welcome: say it again (it is smaller than the Hello).
                     self.welcome(addr, player);
+                } else if now.saturating_duration_since(s.join_asked) >= Duration::from_secs(1) {
+                    // The tick thread's answer was lost (its queue was full): ask again.
+                    s.join_asked = now;
+                    self.request_join(addr, player);
                 }
             }
             client_envelope::Body::Inputs(b) => {
@@ -245,10 +311,10 @@ impl Worker {
                 let next = self.shared.tick.load(Ordering::Relaxed) + 1;
                 let player = s.player;
                 for i in b.inputs {
-                    if i.tick <= s.last_input_tick {
-                        continue; // a redundant copy of an input already forwarded
+                    if i.tick <= s.newest_input_tick {
+                        continue; // a redundant copy of an input already seen
                     }
-                    s.last_input_tick = i.tick;
+                    s.newest_input_tick = i.tick;
                     if i.tick < next {
                         counters.reject(Rejection::InputTooOld);
                         continue;
@@ -264,8 +330,9 @@ impl Worker {
                         move_y: i.move_y,
                         attack: i.attack,
                     };
-                    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.inputs.try_send(input) {
-                        counters.reject(Rejection::InputQueueFull);
+                    match self.inputs.try_send(input) {
+                        Ok(()) => s.last_input_tick = i.tick,
+                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => counters.reject(Rejection::InputQueueFull),
                     }
                 }
             }
@@ -321,32 +388,39 @@ impl Worker {
         if replacing.is_none() && self.sessions.len() >= self.cfg.max_clients {
             return refuse(self, RejectReason::ZoneFull, Rejection::ZoneFull, "the zone is full");
         }
-        let mut s = Session::new(player, now, self.cfg.peer_packet_rate * 2.0);
+        let s = Session::new(player, now);
         if let Some(old) = replacing {
-            // The newer connection wins: the old one is told why and dropped; the player stays.
+            // The newer connection wins: the old one is told why (twice, as datagrams get lost)
+            // and dropped; the player stays in the zone.
             let old_phase = self.sessions.get(&old).map(|o| o.phase);
-            self.send_reliable_body(
-                old,
-                server_envelope::Body::Reject(Reject {
-                    reason: RejectReason::Replaced as i32,
-                    detail: "another connection joined as this player".into(),
-                }),
-            );
+            for _ in 0..2 {
+                self.send_reliable_body(
+                    old,
+                    server_envelope::Body::Reject(Reject {
+                        reason: RejectReason::Replaced as i32,
+                        detail: "another connection joined as this player".into(),
+                    }),
+                );
+            }
             self.end_session(old, "replaced", false);
             counters.replaced.fetch_add(1, Ordering::Relaxed);
-            self.sessions.insert(addr, s);
-            self.by_player.insert(player, addr);
+            self.insert_session(addr, s);
             if old_phase == Some(Phase::Joined) {
                 self.on_joined(addr, now);
-            } else {
-                self.request_join(addr, player);
             }
+            // Otherwise the old session's join is still on its way: its answer finds this one.
             return;
         }
-        s.phase = Phase::Joining;
-        self.sessions.insert(addr, s);
-        self.by_player.insert(player, addr);
+        self.insert_session(addr, s);
         self.request_join(addr, player);
+    }
+
+    fn insert_session(&mut self, addr: SocketAddr, s: Session) {
+        self.by_player.insert(s.player, addr);
+        self.sessions.insert(addr, s);
+        // Counted before the join reaches the tick thread, which only collects events for frames
+        // while someone is connected.
+        self.shared.counters.clients.store(self.sessions.len() as u64, Ordering::Relaxed);
     }
 
     fn request_join(&mut self, addr: SocketAddr, player: PlayerId) {
@@ -406,7 +480,10 @@ impl Worker {
                     }
                 }
             }
-            ToNet::Frame(f) => self.on_frame(*f, now),
+            ToNet::Frame(f) => {
+                self.on_frame(*f, now);
+                self.shared.frames_in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
             ToNet::Draining => {
                 self.draining = true;
                 let addrs: Vec<SocketAddr> = self.sessions.keys().copied().collect();
@@ -470,7 +547,9 @@ impl Worker {
                 ended.push((*addr, "events unacknowledged"));
                 continue;
             }
-            let unsent = s.events_first_seq + s.events.len() as u64 > s.events_sent;
+            // New events go out at once unless the last batch was full (then they wait for the
+            // acknowledgements, like the resends).
+            let unsent = s.events_first_seq + s.events.len() as u64 > s.events_sent && !s.events_truncated;
             let resend = !s.events.is_empty() && s.events_last_send.is_none_or(|t| now.saturating_duration_since(t) >= EVENT_RESEND);
             if unsent || resend {
                 due_events.push(*addr);
@@ -511,12 +590,28 @@ impl Worker {
         let resent = s.events_sent.min(end).saturating_sub(s.events_first_seq);
         self.shared.counters.event_resends.fetch_add(resent, Ordering::Relaxed);
         s.events_sent = s.events_sent.max(end);
+        s.events_truncated = batch.events.len() < s.events.len();
         s.events_last_send = Some(now);
         self.send_unreliable_body(addr, server_envelope::Body::Events(batch));
     }
 
     /// One frame: every joined client's snapshot, and the frame's player events.
     fn on_frame(&mut self, f: Frame, now: Instant) {
+        let t0 = Instant::now();
+        self.encode_frame(f, now);
+        let took = t0.elapsed();
+        self.encode_hist.record(took.as_secs_f64());
+        if took > Duration::from_millis(50) && now.saturating_duration_since(self.slow_logged).as_secs() >= 5 {
+            self.slow_logged = now;
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                clients = self.sessions.len(),
+                "snapshot encoding is slow: clients get fewer snapshots (zone_net_frames_dropped_total)"
+            );
+        }
+    }
+
+    fn encode_frame(&mut self, f: Frame, now: Instant) {
         let total: usize = f.shards.iter().map(Vec::len).sum();
         let mut objects: Vec<QObject> = Vec::with_capacity(total);
         let mut located: Vec<Located> = Vec::with_capacity(total);
@@ -542,52 +637,53 @@ impl Worker {
         objects.sort_unstable_by_key(|o| o.id);
         let index = SpatialIndex::build(self.grid, BUCKET_MM, &located);
         self.frame_events(&f, &players, now);
-        let addrs: Vec<SocketAddr> = self
+        // Each client's interest and encoding is independent: spread them over the encode pool.
+        let enc = Encoder {
+            tick: f.tick,
+            objects: &objects,
+            index: &index,
+            players: &players,
+            origin: self.origin,
+            radius_mm: self.cfg.interest_radius_mm,
+            objects_max: self.cfg.interest_max,
+            datagrams_max: self.cfg.datagrams_per_snapshot_max,
+            history: self.history,
+            interval_ticks: u64::from(60 / self.cfg.snapshot_rate_hz.clamp(1, 60)),
+        };
+        let joined: Vec<SocketAddr> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.phase == Phase::Joined)
             .map(|(a, _)| *a)
             .collect();
-        for addr in addrs {
-            self.snapshot(addr, f.tick, &objects, &index, &players);
+        let c = Arc::clone(&self.shared.counters);
+        for chunk in joined.chunks(ENCODE_CHUNK) {
+            let mut taken: Vec<(SocketAddr, Session)> = chunk.iter().filter_map(|a| self.sessions.remove(a).map(|s| (*a, s))).collect();
+            let out: Vec<(SocketAddr, Vec<Vec<u8>>, usize, bool)> = self.pool.install(|| {
+                use rayon::prelude::*;
+                taken
+                    .par_iter_mut()
+                    .filter_map(|(addr, s)| enc.snapshot(s).map(|(d, bytes, full)| (*addr, d, bytes, full)))
+                    .collect()
+            });
+            self.sessions.extend(taken);
+            for (addr, datagrams, bytes, full) in out {
+                if full {
+                    c.snapshots_full.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.snapshots_delta.fetch_add(1, Ordering::Relaxed);
+                }
+                c.snapshot_datagrams.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
+                c.snapshot_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                for d in datagrams {
+                    self.send_to(addr, d);
+                }
+            }
+            // Keep reading between chunks: acknowledgements and inputs must not wait for a whole
+            // frame of encoding (late acknowledgements would turn deltas into full snapshots).
+            self.poll_socket(Instant::now());
         }
-    }
-
-    fn snapshot(&mut self, addr: SocketAddr, tick: u64, objects: &[QObject], index: &SpatialIndex, players: &HashMap<u64, PosMm>) {
-        let Some(s) = self.sessions.get(&addr) else { return };
-        let Some(&pos) = players.get(&player_object_id(s.player)) else {
-            return; // not in the zone yet (joins apply at the next tick)
-        };
-        let ids = index.nearest(pos, self.cfg.interest_radius_mm, self.cfg.interest_max, &mut self.scratch);
-        let view_objects: Vec<QObject> = ids
-            .iter()
-            .filter_map(|id| objects.binary_search_by_key(id, |o| o.id).ok().map(|i| objects[i]))
-            .collect();
-        let Ok(view) = View::new(tick, view_objects) else { return };
-        let focus = (quantize_pos(pos.x_mm, self.origin.0), quantize_pos(pos.y_mm, self.origin.1));
-        let frame = SnapshotFrame {
-            ack_input_tick: s.last_input_tick,
-            sequence: s.unreliable_seq,
-        };
-        let base = s.baseline_for(tick);
-        let encoded = encode_delta_capped(
-            base,
-            &view,
-            frame,
-            SNAPSHOT_BUDGET_BYTES,
-            focus,
-            self.cfg.datagrams_per_snapshot_max,
-        );
-        let Ok((datagrams, stats, held)) = encoded else { return };
-        let s = self.sessions.get_mut(&addr).expect("checked above");
-        s.unreliable_seq = s.unreliable_seq.wrapping_add(datagrams.len() as u32);
-        s.record_sent(held);
-        let c = &self.shared.counters;
-        c.snapshot_datagrams.fetch_add(stats.datagrams as u64, Ordering::Relaxed);
-        c.snapshot_bytes.fetch_add(stats.bytes as u64, Ordering::Relaxed);
-        for d in datagrams {
-            self.send_to(addr, d);
-        }
+        self.prev_players = players;
     }
 
     /// Queues the frame's joins, leaves and deaths for each client: its own, and other players'
@@ -618,17 +714,36 @@ impl Worker {
                 }),
             )
         }));
+        let prev_players = &self.prev_players;
+        let counters = Arc::clone(&self.shared.counters);
         for s in self.sessions.values_mut().filter(|s| s.phase == Phase::Joined) {
             let me = players.get(&player_object_id(s.player)).copied();
+            let mut others = 0;
             for (p, kind) in &all {
-                let near = *p == s.player
-                    || match (me, players.get(&player_object_id(*p))) {
-                        (Some(a), Some(b)) => zone_net::interest::dist2_mm2(a, *b) <= r2,
-                        _ => false,
-                    };
-                if near {
+                if *p == s.player {
                     s.push_event(Event { kind: Some(kind.clone()) }, now);
+                    continue;
                 }
+                let near = match (
+                    me,
+                    players
+                        .get(&player_object_id(*p))
+                        .or_else(|| prev_players.get(&player_object_id(*p))),
+                ) {
+                    (Some(a), Some(b)) => zone_net::interest::dist2_mm2(a, *b) <= r2,
+                    _ => false,
+                };
+                if !near {
+                    continue;
+                }
+                // Other players' events are news, not state (the snapshots carry the state): a
+                // crowd arriving at once must not flood every client's reliable stream.
+                if others >= OTHER_EVENTS_PER_FRAME_MAX || s.events.len() >= OTHER_EVENTS_QUEUED_MAX {
+                    counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                others += 1;
+                s.push_event(Event { kind: Some(kind.clone()) }, now);
             }
         }
     }
