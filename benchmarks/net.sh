@@ -65,7 +65,7 @@ r = json.load(open(report))
 print(f"N={n} tick_p99_ms_worst={max(steady)/1000:.2f} tick_p99_ms_windows={[round(x/1000,2) for x in steady]} overrun_ticks={overruns} "
       f"server_cpu_cores={cpu:.2f} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
 keys = ["joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
-        "decode_errors", "missing_baselines", "bot_process_cpu_s", "bot_process_peak_rss_mb", "cpu_seconds", "peak_rss_mb"]
+        "decode_errors", "missing_baselines", "wall_s", "cpu_s", "peak_rss_mib"]
 print("   bots: " + " ".join(f"{k}={r[k]}" for k in keys if k in r))
 PY
   sleep 2
