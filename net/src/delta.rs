@@ -14,8 +14,13 @@
 //!   (bit 0 x, 1 y, 2 vx, 3 vy, 4 hp, 5 kind) and one value per set bit, in bit order;
 //! - in each of the three lists, ids are ascending and delta-coded: the first value is the id,
 //!   each next one the gap to the previous id (at least 1), so nearby ids cost one or two bytes;
-//! - an update's values are the new field minus the baseline's, as zigzag varints: a small move
-//!   costs a byte per axis, and an object that moved a little costs about four bytes in all;
+//! - dead reckoning: both ends first move every baseline object on by its velocity for the ticks
+//!   between the baseline and the snapshot ([`predict`], exact integer maths). An object that is
+//!   where it was predicted is not sent at all; an update's values are the new field minus the
+//!   *predicted* one, as zigzag varints: a small correction costs a byte per axis, and an object
+//!   that turned costs about four bytes in all. (Without prediction, deltas were 11.5% of full in
+//!   `tests/bandwidth.rs`; with it, 6.5%.) Parts after the first apply to a view already at the
+//!   snapshot's tick, so nothing is predicted twice;
 //! - `baseline_tick` 0 means the datagram applies to the empty view (a full snapshot);
 //! - a change too big for one datagram is split into parts 0, 1, .. with `more_follow` set on all
 //!   but the last. The changes are ordered by distance from the client's focus point (ties by id),
@@ -35,6 +40,7 @@ use prost::Message;
 
 use crate::envelope::{EnvelopeError, PROTOCOL_VERSION, decode_server};
 use crate::proto::{Channel, ObjectDeltas, ObjectState, ServerEnvelope, Snapshot, server_envelope};
+use crate::quantize::{POS_STEP_MM, VEL_STEP_MM_PER_TICK};
 use crate::view::{QObject, VIEW_OBJECTS_MAX, View};
 
 /// The datagram budget that fits every path MTU we care about (1280-byte IPv6 minimum, less
@@ -167,28 +173,57 @@ impl Leftover {
     }
 }
 
-/// Every change from `base` (or the empty view) to `next`, in id order.
+/// Where a client expects an object `dt` ticks after the view it has: moved on by its velocity
+/// (dead reckoning). Both ends compute exactly this, in integers, so a delta only carries how far
+/// each object is from where it was expected, and an object moving steadily costs nothing.
+pub fn predict(o: &QObject, dt: u64) -> QObject {
+    if dt == 0 || (o.vx == 0 && o.vy == 0) {
+        return *o;
+    }
+    let dt = i64::try_from(dt.min(1 << 20)).unwrap_or(1 << 20);
+    let step = |p: u32, v: i16| -> u32 {
+        let mm = i64::from(v) * i64::from(VEL_STEP_MM_PER_TICK) * dt;
+        let units = (mm + i64::from(POS_STEP_MM) / 2).div_euclid(i64::from(POS_STEP_MM));
+        u32::try_from((i64::from(p) + units).clamp(0, i64::from(u32::MAX))).unwrap_or(0)
+    };
+    QObject {
+        x: step(o.x, o.vx),
+        y: step(o.y, o.vy),
+        ..*o
+    }
+}
+
+/// Ticks from a base view to a snapshot at `tick` (0 when the base is not older).
+fn ticks_between(base: Option<&View>, tick: u64) -> u64 {
+    base.map_or(0, |b| tick.saturating_sub(b.tick()))
+}
+
+/// Every change from `base` (or the empty view) to `next`, in id order. An update is against
+/// the base object as [`predict`]ed at `next`'s tick; an object exactly where it was predicted is
+/// no change at all.
 fn diff(base: Option<&View>, next: &View) -> Vec<Change> {
     let empty: &[QObject] = &[];
     let old = base.map_or(empty, View::objects);
     let new = next.objects();
+    let dt = ticks_between(base, next.tick());
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     loop {
         match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) if a.id == b.id => {
-                if a != b {
-                    out.push(Change::Update { base: *a, next: *b });
+                let expected = predict(a, dt);
+                if expected != *b {
+                    out.push(Change::Update { base: expected, next: *b });
                 }
                 i += 1;
                 j += 1;
             }
             (Some(a), Some(b)) if a.id < b.id => {
-                out.push(Change::Remove(*a));
+                out.push(Change::Remove(predict(a, dt)));
                 i += 1;
             }
             (Some(a), None) => {
-                out.push(Change::Remove(*a));
+                out.push(Change::Remove(predict(a, dt)));
                 i += 1;
             }
             (_, Some(b)) => {
@@ -567,7 +602,10 @@ pub fn encode_delta_capped(
 
 /// The baseline (or the empty view) with `changes` applied, at `tick`.
 fn apply_changes(base: Option<&View>, tick: u64, changes: &[Change]) -> View {
-    let mut objects: BTreeMap<u64, QObject> = base.map(|b| b.objects().iter().map(|o| (o.id, *o)).collect()).unwrap_or_default();
+    let dt = ticks_between(base, tick);
+    let mut objects: BTreeMap<u64, QObject> = base
+        .map(|b| b.objects().iter().map(|o| (o.id, predict(o, dt))).collect())
+        .unwrap_or_default();
     for c in changes {
         match c {
             Change::Create(o) | Change::Update { next: o, .. } => {
@@ -626,7 +664,10 @@ pub fn decode_snapshot(base: Option<&View>, bytes: &[u8]) -> Result<DecodedSnaps
             baseline_tick: snap.baseline_tick,
         });
     }
-    let mut objects: Vec<QObject> = base.map_or_else(Vec::new, |b| b.objects().to_vec());
+    // Every object the datagram does not mention is where the client predicts it (parts after the
+    // first apply to a view already at `tick`, so nothing moves twice).
+    let dt = ticks_between(base, snap.tick);
+    let mut objects: Vec<QObject> = base.map_or_else(Vec::new, |b| b.objects().iter().map(|o| predict(o, dt)).collect());
     let mut gone = vec![false; objects.len()];
     let find = |objects: &[QObject], id: u64| objects.binary_search_by_key(&id, |o| o.id);
 
