@@ -223,6 +223,8 @@ pub struct ClientSession {
     sequence_unreliable: u32,
     sequence_reliable: u32,
     next_hello_us: u64,
+    /// The server's cookie from its `Challenge` (empty until one arrives).
+    cookie: Vec<u8>,
     hello_interval_us: u64,
     tick_rate_hz: u32,
     snapshot_rate_hz: u32,
@@ -258,6 +260,7 @@ impl ClientSession {
             sequence_unreliable: 0,
             sequence_reliable: 0,
             next_hello_us: now_us,
+            cookie: Vec::new(),
             hello_interval_us,
             tick_rate_hz: TICK_RATE_HZ_DEFAULT,
             snapshot_rate_hz: 0,
@@ -295,6 +298,7 @@ impl ClientSession {
                     let hello = client_envelope::Body::Hello(Hello {
                         protocol_version: PROTOCOL_VERSION,
                         join_token: self.config.join_token.clone(),
+                        cookie: self.cookie.clone(),
                     });
                     out.push(self.send(Channel::Reliable, hello));
                 }
@@ -347,6 +351,12 @@ impl ClientSession {
         let joined = matches!(self.state, SessionState::Joined { .. });
         match body {
             server_envelope::Body::Welcome(w) => self.on_welcome(&w, now_us),
+            server_envelope::Body::Challenge(c) if matches!(self.state, SessionState::Joining) => {
+                // Say Hello again at once, with the cookie (and keep it for the retries).
+                self.cookie = c.cookie.into_iter().take(64).collect();
+                self.next_hello_us = now_us;
+                return self.poll(now_us);
+            }
             server_envelope::Body::Reject(r) => self.on_reject(r, now_us),
             server_envelope::Body::Snapshot(s) if joined => self.on_snapshot(&s, payload, now_us),
             server_envelope::Body::Events(b) if joined => self.on_events(b),

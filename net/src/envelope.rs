@@ -16,6 +16,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 /// Largest join token accepted in a `Hello`.
 pub const JOIN_TOKEN_BYTES_MAX: usize = 2_048;
+/// Largest cookie accepted in a `Hello` (the server's are 16 bytes).
+pub const COOKIE_BYTES_MAX: usize = 64;
 /// Most inputs accepted in one `InputBatch` (a client resends its last few, not its history).
 pub const INPUTS_PER_BATCH_MAX: usize = 16;
 
@@ -101,6 +103,13 @@ pub fn decode_client(bytes: &[u8]) -> Result<(Stamp, client_envelope::Body), Env
             if h.protocol_version != PROTOCOL_VERSION {
                 return Err(EnvelopeError::BadVersion { found: h.protocol_version });
             }
+            if h.cookie.len() > COOKIE_BYTES_MAX {
+                return Err(EnvelopeError::OverLimit {
+                    what: "cookie bytes",
+                    found: h.cookie.len(),
+                    max: COOKIE_BYTES_MAX,
+                });
+            }
             if h.join_token.len() > JOIN_TOKEN_BYTES_MAX {
                 return Err(EnvelopeError::OverLimit {
                     what: "join token bytes",
@@ -143,6 +152,7 @@ mod tests {
         let hello = client_envelope::Body::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             join_token: "abc".into(),
+            ..Default::default()
         });
         let b = encode_client(reliable(7), hello.clone());
         assert_eq!(decode_client(&b), Ok((reliable(7), hello)));
@@ -152,6 +162,7 @@ mod tests {
             client_envelope::Body::Hello(Hello {
                 protocol_version: 0,
                 join_token: "t".into(),
+                ..Default::default()
             }),
         );
         assert_eq!(decode_client(&old), Err(EnvelopeError::BadVersion { found: 0 }));
@@ -159,6 +170,7 @@ mod tests {
         let long = client_envelope::Body::Hello(Hello {
             protocol_version: 1,
             join_token: "x".repeat(JOIN_TOKEN_BYTES_MAX + 1),
+            ..Default::default()
         });
         assert!(matches!(
             decode_client(&encode_client(reliable(0), long)),
@@ -238,6 +250,7 @@ mod tests {
         let hello = client_envelope::Body::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             join_token: "a.b.c".into(),
+            cookie: vec![7; 16],
         });
         let full = encode_client(reliable(300), hello);
         for cut in 0..full.len() {

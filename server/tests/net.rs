@@ -237,6 +237,7 @@ fn hello(token: &str, version: u32) -> Vec<u8> {
         client_envelope::Body::Hello(Hello {
             protocol_version: 1,
             join_token: token.into(),
+            cookie: Vec::new(),
         }),
     );
     if version != 1 {
@@ -394,5 +395,60 @@ fn a_second_join_as_the_same_player_replaces_the_first() {
     assert_eq!(h.zone.players().len(), 1, "the player is in the zone once");
     h.run(20, &mut bots, t0);
     assert!(bots[1].session.stats().snapshots_completed > 0);
+    h.link.shutdown();
+}
+
+#[test]
+fn a_valid_token_from_an_address_that_does_not_answer_the_challenge_joins_nobody() {
+    use zone_net::envelope::{Stamp, decode_server, encode_client};
+    use zone_net::proto::{Channel, Hello, client_envelope, server_envelope};
+    let bind = free_udp_port();
+    let mut h = Harness::start(bind, 8);
+    let t0 = Instant::now();
+    let mut owner = vec![Bot::new(bind, token(77, "demo", SECRET, now_unix() + 600), t0)];
+    h.run(30, &mut owner, t0);
+    assert!(owner[0].session.is_joined());
+
+    // Someone else holds player 77's token (sniffed) and sends its Hello from another address.
+    let thief = UdpSocket::bind("127.0.0.1:0").unwrap();
+    thief.connect(bind).unwrap();
+    thief.set_nonblocking(true).unwrap();
+    let tok = token(77, "demo", SECRET, now_unix() + 600);
+    let first = hello(&tok, 1);
+    let replies = exchange(&thief, &first, &mut h);
+    assert_eq!(replies.len(), 1, "one challenge");
+    assert!(replies[0].len() <= first.len(), "no amplification");
+    let cookie = match decode_server(zone_net::wire::unframe(&replies[0]).unwrap()).unwrap().1 {
+        server_envelope::Body::Challenge(c) => c.cookie,
+        other => panic!("expected a challenge, got {other:?}"),
+    };
+    // A cookie made for one address is worthless from another (a spoofed source never sees its own).
+    let elsewhere = UdpSocket::bind("127.0.0.1:0").unwrap();
+    elsewhere.connect(bind).unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let with_cookie = zone_net::wire::frame(&encode_client(
+        Stamp {
+            channel: Channel::Reliable,
+            sequence: 1,
+        },
+        client_envelope::Body::Hello(Hello {
+            protocol_version: 1,
+            join_token: tok.clone(),
+            cookie: cookie.clone(),
+        }),
+    ));
+    let r = exchange(&elsewhere, &with_cookie, &mut h);
+    assert!(r.iter().all(|d| matches!(
+        decode_server(zone_net::wire::unframe(d).unwrap()).unwrap().1,
+        server_envelope::Body::Challenge(_)
+    )));
+    h.run(20, &mut owner, t0);
+    assert!(
+        owner[0].session.is_joined(),
+        "the owner keeps its session: {:?}",
+        owner[0].session.end_reason()
+    );
+    assert_eq!(h.link.counters().replaced.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(h.link.counters().challenges.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     h.link.shutdown();
 }

@@ -150,6 +150,10 @@ fn describe_all() {
         "zone_net_events_dropped_total",
         "Other players' joins, leaves and deaths not sent to a client (at most 16 per snapshot and 64 queued)."
     );
+    describe_counter!(
+        "zone_net_challenges_total",
+        "Hellos with a valid token answered with a cookie challenge (the client proves its address)."
+    );
     describe_gauge!("zone_net_clients", "Clients connected to the game socket (joined or joining).");
     describe_gauge!("zone_draining", "1 while the server drains for shutdown.");
     describe_gauge!("zone_ready", "1 while /readyz answers 200.");

@@ -102,6 +102,8 @@ pub struct NetCounters {
     pub event_give_ups: AtomicU64,
     /// Other players' events not queued for a client (per-frame and queue caps).
     pub events_dropped: AtomicU64,
+    /// Hellos with a valid token answered with a cookie challenge.
+    pub challenges: AtomicU64,
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
     pub replaced: AtomicU64,
@@ -153,6 +155,7 @@ impl NetCounters {
         metrics::counter!("zone_reliable_retries_total").absolute(g(&self.event_resends));
         metrics::counter!("zone_reliable_timeouts_total").absolute(g(&self.event_give_ups));
         metrics::counter!("zone_net_events_dropped_total").absolute(g(&self.events_dropped));
+        metrics::counter!("zone_net_challenges_total").absolute(g(&self.challenges));
         metrics::counter!("zone_net_sessions_total", "event" => "joined").absolute(g(&self.joins));
         metrics::counter!("zone_net_sessions_total", "event" => "left").absolute(g(&self.leaves));
         metrics::counter!("zone_net_sessions_total", "event" => "replaced").absolute(g(&self.replaced));

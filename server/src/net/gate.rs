@@ -3,6 +3,9 @@
 //! datagram through to laminar only if its source address has been admitted, or if it is a
 //! well-formed `Hello` whose join token verifies (which admits the address).
 //!
+//! A Hello whose token verifies must also carry the cookie of the gate's `Challenge` (a stateless
+//! hash of the source address and the time), which proves the client receives at that address:
+//! a spoofed source can neither join nor take over a player's session.
 //! Everything else is dropped and counted by reason; a Hello that fails gets a `Reject` (never
 //! larger than the Hello, so the gate cannot be used to amplify traffic). laminar therefore never
 //! allocates a connection for a stranger. Never blocks (the socket is non-blocking), never
@@ -13,11 +16,13 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use laminar::DatagramSocket;
+use sha2::{Digest, Sha256};
 use zone_net::envelope::{EnvelopeError, Stamp, decode_client, encode_server};
-use zone_net::proto::{Channel, Reject, RejectReason, client_envelope, server_envelope};
+use zone_net::proto::{Challenge, Channel, Reject, RejectReason, client_envelope, server_envelope};
 use zone_net::wire;
 
 use super::counters::{NetCounters, Rejection};
@@ -29,6 +34,24 @@ pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 2_400;
 pub const SOCKET_RECV_BUFFER_BYTES: usize = 4 << 20;
 /// Datagrams passed to laminar per poll at most (about 4 ms of 1,000 clients' traffic).
 pub const DATAGRAMS_PER_POLL_MAX: usize = 4_096;
+
+/// Seconds per cookie period; a cookie is accepted in its period and the next.
+const COOKIE_PERIOD_S: u64 = 10;
+
+/// 32 random bytes from the OS (`/dev/urandom`); if that fails, a hash of the time and process
+/// id, which still differs per process.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+        .is_ok();
+    if !ok {
+        let mut h = Sha256::new();
+        h.update(format!("{:?} {}", SystemTime::now(), std::process::id()).as_bytes());
+        key.copy_from_slice(&h.finalize());
+    }
+    key
+}
 
 /// A token bucket: `rate` per second, up to `burst`.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +104,9 @@ pub struct GateSocket {
     last_sweep: Instant,
     buf: Vec<u8>,
     counters: Arc<NetCounters>,
+    /// Random per process: cookies from another process (or an earlier run) are not valid.
+    cookie_key: [u8; 32],
+    started: Instant,
 }
 
 impl GateSocket {
@@ -106,6 +132,8 @@ impl GateSocket {
             last_sweep: Instant::now(),
             buf: vec![0; 65_536],
             counters,
+            cookie_key: random_key(),
+            started: Instant::now(),
         })
     }
 
@@ -204,6 +232,24 @@ impl GateSocket {
         };
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         match zone_net::token::verify(secret, &hello.join_token, &self.policy.zone_id, now_unix) {
+            Ok(_) if !self.cookie_ok(&addr, &hello.cookie, now) => {
+                // Prove the source address first: a spoofed one never sees the cookie.
+                self.counters.challenges.fetch_add(1, Ordering::Relaxed);
+                let body = server_envelope::Body::Challenge(Challenge {
+                    cookie: self.cookie(&addr, self.bucket(now)).to_vec(),
+                });
+                let d = wire::frame(&encode_server(
+                    Stamp {
+                        channel: Channel::Reliable,
+                        sequence: 0,
+                    },
+                    body,
+                ));
+                if d.len() <= len {
+                    self.send_raw(&addr, &d);
+                }
+                false
+            }
             Ok(claims) => {
                 let burst = self.policy.peer_packet_rate * 2.0;
                 self.admitted.insert(addr, (claims.player_id, Bucket::full(burst, now)));
@@ -216,6 +262,34 @@ impl GateSocket {
                 false
             }
         }
+    }
+
+    /// The cookie period an instant falls in.
+    fn bucket(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_secs() / COOKIE_PERIOD_S
+    }
+
+    /// A stateless cookie for `addr` in period `bucket`: the first 16 bytes of
+    /// SHA-256(process key ‖ address ‖ period). Only this process can make it, and only someone
+    /// who receives at `addr` can learn it.
+    fn cookie(&self, addr: &SocketAddr, bucket: u64) -> [u8; 16] {
+        let mut h = Sha256::new();
+        h.update(self.cookie_key);
+        match addr.ip() {
+            IpAddr::V4(ip) => h.update(ip.octets()),
+            IpAddr::V6(ip) => h.update(ip.octets()),
+        }
+        h.update(addr.port().to_le_bytes());
+        h.update(bucket.to_le_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        out
+    }
+
+    /// A cookie made for `addr` in this period or the previous one.
+    fn cookie_ok(&self, addr: &SocketAddr, cookie: &[u8], now: Instant) -> bool {
+        let b = self.bucket(now);
+        cookie.len() == 16 && (cookie == self.cookie(addr, b) || (b > 0 && cookie == self.cookie(addr, b - 1)))
     }
 
     /// Drops per-IP buckets that have refilled (bounded memory under scattered sources).
