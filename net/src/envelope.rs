@@ -8,7 +8,7 @@
 
 use prost::Message;
 
-use crate::proto::{Channel, ClientEnvelope, ServerEnvelope, client_envelope, server_envelope};
+use crate::proto::{Channel, ClientEnvelope, Reject, RejectReason, ServerEnvelope, client_envelope, server_envelope};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -54,6 +54,14 @@ pub fn encode_server(stamp: Stamp, body: server_envelope::Body) -> Vec<u8> {
         body: Some(body),
     }
     .encode_to_vec()
+}
+
+/// A `Reject` body: the reason, and a detail for humans and logs.
+pub fn reject(reason: RejectReason, detail: impl Into<String>) -> server_envelope::Body {
+    server_envelope::Body::Reject(Reject {
+        reason: reason as i32,
+        detail: detail.into(),
+    })
 }
 
 /// One client→server message as a datagram payload.

@@ -34,6 +34,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, in declaration order (so `ALL[r as usize] == r`).
     pub const ALL: [Rejection; 18] = [
         Rejection::Oversized,
         Rejection::NotOurProtocol,
@@ -96,7 +97,8 @@ pub struct NetCounters {
     pub bytes_in: AtomicU64,
     pub datagrams_out: AtomicU64,
     pub bytes_out: AtomicU64,
-    pub rejected: [AtomicU64; 18],
+    /// Indexed by `Rejection as usize`.
+    pub rejected: [AtomicU64; Rejection::ALL.len()],
     pub duplicates: AtomicU64,
     pub event_resends: AtomicU64,
     pub event_give_ups: AtomicU64,
@@ -107,7 +109,6 @@ pub struct NetCounters {
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
     pub replaced: AtomicU64,
-    pub snapshot_datagrams: AtomicU64,
     pub snapshot_bytes: AtomicU64,
     /// Snapshots sent with no baseline (full) rather than as a delta.
     pub snapshots_full: AtomicU64,
@@ -128,13 +129,11 @@ impl NetCounters {
     }
 
     pub fn reject(&self, r: Rejection) {
-        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        self.rejected[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn rejected(&self, r: Rejection) -> u64 {
-        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.rejected[i].load(Ordering::Relaxed)
+        self.rejected[r as usize].load(Ordering::Relaxed)
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -164,5 +163,17 @@ impl NetCounters {
         metrics::counter!("zone_net_snapshots_total", "kind" => "delta").absolute(g(&self.snapshots_delta));
         metrics::counter!("zone_net_frames_dropped_total").absolute(g(&self.frames_dropped));
         metrics::gauge!("zone_net_clients").set(g(&self.clients) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_indexes_its_own_slot() {
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.label());
+        }
     }
 }

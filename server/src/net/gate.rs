@@ -21,8 +21,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use laminar::DatagramSocket;
 use sha2::{Digest, Sha256};
-use zone_net::envelope::{EnvelopeError, Stamp, decode_client, encode_server};
-use zone_net::proto::{Challenge, Channel, Reject, RejectReason, client_envelope, server_envelope};
+use zone_net::envelope::{EnvelopeError, Stamp, decode_client, encode_server, reject};
+use zone_net::proto::{Challenge, Channel, RejectReason, client_envelope, server_envelope};
 use zone_net::wire;
 
 use super::counters::{NetCounters, Rejection};
@@ -154,10 +154,6 @@ impl GateSocket {
         self.admitted.remove(addr);
     }
 
-    pub fn admitted_count(&self) -> usize {
-        self.admitted.len()
-    }
-
     /// Sends a datagram outside laminar (refusals to strangers, notices at shutdown).
     pub fn send_raw(&mut self, addr: &SocketAddr, datagram: &[u8]) {
         if self.socket.send_to(datagram, addr).is_ok() {
@@ -173,11 +169,7 @@ impl GateSocket {
             sequence: 0,
         };
         for detail in [detail, ""] {
-            let body = server_envelope::Body::Reject(Reject {
-                reason: reason as i32,
-                detail: detail.to_string(),
-            });
-            let d = wire::frame(&encode_server(stamp, body));
+            let d = wire::frame(&encode_server(stamp, reject(reason, detail)));
             if d.len() <= received {
                 self.send_raw(addr, &d);
                 return;

@@ -121,7 +121,6 @@ pub struct NetLink {
     snapshot_every: u64,
     pending: Frame,
     replicating: bool,
-    local_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -143,7 +142,6 @@ impl NetLink {
                 cfg.bind
             )
         })?;
-        let local_addr = laminar::DatagramSocket::local_addr(&gate)?;
         let (to_net, from_tick) = sync_channel(TO_NET_QUEUE_MAX);
         let (control_tx, control) = sync_channel(CONTROL_QUEUE_MAX);
         let (input_tx, inputs) = sync_channel(INPUT_QUEUE_MAX);
@@ -165,13 +163,8 @@ impl NetLink {
             snapshot_every,
             pending: Frame::default(),
             replicating: false,
-            local_addr,
             thread: Some(thread),
         })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
     }
 
     pub fn counters(&self) -> &NetCounters {
@@ -217,7 +210,7 @@ impl NetLink {
             }
         }
         let next = zone.tick() + 1;
-        let want = next % self.snapshot_every == 0 && self.shared.counters.clients.load(Ordering::Relaxed) > 0;
+        let want = next.is_multiple_of(self.snapshot_every) && self.shared.counters.clients.load(Ordering::Relaxed) > 0;
         if want != self.replicating {
             zone.set_replicate(want);
             self.replicating = want;

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver as CbReceiver, Sender as CbSender};
 use laminar::{Config as LaminarConfig, ConnectionManager, Packet, SocketEvent, VirtualConnection};
 use zone_net::delta::{BUDGET_BYTES_DEFAULT, SnapshotFrame, encode_delta_capped};
-use zone_net::envelope::{Stamp, decode_client, encode_server};
+use zone_net::envelope::{Stamp, decode_client, encode_server, reject};
 use zone_net::interest::{Located, PosMm, ShardGrid, SpatialIndex};
 use zone_net::proto::{
-    Channel, Died, Event, EventBatch, Joined, Left, Notice, NoticeKind, Ping, Pong, Reject, RejectReason, Welcome, client_envelope, event,
+    Channel, Died, Event, EventBatch, Joined, Left, Notice, NoticeKind, Ping, Pong, RejectReason, Welcome, client_envelope, event,
     server_envelope,
 };
 use zone_net::quantize::quantize_pos;
@@ -234,11 +234,12 @@ impl Worker {
         let _ = self.send.send(Packet::unreliable(addr, payload));
     }
 
+    /// Sends on the reliable channel (Welcome, Reject); an address without a session (a refused
+    /// join) gets sequence 0.
     fn send_reliable_body(&mut self, addr: SocketAddr, body: server_envelope::Body) {
-        let Some(s) = self.sessions.get_mut(&addr) else { return };
         let stamp = Stamp {
             channel: Channel::Reliable,
-            sequence: s.next_reliable(),
+            sequence: self.sessions.get_mut(&addr).map_or(0, Session::next_reliable),
         };
         self.send_to(addr, encode_server(stamp, body));
     }
@@ -362,15 +363,7 @@ impl Worker {
         };
         let refuse = |w: &mut Worker, reason: RejectReason, why: Rejection, detail: &str| {
             counters.reject(why);
-            let stamp = Stamp {
-                channel: Channel::Reliable,
-                sequence: 0,
-            };
-            let body = server_envelope::Body::Reject(Reject {
-                reason: reason as i32,
-                detail: detail.into(),
-            });
-            w.send_to(addr, encode_server(stamp, body));
+            w.send_reliable_body(addr, reject(reason, detail));
             w.manager.socket_mut().revoke(&addr);
         };
         if self.draining {
@@ -394,13 +387,7 @@ impl Worker {
             // and dropped; the player stays in the zone.
             let old_phase = self.sessions.get(&old).map(|o| o.phase);
             for _ in 0..2 {
-                self.send_reliable_body(
-                    old,
-                    server_envelope::Body::Reject(Reject {
-                        reason: RejectReason::Replaced as i32,
-                        detail: "another connection joined as this player".into(),
-                    }),
-                );
+                self.send_reliable_body(old, reject(RejectReason::Replaced, "another connection joined as this player"));
             }
             self.end_session(old, "replaced", false);
             counters.replaced.fetch_add(1, Ordering::Relaxed);
@@ -469,13 +456,7 @@ impl Worker {
                             _ => (RejectReason::ZoneFull, Rejection::ZoneFull),
                         };
                         self.shared.counters.reject(why);
-                        self.send_reliable_body(
-                            addr,
-                            server_envelope::Body::Reject(Reject {
-                                reason: reason as i32,
-                                detail: format!("the zone refused the join: {refusal:?}"),
-                            }),
-                        );
+                        self.send_reliable_body(addr, reject(reason, format!("the zone refused the join: {refusal:?}")));
                         self.end_session(addr, "join refused", false);
                     }
                 }
@@ -673,7 +654,6 @@ impl Worker {
                 } else {
                     c.snapshots_delta.fetch_add(1, Ordering::Relaxed);
                 }
-                c.snapshot_datagrams.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
                 c.snapshot_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 for d in datagrams {
                     self.send_to(addr, d);
@@ -752,10 +732,7 @@ impl Worker {
     fn goodbye_all(&mut self) {
         let addrs: Vec<SocketAddr> = self.sessions.keys().copied().collect();
         for addr in addrs {
-            let body = server_envelope::Body::Reject(Reject {
-                reason: RejectReason::Draining as i32,
-                detail: "the server is shutting down".into(),
-            });
+            let body = reject(RejectReason::Draining, "the server is shutting down");
             let stamp = Stamp {
                 channel: Channel::Reliable,
                 sequence: self.sessions.get_mut(&addr).map_or(0, Session::next_reliable),
