@@ -43,11 +43,13 @@ for N in ${@:-100 500 1000}; do
   sleep $(( DURATION / 2 ))
   C1=$(cpu_ticks $SP); W1=$(date +%s.%N)
   RSSN=$(rss_kb $SP)
+  # Mean time the network thread spends encoding one frame for every client (all frames so far).
+  ENC=$(curl -s "http://$ADMIN/metrics" | awk '/^zone_net_frame_encode_seconds_sum/ {s=$2} /^zone_net_frame_encode_seconds_count/ {c=$2} END {if (c > 0) printf "%.2f", s / c * 1000; else print "n/a"}')
   wait $BP || echo "zone-bots exited with $?"
   kill -TERM $SP; wait $SP || true
-  python3 - "$T/server-$N.log" "$T/bots-$N.json" "$N" "$RSS0" "$RSSN" "$C0" "$C1" "$W0" "$W1" "$START" "$RAMP" <<'PY'
+  python3 - "$T/server-$N.log" "$T/bots-$N.json" "$N" "$RSS0" "$RSSN" "$C0" "$C1" "$W0" "$W1" "$START" "$RAMP" "$ENC" <<'PY'
 import json, sys
-log, report, n, rss0, rssn, c0, c1, w0, w1, start, ramp = sys.argv[1:]
+log, report, n, rss0, rssn, c0, c1, w0, w1, start, ramp, enc = sys.argv[1:]
 n, rss0, rssn = int(n), int(rss0), int(rssn)
 p99 = []; overruns = 0
 for line in open(log):
@@ -63,7 +65,7 @@ steady = p99[skip:-1] or p99
 cpu = (int(c1) - int(c0)) / 100 / (float(w1) - float(w0))
 r = json.load(open(report))
 print(f"N={n} tick_p99_ms_worst={max(steady)/1000:.2f} tick_p99_ms_windows={[round(x/1000,2) for x in steady]} overrun_ticks={overruns} "
-      f"server_cpu_cores={cpu:.2f} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
+      f"server_cpu_cores={cpu:.2f} frame_encode_ms_mean={enc} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
 keys = ["joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
         "decode_errors", "missing_baselines", "wall_s", "cpu_s", "peak_rss_mib"]
 print("   bots: " + " ".join(f"{k}={r[k]}" for k in keys if k in r))
