@@ -1,9 +1,9 @@
 //! Round trips through each snapshot store, retention, and bounded failure when a backend is not
 //! there.
 //!
-//! The Redis and PostgreSQL tests need the services: they read `REDIS_URL` and `DATABASE_URL`
-//! and are skipped (with a message) when those are unset. CI sets them; locally:
-//! `REDIS_URL=redis://127.0.0.1:6379/ DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test -p zone-persistence`.
+//! The Redis and PostgreSQL tests need the services, at `REDIS_URL` and `DATABASE_URL` or the
+//! standard local addresses; when one is unreachable its tests are reported as ignored, with the
+//! reason (`zone_tests::services`, which is why this file has `harness = false`).
 //! Each test uses its own zone id, so concurrent runs against one server do not collide, and
 //! deletes its keys and rows at the end.
 
@@ -18,6 +18,7 @@ use zone_sim::shard::Mail;
 use zone_sim::state::SpawnerPending;
 use zone_sim::units::Vec2;
 use zone_sim::{ObjectRecord, ShardState, ZoneState};
+use zone_tests::services::{Need, ServiceTests, block_on, database_url, redis_url};
 
 const DIGEST: [u8; 32] = [9; 32];
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,21 +29,6 @@ fn unique_zone_id(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("test-{what}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn env_or_skip(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            let example = if var == "REDIS_URL" {
-                "redis://127.0.0.1:6379/"
-            } else {
-                "postgres://postgres@127.0.0.1:5432/test"
-            };
-            println!("skipped: {var} is not set (CI sets it; locally: {var}={example} cargo test -p zone-persistence)");
-            None
-        }
-    }
 }
 
 /// A small two-shard state that changes with `tick`: NPCs come and go, a player moves.
@@ -187,7 +173,6 @@ async fn round_trip(store: &dyn SnapshotStore, expect: &[(u64, SnapshotKind)]) {
 const FULL: SnapshotKind = SnapshotKind::Full;
 const DIFF: SnapshotKind = SnapshotKind::Diff;
 
-#[tokio::test]
 async fn file_store_round_trip_and_retention() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join(".tmp-snap-1-1"), b"left by a crash").expect("write");
@@ -207,16 +192,14 @@ async fn file_store_round_trip_and_retention() {
     assert_eq!(temps, 0);
 }
 
-#[tokio::test]
 async fn file_store_keep_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = FileStore::new(dir.path().join("nested/snapshots"), 1).expect("file store");
     round_trip(&store, &[(310, DIFF), (300, FULL)]).await;
 }
 
-#[tokio::test]
 async fn redis_store_round_trip() {
-    let Some(url) = env_or_skip("REDIS_URL") else { return };
+    let url = redis_url();
     let store = RedisStore::connect(&url, &unique_zone_id("redis"), Duration::from_secs(600), OP_TIMEOUT)
         .await
         .expect("connect");
@@ -225,9 +208,8 @@ async fn redis_store_round_trip() {
     assert!(store.latest_chain().await.expect("chain").is_none());
 }
 
-#[tokio::test]
 async fn redis_keys_expire() {
-    let Some(url) = env_or_skip("REDIS_URL") else { return };
+    let url = redis_url();
     let store = RedisStore::connect(&url, &unique_zone_id("redis-ttl"), Duration::from_millis(200), OP_TIMEOUT)
         .await
         .expect("connect");
@@ -241,9 +223,8 @@ async fn redis_keys_expire() {
     );
 }
 
-#[tokio::test]
 async fn postgres_store_round_trip_retention_and_events() {
-    let Some(url) = env_or_skip("DATABASE_URL") else { return };
+    let url = database_url();
     let zone = unique_zone_id("pg");
     // Two stores connecting at once both migrate safely.
     let (a, b) = tokio::join!(
@@ -275,7 +256,6 @@ async fn postgres_store_round_trip_retention_and_events() {
 }
 
 /// A closed port fails fast; an unroutable address fails at the timeout: never a hang.
-#[tokio::test]
 async fn unreachable_backends_fail_within_the_timeout() {
     for (url, timeout) in [
         ("127.0.0.1:1", Duration::from_secs(2)),
@@ -301,7 +281,6 @@ async fn unreachable_backends_fail_within_the_timeout() {
     }
 }
 
-#[tokio::test]
 async fn bad_urls_are_errors() {
     assert!(matches!(
         PostgresStore::connect("not a url", "z", 1, OP_TIMEOUT).await,
@@ -311,4 +290,22 @@ async fn bad_urls_are_errors() {
         RedisStore::connect("nope://x", "z", Duration::from_secs(1), OP_TIMEOUT).await,
         Err(StoreError::Redis { .. })
     ));
+}
+
+fn main() {
+    ServiceTests::new()
+        .test("file_store_round_trip_and_retention", || {
+            block_on(file_store_round_trip_and_retention())
+        })
+        .test("file_store_keep_one", || block_on(file_store_keep_one()))
+        .needs("redis_store_round_trip", &[Need::Redis], || block_on(redis_store_round_trip()))
+        .needs("redis_keys_expire", &[Need::Redis], || block_on(redis_keys_expire()))
+        .needs("postgres_store_round_trip_retention_and_events", &[Need::Postgres], || {
+            block_on(postgres_store_round_trip_retention_and_events())
+        })
+        .test("unreachable_backends_fail_within_the_timeout", || {
+            block_on(unreachable_backends_fail_within_the_timeout())
+        })
+        .test("bad_urls_are_errors", || block_on(bad_urls_are_errors()))
+        .run()
 }

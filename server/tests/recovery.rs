@@ -2,8 +2,10 @@
 //!
 //! Each test starts its own server with its own `--instance` name and `--data-dir`, so tests can
 //! run in parallel. Every wait is bounded, every child process is killed by a guard even when an
-//! assertion fails, and nothing but 127.0.0.1 is contacted. A test whose backend is not configured
-//! (`REDIS_URL`, `DATABASE_URL`, or the `redis-server` binary) prints `skipped: …` and passes.
+//! assertion fails, and nothing but 127.0.0.1 is contacted. A test whose backend is unreachable
+//! (Redis at `REDIS_URL`, PostgreSQL at `DATABASE_URL`, both defaulting to the standard local
+//! addresses, or the `redis-server` and `psql` programs) is reported as ignored, with the reason
+//! (`zone_tests::services`; hence `harness = false` for this file).
 //!
 //! No assertion depends on wall-clock numbers: RTO and ticks lost are printed, not checked.
 
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use zone_sim::Serial;
+use zone_tests::services::{Need, ServiceTests, database_url, redis_url};
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers (same style as tests/admin.rs).
@@ -56,20 +59,6 @@ fn metric(scrape: &str, name: &str, labels: &[&str]) -> f64 {
 fn unique_instance(name: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("test-{name}-{}-{nanos}", std::process::id())
-}
-
-fn skip(name: &str, var: &str) {
-    eprintln!(
-        "skipped: {name}: {var} is not set (CI sets it; locally: {} cargo test)",
-        match var {
-            "REDIS_URL" => "REDIS_URL=redis://127.0.0.1:6379/",
-            _ => "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
-        }
-    );
-}
-
-fn env_url(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// `key=value` from a line of `k=v` words.
@@ -241,12 +230,8 @@ impl Drop for RedisKeys {
     }
 }
 
-#[test]
 fn crash_drill_restores_the_journal_hash() {
-    let name = "crash_drill_restores_the_journal_hash";
-    let Some(redis) = env_url("REDIS_URL") else {
-        return skip(name, "REDIS_URL");
-    };
+    let redis = redis_url();
     let instance = unique_instance("drill");
     let _keys = RedisKeys {
         url: redis.clone(),
@@ -412,19 +397,7 @@ fn start_redis(port: u16, log_dir: &Path, n: u32) -> KillOnDrop {
     guard
 }
 
-#[test]
 fn redis_outage_falls_back_and_resumes() {
-    let name = "redis_outage_falls_back_and_resumes";
-    if !Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: {name}: the redis-server binary is not installed (CI installs it; locally: apt-get install redis-server)");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port().port();
     let mut redis = Some(start_redis(port, tmp.path(), 1));
@@ -670,16 +643,8 @@ impl Drop for PgRows {
     }
 }
 
-#[test]
 fn postgres_outage_buffers_events_and_flushes_in_order() {
-    let name = "postgres_outage_buffers_events_and_flushes_in_order";
-    let Some(db) = env_url("DATABASE_URL") else {
-        return skip(name, "DATABASE_URL");
-    };
-    if Command::new("psql").arg("--version").stdout(Stdio::null()).status().is_err() {
-        eprintln!("skipped: {name}: psql is not installed (it checks the rows the server wrote)");
-        return;
-    }
+    let db = database_url();
     let (head, hostport, tail) = split_pg_url(&db);
     let upstream: SocketAddr = hostport
         .replace("localhost", "127.0.0.1")
@@ -821,4 +786,25 @@ fn postgres_outage_buffers_events_and_flushes_in_order() {
     );
     assert_eq!(backwards, 0, "rows ordered by id go back in tick: events were not flushed in order");
     assert_eq!(dupes, 0, "some events were written twice");
+}
+
+fn main() {
+    ServiceTests::new()
+        .needs(
+            "crash_drill_restores_the_journal_hash",
+            &[Need::Redis],
+            crash_drill_restores_the_journal_hash,
+        )
+        .needs(
+            "redis_outage_falls_back_and_resumes",
+            &[Need::Program("redis-server")],
+            redis_outage_falls_back_and_resumes,
+        )
+        .needs(
+            "postgres_outage_buffers_events_and_flushes_in_order",
+            // psql checks the rows the server wrote.
+            &[Need::Postgres, Need::Program("psql")],
+            postgres_outage_buffers_events_and_flushes_in_order,
+        )
+        .run()
 }

@@ -1,5 +1,8 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`: a small, busy test zone and
-//! executors that run shards in unusual orders.
+//! executors that run shards in unusual orders; and, for every crate's tests, [`services`]: the
+//! harness for tests that need PostgreSQL, Redis or an outside program.
+
+pub mod services;
 
 use std::sync::Arc;
 
