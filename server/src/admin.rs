@@ -85,7 +85,8 @@ impl AdminShared {
         }
     }
 
-    fn status(&self) -> Arc<serde_json::Value> {
+    /// The last published `/status` document.
+    pub fn status(&self) -> Arc<serde_json::Value> {
         self.status.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 }
@@ -100,6 +101,11 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` and serves on a new thread. Fails if the address cannot be bound.
     pub fn start(addr: SocketAddr, shared: Arc<AdminShared>) -> anyhow::Result<AdminServer> {
+        Self::start_with(addr, shared, None)
+    }
+
+    /// Like [`AdminServer::start`], also serving `extra`'s routes (the world visualizer's).
+    pub fn start_with(addr: SocketAddr, shared: Arc<AdminShared>, extra: Option<Router>) -> anyhow::Result<AdminServer> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -110,6 +116,7 @@ impl AdminServer {
         std_listener.set_nonblocking(true)?;
         let local = std_listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let has_extra = extra.is_some();
         let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             rt.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -141,6 +148,10 @@ impl AdminServer {
                     .route("/status", get(status))
                     .route("/drain", post(drain))
                     .with_state(shared);
+                let app = match extra {
+                    Some(r) => app.merge(r),
+                    None => app,
+                };
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = rx.await;
                 });
@@ -149,7 +160,7 @@ impl AdminServer {
                 }
             });
         })?;
-        tracing::info!(admin = %local, "admin listener up: /metrics /healthz /readyz /status POST /drain");
+        tracing::info!(admin = %local, "admin listener up: /metrics /healthz /readyz /status POST /drain{}", if has_extra { " and the world visualizer at /" } else { "" });
         Ok(AdminServer {
             addr: local,
             shutdown: Some(tx),

@@ -189,6 +189,32 @@ pub struct Cli {
     /// Datagrams per second accepted from one connected client (it sends about 64); twice this is the burst. [default: 240]
     #[arg(long, value_name = "PER_S", env = "ZONE_PEER_PACKET_RATE")]
     pub peer_packet_rate: Option<f64>,
+
+    /// The world visualizer, a page at http://ADMIN/ (needs telemetry on): on or off. It costs
+    /// the tick nothing while nobody watches. [default: on]
+    #[arg(long, value_parser = ["on", "off"], env = "ZONE_VIZ")]
+    pub viz: Option<String>,
+
+    /// Frames per second sent to each visualizer page; must divide 60. [default: 10]
+    #[arg(long, value_name = "HZ", env = "ZONE_VIZ_RATE")]
+    pub viz_rate: Option<u32>,
+
+    /// Most visualizer pages open at once; the next is refused (503). [default: 8]
+    #[arg(long, value_name = "N", env = "ZONE_VIZ_MAX_VIEWERS")]
+    pub viz_max_viewers: Option<usize>,
+
+    /// Seconds after which a visualizer page that stopped pinging (a hidden tab, a dead client) is dropped. [default: 30]
+    #[arg(long, value_name = "SECS", env = "ZONE_VIZ_IDLE_TIMEOUT")]
+    pub viz_idle_timeout: Option<f64>,
+
+    /// Seconds of history the visualizer keeps for its scrub bar (one frame per second, diff-coded;
+    /// filled from the snapshots persistence takes, so it needs persistence on). [default: 600]
+    #[arg(long, value_name = "SECS", env = "ZONE_VIZ_HISTORY")]
+    pub viz_history: Option<u64>,
+
+    /// Memory for the visualizer's history, MiB; the oldest frames go first. [default: 256]
+    #[arg(long, value_name = "MIB", env = "ZONE_VIZ_RING_MB")]
+    pub viz_ring_mb: Option<usize>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -232,6 +258,12 @@ struct FileConfig {
     max_clients: Option<usize>,
     handshake_rate_per_ip: Option<f64>,
     peer_packet_rate: Option<f64>,
+    viz: Option<String>,
+    viz_rate: Option<u32>,
+    viz_max_viewers: Option<usize>,
+    viz_idle_timeout: Option<f64>,
+    viz_history: Option<u64>,
+    viz_ring_mb: Option<usize>,
 }
 
 /// The effective configuration.
@@ -276,6 +308,12 @@ pub struct ServerConfig {
     pub max_clients: Option<usize>,
     pub handshake_rate_per_ip: f64,
     pub peer_packet_rate: f64,
+    pub viz: String,
+    pub viz_rate: u32,
+    pub viz_max_viewers: usize,
+    pub viz_idle_timeout: f64,
+    pub viz_history: u64,
+    pub viz_ring_mb: usize,
 }
 
 impl ServerConfig {
@@ -302,6 +340,23 @@ impl ServerConfig {
 
     pub fn telemetry_on(&self) -> bool {
         self.telemetry == "on"
+    }
+
+    /// The visualizer runs when asked for and the admin listener that serves it runs.
+    pub fn viz_on(&self) -> bool {
+        self.viz == "on" && self.telemetry_on()
+    }
+
+    /// The visualizer's settings.
+    pub fn viz_config(&self) -> crate::viz::VizConfig {
+        crate::viz::VizConfig {
+            rate_hz: self.viz_rate,
+            max_viewers: self.viz_max_viewers,
+            idle_timeout: Duration::from_secs_f64(self.viz_idle_timeout),
+            history_s: self.viz_history,
+            ring_bytes_max: self.viz_ring_mb.saturating_mul(1 << 20),
+            ..Default::default()
+        }
     }
 
     /// The effective configuration as TOML, with secrets masked.
@@ -416,6 +471,12 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         max_clients: cli.max_clients.or(file.max_clients),
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
+        viz: cli.viz.clone().or(file.viz).unwrap_or_else(|| "on".into()),
+        viz_rate: cli.viz_rate.or(file.viz_rate).unwrap_or(10),
+        viz_max_viewers: cli.viz_max_viewers.or(file.viz_max_viewers).unwrap_or(8),
+        viz_idle_timeout: cli.viz_idle_timeout.or(file.viz_idle_timeout).unwrap_or(30.0),
+        viz_history: cli.viz_history.or(file.viz_history).unwrap_or(600),
+        viz_ring_mb: cli.viz_ring_mb.or(file.viz_ring_mb).unwrap_or(256),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -536,6 +597,29 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
     }
     if cfg.max_clients == Some(0) {
         anyhow::bail!("{}: must be at least 1", src("max_clients"));
+    }
+    if !["on", "off"].contains(&cfg.viz.as_str()) {
+        anyhow::bail!("{}: {:?} is not allowed: use \"on\" or \"off\"", src("viz"), cfg.viz);
+    }
+    if cfg.viz_rate == 0 || cfg.viz_rate > 60 || 60 % cfg.viz_rate != 0 {
+        anyhow::bail!(
+            "{}: {} does not divide the 60 Hz tick rate: use 1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60",
+            src("viz_rate"),
+            cfg.viz_rate
+        );
+    }
+    if cfg.viz_max_viewers == 0 || cfg.viz_max_viewers > 1000 {
+        anyhow::bail!("{}: {} must be between 1 and 1000", src("viz_max_viewers"), cfg.viz_max_viewers);
+    }
+    if !(cfg.viz_idle_timeout.is_finite() && cfg.viz_idle_timeout >= 1.0) {
+        anyhow::bail!("{}: {} must be at least 1 second", src("viz_idle_timeout"), cfg.viz_idle_timeout);
+    }
+    if cfg.viz_ring_mb > 1 << 20 {
+        anyhow::bail!(
+            "{}: {} MiB is more than any machine has: use at most 1048576",
+            src("viz_ring_mb"),
+            cfg.viz_ring_mb
+        );
     }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!(

@@ -14,6 +14,7 @@ use zone_server::config::{Cli, resolve};
 use zone_server::persist::PersistConfig;
 use zone_server::recovery::{restore, restored_line};
 use zone_server::runner::{Hooks, RunConfig, run};
+use zone_server::viz::{Mode, Viz};
 use zone_server::zone_load::load_zone;
 use zone_telemetry::logs::{self, LogFormat};
 
@@ -59,13 +60,19 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let loaded = load_zone(&cfg.zone)?;
-    let (admin, shared) = if cfg.telemetry_on() {
+    let (admin, shared, viz) = if cfg.telemetry_on() {
         let handle = zone_telemetry::install_prometheus(&loaded.spec.id)?;
         let shared = AdminShared::new(Some(handle));
-        let server = AdminServer::start(cfg.admin, shared.clone()).context("cannot start the admin listener")?;
-        (Some(server), Some(shared))
+        let viz = if cfg.viz_on() {
+            Some(Viz::start(Mode::Live, cfg.viz_config(), loaded.spec.clone(), Some(shared.clone()))?)
+        } else {
+            None
+        };
+        let routes = viz.as_ref().map(|v| zone_server::viz::http::router(v.shared.clone()));
+        let server = AdminServer::start_with(cfg.admin, shared.clone(), routes).context("cannot start the admin listener")?;
+        (Some(server), Some(shared), viz)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let ticks = |secs: f64| ((secs * f64::from(zone_sim::units::TICK_RATE_HZ)).round() as u64).max(1);
     let persist = cfg.persistence_on().then(|| PersistConfig {
@@ -81,6 +88,8 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             open_for: Duration::from_secs_f64(cfg.breaker_open),
         },
         event_queue: cfg.event_queue,
+        // The visualizer's history fills from the snapshots persistence takes anyway.
+        observer: viz.as_ref().map(Viz::capture_observer),
     });
     let journal = cfg.journal_path();
 
@@ -168,8 +177,14 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         admin: shared,
         metrics: cfg.telemetry_on(),
         log_dropped: Some(log_guard.dropped_counter()),
+        viz: viz.as_ref().map(Viz::tap),
     };
-    let outcome = run(&run_cfg, &loaded, hooks, restored)?;
+    let outcome = run(&run_cfg, &loaded, hooks, restored);
+    // Viewers are told the server is going away, so their streams end and the listener can stop.
+    if let Some(v) = viz {
+        v.shutdown();
+    }
+    let outcome = outcome?;
     if let Some(a) = admin {
         a.stop();
     }

@@ -52,6 +52,18 @@ pub struct PersistConfig {
     pub op_timeout: Duration,
     pub breaker: BreakerConfig,
     pub event_queue: usize,
+    /// Shown every snapshot the worker takes, after sorting (the world visualizer's history).
+    pub observer: Option<SnapshotObserver>,
+}
+
+/// A look at each snapshot on the worker thread, before it is encoded. Must not block.
+#[derive(Clone)]
+pub struct SnapshotObserver(pub Arc<dyn Fn(&ZoneState) + Send + Sync>);
+
+impl std::fmt::Debug for SnapshotObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotObserver")
+    }
 }
 
 enum Job {
@@ -393,6 +405,9 @@ impl Worker {
     async fn snapshot(&mut self, mut state: ZoneState, full: bool, cold: bool) {
         // Capture leaves objects in storage order (cheap on the tick thread); sort them here.
         state.normalize();
+        if let Some(o) = &self.cfg.observer {
+            (o.0)(&state);
+        }
         let tick = state.tick;
         let full = full || self.last_full.is_none();
         let t0 = Instant::now();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zone_persistence::{JournalError, JournalReader, Record};
+use zone_persistence::{JournalError, JournalHeader, JournalReader, Record};
 use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneHash, ZoneSpec};
 
 /// Why a replay failed.
@@ -69,13 +69,7 @@ impl ReplayOutcome {
 pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u64)) -> Result<ReplayOutcome, ReplayError> {
     let mut reader = JournalReader::open(path)?;
     let header = reader.header().clone();
-    let spec = ZoneSpec::from_toml_str(&header.zone_name, &header.zone_toml).map_err(|source| ReplayError::Zone {
-        name: header.zone_name.clone(),
-        source,
-    })?;
-    if spec.digest != header.zone_digest {
-        return Err(ReplayError::DigestMismatch);
-    }
+    let spec = zone_spec(&header)?;
     let started = Instant::now();
     let mut zone = Zone::new(Arc::new(spec), header.seed)?;
     let done = continue_from_journal(&mut zone, &mut reader, exec, &mut progress)?;
@@ -162,23 +156,153 @@ pub fn continue_from_journal<R: std::io::Read>(
                     });
                 }
                 advance_to(zone, expected.tick);
-                let got = zone.hash(exec);
-                if got != expected {
-                    let shard = got.first_difference(&expected).unwrap_or(0);
-                    return Err(ReplayError::Divergence {
-                        tick: expected.tick,
-                        shard,
-                        expected: expected.shards.get(shard).copied().unwrap_or(0),
-                        got: got.shards.get(shard).copied().unwrap_or(0),
-                        expected_zone: expected.zone,
-                        got_zone: got.zone,
-                        interval,
-                        first: expected.tick.saturating_sub(u64::from(interval) - 1).max(1),
-                    });
-                }
+                check_hash(zone, &expected, interval, exec)?;
                 done.hashes_checked += 1;
             }
         }
     }
     Ok(done)
+}
+
+/// The zone file embedded in a journal, checked against the journal's digest.
+fn zone_spec(header: &JournalHeader) -> Result<ZoneSpec, ReplayError> {
+    let spec = ZoneSpec::from_toml_str(&header.zone_name, &header.zone_toml).map_err(|source| ReplayError::Zone {
+        name: header.zone_name.clone(),
+        source,
+    })?;
+    if spec.digest != header.zone_digest {
+        return Err(ReplayError::DigestMismatch);
+    }
+    Ok(spec)
+}
+
+/// Compares the zone's hash with a recorded one; a difference names the tick and first shard.
+fn check_hash(zone: &mut Zone, expected: &ZoneHash, interval: u32, exec: &dyn ShardExecutor) -> Result<(), ReplayError> {
+    let got = zone.hash(exec);
+    if got == *expected {
+        return Ok(());
+    }
+    let shard = got.first_difference(expected).unwrap_or(0);
+    Err(ReplayError::Divergence {
+        tick: expected.tick,
+        shard,
+        expected: expected.shards.get(shard).copied().unwrap_or(0),
+        got: got.shards.get(shard).copied().unwrap_or(0),
+        expected_zone: expected.zone,
+        got_zone: got.zone,
+        interval,
+        first: expected.tick.saturating_sub(u64::from(interval) - 1).max(1),
+    })
+}
+
+/// A journal read whole into memory, for going to any tick of it in any order (the world
+/// visualizer's replay). Holds the inputs (a few MB for 10 minutes of a busy zone), not states:
+/// the caller keeps its own checkpoints ([`Zone::capture`]) and calls [`LoadedJournal::advance`]
+/// from one of them.
+#[derive(Debug)]
+pub struct LoadedJournal {
+    pub spec: Arc<ZoneSpec>,
+    pub seed: u64,
+    pub zone_name: String,
+    pub hash_interval: u32,
+    /// The last tick the journal covers (its last batch, hash or end record).
+    pub end_tick: u64,
+    pub clean_end: bool,
+    pub torn_tail_at: Option<u64>,
+    /// Batches in tick order (ticks without one ran empty).
+    batches: Vec<TickBatch>,
+    /// Recorded hashes in tick order.
+    hashes: Vec<ZoneHash>,
+}
+
+/// Reads the journal at `path` into memory (checking its header, zone file and record order).
+pub fn load_journal(path: &Path) -> Result<LoadedJournal, ReplayError> {
+    let mut reader = JournalReader::open(path)?;
+    let header = reader.header().clone();
+    let spec = zone_spec(&header)?;
+    let mut batches: Vec<TickBatch> = Vec::new();
+    let mut hashes: Vec<ZoneHash> = Vec::new();
+    let mut clean_end = false;
+    let mut end_tick = 0u64;
+    loop {
+        let offset = reader.offset();
+        let Some(rec) = reader.next_record()? else { break };
+        clean_end = matches!(rec, Record::End(_));
+        match rec {
+            Record::Tick(batch) => {
+                // The same rules as `continue_from_journal`: a batch after the tick reached, a
+                // hash at or after it.
+                if batch.tick <= end_tick {
+                    return Err(ReplayError::OutOfOrder {
+                        offset,
+                        tick: batch.tick,
+                        after: end_tick,
+                    });
+                }
+                end_tick = batch.tick;
+                batches.push(batch);
+            }
+            Record::Hash(h) | Record::End(h) => {
+                if h.tick < end_tick {
+                    return Err(ReplayError::OutOfOrder {
+                        offset,
+                        tick: h.tick,
+                        after: end_tick,
+                    });
+                }
+                end_tick = h.tick;
+                if hashes.last().is_none_or(|l| l.tick != h.tick) {
+                    hashes.push(h);
+                }
+            }
+        }
+    }
+    Ok(LoadedJournal {
+        spec: Arc::new(spec),
+        seed: header.seed,
+        zone_name: header.zone_name,
+        hash_interval: header.hash_interval.max(1),
+        end_tick,
+        clean_end,
+        torn_tail_at: reader.torn_tail_at(),
+        batches,
+        hashes,
+    })
+}
+
+impl LoadedJournal {
+    /// The zone at tick 0.
+    pub fn zone_at_start(&self) -> Result<Zone, ReplayError> {
+        Ok(Zone::new(Arc::clone(&self.spec), self.seed)?)
+    }
+
+    /// Runs `zone` forward to tick `to` (at most the journal's end) with the recorded inputs,
+    /// checking every recorded hash it passes. `zone` must be on this journal's timeline (from
+    /// [`LoadedJournal::zone_at_start`] or a capture of such a zone).
+    pub fn advance(&self, zone: &mut Zone, to: u64, exec: &dyn ShardExecutor) -> Result<(), ReplayError> {
+        let to = to.min(self.end_tick);
+        let mut b = self.batches.partition_point(|x| x.tick <= zone.tick());
+        let mut h = self.hashes.partition_point(|x| x.tick <= zone.tick());
+        while zone.tick() < to {
+            let next = zone.tick() + 1;
+            match self.batches.get(b) {
+                Some(batch) if batch.tick == next => {
+                    zone.step_batch(batch, exec)?;
+                    b += 1;
+                }
+                _ => zone.step_batch(
+                    &TickBatch {
+                        tick: next,
+                        ..Default::default()
+                    },
+                    exec,
+                )?,
+            }
+            if let Some(expected) = self.hashes.get(h).filter(|x| x.tick == next) {
+                check_hash(zone, expected, self.hash_interval, exec)?;
+                h += 1;
+            }
+        }
+        Ok(())
+    }
 }

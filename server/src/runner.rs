@@ -8,6 +8,8 @@
 //! 3. input: scripted players submit their inputs through the zone's input API;
 //! 4. the step: `Zone::step` runs every shard's schedule on the pool (Input → Simulate →
 //!    Replicate → Persist → Telemetry) and the boundary exchange; each shard and stage is timed;
+//!    the Replicate stage copies the objects only when the game socket or the visualizer asked
+//!    for this tick, and its copies go to both (`replica.rs`, `net/`, `viz/`);
 //! 5. hashing, every `hash_interval` ticks;
 //! 6. journal: the applied batch and any hash go to the journal thread (never waits in real time);
 //! 7. telemetry: metrics are recorded (atomics only), the liveness stamp and `/status` updated,
@@ -99,6 +101,8 @@ pub struct Hooks {
     pub metrics: bool,
     /// Lines the log writer dropped.
     pub log_dropped: Option<zone_telemetry::logs::ErrorCounter>,
+    /// The world visualizer's tap (copies of the objects for viewers, only while someone watches).
+    pub viz: Option<crate::viz::VizTap>,
 }
 
 /// How a run ended.
@@ -223,6 +227,8 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let events_zone_id = cfg.persist.as_ref().map_or_else(|| spec.id.clone(), |p| p.instance.clone());
     let mut capture_samples = Samples::default();
 
+    // The Replicate stage's copies, shared by the game socket and the visualizer.
+    let mut replicas = crate::replica::Replicas::default();
     let mut scripted = ScriptedPlayers::new(cfg.seed, cfg.sim_players);
     scripted.adopt(&zone);
     let paced = cfg.realtime || cfg.ticks.is_none();
@@ -311,9 +317,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             if cfg.ticks.is_some_and(|n| ticks_run >= n) {
                 break 'run;
             }
-            if let Some(n) = &mut net {
-                n.before_step(&mut zone);
-            }
+            let net_wants = net.as_mut().is_some_and(|n| n.before_step(&mut zone));
+            let viz_wants = hooks.viz.as_ref().is_some_and(|v| v.wants_copy(zone.tick() + 1));
+            replicas.request(&mut zone, net_wants || viz_wants);
             scripted.drive(&mut zone);
             let t0 = Instant::now();
             let batch = zone.step(&exec);
@@ -326,8 +332,12 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             // snapshot belongs to this journal's timeline, and it marks the journal's progress.
             let hash = (t % hash_interval == 0 || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
             let took = t0.elapsed();
+            let copies = replicas.take(&mut zone);
             if let Some(n) = &mut net {
-                n.after_step(&mut zone, &batch);
+                n.after_step(&zone, &batch, copies.clone());
+            }
+            if let (true, Some(v), Some(c)) = (viz_wants, &hooks.viz, copies) {
+                v.offer(t, c);
             }
             if tick_all.len() < TICK_SAMPLES_MAX {
                 tick_all.push(took);

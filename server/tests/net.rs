@@ -185,6 +185,7 @@ fn fifty_bots_join_receive_snapshots_and_see_what_the_server_simulated() {
 struct Harness {
     zone: Zone,
     link: zone_server::net::NetLink,
+    replicas: zone_server::replica::Replicas,
     /// Clients stepped after every tick (players who carry on while a test does something else).
     bystanders: Vec<Bot>,
     t0: Instant,
@@ -199,15 +200,18 @@ impl Harness {
         Harness {
             zone: Zone::new(loaded.spec, 3).unwrap(),
             link,
+            replicas: Default::default(),
             bystanders: Vec::new(),
             t0: Instant::now(),
         }
     }
 
     fn tick(&mut self) {
-        self.link.before_step(&mut self.zone);
+        let want = self.link.before_step(&mut self.zone);
+        self.replicas.request(&mut self.zone, want);
         let batch = self.zone.step(&Serial);
-        self.link.after_step(&mut self.zone, &batch);
+        let copies = self.replicas.take(&mut self.zone);
+        self.link.after_step(&self.zone, &batch, copies);
         for b in &mut self.bystanders {
             b.step(self.t0);
         }

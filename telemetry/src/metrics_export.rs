@@ -200,6 +200,35 @@ fn describe_all() {
         "zone_event_write_failures_total",
         "Failed attempts to write player events to PostgreSQL."
     );
+    // The world visualizer (server/src/viz/).
+    describe_gauge!("zone_viz_viewers", "World visualizer pages connected now.");
+    describe_counter!(
+        "zone_viz_viewers_refused_total",
+        "Visualizer pages refused because --viz-max-viewers were connected."
+    );
+    describe_counter!(
+        "zone_viz_viewers_dropped_total",
+        "Visualizer pages dropped by the server, by reason (slow: not reading; idle: stopped pinging; shutdown)."
+    );
+    describe_counter!(
+        "zone_viz_frames_sent_total",
+        "Visualizer frames encoded for pages, by type (key, diff)."
+    );
+    describe_counter!(
+        "zone_viz_frame_bytes_total",
+        Unit::Bytes,
+        "Bytes of visualizer frames encoded for pages (before base64), by type (key, diff)."
+    );
+    describe_counter!(
+        "zone_viz_frames_dropped_total",
+        "Replicate-stage copies for the visualizer dropped because its thread was behind."
+    );
+    describe_gauge!("zone_viz_ring_bytes", Unit::Bytes, "Bytes held by the visualizer's history ring.");
+    describe_gauge!(
+        "zone_viz_ring_seconds",
+        Unit::Seconds,
+        "Zone time the visualizer's history ring covers."
+    );
 }
 
 /// Per-shard handles.

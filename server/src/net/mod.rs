@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use zone_sim::{InputRefusal, PlayerId, PlayerInput, Replicated, TickBatch, Zone, ZoneSpec};
+use zone_sim::{InputRefusal, PlayerId, PlayerInput, TickBatch, Zone, ZoneSpec};
 
 pub use counters::{NetCounters, Rejection};
 
@@ -86,8 +86,8 @@ pub enum Control {
 #[derive(Debug, Default)]
 pub struct Frame {
     pub tick: u64,
-    /// Each shard's objects (storage order).
-    pub shards: Vec<Vec<Replicated>>,
+    /// Each shard's objects (storage order), shared with the world visualizer.
+    pub shards: crate::replica::Copies,
     pub joins: Vec<(PlayerId, u64)>,
     pub leaves: Vec<(PlayerId, u64)>,
     pub deaths: Vec<(PlayerId, u64)>,
@@ -181,9 +181,11 @@ impl NetLink {
         }
     }
 
-    /// Before a step: applies queued joins, leaves and inputs, and asks the Replicate stage for a
-    /// copy when the coming tick is a snapshot tick and someone is connected.
-    pub fn before_step(&mut self, zone: &mut Zone) {
+    /// Before a step: applies queued joins, leaves and inputs, and says whether the network
+    /// thread wants the Replicate stage's copy of the coming tick (a snapshot tick with someone
+    /// connected). The caller switches the stage ([`crate::replica::Replicas`]) and passes the
+    /// copies to [`NetLink::after_step`].
+    pub fn before_step(&mut self, zone: &mut Zone) -> bool {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Join(p)) => {
@@ -210,16 +212,13 @@ impl NetLink {
             }
         }
         let next = zone.tick() + 1;
-        let want = next.is_multiple_of(self.snapshot_every) && self.shared.counters.clients.load(Ordering::Relaxed) > 0;
-        if want != self.replicating {
-            zone.set_replicate(want);
-            self.replicating = want;
-        }
+        self.replicating = next.is_multiple_of(self.snapshot_every) && self.shared.counters.clients.load(Ordering::Relaxed) > 0;
+        self.replicating
     }
 
     /// After a step: records the tick's player events and hands a frame to the network thread at
-    /// snapshot ticks.
-    pub fn after_step(&mut self, zone: &mut Zone, batch: &TickBatch) {
+    /// snapshot ticks (`copies`: the Replicate stage's copies, when `before_step` asked for them).
+    pub fn after_step(&mut self, zone: &Zone, batch: &TickBatch, copies: Option<crate::replica::Copies>) {
         let t = zone.tick();
         self.shared.tick.store(t, Ordering::Relaxed);
         let p = &mut self.pending;
@@ -239,14 +238,13 @@ impl NetLink {
             if self.shared.frames_in_flight.load(Ordering::Relaxed) >= FRAMES_IN_FLIGHT_MAX {
                 // The network thread is behind: skip this frame (its objects would be stale by
                 // the time it was encoded) and keep the events for the next one.
-                zone.take_replicas();
                 self.shared.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             self.shared.frames_in_flight.fetch_add(1, Ordering::Relaxed);
             let mut frame = std::mem::take(&mut self.pending);
             frame.tick = t;
-            frame.shards = zone.take_replicas();
+            frame.shards = copies.unwrap_or_default();
             if let Err(TrySendError::Full(ToNet::Frame(f)) | TrySendError::Disconnected(ToNet::Frame(f))) =
                 self.to_net.try_send(ToNet::Frame(Box::new(frame)))
             {
