@@ -6,7 +6,8 @@
 //! that drift on a loaded machine hits every count alike.
 //!
 //! `cargo bench -p zone-server --bench viz_tick -- [ZONE_FILE] [TICKS_PER_ROUND] [ROUNDS]
-//! [VIEWER_COUNTS]` (defaults: assets/zones/demo.toml, 600, 3, 0,1,5; ticks are paced at 60 per
+//! [VIEWER_COUNTS]` (defaults: assets/zones/demo.toml, 600, 3, 0,1,5; `VIZ_RATE=N` for another
+//! rate than the live default; ticks are paced at 60 per
 //! second, so a round of 600 ticks takes 10 s). Prints, per viewer count, the tick thread's CPU
 //! time per tick (from the scheduler: robust to a loaded machine) and its wall time per tick, and
 //! their difference from the first count. One count per process under
@@ -21,7 +22,7 @@ use zone_sim::{Serial, Zone};
 
 #[inline(never)]
 fn tick_once(zone: &mut Zone, replicas: &mut Replicas, tap: &VizTap) {
-    let wants = tap.wants_copy(zone.tick() + 1);
+    let wants = tap.wants_copy(zone.tick() + 1, false);
     replicas.request(zone, wants);
     let _batch = zone.step(&Serial);
     let copies = replicas.take(zone);
@@ -44,7 +45,13 @@ fn main() {
         .map_or_else(|| vec![0, 1, 5], |s| s.split(',').filter_map(|c| c.parse().ok()).collect());
     let loaded = zone_server::zone_load::load_zone(zone_file.as_ref()).expect("zone file");
     let mut zone = Zone::new(loaded.spec.clone(), 1).unwrap();
-    let viz = Viz::start(Mode::Live, VizConfig::default(), loaded.spec.clone(), None).unwrap();
+    // VIZ_RATE=N measures another --viz-rate than the default.
+    let mut cfg = VizConfig::default();
+    if let Some(r) = std::env::var("VIZ_RATE").ok().and_then(|r| r.parse().ok()) {
+        cfg.rate_hz = r;
+    }
+    println!("viz rate: {} frames/s", cfg.rate_hz);
+    let viz = Viz::start(Mode::Live, cfg, loaded.spec.clone(), None).unwrap();
     let tap = viz.tap();
     let mut replicas = Replicas::default();
     // Warm up: fault in memory, settle the population.

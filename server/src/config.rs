@@ -195,7 +195,9 @@ pub struct Cli {
     #[arg(long, value_parser = ["on", "off"], env = "ZONE_VIZ")]
     pub viz: Option<String>,
 
-    /// Frames per second sent to each visualizer page; must divide 60. [default: 10]
+    /// Frames per second sent to each visualizer page; must divide 60. Each costs the tick a copy
+    /// of every object; with players connected the page also gets up to 10/s from their
+    /// snapshots' copies, at no cost. [default: 2]
     #[arg(long, value_name = "HZ", env = "ZONE_VIZ_RATE")]
     pub viz_rate: Option<u32>,
 
@@ -472,7 +474,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
         viz: cli.viz.clone().or(file.viz).unwrap_or_else(|| "on".into()),
-        viz_rate: cli.viz_rate.or(file.viz_rate).unwrap_or(10),
+        viz_rate: cli.viz_rate.or(file.viz_rate).unwrap_or(crate::viz::LIVE_RATE_HZ_DEFAULT),
         viz_max_viewers: cli.viz_max_viewers.or(file.viz_max_viewers).unwrap_or(8),
         viz_idle_timeout: cli.viz_idle_timeout.or(file.viz_idle_timeout).unwrap_or(30.0),
         viz_history: cli.viz_history.or(file.viz_history).unwrap_or(600),

@@ -318,7 +318,7 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 break 'run;
             }
             let net_wants = net.as_mut().is_some_and(|n| n.before_step(&mut zone));
-            let viz_wants = hooks.viz.as_ref().is_some_and(|v| v.wants_copy(zone.tick() + 1));
+            let viz_wants = hooks.viz.as_ref().is_some_and(|v| v.wants_copy(zone.tick() + 1, net_wants));
             replicas.request(&mut zone, net_wants || viz_wants);
             scripted.drive(&mut zone);
             let t0 = Instant::now();

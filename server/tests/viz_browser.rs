@@ -73,8 +73,8 @@ fn live_zone_in_headless_chromium() {
     assert!(moved > 100, "only {moved} objects moved between the two screenshots");
     assert_ne!(shot_a, shot_b, "the two screenshots are identical");
     assert!(
-        b.eval("window.viz.fps").as_f64().unwrap() >= 5.0,
-        "live frames arrive at 5/s or more"
+        b.eval("window.viz.fps").as_f64().unwrap() >= 1.5,
+        "live frames arrive at 1.5/s or more (default --viz-rate 2)"
     );
 
     // The scrub bar: wait for a few stored seconds, then go back to one of them.

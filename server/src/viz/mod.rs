@@ -38,6 +38,17 @@ use frame::{Frame, FrameMeta, VizObject, mm_to_dm};
 use hub::Hub;
 use ring::Ring;
 
+/// Live frames per second when `--viz-rate` is not given. Each of these frames costs the tick a
+/// copy of every object (about 390 k instructions on the demo zone); at 2 per second that is
+/// under 1% of a demo tick (benchmarks/2026-11-29-viz.md). When players are connected the page
+/// gets up to 10 frames/s from their copies (see [`FREE_FRAME_EVERY`]), and it moves objects
+/// smoothly between frames either way.
+pub const LIVE_RATE_HZ_DEFAULT: u32 = 2;
+
+/// Ticks between frames made from copies the game socket takes anyway (10 frames/s): they cost
+/// the tick nothing, so viewers get them whatever `--viz-rate` says.
+pub const FREE_FRAME_EVERY: u64 = 6;
+
 /// Copies waiting for the viz thread: more would only be older.
 const INPUT_QUEUE_MAX: usize = 2;
 
@@ -60,7 +71,7 @@ pub struct VizConfig {
 impl Default for VizConfig {
     fn default() -> Self {
         VizConfig {
-            rate_hz: 10,
+            rate_hz: LIVE_RATE_HZ_DEFAULT,
             max_viewers: 8,
             idle_timeout: Duration::from_secs(30),
             history_s: 600,
@@ -143,13 +154,24 @@ pub struct VizTap {
     tx: SyncSender<Input>,
     shared: Arc<VizShared>,
     every: u64,
+    /// The last tick copied for viewers (spaces out the copies the game socket pays for).
+    last_copy: std::cell::Cell<u64>,
 }
 
 impl VizTap {
     /// Whether the Replicate stage should copy the objects at `next_tick` for viewers: someone
-    /// watches and it is a frame tick. One relaxed load: the whole cost with nobody watching.
-    pub fn wants_copy(&self, next_tick: u64) -> bool {
-        next_tick.is_multiple_of(self.every) && self.shared.hub.count.load(Ordering::Relaxed) > 0
+    /// watches, and it is a frame tick (`--viz-rate`), or the copy is `free` (the game socket
+    /// takes this tick's copy anyway) and the last frame is at least [`FREE_FRAME_EVERY`] ticks
+    /// old. One relaxed load: the whole cost with nobody watching.
+    pub fn wants_copy(&self, next_tick: u64, free: bool) -> bool {
+        if self.shared.hub.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let due = next_tick.is_multiple_of(self.every) || (free && next_tick >= self.last_copy.get() + FREE_FRAME_EVERY);
+        if due {
+            self.last_copy.set(next_tick);
+        }
+        due
     }
 
     /// Hands the copies over; drops (and counts) them if the viz thread is behind.
@@ -200,6 +222,7 @@ impl Viz {
                 tx,
                 shared: Arc::clone(&shared),
                 every: every.max(1),
+                last_copy: std::cell::Cell::new(0),
             },
             shared,
             thread: Some(thread),
@@ -352,4 +375,42 @@ fn run(shared: &VizShared, rx: &Receiver<Input>) {
         }
     }
     shared.hub.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_spec() -> Arc<ZoneSpec> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml");
+        crate::zone_load::load_zone(path.as_ref()).unwrap().spec
+    }
+
+    /// Which of the 120 ticks from `from` get a copy for viewers, with the game socket copying
+    /// every `net_every`th tick (0: never).
+    fn copied(tap: &VizTap, from: u64, net_every: u64) -> Vec<u64> {
+        (from..from + 120)
+            .filter(|&t| tap.wants_copy(t, net_every > 0 && t % net_every == 0))
+            .collect()
+    }
+
+    #[test]
+    fn copies_follow_the_rate_and_ride_free_on_the_game_sockets_copies() {
+        let cfg = VizConfig {
+            rate_hz: 2,
+            ..VizConfig::default()
+        };
+        let viz = Viz::start(Mode::Live, cfg, demo_spec(), None).unwrap();
+        let tap = viz.tap();
+        assert!(copied(&tap, 1, 3).is_empty(), "nobody watches: no copy, whatever is free");
+        let (_id, _rx) = viz.shared.hub.join(serde_json::json!({})).unwrap();
+        // No players: the visualizer's own 2 frames/s.
+        assert_eq!(copied(&tap, 121, 0), vec![150, 180, 210, 240]);
+        // Players connected (a copy every 3rd tick): 10 frames/s, every one of them free but the
+        // rate's own ticks, which are copy ticks of the game socket too.
+        let with_players = copied(&tap, 241, 3);
+        assert_eq!(with_players.len(), 20);
+        assert!(with_players.iter().all(|t| t % 3 == 0));
+        assert!(with_players.windows(2).all(|w| w[1] - w[0] >= FREE_FRAME_EVERY));
+    }
 }

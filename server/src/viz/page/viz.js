@@ -118,15 +118,19 @@ function applyDiff(base, bytes) {
     added.push({ at: p, id: r.id(), kind: r.v(), shard: r.v(), x: r.s(), y: r.s(), hp: r.s() });
   }
   const f = emptyFrame(nn);
+  // Where each object was in the base frame: the page draws it moving from there (see drawable).
+  f.px = new Int32Array(nn); f.py = new Int32Array(nn);
   let j = 0, a = 0;
   for (let i = 0; i < nn; i++) {
     if (a < added.length && added[a].at === i) {
       const o = added[a++];
       f.ids[i] = o.id; f.kind[i] = o.kind; f.shard[i] = o.shard; f.x[i] = o.x; f.y[i] = o.y; f.hp[i] = o.hp;
+      f.px[i] = o.x; f.py[i] = o.y;
     } else {
       while (j < bn && !keep[j]) j++;
       if (j >= bn) throw new Error('diff object counts do not add up');
       f.ids[i] = base.ids[j]; f.kind[i] = kind[j]; f.shard[i] = shard[j]; f.x[i] = x[j]; f.y[i] = y[j]; f.hp[i] = hp[j];
+      f.px[i] = base.x[j]; f.py[i] = base.y[j];
       j++;
     }
   }
@@ -221,6 +225,23 @@ function addDeaths(list, tick) {
   }
 }
 
+// A live frame as drawn now: objects part of the way from where the previous frame had them to
+// where this one has them, over the time between the two frames' arrivals (so the page shows the
+// zone one frame late, but moving smoothly even at a few frames per second). Other frames (a key
+// frame, the history, a replay) are drawn as they are.
+function drawable(f) {
+  if (!f || !f.px || !(f.span > 0)) return f;
+  const t = Math.min(1, (performance.now() - f.arrived) / f.span);
+  if (t >= 1) return f;
+  if (!f.ix) { f.ix = new Int32Array(f.n); f.iy = new Int32Array(f.n); }
+  for (let i = 0; i < f.n; i++) {
+    f.ix[i] = f.px[i] + (f.x[i] - f.px[i]) * t;
+    f.iy[i] = f.py[i] + (f.y[i] - f.py[i]) * t;
+  }
+  dirty = true; // keep drawing until the objects reach this frame's positions
+  return Object.assign({}, f, { x: f.ix, y: f.iy });
+}
+
 function draw() {
   dirty = false;
   const W = innerWidth, H = innerHeight;
@@ -230,7 +251,7 @@ function draw() {
   const [x0, y0, x1, y1] = V.meta.bounds_dm;
   ctx.fillStyle = '#141b24';
   ctx.fillRect(sx(x0), sy(y1), (x1 - x0) * view.scale, (y1 - y0) * view.scale);
-  const f = V.shown;
+  const f = drawable(V.shown);
   if (f) {
     const g = heatGrid(f);
     if (g) {
@@ -436,10 +457,15 @@ function onFrame(data, key) {
     const bytes = b64bytes(data);
     if (key) {
       V.live = decodeKey(bytes);
+      V.live.arrived = performance.now();
       V.keys++;
     } else {
       if (!V.live) throw new Error('a diff arrived before any key frame');
       const r = applyDiff(V.live, bytes);
+      const now = performance.now();
+      // Move from the previous frame's positions over the gap between frames (at most 1 s).
+      r.frame.arrived = now;
+      r.frame.span = V.live.arrived ? Math.min(1000, now - V.live.arrived) : 0;
       V.live = r.frame;
       if (r.deaths.length) addDeaths(r.deaths, r.frame.tick);
     }
