@@ -61,6 +61,15 @@ fn unique_instance(name: &str) -> String {
     format!("test-{name}-{}-{nanos}", std::process::id())
 }
 
+/// Copies the files of directory `from` into a new directory `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// `key=value` from a line of `k=v` words.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -279,9 +288,9 @@ fn crash_drill_restores_the_journal_hash() {
     let st = first.wait_exit(Duration::from_secs(10));
     assert!(!st.success(), "SIGKILL must not look like a clean exit");
 
-    let journal = data.join("journal.zjnl");
-    let copy = tmp.path().join("journal-at-crash.zjnl");
-    std::fs::copy(&journal, &copy).unwrap();
+    let journal = data.join("journal");
+    let copy = tmp.path().join("journal-at-crash");
+    copy_dir(&journal, &copy);
     let at_crash = zone_server::replay::replay(&copy, &Serial, |_| {}).expect("the crashed journal replays");
     assert!(!at_crash.clean_end, "a killed server cannot have written an End record");
     let expected = at_crash.final_line();

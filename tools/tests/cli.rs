@@ -35,10 +35,12 @@ fn replay_prints_the_recorded_final_line() {
 fn damaged_journals_exit_2_with_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = record(dir.path());
-    let mut bytes = std::fs::read(&journal).unwrap();
+    // A headless run without snapshots writes one segment.
+    let segment = journal.join(zone_persistence::segments::segment_name(0));
+    let mut bytes = std::fs::read(&segment).unwrap();
     let n = bytes.len();
     bytes[n - 40] ^= 0xff;
-    std::fs::write(&journal, &bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zone-replay")).arg(&journal).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt at byte"));
