@@ -20,10 +20,16 @@
 # Results go to stdout and OUT (default /tmp/journal-bench). Talks only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q --bin zone-server --bin zone-bots --bin zone-replay
-S=$PWD/target/release/zone-server
-B=$PWD/target/release/zone-bots
-R=$PWD/target/release/zone-replay
+# PROFILE=debug uses the dev build (no release build needed; slower simulation, same journal bytes).
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked -q --bin zone-server --bin zone-bots --bin zone-replay
+else
+  cargo build --locked -q --bin zone-server --bin zone-bots --bin zone-replay
+fi
+S=$PWD/target/$PROFILE/zone-server
+B=$PWD/target/$PROFILE/zone-bots
+R=$PWD/target/$PROFILE/zone-replay
 OUT=${OUT:-/tmp/journal-bench}
 mkdir -p "$OUT"
 T=$(mktemp -d)
@@ -36,7 +42,7 @@ WHAT=${*:-bytes replay rto long}
 ready() { for _ in $(seq 1 600); do curl -sf "http://$ADMIN/readyz" >/dev/null && return 0; sleep 0.05; done; return 1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
+echo "# machine: $(nproc) cores, profile $PROFILE, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
 
 if [[ " $WHAT " == *" bytes "* || " $WHAT " == *" replay "* ]]; then
   N=${N:-500}; DURATION=${DURATION:-60}
@@ -55,7 +61,9 @@ if [[ " $WHAT " == *" bytes "* || " $WHAT " == *" replay "* ]]; then
   if [[ " $WHAT " == *" replay "* ]]; then
     echo "## replay (load before: $(load))"
     echo "from tick 0:"; $R "$D/journal" 2>&1 | grep -E "ticks/s|final_tick"
-    echo "from the newest snapshot:"; $R --snapshot "$D/snapshots" "$D/journal" 2>&1 | grep -E "ticks/s|final_tick"
+    OLDEST=$(ls "$D"/snapshots/snap-*-full.zsnap | head -n 1)
+    echo "from the oldest kept full snapshot ($(basename "$OLDEST")) through the segments after it:"
+    $R --snapshot "$OLDEST" "$D/journal" 2>&1 | grep -E "ticks/s|final_tick"
   fi
 fi
 

@@ -296,13 +296,17 @@ async fn bad_urls_are_errors() {
     ));
 }
 
-/// A TCP proxy to PostgreSQL that can hold back the server's replies: a statement then commits on
-/// the server while its client waits for an answer that never comes.
+/// A TCP proxy to PostgreSQL that, once armed, swallows every server reply after the client's
+/// next Execute message: the statement then commits on the server while its client waits for an
+/// answer that never comes. (The Parse round trip before it still passes, so the Execute is sent.)
 struct ReplyHoldingProxy {
     addr: std::net::SocketAddr,
     hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// An Execute message for the unnamed portal with no row limit: 'E', length 9, "", 0.
+const PG_EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 
 impl ReplyHoldingProxy {
     async fn start(upstream: std::net::SocketAddr) -> ReplyHoldingProxy {
@@ -318,10 +322,24 @@ impl ReplyHoldingProxy {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
+                let swallow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (armed, sw_flag) = (h.clone(), swallow.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(n) = cr.read(&mut buf).await else { break };
+                        if n == 0 {
+                            break;
+                        }
+                        if armed.load(Ordering::SeqCst) && buf[..n].windows(PG_EXECUTE.len()).any(|w| w == PG_EXECUTE) {
+                            sw_flag.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
                 });
-                let h = h.clone();
+                let h = swallow;
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
