@@ -326,8 +326,7 @@ impl ReplyHoldingProxy {
                 let (armed, sw_flag) = (h.clone(), swallow.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let Ok(n) = cr.read(&mut buf).await else { break };
+                    while let Ok(n) = cr.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
@@ -342,8 +341,7 @@ impl ReplyHoldingProxy {
                 let h = swallow;
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let Ok(n) = sr.read(&mut buf).await else { break };
+                    while let Ok(n) = sr.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }

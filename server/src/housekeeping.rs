@@ -174,7 +174,7 @@ impl Housekeeping {
                 Some((tick, e.path()))
             })
             .collect();
-        fulls.sort_by(|a, b| b.0.cmp(&a.0));
+        fulls.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (tick, path) in fulls {
             if self.verified.get() == Some(tick) {
                 return Some(tick);

@@ -155,11 +155,11 @@ impl JournalSink {
                             writer.sync()?;
                             last_sync = Instant::now();
                         }
-                        if let Some(hk) = &housekeeping {
-                            if switched || last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_INTERVAL) {
-                                hk.run(newest_tick, Some(writer.path()));
-                                last_housekeeping = Some(Instant::now());
-                            }
+                        if let Some(hk) = &housekeeping
+                            && (switched || last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_INTERVAL))
+                        {
+                            hk.run(newest_tick, Some(writer.path()));
+                            last_housekeeping = Some(Instant::now());
                         }
                     }
                     writer.sync()?;

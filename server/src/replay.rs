@@ -131,7 +131,7 @@ pub fn replay_from_snapshot(
                 Some((tick, e.path()))
             })
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|f| std::cmp::Reverse(f.0));
         v.into_iter().map(|(_, p)| p).collect()
     } else {
         vec![snapshot.to_path_buf()]

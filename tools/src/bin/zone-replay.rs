@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     }
     let quiet = cli.quiet;
     let progress = |tick: u64| {
-        if !quiet && tick % 10_000 == 0 {
+        if !quiet && tick.is_multiple_of(10_000) {
             eprintln!("zone-replay: tick {tick}");
         }
     };
