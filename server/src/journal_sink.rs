@@ -214,6 +214,11 @@ impl JournalSink {
                         queue = QUEUE_RECORDS_MAX,
                         "journal queue is full (the disk is too slow): JOURNALING IS OFF until the next segment switch; this segment cannot be replayed past the gap"
                     );
+                } else {
+                    tracing::error!(
+                        journal = %self.dir.display(),
+                        "the journal writer has stopped (its error is logged above): JOURNALING IS OFF for the rest of this run; restart with --restore auto to record again"
+                    );
                 }
             }
         }
@@ -234,10 +239,12 @@ impl JournalSink {
                     );
                 }
             }
-            Err(_) => {
+            Err(full) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                if !self.broken {
+                if !self.broken && full {
                     tracing::error!(journal = %self.dir.display(), tick, "journal queue is full at a segment switch: JOURNALING IS OFF until the next switch");
+                } else if !self.broken {
+                    tracing::error!(journal = %self.dir.display(), tick, "the journal writer has stopped: JOURNALING IS OFF for the rest of this run");
                 }
                 self.broken = true;
             }
