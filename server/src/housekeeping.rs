@@ -314,6 +314,55 @@ pub fn parse_retention(text: &str) -> Result<(Option<Duration>, Option<u64>), St
 mod tests {
     use super::*;
 
+    fn age(path: &Path, ago: Duration) {
+        let t = SystemTime::now() - ago;
+        std::fs::File::open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    /// Runs a fresh start moved aside go when older than the retention duration, then oldest
+    /// first while over the byte budget; other files are never touched.
+    #[test]
+    fn moved_aside_runs_are_pruned_by_age_then_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let journal = data.join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        for (name, ago_h) in [("journal.100", 48), ("snapshots.200", 2), ("journal.zjnl.300", 1)] {
+            let p = data.join(name);
+            if name.contains("zjnl") {
+                std::fs::write(&p, vec![1u8; 600]).unwrap();
+            } else {
+                std::fs::create_dir_all(&p).unwrap();
+                std::fs::write(p.join("f"), vec![1u8; 600]).unwrap();
+                age(&p.join("f"), Duration::from_secs(ago_h * 3600));
+            }
+            age(&p, Duration::from_secs(ago_h * 3600));
+        }
+        std::fs::write(data.join("journal.bak"), b"not ours").unwrap();
+        let hk = |keep_bytes| {
+            Housekeeping::new(
+                journal.clone(),
+                Some(data.to_path_buf()),
+                Retention {
+                    keep_ticks: Some(24 * 3600 * 60),
+                    keep_bytes,
+                },
+                Some(Duration::from_secs(24 * 3600)),
+                [0; 32],
+            )
+        };
+        let r = hk(None).run(0, None);
+        assert_eq!(r.deleted_aside, vec![data.join("journal.100")], "only the run older than a day");
+        let r = hk(Some(700)).run(0, None);
+        assert_eq!(
+            r.deleted_aside,
+            vec![data.join("snapshots.200")],
+            "the oldest of the rest, to fit 700 bytes"
+        );
+        assert!(data.join("journal.zjnl.300").exists() && data.join("journal.bak").exists());
+        assert_eq!(r.data_dir_bytes, Some(600 + 8));
+    }
+
     #[test]
     fn retention_values_parse() {
         assert_eq!(parse_retention("off").unwrap(), (None, None));

@@ -282,6 +282,13 @@ fn crash_drill_restores_the_journal_hash() {
         "no Redis snapshot before the crash\n{}",
         first.log_tail(40)
     );
+    // Housekeeping exports the data directory's disk use (for the DiskSpaceLow alert).
+    assert!(
+        metric(&scrape, "zone_data_dir_bytes", &[]) > 0.0,
+        "no zone_data_dir_bytes\n{scrape}"
+    );
+    assert!(metric(&scrape, "zone_data_dir_filesystem_avail_bytes", &[]) > 0.0);
+    assert!(metric(&scrape, "zone_journal_segments", &[]) >= 1.0);
     let last_tick = first.status_tick().or(seen).unwrap();
     let mut first = first;
     first.child.kill().unwrap();
