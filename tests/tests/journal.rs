@@ -467,3 +467,43 @@ fn disk_use_stays_flat_over_a_long_run_and_every_kept_segment_replays() {
     }
     assert!(replayed >= 2, "only {replayed} kept segments had a snapshot at their start");
 }
+
+/// A journal that no kept snapshot fits (its first segments deleted, the snapshots within it
+/// lost): recovery restores the newest snapshot anyway, moves that journal aside (never deletes
+/// it) and the run goes on recording a new one from the snapshot.
+#[test]
+fn a_journal_no_snapshot_fits_is_moved_aside_and_a_new_one_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    run_with_segments(data, 400, 100, 10, Retention::default(), None);
+    let journal = data.join("journal");
+    for t in [0u64, 100, 200] {
+        std::fs::remove_file(journal.join(segment_name(t))).unwrap();
+    }
+    for t in [300u64, 400] {
+        let _ = std::fs::remove_file(data.join("snapshots").join(format!("snap-{t:020}-full.zsnap")));
+    }
+    let newest_left = (0..300u64)
+        .rev()
+        .find(|t| data.join("snapshots").join(format!("snap-{t:020}-full.zsnap")).exists())
+        .expect("a snapshot before the journal");
+    let r = restore(data).expect("the older snapshot is restored");
+    assert_eq!(r.zone.tick(), newest_left);
+    assert_eq!(r.run_id, None, "a new run");
+    assert!(!journal.exists(), "the old journal was moved aside");
+    let aside: Vec<_> = std::fs::read_dir(data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal."))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old journal is kept aside");
+    let out = run_with_segments(data, 100, 100, 10, Retention::default(), Some(r));
+    let again = replay_from_snapshot(
+        &journal,
+        &data.join("snapshots").join(format!("snap-{newest_left:020}-full.zsnap")),
+        &zone_sim::Serial,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(again.final_hash, out.final_hash);
+}
