@@ -21,8 +21,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PROFILE=debug uses the dev build (no release build needed; slower simulation, same journal bytes).
+# SKIP_BUILD=1 uses the binaries already in target/$PROFILE.
 PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
+if [ -n "${SKIP_BUILD:-}" ]; then
+  :
+elif [ "$PROFILE" = release ]; then
   cargo build --release --locked -q --bin zone-server --bin zone-bots --bin zone-replay
 else
   cargo build --locked -q --bin zone-server --bin zone-bots --bin zone-replay
