@@ -16,6 +16,10 @@ pub const EVENT_QUEUE_CAPACITY_DEFAULT: usize = 10_000;
 #[derive(Clone, Debug, PartialEq)]
 pub struct GameEvent {
     pub zone_id: String,
+    /// Names this event uniquely within `zone_id` (e.g. `<run>:<tick>:<kind>:<player>`), so that a
+    /// retried insert of it can never create a second row: the table has a unique index on
+    /// `(zone_id, event_key)` and inserts skip keys already there.
+    pub key: String,
     pub tick: u64,
     /// `join`, `leave`, `death`, ...
     pub kind: String,
@@ -109,6 +113,7 @@ mod tests {
     fn ev(tick: u64) -> GameEvent {
         GameEvent {
             zone_id: "z".into(),
+            key: format!("k{tick}"),
             tick,
             kind: "join".into(),
             player_id: Some(tick),

@@ -1,7 +1,9 @@
 //! # zone-persistence: what the zone server keeps, and where
 //!
-//! - [`journal`]: the input journal, an append-only, versioned, checksummed record of everything a
-//!   zone needs to be replayed.
+//! - [`journal`]: the input journal's segment format, an append-only, versioned, checksummed,
+//!   delta-coded record of everything a zone needs to be replayed.
+//! - [`segments`]: the journal as a directory of segments, each starting at a snapshot tick: read
+//!   in order as one stream, scanned, and planned for retention.
 //! - [`snapshot`]: the snapshot codec. A zone's whole state ([`zone_sim::ZoneState`]) as a full
 //!   snapshot or as a diff against the previous full one; versioned, lz4-compressed,
 //!   checksummed; [`snapshot::recover`] rebuilds the newest state from a full and its diffs.
@@ -19,12 +21,14 @@
 pub mod breaker;
 pub mod events;
 pub mod journal;
+pub mod segments;
 pub mod snapshot;
 pub mod store;
 
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 pub use events::{EventQueue, GameEvent};
-pub use journal::{JournalError, JournalHeader, JournalReader, JournalWriter, Record};
+pub use journal::{JournalError, JournalHeader, JournalWriter, Origin, Record, SegmentReader};
+pub use segments::{JournalReader, Retention, SegmentInfo, plan_retention, scan_segment};
 pub use snapshot::{
     Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff, decode, decode_full,
     decode_meta, encode_diff, encode_full, recover,

@@ -239,6 +239,7 @@ async fn postgres_store_round_trip_retention_and_events() {
     for (i, kind) in ["join", "death", "leave"].into_iter().enumerate() {
         queue.push(GameEvent {
             zone_id: zone.clone(),
+            key: format!("run1:{}:{kind}", 10 + i),
             tick: 10 + i as u64,
             kind: kind.into(),
             player_id: if kind == "death" { None } else { Some(7) },
@@ -246,8 +247,11 @@ async fn postgres_store_round_trip_retention_and_events() {
         });
     }
     let batch = queue.drain_batch(10);
-    store.insert_events(&batch).await.expect("insert events");
-    store.insert_events(&[]).await.expect("empty batch");
+    assert_eq!(store.insert_events(&batch).await.expect("insert events"), 3);
+    assert_eq!(store.insert_events(&[]).await.expect("empty batch"), 0);
+    assert_eq!(store.count_events().await.expect("count"), 3);
+    // The same batch again (a retry): nothing added.
+    assert_eq!(store.insert_events(&batch).await.expect("retry"), 0);
     assert_eq!(store.count_events().await.expect("count"), 3);
 
     store.delete_zone().await.expect("cleanup");
@@ -292,6 +296,129 @@ async fn bad_urls_are_errors() {
     ));
 }
 
+/// A TCP proxy to PostgreSQL that, once armed, swallows every server reply after the client's
+/// next Execute message: the statement then commits on the server while its client waits for an
+/// answer that never comes. (The Parse round trip before it still passes, so the Execute is sent.)
+struct ReplyHoldingProxy {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// An Execute message for the unnamed portal with no row limit: 'E', length 9, "", 0.
+const PG_EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+
+impl ReplyHoldingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> ReplyHoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = hold.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let swallow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (armed, sw_flag) = (h.clone(), swallow.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if armed.load(Ordering::SeqCst) && buf[..n].windows(PG_EXECUTE.len()).any(|w| w == PG_EXECUTE) {
+                            sw_flag.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let h = swallow;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // Held: the reply is swallowed (this connection is dead to its client).
+                        if h.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        ReplyHoldingProxy { addr, hold, task }
+    }
+}
+
+impl Drop for ReplyHoldingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An insert whose reply is lost after PostgreSQL committed it times out; the retry (on a new
+/// connection, as the server does) finds the keys stored and adds nothing: exactly one row per
+/// event.
+async fn an_insert_that_timed_out_after_its_commit_leaves_one_row() {
+    let url = database_url();
+    let zone = unique_zone_id("pg-idem");
+    let direct = PostgresStore::connect(&url, &zone, 2, OP_TIMEOUT).await.expect("connect");
+    let (head, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (user, rest) = match rest.split_once('@') {
+        Some((u, r)) => (format!("{u}@"), r),
+        None => (String::new(), rest),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let hostport = rest[..end].replace("localhost", "127.0.0.1");
+    let hostport = if hostport.contains(':') {
+        hostport
+    } else {
+        format!("{hostport}:5432")
+    };
+    let upstream: std::net::SocketAddr = hostport.parse().expect("DATABASE_URL names 127.0.0.1 and a port");
+    let proxy = ReplyHoldingProxy::start(upstream).await;
+    let via_proxy = format!("{head}://{user}{}{}", proxy.addr, &rest[end..]);
+    let store = PostgresStore::connect(&via_proxy, &zone, 2, Duration::from_millis(800))
+        .await
+        .expect("connect through the proxy");
+    let batch: Vec<GameEvent> = (0..5)
+        .map(|i| GameEvent {
+            zone_id: zone.clone(),
+            key: format!("run7:{i}:join:{i}"),
+            tick: i,
+            kind: "join".into(),
+            player_id: Some(i),
+            detail: serde_json::json!({}),
+        })
+        .collect();
+    proxy.hold.store(true, Ordering::SeqCst);
+    let err = store.insert_events(&batch).await.expect_err("the reply was held back");
+    assert!(matches!(err, StoreError::Timeout { .. }), "{err}");
+    drop(store);
+    // The insert committed although its client never heard so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while direct.count_events().await.expect("count") < 5 {
+        assert!(Instant::now() < deadline, "the held insert never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The retry, on a new connection.
+    proxy.hold.store(false, Ordering::SeqCst);
+    let retry = PostgresStore::connect(&via_proxy, &zone, 2, OP_TIMEOUT).await.expect("reconnect");
+    assert_eq!(retry.insert_events(&batch).await.expect("retry"), 0, "the retry added rows");
+    assert_eq!(direct.count_events().await.expect("count"), 5, "exactly one row per event");
+    direct.delete_zone().await.expect("cleanup");
+}
+
 fn main() {
     ServiceTests::new()
         .test("file_store_round_trip_and_retention", || {
@@ -303,6 +430,11 @@ fn main() {
         .needs("postgres_store_round_trip_retention_and_events", &[Need::Postgres], || {
             block_on(postgres_store_round_trip_retention_and_events())
         })
+        .needs(
+            "an_insert_that_timed_out_after_its_commit_leaves_one_row",
+            &[Need::Postgres],
+            || block_on(an_insert_that_timed_out_after_its_commit_leaves_one_row()),
+        )
         .test("unreachable_backends_fail_within_the_timeout", || {
             block_on(unreachable_backends_fail_within_the_timeout())
         })

@@ -53,7 +53,8 @@ pub struct Cli {
     #[arg(long, value_name = "K", env = "ZONE_SIM_PLAYERS")]
     pub sim_players: Option<u32>,
 
-    /// Record the input journal to PATH; replay it with `zone-replay PATH`. [default: DATA_DIR/journal.zjnl when persistence is on, else none]
+    /// Record the input journal in the directory PATH, as segments (seg-<tick>.zjnl) that start at
+    /// snapshot ticks; replay it with `zone-replay PATH`. [default: DATA_DIR/journal when persistence is on, else none]
     #[arg(long, value_name = "PATH", env = "ZONE_JOURNAL")]
     pub journal: Option<PathBuf>,
 
@@ -94,7 +95,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", env = "ZONE_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<f64>,
 
-    /// Directory for file snapshots (DIR/snapshots) and the default journal (DIR/journal.zjnl). [default: ./data]
+    /// Directory for file snapshots (DIR/snapshots) and the default journal (DIR/journal). [default: ./data]
     #[arg(long, value_name = "DIR", env = "ZONE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -135,6 +136,18 @@ pub struct Cli {
     /// Full snapshots kept in the file and PostgreSQL stores. [default: 5]
     #[arg(long, value_name = "N", env = "ZONE_KEEP_SNAPSHOTS")]
     pub keep_snapshots: Option<usize>,
+
+    /// Seconds of zone time between journal segments, besides the new segment at every full
+    /// snapshot. [default: 600]
+    #[arg(long, value_name = "SECS", env = "ZONE_JOURNAL_SEGMENT")]
+    pub journal_segment: Option<f64>,
+
+    /// How much journal to keep: a duration of zone time (e.g. 24h, 90m, 7d), a size (e.g. 10GB,
+    /// 500MiB), both (24h,10GB: whichever keeps less), or off (keep all). The newest verified
+    /// snapshot and every segment after it are always kept; runs a fresh start moved aside are
+    /// deleted by the same rules. [default: 24h]
+    #[arg(long, value_name = "DURATION|SIZE|off", env = "ZONE_JOURNAL_RETENTION")]
+    pub journal_retention: Option<String>,
 
     /// Seconds Redis keeps hot snapshots. [default: 600]
     #[arg(long, value_name = "SECS", env = "ZONE_REDIS_TTL")]
@@ -247,6 +260,8 @@ struct FileConfig {
     snapshot_diff_interval: Option<f64>,
     cold_snapshot_interval: Option<f64>,
     keep_snapshots: Option<usize>,
+    journal_segment: Option<f64>,
+    journal_retention: Option<String>,
     redis_ttl: Option<f64>,
     backend_timeout_ms: Option<u64>,
     breaker_failures: Option<u32>,
@@ -295,6 +310,8 @@ pub struct ServerConfig {
     pub snapshot_diff_interval: f64,
     pub cold_snapshot_interval: f64,
     pub keep_snapshots: usize,
+    pub journal_segment: f64,
+    pub journal_retention: String,
     pub redis_ttl: f64,
     pub backend_timeout_ms: u64,
     pub breaker_failures: u32,
@@ -333,11 +350,25 @@ impl ServerConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout)
     }
-    /// The journal to write: the explicit one, or DATA_DIR/journal.zjnl when persistence is on.
+    /// The journal directory: the explicit one, or DATA_DIR/journal when persistence is on.
     pub fn journal_path(&self) -> Option<PathBuf> {
         self.journal
             .clone()
-            .or_else(|| self.persistence_on().then(|| self.data_dir.join("journal.zjnl")))
+            .or_else(|| self.persistence_on().then(|| self.data_dir.join("journal")))
+    }
+
+    /// `--journal-retention` as zone ticks and bytes (validated by [`resolve`]).
+    pub fn retention(&self) -> zone_persistence::Retention {
+        let (dur, size) = crate::housekeeping::parse_retention(&self.journal_retention).unwrap_or_default();
+        zone_persistence::Retention {
+            keep_ticks: dur.map(|d| (d.as_secs_f64() * f64::from(zone_sim::units::TICK_RATE_HZ)).round() as u64),
+            keep_bytes: size,
+        }
+    }
+
+    /// How long moved-aside runs are kept: the retention's duration (None: by size only, or all).
+    pub fn keep_aside_for(&self) -> Option<Duration> {
+        crate::housekeeping::parse_retention(&self.journal_retention).ok().and_then(|r| r.0)
     }
 
     pub fn telemetry_on(&self) -> bool {
@@ -460,6 +491,12 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         snapshot_diff_interval: cli.snapshot_diff_interval.or(file.snapshot_diff_interval).unwrap_or(1.0),
         cold_snapshot_interval: cli.cold_snapshot_interval.or(file.cold_snapshot_interval).unwrap_or(60.0),
         keep_snapshots: cli.keep_snapshots.or(file.keep_snapshots).unwrap_or(5),
+        journal_segment: cli.journal_segment.or(file.journal_segment).unwrap_or(600.0),
+        journal_retention: cli
+            .journal_retention
+            .clone()
+            .or(file.journal_retention)
+            .unwrap_or_else(|| "24h".into()),
         redis_ttl: cli.redis_ttl.or(file.redis_ttl).unwrap_or(600.0),
         backend_timeout_ms: cli.backend_timeout_ms.or(file.backend_timeout_ms).unwrap_or(2000),
         breaker_failures: cli.breaker_failures.or(file.breaker_failures).unwrap_or(5),
@@ -518,12 +555,16 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         ("snapshot_full_interval", cfg.snapshot_full_interval),
         ("snapshot_diff_interval", cfg.snapshot_diff_interval),
         ("cold_snapshot_interval", cfg.cold_snapshot_interval),
+        ("journal_segment", cfg.journal_segment),
         ("redis_ttl", cfg.redis_ttl),
         ("breaker_open", cfg.breaker_open),
     ] {
         if !(v.is_finite() && v > 0.0) {
             anyhow::bail!("{}: {v} must be a positive number of seconds", src(name));
         }
+    }
+    if let Err(e) = crate::housekeeping::parse_retention(&cfg.journal_retention) {
+        anyhow::bail!("{}: {e}", src("journal_retention"));
     }
     if !["on", "off"].contains(&cfg.persistence.as_str()) {
         anyhow::bail!(

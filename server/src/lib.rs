@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod executor;
+pub mod housekeeping;
 pub mod journal_sink;
 pub mod net;
 pub mod pacing;

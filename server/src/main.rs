@@ -90,8 +90,12 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         event_queue: cfg.event_queue,
         // The visualizer's history fills from the snapshots persistence takes anyway.
         observer: viz.as_ref().map(Viz::capture_observer),
+        journal_notes: None,
     });
     let journal = cfg.journal_path();
+    if cfg.persistence_on() {
+        adopt_single_file_journal(&cfg.data_dir)?;
+    }
 
     // Recovery, before the zone is ready.
     let restored = if cfg.restore == "off" {
@@ -139,8 +143,10 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         if cfg.persistence_on() && snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
             move_aside(&snaps, "the previous run's file snapshots")?;
         }
-        if let Some(j) = journal.as_deref().filter(|j| j.exists() && cfg.journal.is_none()) {
-            move_aside(j, "the previous journal")?;
+        if let Some(j) = journal.as_deref().filter(|j| j.is_dir()) {
+            if j.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                move_aside(j, "the previous journal")?;
+            }
         }
     }
 
@@ -158,6 +164,9 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         snapshot_full_every: ticks(cfg.snapshot_full_interval),
         snapshot_diff_every: ticks(cfg.snapshot_diff_interval),
         cold_snapshot_every: ticks(cfg.cold_snapshot_interval),
+        journal_segment_every: Some(ticks(cfg.journal_segment)),
+        journal_retention: cfg.retention(),
+        keep_aside_for: cfg.keep_aside_for(),
         net: cfg.bind_addr().map(|bind| {
             let mut n = zone_server::net::NetConfig::new(
                 bind,
@@ -192,14 +201,22 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
     Ok(ExitCode::SUCCESS)
 }
 
-/// Renames `path` to `path.<unix seconds>` so a fresh run does not overwrite or mix with it.
+/// Renames `path` aside (`path.<unix seconds>`); see [`zone_server::housekeeping::move_aside`].
 fn move_aside(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".{secs}"));
-    std::fs::rename(path, &aside).with_context(|| format!("cannot move {what} ({}) aside", path.display()))?;
-    tracing::warn!(old = %std::path::Path::new(&aside).display(), "starting fresh: {what} moved aside (use --restore auto to continue that run)");
+    zone_server::housekeeping::move_aside(path, what).map(drop)
+}
+
+/// A single-file journal of an earlier build (DATA_DIR/journal.zjnl) becomes the first segment of
+/// DATA_DIR/journal, which it is (a genesis segment in format 1), so a restore continues it.
+fn adopt_single_file_journal(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let old = data_dir.join("journal.zjnl");
+    let dir = data_dir.join("journal");
+    if !old.is_file() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let to = dir.join(zone_persistence::segments::segment_name(0));
+    std::fs::rename(&old, &to).with_context(|| format!("cannot move {} to {}", old.display(), to.display()))?;
+    tracing::warn!(from = %old.display(), to = %to.display(), "a single-file journal of an earlier build became the first segment of the journal directory");
     Ok(())
 }

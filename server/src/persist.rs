@@ -54,6 +54,8 @@ pub struct PersistConfig {
     pub event_queue: usize,
     /// Shown every snapshot the worker takes, after sorting (the world visualizer's history).
     pub observer: Option<SnapshotObserver>,
+    /// Where stored full snapshots are noted in the journal (their tick and SHA-256).
+    pub journal_notes: Option<crate::journal_sink::SnapshotNotes>,
 }
 
 /// A look at each snapshot on the worker thread, before it is encoded. Must not block.
@@ -490,6 +492,10 @@ impl Worker {
                 Ok(()) => {
                     if k == SnapshotKind::Full {
                         self.file_base_tick = Some(tick);
+                        if let Some(n) = &self.cfg.journal_notes {
+                            use sha2::Digest;
+                            n.note(tick, sha2::Sha256::digest(&b).into());
+                        }
                     }
                     self.consecutive_file_failures = 0;
                     gauge!("zone_snapshot_consecutive_failures", "store" => "file").set(0.0);
@@ -613,9 +619,12 @@ impl Worker {
             let n = batch.len() as u64;
             let store = self.pg_events.store.as_ref().expect("connected");
             match store.insert_events(&batch).await {
-                Ok(()) => {
+                Ok(added) => {
                     self.pg_events.succeeded();
-                    counter!("zone_events_written_total").increment(n);
+                    counter!("zone_events_written_total").increment(added);
+                    // Already stored (a retry of a batch whose insert committed but was not
+                    // confirmed): skipped by key, never written twice.
+                    counter!("zone_events_duplicates_skipped_total").increment(n.saturating_sub(added));
                 }
                 Err(e) => {
                     self.events.requeue_front(batch);

@@ -1,13 +1,16 @@
-//! Journal replay: rebuild the zone from a journal's embedded zone file and seed, feed it every
-//! recorded tick, and check every recorded hash.
+//! Journal replay: rebuild the zone from a journal's embedded zone file and seed (from tick 0, or
+//! from a snapshot), feed it every recorded tick across the journal's segments, and check every
+//! recorded hash (and every segment's start hash).
 //!
-//! Used by `zone-replay` and by tests (and, with issue 5, by crash recovery). On the first hash
-//! that differs it stops and names the tick and the first shard that differs.
+//! Used by `zone-replay`, by crash recovery and by tests. On the first hash that differs it stops
+//! and names the tick and the first shard that differs. It only reads: it never writes or deletes
+//! a journal file.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zone_persistence::snapshot::decode_full;
 use zone_persistence::{JournalError, JournalHeader, JournalReader, Record};
 use zone_sim::{ShardExecutor, TickBatch, Zone, ZoneHash, ZoneSpec};
 
@@ -24,6 +27,13 @@ pub enum ReplayError {
     Build(#[from] zone_sim::ZoneError),
     #[error("journal records go back in time at byte {offset}: tick {tick} after tick {after}")]
     OutOfOrder { offset: u64, tick: u64, after: u64 },
+    #[error(
+        "the journal's first kept segment starts at tick {start} (the older ones were deleted by retention), so it does not \
+         replay from tick 0: replay it from a snapshot (zone-replay --snapshot DATA_DIR/snapshots JOURNAL)"
+    )]
+    NeedsSnapshot { start: u64 },
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: String, reason: String },
     #[error(
         "divergence at tick {tick}: shard {shard} hash is {got:016x}, the journal recorded {expected:016x} \
          (zone hash {got_zone:016x} vs {expected_zone:016x}); hashes were recorded every {interval} ticks, so the \
@@ -54,6 +64,8 @@ pub struct ReplayOutcome {
     pub torn_tail_at: Option<u64>,
     pub zone_name: String,
     pub seed: u64,
+    /// The tick the replay started from (0, or the snapshot's tick).
+    pub from_tick: u64,
 }
 
 impl ReplayOutcome {
@@ -61,14 +73,18 @@ impl ReplayOutcome {
         format!("final_tick={} zone_hash={}", self.final_hash.tick, self.final_hash.hex())
     }
     pub fn ticks_per_s(&self) -> f64 {
-        self.final_hash.tick as f64 / self.wall.as_secs_f64().max(1e-9)
+        (self.final_hash.tick - self.from_tick) as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 }
 
-/// Replays the journal at `path`. `progress(tick)` is called every 1,000 ticks.
+/// Replays the journal at `path` (a directory of segments, or one segment file) from tick 0.
+/// `progress(tick)` is called every 1,000 ticks.
 pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u64)) -> Result<ReplayOutcome, ReplayError> {
     let mut reader = JournalReader::open(path)?;
     let header = reader.header().clone();
+    if header.start_tick != 0 {
+        return Err(ReplayError::NeedsSnapshot { start: header.start_tick });
+    }
     let spec = zone_spec(&header)?;
     let started = Instant::now();
     let mut zone = Zone::new(Arc::new(spec), header.seed)?;
@@ -83,7 +99,92 @@ pub fn replay(path: &Path, exec: &dyn ShardExecutor, mut progress: impl FnMut(u6
         torn_tail_at: reader.torn_tail_at(),
         zone_name: header.zone_name,
         seed: header.seed,
+        from_tick: 0,
     })
+}
+
+/// Replays the journal at `path` from a full snapshot: `snapshot` is a snapshot file, or a
+/// directory of them (the file store), in which case the newest full snapshot the journal covers
+/// and whose hash the journal recorded is used. The snapshot must be of the journal's zone and
+/// seed, and must hash as the journal recorded at its tick.
+pub fn replay_from_snapshot(
+    path: &Path,
+    snapshot: &Path,
+    exec: &dyn ShardExecutor,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayOutcome, ReplayError> {
+    let first = JournalReader::open(path)?;
+    let header = first.header().clone();
+    let spec = Arc::new(zone_spec(&header)?);
+    let snap_err = |p: &Path, reason: String| ReplayError::Snapshot {
+        path: p.display().to_string(),
+        reason,
+    };
+    // The candidates, newest first.
+    let files: Vec<std::path::PathBuf> = if snapshot.is_dir() {
+        let mut v: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(snapshot)
+            .map_err(|e| snap_err(snapshot, e.to_string()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let tick = name.strip_prefix("snap-")?.strip_suffix("-full.zsnap")?.parse().ok()?;
+                Some((tick, e.path()))
+            })
+            .collect();
+        v.sort_by_key(|f| std::cmp::Reverse(f.0));
+        v.into_iter().map(|(_, p)| p).collect()
+    } else {
+        vec![snapshot.to_path_buf()]
+    };
+    let mut last_err = snap_err(snapshot, "no full snapshot in it".into());
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|e| snap_err(&file, e.to_string()))?;
+        let (meta, state) = match decode_full(&bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                last_err = snap_err(&file, e.to_string());
+                continue;
+            }
+        };
+        if meta.zone_digest != header.zone_digest || state.seed != header.seed {
+            last_err = snap_err(&file, "it is of another zone file or seed than the journal".into());
+            continue;
+        }
+        let tick = meta.tick;
+        let mut reader = JournalReader::open_at(path, tick)?;
+        if reader.segment_header().start_tick > tick {
+            last_err = snap_err(
+                &file,
+                format!(
+                    "its tick {tick} is before the journal's first kept segment (tick {})",
+                    reader.segment_header().start_tick
+                ),
+            );
+            continue;
+        }
+        let started = Instant::now();
+        let mut zone = Zone::restore(spec.clone(), state)?;
+        let done = continue_from_journal(&mut zone, &mut reader, exec, &mut progress)?;
+        if !done.checked_start {
+            return Err(snap_err(
+                &file,
+                format!("the journal recorded no hash at its tick {tick}, so it cannot be tied to this journal"),
+            ));
+        }
+        let final_hash = zone.hash(exec);
+        return Ok(ReplayOutcome {
+            final_hash,
+            hashes_checked: done.hashes_checked,
+            batches: done.batches,
+            wall: started.elapsed(),
+            clean_end: done.clean_end,
+            torn_tail_at: reader.torn_tail_at(),
+            zone_name: header.zone_name.clone(),
+            seed: header.seed,
+            from_tick: tick,
+        });
+    }
+    Err(last_err)
 }
 
 /// What [`continue_from_journal`] did.
@@ -93,15 +194,18 @@ pub struct Continued {
     pub hashes_checked: u64,
     /// The last record read was an End record (the recording shut down cleanly).
     pub clean_end: bool,
+    /// A recorded hash at the zone's starting tick was checked (the zone is on the journal's
+    /// timeline from its first tick).
+    pub checked_start: bool,
 }
 
 /// Brings `zone` up to the end of the journal: records for ticks the zone has already run are
 /// skipped (a hash at the zone's own tick is still checked), ticks without a record run empty,
 /// every batch is applied and every recorded hash is checked. Used by replay (from tick 0) and by
 /// recovery (from a restored snapshot). `progress(tick)` is called every 1,000 ticks.
-pub fn continue_from_journal<R: std::io::Read>(
+pub fn continue_from_journal(
     zone: &mut Zone,
-    reader: &mut JournalReader<R>,
+    reader: &mut JournalReader,
     exec: &dyn ShardExecutor,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Continued, ReplayError> {
@@ -127,8 +231,12 @@ pub fn continue_from_journal<R: std::io::Read>(
     loop {
         let offset = reader.offset();
         let Some(rec) = reader.next_record()? else { break };
+        if matches!(rec, Record::Snapshot { .. }) {
+            continue;
+        }
         done.clean_end = matches!(rec, Record::End(_));
         match rec {
+            Record::Snapshot { .. } => {}
             Record::Tick(batch) => {
                 if batch.tick <= from {
                     continue;
@@ -158,6 +266,7 @@ pub fn continue_from_journal<R: std::io::Read>(
                 advance_to(zone, expected.tick);
                 check_hash(zone, &expected, interval, exec)?;
                 done.hashes_checked += 1;
+                done.checked_start |= expected.tick == from;
             }
         }
     }
@@ -219,6 +328,9 @@ pub struct LoadedJournal {
 pub fn load_journal(path: &Path) -> Result<LoadedJournal, ReplayError> {
     let mut reader = JournalReader::open(path)?;
     let header = reader.header().clone();
+    if header.start_tick != 0 {
+        return Err(ReplayError::NeedsSnapshot { start: header.start_tick });
+    }
     let spec = zone_spec(&header)?;
     let mut batches: Vec<TickBatch> = Vec::new();
     let mut hashes: Vec<ZoneHash> = Vec::new();
@@ -227,8 +339,12 @@ pub fn load_journal(path: &Path) -> Result<LoadedJournal, ReplayError> {
     loop {
         let offset = reader.offset();
         let Some(rec) = reader.next_record()? else { break };
+        if matches!(rec, Record::Snapshot { .. }) {
+            continue;
+        }
         clean_end = matches!(rec, Record::End(_));
         match rec {
+            Record::Snapshot { .. } => {}
             Record::Tick(batch) => {
                 // The same rules as `continue_from_journal`: a batch after the tick reached, a
                 // hash at or after it.

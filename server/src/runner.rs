@@ -12,6 +12,7 @@
 //!    for this tick, and its copies go to both (`replica.rs`, `net/`, `viz/`);
 //! 5. hashing, every `hash_interval` ticks;
 //! 6. journal: the applied batch and any hash go to the journal thread (never waits in real time);
+//!    at every full snapshot tick (and every `--journal-segment`) a new segment starts there;
 //! 7. telemetry: metrics are recorded (atomics only), the liveness stamp and `/status` updated,
 //!    and statistics logged every `stats_interval`.
 
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use zone_persistence::{JournalHeader, Record};
+use zone_persistence::{JournalHeader, Origin, Record};
 use zone_sim::{ScriptedPlayers, Zone, ZoneHash};
 use zone_telemetry::{QueueMetrics, StageHistograms, ZoneMetrics};
 
@@ -64,6 +65,12 @@ pub struct RunConfig {
     pub snapshot_diff_every: u64,
     /// Ticks between cold (PostgreSQL) full snapshots.
     pub cold_snapshot_every: u64,
+    /// Start a new journal segment at least every this many ticks (besides every full snapshot).
+    pub journal_segment_every: Option<u64>,
+    /// How much journal to keep beyond what the newest snapshot needs.
+    pub journal_retention: zone_persistence::Retention,
+    /// Moved-aside runs older than this are deleted.
+    pub keep_aside_for: Option<Duration>,
     /// The game socket (None: no socket).
     pub net: Option<crate::net::NetConfig>,
 }
@@ -86,6 +93,9 @@ impl RunConfig {
             snapshot_full_every: 600,
             snapshot_diff_every: 60,
             cold_snapshot_every: 3600,
+            journal_segment_every: None,
+            journal_retention: zone_persistence::Retention::default(),
+            keep_aside_for: None,
         }
     }
 }
@@ -130,10 +140,13 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     // Every log line of the run carries the zone (a span field; JSON logs show it on each line).
     let _zone_span = tracing::info_span!("zone", zone = %spec.id).entered();
     let t_load = Instant::now();
-    let (mut zone, journal_append_at) = match restored {
-        Some(r) => (r.zone, r.journal_valid_len),
-        None => (Zone::new(spec.clone(), cfg.seed).context("cannot build the zone")?, None),
+    let (mut zone, restored_run, restored_sha) = match restored {
+        Some(r) => (r.zone, Some(r.run_id), r.snapshot_sha256),
+        None => (Zone::new(spec.clone(), cfg.seed).context("cannot build the zone")?, None, None),
     };
+    // The run (timeline) this process continues, or a new one: it names the journal's segments
+    // and keys the game events.
+    let run_id = restored_run.flatten().unwrap_or_else(new_run_id);
     let exec = PoolExecutor::new(cfg.threads, spec.shard_count()).context("cannot start the shard thread pool")?;
     let kind_names: Vec<String> = spec.kinds.iter().map(|k| k.name.clone()).collect();
     let mut metrics = hooks.metrics.then(|| ZoneMetrics::new(&kind_names, spec.shard_count()));
@@ -165,27 +178,47 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let hash_interval = u64::from(cfg.hash_interval.max(1));
     let mut journal = match &cfg.journal {
         None => None,
-        Some(path) => {
-            let header = JournalHeader {
-                seed: cfg.seed,
-                hash_interval: hash_interval as u32,
-                zone_digest: spec.digest,
-                zone_name: loaded.name.clone(),
-                zone_toml: loaded.text.clone(),
+        Some(dir) => {
+            let genesis = JournalHeader::genesis(
+                cfg.seed,
+                hash_interval as u32,
+                spec.digest,
+                loaded.name.clone(),
+                loaded.text.clone(),
+                run_id,
+            );
+            // A restored zone (with or without a journal before) continues in a new segment that
+            // starts at its tick and names the snapshot; journaling is never off after a restore.
+            let header = if zone.tick() > 0 {
+                genesis.continued(Origin::Restore, zone.hash(&exec), restored_sha)
+            } else {
+                genesis
             };
             let headless = cfg.ticks.is_some() && !cfg.realtime;
-            if zone.tick() > 0 && journal_append_at.is_none() {
-                // A restored zone without its journal: a new journal would start at tick 0 and
-                // could not be replayed. Keep going without one, loudly.
-                tracing::error!(journal = %path.display(), tick = zone.tick(), "restored from a snapshot but the journal is missing: journaling is off for this run (a journal must start at tick 0)");
-                None
-            } else {
-                let sink = JournalSink::start(path, &header, headless, journal_append_at)?;
-                tracing::info!(journal = %path.display(), hash_interval, continued = journal_append_at.is_some(), "recording journal");
-                Some(sink)
-            }
+            let housekeeping = crate::housekeeping::Housekeeping::new(
+                dir.clone(),
+                cfg.persist.as_ref().map(|p| p.data_dir.clone()),
+                cfg.journal_retention,
+                cfg.keep_aside_for,
+                spec.digest,
+            );
+            let sink = JournalSink::start(dir, &header, headless, Some(housekeeping))?;
+            tracing::info!(
+                journal = %dir.display(),
+                hash_interval,
+                start_tick = header.start_tick,
+                origin = header.origin.as_str(),
+                run_id = format!("{run_id:016x}"),
+                segment_every_ticks = cfg.journal_segment_every,
+                "recording journal"
+            );
+            Some(sink)
         }
     };
+    if cfg.journal.is_none() && cfg.persist.is_some() {
+        tracing::error!("snapshots are on but the journal is OFF: a crash loses everything since the last snapshot");
+    }
+    let mut segment_start = zone.tick();
 
     let mut net = match &cfg.net {
         Some(n) => {
@@ -218,7 +251,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 cold_every_ticks = cfg.cold_snapshot_every,
                 "snapshots on"
             );
-            Some(Persister::start(p.clone(), spec.digest, cfg.seed)?)
+            let mut p = p.clone();
+            p.journal_notes = journal.as_ref().and_then(JournalSink::notes);
+            Some(Persister::start(p, spec.digest, cfg.seed)?)
         }
         None => None,
     };
@@ -328,9 +363,13 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 && (t % cfg.snapshot_full_every.max(1) == 0
                     || t % cfg.cold_snapshot_every.max(1) == 0
                     || t % cfg.snapshot_diff_every.max(1) == 0);
-            // Every snapshot tick also gets a journaled hash: recovery uses it to check that a
-            // snapshot belongs to this journal's timeline, and it marks the journal's progress.
-            let hash = (t % hash_interval == 0 || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
+            // A new journal segment at every full snapshot and every `journal_segment_every`.
+            let full_due = persister.is_some() && t % cfg.snapshot_full_every.max(1) == 0;
+            let rotate = journal.is_some() && (full_due || cfg.journal_segment_every.is_some_and(|e| t - segment_start >= e.max(1)));
+            // Every snapshot tick and segment switch also gets a journaled hash: recovery uses it
+            // to check that a snapshot belongs to this journal's timeline, a segment ends with it
+            // and the next one starts with it.
+            let hash = (t % hash_interval == 0 || rotate || (snapshot_due && journal.is_some())).then(|| zone.hash(&exec));
             let took = t0.elapsed();
             let copies = replicas.take(&mut zone);
             if let Some(n) = &mut net {
@@ -355,7 +394,7 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     capture_samples.push(took);
                     p.offer_snapshot(state, full, cold);
                 }
-                p.offer_events(player_events(&events_zone_id, &batch, &zone));
+                p.offer_events(player_events(&events_zone_id, run_id, &batch, &zone));
             }
             for &p in &batch.joins {
                 tracing::debug!(tick = batch.tick, player = p, "player joined");
@@ -369,6 +408,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 }
                 if let Some(h) = &hash {
                     j.send(Record::Hash(h.clone()));
+                }
+                if rotate {
+                    let origin = if full_due { Origin::Snapshot } else { Origin::Interval };
+                    j.rotate(origin, hash.clone().expect("a switch tick is hashed"));
+                    segment_start = t;
                 }
             }
             for (i, s) in zone.shard_stats().enumerate() {
@@ -511,10 +555,20 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     Ok(outcome)
 }
 
-/// Joins, leaves and deaths of this tick as game events.
-fn player_events(zone_id: &str, batch: &zone_sim::TickBatch, zone: &Zone) -> Vec<GameEvent> {
+/// A new run id: the wall clock in nanoseconds, mixed with the process id.
+fn new_run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 48)
+}
+
+/// Joins, leaves and deaths of this tick as game events, each keyed by run, tick, kind and player
+/// (a player joins, leaves or dies at most once a tick), so a retried insert adds nothing.
+fn player_events(zone_id: &str, run_id: u64, batch: &zone_sim::TickBatch, zone: &Zone) -> Vec<GameEvent> {
     let ev = |kind: &str, player: u64| GameEvent {
         zone_id: zone_id.to_string(),
+        key: format!("{run_id:016x}:{}:{kind}:{player}", batch.tick),
         tick: batch.tick,
         kind: kind.to_string(),
         player_id: Some(player),

@@ -61,6 +61,15 @@ fn unique_instance(name: &str) -> String {
     format!("test-{name}-{}-{nanos}", std::process::id())
 }
 
+/// Copies the files of directory `from` into a new directory `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// `key=value` from a line of `k=v` words.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -273,15 +282,22 @@ fn crash_drill_restores_the_journal_hash() {
         "no Redis snapshot before the crash\n{}",
         first.log_tail(40)
     );
+    // Housekeeping exports the data directory's disk use (for the DiskSpaceLow alert).
+    assert!(
+        metric(&scrape, "zone_data_dir_bytes", &[]) > 0.0,
+        "no zone_data_dir_bytes\n{scrape}"
+    );
+    assert!(metric(&scrape, "zone_data_dir_filesystem_avail_bytes", &[]) > 0.0);
+    assert!(metric(&scrape, "zone_journal_segments", &[]) >= 1.0);
     let last_tick = first.status_tick().or(seen).unwrap();
     let mut first = first;
     first.child.kill().unwrap();
     let st = first.wait_exit(Duration::from_secs(10));
     assert!(!st.success(), "SIGKILL must not look like a clean exit");
 
-    let journal = data.join("journal.zjnl");
-    let copy = tmp.path().join("journal-at-crash.zjnl");
-    std::fs::copy(&journal, &copy).unwrap();
+    let journal = data.join("journal");
+    let copy = tmp.path().join("journal-at-crash");
+    copy_dir(&journal, &copy);
     let at_crash = zone_server::replay::replay(&copy, &Serial, |_| {}).expect("the crashed journal replays");
     assert!(!at_crash.clean_end, "a killed server cannot have written an End record");
     let expected = at_crash.final_line();

@@ -103,7 +103,7 @@ fn live_zone_in_headless_chromium() {
     std::fs::write(shots.join("live-history.png"), b.screenshot()).unwrap();
 
     // What the server really had at that tick: its journal, replayed.
-    let journal = zone_server::replay::load_journal(&dir.path().join("journal.zjnl")).unwrap();
+    let journal = zone_server::replay::load_journal(&dir.path().join("journal")).unwrap();
     assert!(journal.end_tick >= tick, "the journal reaches tick {tick}");
     let exec = zone_sim::Serial;
     let mut zone = journal.zone_at_start().unwrap();

@@ -29,16 +29,62 @@ fn replay_prints_the_recorded_final_line() {
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().last().unwrap(), line);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ticks/s"), "{err}");
+
+    // --list: one line per segment (a headless run without snapshots has one, from tick 0).
+    let out = Command::new(env!("CARGO_BIN_EXE_zone-replay"))
+        .arg("--list")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = String::from_utf8(out.stdout).unwrap();
+    let seg = list
+        .lines()
+        .find(|l| l.starts_with("seg-00000000000000000000.zjnl"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        seg.contains("genesis") && seg.contains("clean end") && seg.contains(" 150 "),
+        "{seg}"
+    );
+    // --stats: bytes per player-second, now and in format 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_zone-replay"))
+        .arg("--stats")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    let stats = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stats.contains("bytes_per_player_second=") && stats.contains("format1_bytes_per_player_second="),
+        "{stats}"
+    );
+    // zone-snapshot list --journal names the segments.
+    let snaps = dir.path().join("snaps");
+    std::fs::create_dir_all(&snaps).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zone-snapshot"))
+        .args(["list"])
+        .arg(&snaps)
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("1 segments") && text.contains("seg-00000000000000000000.zjnl"),
+        "{text}"
+    );
 }
 
 #[test]
 fn damaged_journals_exit_2_with_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = record(dir.path());
-    let mut bytes = std::fs::read(&journal).unwrap();
+    // A headless run without snapshots writes one segment.
+    let segment = journal.join(zone_persistence::segments::segment_name(0));
+    let mut bytes = std::fs::read(&segment).unwrap();
     let n = bytes.len();
     bytes[n - 40] ^= 0xff;
-    std::fs::write(&journal, &bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zone-replay")).arg(&journal).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt at byte"));

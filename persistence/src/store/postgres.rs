@@ -5,8 +5,10 @@
 //! - `zone_snapshots(id, zone_id, tick, base_tick, kind 'full'|'diff', digest, data, created_at)`,
 //!   indexed on `(zone_id, tick desc)`. Storing a full snapshot keeps the newest `keep_full`
 //!   fulls of the zone and deletes its diffs older than the oldest full kept (one statement).
-//! - `game_events(id, zone_id, tick, kind, player_id, detail jsonb, created_at)`, filled by
-//!   [`PostgresStore::insert_events`] in one statement per batch.
+//! - `game_events(id, zone_id, tick, kind, player_id, detail jsonb, created_at, event_key)`,
+//!   filled by [`PostgresStore::insert_events`] in one statement per batch. `(zone_id, event_key)`
+//!   is unique and inserts skip keys already stored (`ON CONFLICT DO NOTHING`), so retrying a
+//!   batch whose outcome is unknown (a timeout after the commit) never writes an event twice.
 //!
 //! Every operation is bounded by `op_timeout`. Nothing here retries or decides when to write;
 //! the connection task is spawned on the caller's tokio runtime and ends when the store is
@@ -27,9 +29,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x5A53_4E50;
 
 /// Schema migrations, applied in order; each runs once per database, recorded in
 /// `zone_schema_migrations`. Never edit a released one: add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE zone_snapshots (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE zone_snapshots (
         id bigserial PRIMARY KEY,
         zone_id text NOT NULL,
         tick bigint NOT NULL,
@@ -50,7 +53,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         created_at timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX game_events_zone_tick ON game_events (zone_id, tick);",
-)];
+    ),
+    (
+        2,
+        // Idempotent events: a retried insert (say, one that timed out after PostgreSQL committed
+        // it) finds its key and adds nothing. Rows from before have no key (NULLs never conflict).
+        "ALTER TABLE game_events ADD COLUMN event_key text;
+    CREATE UNIQUE INDEX game_events_zone_key ON game_events (zone_id, event_key);",
+    ),
+];
 
 /// A zone's snapshots and events in PostgreSQL.
 pub struct PostgresStore {
@@ -120,11 +131,13 @@ impl PostgresStore {
     }
 
     /// Inserts a batch of events in one statement (all or none). Each event keeps its own
-    /// `zone_id`. An empty batch does nothing.
-    pub async fn insert_events(&self, events: &[GameEvent]) -> Result<(), StoreError> {
+    /// `zone_id`. Events whose key is already stored are skipped, so a batch may be retried
+    /// safely after any failure. Returns how many rows were added. An empty batch does nothing.
+    pub async fn insert_events(&self, events: &[GameEvent]) -> Result<u64, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
         let zones: Vec<&str> = events.iter().map(|e| e.zone_id.as_str()).collect();
         let ticks = events.iter().map(|e| to_i64("tick", e.tick)).collect::<Result<Vec<_>, _>>()?;
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -136,15 +149,16 @@ impl PostgresStore {
         bounded(STORE, "insert events", self.op_timeout, async {
             self.client
                 .execute(
-                    "INSERT INTO game_events (zone_id, tick, kind, player_id, detail)
-                     SELECT z, t, k, p, d::jsonb FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[]) AS u(z, t, k, p, d)",
-                    &[&zones, &ticks, &kinds, &players, &details],
+                    "INSERT INTO game_events (zone_id, tick, kind, player_id, detail, event_key)
+                     SELECT z, t, k, p, d::jsonb, e FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[])
+                        AS u(z, t, k, p, d, e)
+                     ON CONFLICT (zone_id, event_key) DO NOTHING",
+                    &[&zones, &ticks, &kinds, &players, &details, &keys],
                 )
                 .await
                 .map_err(pg_err("insert events"))
         })
         .await
-        .map(drop)
     }
 
     /// The number of events stored for this zone (for tests and operators).

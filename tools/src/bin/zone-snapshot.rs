@@ -18,7 +18,7 @@ use zone_persistence::store::{FileStore, PostgresStore, RedisStore, SnapshotStor
 /// Lists, inspects, verifies, exports and imports zone snapshots.
 ///
 /// Examples:
-///   zone-snapshot list ./data/snapshots
+///   zone-snapshot list ./data/snapshots --journal ./data/journal
 ///   zone-snapshot export redis://127.0.0.1:6379/ --instance demo --key latest --out backup.zsnap
 ///   zone-snapshot verify backup.zsnap
 ///   zone-snapshot import backup.zsnap postgres://postgres@127.0.0.1:5432/test --instance demo
@@ -35,12 +35,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List the snapshots in a store, newest first.
+    /// List the snapshots in a store, newest first. With --journal, also the journal's segments,
+    /// and for each snapshot the segment a replay from it starts in (or why none can).
     List {
         /// A directory, redis:// URL or postgres:// URL.
         store: String,
         #[arg(long)]
         instance: Option<String>,
+        /// The journal directory (e.g. ./data/journal).
+        #[arg(long, value_name = "DIR")]
+        journal: Option<PathBuf>,
     },
     /// Show a snapshot file's header and contents (objects per shard and kind).
     Inspect { file: PathBuf },
@@ -167,22 +171,60 @@ fn describe(name: &str, s: &zone_persistence::snapshot::Snapshot, bytes: usize) 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     match cli.command {
-        Command::List { store, instance } => {
+        Command::List { store, instance, journal } => {
             let s = open(&store, instance.as_deref(), timeout).await?;
             let list = s.list().await?;
             if list.is_empty() {
                 say!("no snapshots in {store}");
             }
-            say!("{:<48} {:>5} {:>10} {:>10} {:>10}", "key", "kind", "tick", "base", "bytes");
+            // Segments: start tick, end tick, file name.
+            let segs: Vec<(u64, u64, String)> = match &journal {
+                None => Vec::new(),
+                Some(dir) => {
+                    let files = zone_persistence::segments::journal_files(dir)?;
+                    let mut v = Vec::new();
+                    for f in files {
+                        let info = zone_persistence::scan_segment(&f)?;
+                        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        v.push((info.header.start_tick, info.end_tick, name));
+                    }
+                    v
+                }
+            };
+            say!(
+                "{:<48} {:>5} {:>10} {:>10} {:>10}{}",
+                "key",
+                "kind",
+                "tick",
+                "base",
+                "bytes",
+                if journal.is_some() { "  replay from segment" } else { "" }
+            );
             for e in list {
+                let seg = if journal.is_none() {
+                    String::new()
+                } else {
+                    match segs.iter().rev().find(|s| s.0 <= e.meta.tick) {
+                        Some(s) if e.meta.tick <= segs.last().map_or(0, |l| l.1) => format!("  {}", s.2),
+                        Some(_) => "  (after the journal's end)".into(),
+                        None => "  (before the journal's first segment)".into(),
+                    }
+                };
                 say!(
-                    "{:<48} {:>5} {:>10} {:>10} {:>10}",
+                    "{:<48} {:>5} {:>10} {:>10} {:>10}{seg}",
                     e.key,
                     e.meta.kind.as_str(),
                     e.meta.tick,
                     e.meta.base_tick,
                     e.bytes_len
                 );
+            }
+            if let Some(dir) = &journal {
+                say!("journal {}: {} segments", dir.display(), segs.len());
+                say!("{:<32} {:>10} {:>10}", "segment", "start", "end");
+                for (start, end, name) in &segs {
+                    say!("{name:<32} {start:>10} {end:>10}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
