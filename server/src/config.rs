@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -361,63 +360,18 @@ impl ServerConfig {
 
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
-        let mut text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        text = mask_url_passwords(&text);
-        if self.token_secret.is_some() {
-            text = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("token_secret") {
-                        "token_secret = \"***\"".to_string()
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n";
-        }
-        text
+        let text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        zone_config::mask_keys(&text, &["token_secret"])
     }
 }
 
-/// Replaces the password in any `scheme://user:password@host` with `***`.
-pub fn mask_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail.find(['"', '\n', ' ']).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.find('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon + 1]);
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use zone_config::mask_url_passwords;
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let at = e.span().map(|s| {
-            let before = &text[..s.start.min(text.len())];
-            format!("line {}", before.matches('\n').count() + 1)
-        });
-        anyhow::anyhow!(
-            "{}: {}: {} (every option of `zone-server --help` can be set here, with underscores, e.g. `hash_interval = 60`)",
-            path.display(),
-            at.unwrap_or_else(|| "document".into()),
-            e.message()
-        )
-    })
+    Ok(zone_config::load_toml(
+        path,
+        "every option of `zone-server --help` can be set here, with underscores, e.g. `hash_interval = 60`",
+    )?)
 }
 
 /// Merges command line (and environment, which clap has already folded in), file and defaults.
@@ -548,14 +502,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..]),
     ] {
         if let Some(u) = url {
-            if !schemes.iter().any(|s| u.starts_with(s)) {
-                anyhow::bail!(
-                    "{}: {:?} is not a URL starting with {}",
-                    src(name),
-                    mask_url_passwords(u),
-                    schemes.join(" or ")
-                );
-            }
+            zone_config::check_url(&src(name), u, schemes)?;
         }
     }
     if cfg.bind != "off" && cfg.bind.parse::<SocketAddr>().is_err() {
@@ -658,14 +605,5 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn masks_passwords() {
-        assert_eq!(
-            mask_url_passwords("redis = \"redis://u:secret@h:1/\""),
-            "redis = \"redis://u:***@h:1/\""
-        );
-        assert_eq!(mask_url_passwords("a = \"postgres://h/db\""), "a = \"postgres://h/db\"");
     }
 }
