@@ -214,6 +214,20 @@ pub struct Cli {
     /// Memory for the visualizer's history, MiB; the oldest frames go first. [default: 256]
     #[arg(long, value_name = "MIB", env = "ZONE_VIZ_RING_MB")]
     pub viz_ring_mb: Option<usize>,
+
+    /// Redis of a zone-lobby (its --redis): announce this server in the lobby's zone directory
+    /// every second (off the tick thread; a Redis outage stops the announcements, never the
+    /// zone), report joins and leaves, and take the lobby's kicks. Needs --public-addr. [default: none]
+    #[arg(long, value_name = "URL", env = "ZONE_LOBBY_REDIS")]
+    pub lobby_redis: Option<String>,
+
+    /// The game socket's address as players reach it, HOST:PORT (announced to the lobby). [default: none]
+    #[arg(long, value_name = "HOST:PORT", env = "ZONE_PUBLIC_ADDR")]
+    pub public_addr: Option<String>,
+
+    /// Prefix of the lobby's Redis keys (its --redis-prefix). [default: lobby:]
+    #[arg(long, value_name = "P", env = "ZONE_LOBBY_PREFIX")]
+    pub lobby_prefix: Option<String>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -263,6 +277,9 @@ struct FileConfig {
     viz_idle_timeout: Option<f64>,
     viz_history: Option<u64>,
     viz_ring_mb: Option<usize>,
+    lobby_redis: Option<String>,
+    public_addr: Option<String>,
+    lobby_prefix: Option<String>,
 }
 
 /// The effective configuration.
@@ -313,6 +330,9 @@ pub struct ServerConfig {
     pub viz_idle_timeout: f64,
     pub viz_history: u64,
     pub viz_ring_mb: usize,
+    pub lobby_redis: Option<String>,
+    pub public_addr: Option<String>,
+    pub lobby_prefix: String,
 }
 
 impl ServerConfig {
@@ -431,6 +451,9 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         viz_idle_timeout: cli.viz_idle_timeout.or(file.viz_idle_timeout).unwrap_or(30.0),
         viz_history: cli.viz_history.or(file.viz_history).unwrap_or(600),
         viz_ring_mb: cli.viz_ring_mb.or(file.viz_ring_mb).unwrap_or(256),
+        lobby_redis: cli.lobby_redis.clone().or(file.lobby_redis),
+        public_addr: cli.public_addr.clone().or(file.public_addr),
+        lobby_prefix: cli.lobby_prefix.clone().or(file.lobby_prefix).unwrap_or_else(|| "lobby:".into()),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -500,6 +523,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
     for (name, url, schemes) in [
         ("redis", &cfg.redis, &["redis://", "rediss://"][..]),
         ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..]),
+        ("lobby_redis", &cfg.lobby_redis, &["redis://", "rediss://"][..]),
     ] {
         if let Some(u) = url {
             zone_config::check_url(&src(name), u, schemes)?;
@@ -567,6 +591,24 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             src("viz_ring_mb"),
             cfg.viz_ring_mb
         );
+    }
+    if cfg.lobby_redis.is_some() {
+        match cfg.public_addr.as_deref() {
+            None => anyhow::bail!(
+                "{}: announcing to a lobby needs the address players connect to: add --public-addr HOST:PORT",
+                src("public_addr")
+            ),
+            Some(a) if a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) => {
+                anyhow::bail!("{}: {a:?} is not HOST:PORT (e.g. 203.0.113.5:7777)", src("public_addr"))
+            }
+            Some(_) => {}
+        }
+        if cfg.bind == "off" {
+            anyhow::bail!(
+                "{}: announcing to a lobby needs the game socket: drop --bind off",
+                src("lobby_redis")
+            );
+        }
     }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!(
