@@ -5,7 +5,8 @@
 //! It runs on its own thread with its own small runtime. The tick thread only stores atomics and
 //! `try_send`s join/leave events into a bounded queue (full: dropped and counted); the network
 //! thread gets kicks through its existing command queue (`ToNet::Kick`, also `try_send`).
-//! Every second the record is rewritten with a TTL of a few seconds (`zone-directory`), so a
+//! Every second the record is rewritten with a TTL of a few seconds (5 s from `zone-server`;
+//! `zone-directory`), so a
 //! killed server disappears from the directory on its own. Redis errors are counted
 //! (`zone_lobby_announce_errors_total`) and logged at most every 10 s; they never reach the tick.
 //!
@@ -34,6 +35,9 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// Kicks taken per poll at most.
 const KICKS_PER_POLL: usize = 256;
+/// Pause after a failed exchange: a Redis that is down is not hammered, and one that is only
+/// slow gets the record rewritten well within its TTL.
+const RETRY_AFTER_ERROR: Duration = Duration::from_millis(250);
 
 /// Where and as what to announce.
 #[derive(Clone, Debug)]
@@ -238,6 +242,9 @@ fn run(cfg: AnnounceConfig, client: redis::Client, shared: Arc<AnnounceShared>, 
                 result = bounded(timeout, zone_directory::announce(&mut conn, &keys, &record, now, ttl_ms)).await;
                 if result.is_ok() {
                     shared.announces.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Retried at the next poll, not a second later.
+                    last_announce = None;
                 }
             }
             if result.is_ok() && !pending.is_empty() {
@@ -268,8 +275,7 @@ fn run(cfg: AnnounceConfig, client: redis::Client, shared: Arc<AnnounceShared>, 
                         last_logged = Some(Instant::now());
                     }
                     failing = true;
-                    // Do not hammer a Redis that is down.
-                    tokio::time::sleep(ANNOUNCE_EVERY).await;
+                    tokio::time::sleep(RETRY_AFTER_ERROR).await;
                 }
             }
             tokio::time::sleep(POLL_EVERY).await;

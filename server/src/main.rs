@@ -180,7 +180,7 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             instance_id: cfg.instance.clone().unwrap_or_else(|| format!("{}@{addr}", loaded.spec.id)),
             public_addr: addr.clone(),
             capacity: u32::try_from(cfg.max_clients.unwrap_or(loaded.spec.max_players as usize)).unwrap_or(u32::MAX),
-            ttl: Duration::from_secs(3),
+            ttl: Duration::from_secs(5),
             op_timeout: Duration::from_millis(cfg.backend_timeout_ms.min(1_000)),
         })?),
         _ => None,
