@@ -194,17 +194,17 @@ impl App {
     pub async fn end_session(&self, sid: &str, kick: bool, why: &'static str) -> Result<(), ApiError> {
         let old = self.sessions.end(sid).await?;
         self.accounts.revoke_session(sid).await?;
-        if let (true, Some(s)) = (kick, &old) {
-            if let (Some(z), Some(i)) = (&s.zone_id, &s.instance_id) {
-                let mut c = self.sessions.conn.clone();
-                tokio::time::timeout(
-                    self.sessions.timeout,
-                    zone_directory::push_kick(&mut c, &self.keys, z, i, s.account_id as u64),
-                )
-                .await
-                .map_err(|_| ApiError::unavailable("redis_unavailable", "the kick did not answer in time"))??;
-                metrics::counter!("lobby_kicks_total").increment(1);
-            }
+        if let (true, Some(s)) = (kick, &old)
+            && let (Some(z), Some(i)) = (&s.zone_id, &s.instance_id)
+        {
+            let mut c = self.sessions.conn.clone();
+            tokio::time::timeout(
+                self.sessions.timeout,
+                zone_directory::push_kick(&mut c, &self.keys, z, i, s.account_id as u64),
+            )
+            .await
+            .map_err(|_| ApiError::unavailable("redis_unavailable", "the kick did not answer in time"))??;
+            metrics::counter!("lobby_kicks_total").increment(1);
         }
         tracing::info!(account_id = old.as_ref().map(|s| s.account_id), why, "session ended");
         Ok(())

@@ -57,27 +57,27 @@ async fn lobby(tweak: impl FnOnce(&mut LobbyConfig)) -> Running {
 async fn cleanup(r: Running) {
     let prefix = r.app.cfg.redis_prefix.clone();
     let _ = r.app.accounts.drop_schema().await;
-    if let Ok(client) = redis::Client::open(redis_url()) {
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or((0, Vec::new()));
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+    if let Ok(client) = redis::Client::open(redis_url())
+        && let Ok(mut c) = client.get_multiplexed_async_connection().await
+    {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .unwrap_or((0, Vec::new()));
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     r.stop().await;
