@@ -182,6 +182,11 @@ pub async fn announce<C: redis::aio::ConnectionLike>(
         .arg("-inf")
         .arg(format!("({now_ms}"))
         .ignore()
+        // The index outlives every record in it, but not a directory nobody announces to.
+        .cmd("PEXPIRE")
+        .arg(keys.index())
+        .arg(SEATS_TTL_MS)
+        .ignore()
         .cmd("PEXPIRE")
         .arg(keys.seats(&record.zone_id, &record.instance_id))
         .arg(SEATS_TTL_MS)

@@ -178,7 +178,8 @@ impl App {
             aid: s.account_id,
             sid: s.sid.clone(),
             iat: now / 1000,
-            exp: s.expires_ms / 1000,
+            // Rounded up: a token never expires before its session does.
+            exp: s.expires_ms.div_ceil(1000),
         };
         Issued {
             account_id: s.account_id,

@@ -324,14 +324,14 @@ fn refresh_rotation_and_reuse_detection() {
 fn session_and_refresh_tokens_expire() {
     runtime().block_on(async {
         let r = lobby(|c| {
-            c.session_ttl = 1;
-            c.refresh_ttl = 2;
+            c.session_ttl = 2;
+            c.refresh_ttl = 3;
         })
         .await;
         let mut c = client(&r);
         let a = c.device_login("device-x").await.unwrap();
         assert_eq!(session(&mut c, &a.session_token).await.0, 200);
-        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
         assert_eq!(session(&mut c, &a.session_token).await.0, 401, "session token expired");
         let (status, v) = refresh(&mut c, &a.refresh_token).await;
         assert_eq!(status, 401, "refresh token expired: {v}");
