@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -230,6 +229,20 @@ pub struct Cli {
     /// Memory for the visualizer's history, MiB; the oldest frames go first. [default: 256]
     #[arg(long, value_name = "MIB", env = "ZONE_VIZ_RING_MB")]
     pub viz_ring_mb: Option<usize>,
+
+    /// Redis of a zone-lobby (its --redis): announce this server in the lobby's zone directory
+    /// every second (off the tick thread; a Redis outage stops the announcements, never the
+    /// zone), report joins and leaves, and take the lobby's kicks. Needs --public-addr. [default: none]
+    #[arg(long, value_name = "URL", env = "ZONE_LOBBY_REDIS")]
+    pub lobby_redis: Option<String>,
+
+    /// The game socket's address as players reach it, HOST:PORT (announced to the lobby). [default: none]
+    #[arg(long, value_name = "HOST:PORT", env = "ZONE_PUBLIC_ADDR")]
+    pub public_addr: Option<String>,
+
+    /// Prefix of the lobby's Redis keys (its --redis-prefix). [default: lobby:]
+    #[arg(long, value_name = "P", env = "ZONE_LOBBY_PREFIX")]
+    pub lobby_prefix: Option<String>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -281,6 +294,9 @@ struct FileConfig {
     viz_idle_timeout: Option<f64>,
     viz_history: Option<u64>,
     viz_ring_mb: Option<usize>,
+    lobby_redis: Option<String>,
+    public_addr: Option<String>,
+    lobby_prefix: Option<String>,
 }
 
 /// The effective configuration.
@@ -333,6 +349,9 @@ pub struct ServerConfig {
     pub viz_idle_timeout: f64,
     pub viz_history: u64,
     pub viz_ring_mb: usize,
+    pub lobby_redis: Option<String>,
+    pub public_addr: Option<String>,
+    pub lobby_prefix: String,
 }
 
 impl ServerConfig {
@@ -394,63 +413,18 @@ impl ServerConfig {
 
     /// The effective configuration as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
-        let mut text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        text = mask_url_passwords(&text);
-        if self.token_secret.is_some() {
-            text = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("token_secret") {
-                        "token_secret = \"***\"".to_string()
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n";
-        }
-        text
+        let text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        zone_config::mask_keys(&text, &["token_secret"])
     }
 }
 
-/// Replaces the password in any `scheme://user:password@host` with `***`.
-pub fn mask_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail.find(['"', '\n', ' ']).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.find('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon + 1]);
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use zone_config::mask_url_passwords;
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let at = e.span().map(|s| {
-            let before = &text[..s.start.min(text.len())];
-            format!("line {}", before.matches('\n').count() + 1)
-        });
-        anyhow::anyhow!(
-            "{}: {}: {} (every option of `zone-server --help` can be set here, with underscores, e.g. `hash_interval = 60`)",
-            path.display(),
-            at.unwrap_or_else(|| "document".into()),
-            e.message()
-        )
-    })
+    Ok(zone_config::load_toml(
+        path,
+        "every option of `zone-server --help` can be set here, with underscores, e.g. `hash_interval = 60`",
+    )?)
 }
 
 /// Merges command line (and environment, which clap has already folded in), file and defaults.
@@ -516,6 +490,9 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         viz_idle_timeout: cli.viz_idle_timeout.or(file.viz_idle_timeout).unwrap_or(30.0),
         viz_history: cli.viz_history.or(file.viz_history).unwrap_or(600),
         viz_ring_mb: cli.viz_ring_mb.or(file.viz_ring_mb).unwrap_or(256),
+        lobby_redis: cli.lobby_redis.clone().or(file.lobby_redis),
+        public_addr: cli.public_addr.clone().or(file.public_addr),
+        lobby_prefix: cli.lobby_prefix.clone().or(file.lobby_prefix).unwrap_or_else(|| "lobby:".into()),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -589,16 +566,10 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
     for (name, url, schemes) in [
         ("redis", &cfg.redis, &["redis://", "rediss://"][..]),
         ("postgres", &cfg.postgres, &["postgres://", "postgresql://"][..]),
+        ("lobby_redis", &cfg.lobby_redis, &["redis://", "rediss://"][..]),
     ] {
         if let Some(u) = url {
-            if !schemes.iter().any(|s| u.starts_with(s)) {
-                anyhow::bail!(
-                    "{}: {:?} is not a URL starting with {}",
-                    src(name),
-                    mask_url_passwords(u),
-                    schemes.join(" or ")
-                );
-            }
+            zone_config::check_url(&src(name), u, schemes)?;
         }
     }
     if cfg.bind != "off" && cfg.bind.parse::<SocketAddr>().is_err() {
@@ -664,6 +635,24 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             cfg.viz_ring_mb
         );
     }
+    if cfg.lobby_redis.is_some() {
+        match cfg.public_addr.as_deref() {
+            None => anyhow::bail!(
+                "{}: announcing to a lobby needs the address players connect to: add --public-addr HOST:PORT",
+                src("public_addr")
+            ),
+            Some(a) if a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) => {
+                anyhow::bail!("{}: {a:?} is not HOST:PORT (e.g. 203.0.113.5:7777)", src("public_addr"))
+            }
+            Some(_) => {}
+        }
+        if cfg.bind == "off" {
+            anyhow::bail!(
+                "{}: announcing to a lobby needs the game socket: drop --bind off",
+                src("lobby_redis")
+            );
+        }
+    }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!(
             "{}: realtime only makes sense with ticks (without ticks the server always runs in real time)",
@@ -701,14 +690,5 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn masks_passwords() {
-        assert_eq!(
-            mask_url_passwords("redis = \"redis://u:secret@h:1/\""),
-            "redis = \"redis://u:***@h:1/\""
-        );
-        assert_eq!(mask_url_passwords("a = \"postgres://h/db\""), "a = \"postgres://h/db\"");
     }
 }

@@ -9,6 +9,7 @@
 //! would not reproduce it.
 
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod executor;
 pub mod housekeeping;

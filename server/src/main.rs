@@ -181,14 +181,31 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             n
         }),
     };
+    let announcer = match (&cfg.lobby_redis, &cfg.public_addr) {
+        (Some(url), Some(addr)) => Some(zone_server::announce::Announcer::start(zone_server::announce::AnnounceConfig {
+            redis_url: url.clone(),
+            prefix: cfg.lobby_prefix.clone(),
+            zone_id: loaded.spec.id.clone(),
+            instance_id: cfg.instance.clone().unwrap_or_else(|| format!("{}@{addr}", loaded.spec.id)),
+            public_addr: addr.clone(),
+            capacity: u32::try_from(cfg.max_clients.unwrap_or(loaded.spec.max_players as usize)).unwrap_or(u32::MAX),
+            ttl: Duration::from_secs(5),
+            op_timeout: Duration::from_millis(cfg.backend_timeout_ms.min(1_000)),
+        })?),
+        _ => None,
+    };
     let hooks = Hooks {
         stop_signal: stop,
         admin: shared,
         metrics: cfg.telemetry_on(),
         log_dropped: Some(log_guard.dropped_counter()),
         viz: viz.as_ref().map(Viz::tap),
+        announce: announcer.as_ref().map(|a| Arc::clone(&a.shared)),
     };
     let outcome = run(&run_cfg, &loaded, hooks, restored);
+    if let Some(a) = announcer {
+        a.stop();
+    }
     // Viewers are told the server is going away, so their streams end and the listener can stop.
     if let Some(v) = viz {
         v.shutdown();

@@ -113,6 +113,8 @@ pub struct Hooks {
     pub log_dropped: Option<zone_telemetry::logs::ErrorCounter>,
     /// The world visualizer's tap (copies of the objects for viewers, only while someone watches).
     pub viz: Option<crate::viz::VizTap>,
+    /// The lobby announcer's shared state (players, tick p99, state, joins and leaves, kicks).
+    pub announce: Option<Arc<crate::announce::AnnounceShared>>,
 }
 
 /// How a run ended.
@@ -229,6 +231,14 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         None => None,
     };
+    if let Some(a) = &hooks.announce {
+        if let Some(n) = &net {
+            a.set_kick_sink(n.command_sender());
+        }
+        a.set_ready();
+    }
+    // Tick durations of the last second, for the announcer's p99.
+    let mut announce_window = Samples::default();
     if let Some(a) = &hooks.admin {
         a.zone_loaded.store(true, Ordering::Relaxed);
         // Ready needs the game socket bound (or no socket configured).
@@ -299,6 +309,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             }
             if let Some(n) = &net {
                 n.set_draining();
+            }
+            if let Some(a) = &hooks.announce {
+                a.set_draining();
             }
             tracing::info!(
                 players = zone.players().len(),
@@ -395,6 +408,21 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     p.offer_snapshot(state, full, cold);
                 }
                 p.offer_events(player_events(&events_zone_id, run_id, &batch, &zone));
+            }
+            if let Some(a) = &hooks.announce {
+                // Atomics and a bounded try_send only: the announcer never holds up the tick.
+                for &p in &batch.joins {
+                    a.player_joined(p);
+                }
+                for &p in &batch.leaves {
+                    a.player_left(p);
+                }
+                a.set_players(zone.players().len());
+                announce_window.push(took);
+                if announce_window.len() >= zone_sim::units::TICK_RATE_HZ as usize {
+                    a.set_tick_p99_us(announce_window.quantile_us(0.99));
+                    announce_window.clear();
+                }
             }
             for &p in &batch.joins {
                 tracing::debug!(tick = batch.tick, player = p, "player joined");

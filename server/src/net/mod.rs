@@ -99,6 +99,8 @@ pub enum ToNet {
     JoinResult(PlayerId, Result<(), InputRefusal>),
     Frame(Box<Frame>),
     Draining,
+    /// The lobby ended the player's session: drop its connections that started before the instant.
+    Kick(PlayerId, std::time::Instant),
 }
 
 /// State both threads read.
@@ -165,6 +167,11 @@ impl NetLink {
             replicating: false,
             thread: Some(thread),
         })
+    }
+
+    /// The network thread's command queue, for the lobby announcer's kicks.
+    pub fn command_sender(&self) -> SyncSender<ToNet> {
+        self.to_net.clone()
     }
 
     pub fn counters(&self) -> &NetCounters {

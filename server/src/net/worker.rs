@@ -465,6 +465,19 @@ impl Worker {
                 self.on_frame(*f, now);
                 self.shared.frames_in_flight.fetch_sub(1, Ordering::Relaxed);
             }
+            ToNet::Kick(player, before) => {
+                if let Some(&addr) = self
+                    .by_player
+                    .get(&player)
+                    .filter(|a| self.sessions.get(a).is_some_and(|s| s.join_asked <= before))
+                {
+                    self.send_reliable_body(
+                        addr,
+                        reject(RejectReason::Replaced, "signed in elsewhere: the lobby ended this session"),
+                    );
+                    self.end_session(addr, "kicked by the lobby", true);
+                }
+            }
             ToNet::Draining => {
                 self.draining = true;
                 let addrs: Vec<SocketAddr> = self.sessions.keys().copied().collect();

@@ -52,8 +52,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    if cli.token_secret.is_empty() {
-        bail!("the token secret is empty: pass --token-secret or set ZONE_TOKEN_SECRET");
+    if cli.lobby.is_none() && cli.token_secret.as_deref().is_none_or(str::is_empty) {
+        bail!("the token secret is empty: pass --token-secret or set ZONE_TOKEN_SECRET (or use --lobby)");
+    }
+    if let Some(url) = &cli.lobby {
+        zone_lobby::client::LobbyClient::new(url).map_err(|e| anyhow::anyhow!("--lobby: {e}"))?;
     }
     if cli.first_player_id.checked_add(u64::from(cli.count)).is_none() {
         bail!(
@@ -77,8 +80,10 @@ async fn swarm(cli: &Cli) -> Report {
     let epoch = Instant::now();
     let cfg = Arc::new(SwarmConfig {
         server: cli.server,
+        lobby: cli.lobby.clone(),
+        device_prefix: cli.device_prefix.clone(),
         zone_id: cli.zone_id.clone(),
-        token_secret: cli.token_secret.clone().into_bytes(),
+        token_secret: cli.token_secret.clone().unwrap_or_default().into_bytes(),
         token_ttl: cli.token_ttl,
         behavior: cli.behavior,
         seed: cli.seed,
@@ -102,14 +107,17 @@ async fn swarm(cli: &Cli) -> Report {
         "zone-bots: {} {} bots against {} (zone {:?}) for {:.1}s, {:.0} joins/s",
         cli.count,
         cli.behavior.name(),
-        cli.server,
+        target(cli),
         cli.zone_id,
         cli.duration.as_secs_f64(),
         cli.ramp_per_s
     );
     let (outcomes, rtt) = supervise(cli, &mut bots, &live, &stop_tx).await;
     let facts = RunFacts {
-        server: cli.server.to_string(),
+        server: target(cli),
+        last_join_us: live.last_join_us.load(std::sync::atomic::Ordering::Relaxed),
+        lobby_login_us: std::mem::take(&mut *live.lobby_login_us.lock().unwrap_or_else(|e| e.into_inner())),
+        lobby_join_us: std::mem::take(&mut *live.lobby_join_us.lock().unwrap_or_else(|e| e.into_inner())),
         zone_id: cli.zone_id.clone(),
         behavior: cli.behavior,
         count: cli.count,
@@ -160,6 +168,15 @@ async fn supervise(cli: &Cli, bots: &mut JoinSet<BotOutcome>, live: &Live, stop_
     (outcomes, rtt)
 }
 
+/// What the bots talk to, for the report and the first line.
+fn target(cli: &Cli) -> String {
+    match (&cli.lobby, cli.server) {
+        (Some(l), _) => format!("lobby {l}"),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
 /// Writes the pretty JSON report to `--report`, or to stdout without it.
 fn write_report(cli: &Cli, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report).context("serializing the report")?;
@@ -176,6 +193,16 @@ fn write_report(cli: &Cli, report: &Report) -> anyhow::Result<()> {
 /// 0 when every bot joined and nothing failed to decode; otherwise 1, saying why.
 fn verdict(r: &Report) -> ExitCode {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    if r.lobby_login_ms_p50.is_some() {
+        eprintln!(
+            "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms; all joined after {} s",
+            ms(r.lobby_login_ms_p50),
+            ms(r.lobby_login_ms_p99),
+            ms(r.lobby_join_ms_p50),
+            ms(r.lobby_join_ms_p99),
+            ms(r.all_joined_s)
+        );
+    }
     eprintln!(
         "zone-bots: joined {}/{}, {:.1} snapshots/s/bot, {:.1} kbit/s/bot down, {:.1} up, rtt p50 {} p99 {} ms, {} decode errors, {} missing baselines",
         r.joined,

@@ -28,7 +28,11 @@ const RECV_BUFFER_BYTES: usize = 65_536;
 /// What every bot of a swarm shares.
 #[derive(Debug)]
 pub struct SwarmConfig {
-    pub server: SocketAddr,
+    /// The zone server (None with a lobby, which says where to go).
+    pub server: Option<SocketAddr>,
+    /// A zone-lobby's URL: log in with a device id and ask it for the zone.
+    pub lobby: Option<String>,
+    pub device_prefix: String,
     pub zone_id: String,
     pub token_secret: Vec<u8>,
     pub token_ttl: Duration,
@@ -178,6 +182,44 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Where to connect, with which token, as which player: from the lobby (device login, then a
+/// join request, both timed), or minted here with the shared secret.
+async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, String, u64), &'static str> {
+    if let Some(url) = &cfg.lobby {
+        let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
+        let t0 = Instant::now();
+        let login = client
+            .device_login(&format!("{}{n}", cfg.device_prefix))
+            .await
+            .map_err(|e| lobby_failure(&e, "lobby_login"))?;
+        Live::record_lobby(&live.lobby_login_us, t0.elapsed().as_micros() as u64);
+        let t1 = Instant::now();
+        let join = client
+            .join(&login.session_token, &cfg.zone_id)
+            .await
+            .map_err(|e| lobby_failure(&e, "lobby_join"))?;
+        Live::record_lobby(&live.lobby_join_us, t1.elapsed().as_micros() as u64);
+        let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
+        return Ok((server, join.join_token, login.account_id as u64));
+    }
+    let server = cfg.server.ok_or("no_server")?;
+    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
+    let token = zone_net::token::mint(&cfg.token_secret, n, &cfg.zone_id, expires).map_err(|_| "token_error")?;
+    Ok((server, token, n))
+}
+
+/// A failure label for the report: the step and, when the lobby answered, its status.
+fn lobby_failure(e: &zone_lobby::client::ClientError, step: &'static str) -> &'static str {
+    match (step, e.status()) {
+        ("lobby_login", Some(429)) | ("lobby_join", Some(429)) => "lobby_rate_limited",
+        ("lobby_join", Some(409)) => "lobby_no_room",
+        ("lobby_join", Some(404)) => "lobby_unknown_zone",
+        (_, Some(s)) if s >= 500 => "lobby_unavailable",
+        (s, _) => s,
+    }
+}
+
 /// Runs bot `player_id` from `start_at` until the deadline, a stop or the session's end.
 pub async fn run_bot(
     cfg: Arc<SwarmConfig>,
@@ -190,15 +232,13 @@ pub async fn run_bot(
         _ = tokio::time::sleep_until(start_at.into()) => {}
         _ = stopped(&mut stop) => return failed(&live, "interrupted"),
     }
-    let socket = match connect(cfg.server).await {
+    let (server, token, player_id) = match ticket(&cfg, &live, player_id).await {
+        Ok(t) => t,
+        Err(why) => return failed(&live, why),
+    };
+    let socket = match connect(server).await {
         Ok(s) => s,
         Err(_) => return failed(&live, "socket_error"),
-    };
-    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
-    let token = match zone_net::token::mint(&cfg.token_secret, player_id, &cfg.zone_id, expires) {
-        Ok(t) => t,
-        Err(_) => return failed(&live, "token_error"),
     };
     let mut session = ClientSession::new(ClientConfig::new(token), cfg.now_us());
     let mut brain = Brain::new(cfg.behavior, cfg.seed, player_id);
@@ -241,6 +281,10 @@ pub async fn run_bot(
         }
     };
     tracker.publish(&mut session, &live, true);
+    if let Some(t) = tracker.joined_at {
+        let us = u64::try_from(t.saturating_duration_since(cfg.epoch).as_micros()).unwrap_or(u64::MAX);
+        live.last_join_us.fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+    }
     if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
         let goodbyes: Vec<Vec<u8>> = (0..GOODBYES).map(|_| session.goodbye()).collect();
         send_all(&socket, goodbyes).await;

@@ -16,16 +16,29 @@ use crate::behavior::Behavior;
 /// measured (join failures, snapshot and byte rates per bot, round-trip times, decode errors, and
 /// this process's own CPU and memory).
 ///
-/// Every bot mints its own join token with the shared secret, joins, sends inputs at 60 Hz,
+/// Every bot mints its own join token with the shared secret (or, with --lobby, logs in to a
+/// zone-lobby with a device id and asks it to join the zone, then connects where the lobby sends
+/// it with the token it got), joins, sends inputs at 60 Hz,
 /// decodes and acknowledges snapshots, and leaves with a Goodbye at the end. Progress is printed
 /// on stderr once a second. Exit status: 0 when every bot joined and no snapshot failed to
 /// decode, 1 otherwise (the reason is printed), 2 for a bad command line.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "zone-bots", version, about, long_about)]
 pub struct Cli {
-    /// The zone server's UDP address, HOST:PORT (e.g. 127.0.0.1:7777).
-    #[arg(long, value_parser = parse_server)]
-    pub server: SocketAddr,
+    /// The zone server's UDP address, HOST:PORT (e.g. 127.0.0.1:7777). Not used with --lobby
+    /// (the lobby says where to connect).
+    #[arg(long, value_parser = parse_server, required_unless_present = "lobby")]
+    pub server: Option<SocketAddr>,
+
+    /// A zone-lobby's URL (http://HOST:PORT): each bot logs in with the device id
+    /// DEVICE_PREFIX + its number, asks to join --zone-id, and connects with the join token it
+    /// is given. The report adds login and join-request latency quantiles.
+    #[arg(long, value_name = "URL", conflicts_with = "server")]
+    pub lobby: Option<String>,
+
+    /// With --lobby: the bots' device ids are this plus the bot's number (from --first-player-id).
+    #[arg(long, default_value = "bot-")]
+    pub device_prefix: String,
 
     /// Number of bots to run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -36,9 +49,9 @@ pub struct Cli {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// The HS256 secret join tokens are signed with (the server's token secret).
-    #[arg(long, env = "ZONE_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: String,
+    /// The HS256 secret join tokens are signed with (the server's token secret). Not used with --lobby.
+    #[arg(long, env = "ZONE_TOKEN_SECRET", hide_env_values = true, required_unless_present = "lobby")]
+    pub token_secret: Option<String>,
 
     /// The zone id written into the tokens; must equal the server's zone id.
     #[arg(long, default_value = "demo")]
@@ -141,6 +154,12 @@ mod tests {
         assert_eq!(cli.behavior, Behavior::Chase);
         assert_eq!(cli.duration, Duration::from_secs(30));
         assert!(Cli::try_parse_from(["zone-bots", "--server", "127.0.0.1:7777", "--count", "0", "--token-secret", "s"]).is_err());
+        let lobby = Cli::try_parse_from(["zone-bots", "--lobby", "http://127.0.0.1:8080", "--count", "2"]).unwrap();
+        assert_eq!(
+            (lobby.lobby.as_deref(), lobby.server, lobby.token_secret.as_deref()),
+            (Some("http://127.0.0.1:8080"), None, None)
+        );
+        assert!(Cli::try_parse_from(["zone-bots", "--count", "2"]).is_err());
         assert!(parse_rate("0").is_err() && parse_rate("nan").is_err() && parse_rate("2.5") == Ok(2.5));
     }
 }

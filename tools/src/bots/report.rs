@@ -109,6 +109,11 @@ pub struct Live {
     pub decode_errors: AtomicU64,
     /// RTT samples (µs) since the progress line last took them.
     pub rtt_window: Mutex<Histogram>,
+    /// With a lobby: login and join-request latencies (µs).
+    pub lobby_login_us: Mutex<Histogram>,
+    pub lobby_join_us: Mutex<Histogram>,
+    /// When the last bot joined, µs after the run started.
+    pub last_join_us: AtomicU64,
 }
 
 impl Live {
@@ -126,6 +131,11 @@ impl Live {
         for &s in samples_us {
             h.record(s);
         }
+    }
+
+    /// Records one lobby call's latency.
+    pub fn record_lobby(h: &Mutex<Histogram>, us: u64) {
+        h.lock().unwrap_or_else(|e| e.into_inner()).record(us);
     }
 
     /// The RTT samples since the last call.
@@ -263,6 +273,14 @@ pub struct Report {
     pub ended_early: BTreeMap<String, u64>,
     pub cpu_s: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// Seconds from the start until the last bot joined, when every bot joined.
+    pub all_joined_s: Option<f64>,
+    /// With --lobby: `POST /v1/auth/device` latency.
+    pub lobby_login_ms_p50: Option<f64>,
+    pub lobby_login_ms_p99: Option<f64>,
+    /// With --lobby: `POST /v1/zones/{zone_id}/join` latency.
+    pub lobby_join_ms_p50: Option<f64>,
+    pub lobby_join_ms_p99: Option<f64>,
 }
 
 /// What the report says about the run besides the bots' outcomes.
@@ -274,6 +292,9 @@ pub struct RunFacts {
     pub count: u32,
     pub duration_s: f64,
     pub wall_s: f64,
+    pub last_join_us: u64,
+    pub lobby_login_us: Histogram,
+    pub lobby_join_us: Histogram,
 }
 
 /// Aggregates the bots' outcomes and the run's RTT histogram into the report.
@@ -321,6 +342,11 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         ended_early,
         cpu_s: usage.cpu_s,
         peak_rss_mib: usage.peak_rss_mib,
+        all_joined_s: (joined.len() as u64 == u64::from(facts.count)).then(|| facts.last_join_us as f64 / 1e6),
+        lobby_login_ms_p50: us_to_ms(facts.lobby_login_us.percentile(50.0)),
+        lobby_login_ms_p99: us_to_ms(facts.lobby_login_us.percentile(99.0)),
+        lobby_join_ms_p50: us_to_ms(facts.lobby_join_us.percentile(50.0)),
+        lobby_join_ms_p99: us_to_ms(facts.lobby_join_us.percentile(99.0)),
     }
 }
 
@@ -389,6 +415,9 @@ mod tests {
             count: 5,
             duration_s: 40.0,
             wall_s: 41.0,
+            last_join_us: 0,
+            lobby_login_us: Histogram::default(),
+            lobby_join_us: Histogram::default(),
         };
         let r = build_report(facts, &outcomes, &rtt, ProcessUsage::default());
         assert_eq!((r.joined, r.failed_joins), (3, 2), "one outcome missing counts as failed");

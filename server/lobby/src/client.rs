@@ -1,0 +1,188 @@
+//! A small HTTP/1.1 client for the lobby's API (one keep-alive connection, reopened when it
+//! breaks), used by `zone-bots --lobby`, the tests and the load benchmark.
+//!
+//! Never logs tokens; errors carry the status and the lobby's error code, not the request.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0:?} is not an http://HOST:PORT URL")]
+    BadUrl(String),
+    #[error("cannot reach the lobby at {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the lobby answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("cannot read the lobby's answer: {0}")]
+    Decode(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ClientError {
+    /// The HTTP status, when the lobby answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A login's answer.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LoginAnswer {
+    pub account_id: i64,
+    pub created: bool,
+    pub session_token: String,
+    pub session_expires_at: u64,
+    pub refresh_token: String,
+}
+
+/// A join's answer.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JoinAnswer {
+    pub addr: String,
+    pub zone_id: String,
+    pub instance_id: String,
+    pub join_token: String,
+    pub expires_at: u64,
+}
+
+/// One connection to a lobby.
+pub struct LobbyClient {
+    host_port: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    timeout: Duration,
+}
+
+/// A raw answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl LobbyClient {
+    /// `http://HOST:PORT` (a trailing slash is fine). Connects on first use.
+    pub fn new(base_url: &str) -> Result<LobbyClient, ClientError> {
+        let rest = base_url
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::BadUrl(base_url.into()))?;
+        let host_port = rest.trim_end_matches('/');
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(ClientError::BadUrl(base_url.into()));
+        }
+        Ok(LobbyClient {
+            host_port: host_port.to_string(),
+            sender: None,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
+        let usable = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+        if !usable {
+            let stream = tokio::net::TcpStream::connect(&self.host_port)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: self.host_port.clone(),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        let s = self.sender.as_mut().ok_or(ClientError::Timeout(Duration::ZERO))?;
+        s.ready().await?;
+        Ok(s)
+    }
+
+    /// Sends one request; `body` is JSON text. Any status is returned (see [`Self::call`]).
+    pub async fn request(&mut self, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> Result<Answer, ClientError> {
+        let timeout = self.timeout;
+        let host = self.host_port.clone();
+        let fut = async {
+            let mut b = hyper::Request::builder().method(method).uri(path).header("host", host);
+            if let Some(t) = bearer {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            if body.is_some() {
+                b = b.header("content-type", "application/json");
+            }
+            let req = b
+                .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            let s = self.sender().await?;
+            let resp = s.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok(Answer { status, retry_after, body })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.sender = None;
+                }
+                r
+            }
+            Err(_) => {
+                self.sender = None;
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Sends one request and decodes a 2xx answer; any other status is an error.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let a = self.request(method, path, bearer, body).await?;
+        if !(200..300).contains(&a.status) {
+            return Err(ClientError::Status {
+                status: a.status,
+                body: a.text().chars().take(300).collect(),
+            });
+        }
+        a.json()
+    }
+
+    /// `POST /v1/auth/device`.
+    pub async fn device_login(&mut self, device_id: &str) -> Result<LoginAnswer, ClientError> {
+        let body = serde_json::json!({ "device_id": device_id }).to_string();
+        self.call("POST", "/v1/auth/device", None, Some(&body)).await
+    }
+
+    /// `POST /v1/zones/{zone_id}/join`.
+    pub async fn join(&mut self, session_token: &str, zone_id: &str) -> Result<JoinAnswer, ClientError> {
+        self.call("POST", &format!("/v1/zones/{zone_id}/join"), Some(session_token), None)
+            .await
+    }
+}

@@ -1,0 +1,168 @@
+//! End to end through the front door: a zone-lobby, two zone servers announcing themselves to it,
+//! and `zone-bots --lobby` with 200 bots that log in, ask to join, and connect with the tokens
+//! they were given. Every bot must join, and both servers must get players.
+//!
+//! The lobby and the zone servers run in this process (the servers on their own threads, as
+//! `zone-server` runs them); the bots are the real binary. Needs PostgreSQL and Redis: a missing
+//! one shows as ignored, with the reason. About 10 s.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zone_lobby::client::LobbyClient;
+use zone_lobby::config::LobbyConfig;
+use zone_server::announce::{AnnounceConfig, Announcer};
+use zone_server::net::NetConfig;
+use zone_server::runner::{Hooks, RunConfig, run};
+use zone_tests::services::{Need, ServiceTests, database_url, redis_url};
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml");
+const BOTS: u32 = 200;
+
+fn free_udp() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Zone {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start_zone(instance: &str, prefix: &str, secret: &str, capacity: usize) -> Zone {
+    let bind = free_udp();
+    let mut net = NetConfig::new(bind, Some(secret.as_bytes().to_vec()), capacity);
+    net.handshake_rate_per_ip = 10_000.0;
+    let cfg = RunConfig {
+        threads: 1,
+        ticks: None,
+        drain_timeout: Duration::from_secs(2),
+        net: Some(net),
+        ..RunConfig::headless(0)
+    };
+    let zone = zone_server::zone_load::load_zone(Path::new(DEMO)).unwrap();
+    let announcer = Announcer::start(AnnounceConfig {
+        redis_url: redis_url(),
+        prefix: prefix.into(),
+        zone_id: zone.spec.id.clone(),
+        instance_id: instance.into(),
+        public_addr: bind.to_string(),
+        capacity: capacity as u32,
+        ttl: Duration::from_secs(3),
+        op_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hooks = Hooks {
+        stop_signal: Arc::clone(&stop),
+        announce: Some(Arc::clone(&announcer.shared)),
+        ..Default::default()
+    };
+    let thread = std::thread::spawn(move || {
+        run(&cfg, &zone, hooks, None).unwrap();
+        announcer.stop();
+    });
+    Zone { stop, thread }
+}
+
+fn bots_join_two_zone_servers_through_the_lobby() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("t_e2e_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
+    let prefix = format!("{name}:");
+    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
+    cfg.log_filter = "warn".into();
+    let secret = cfg.token_secret.clone();
+    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
+    let url = format!("http://{}", lobby.addr);
+    // 150 seats each: 200 bots need both.
+    let zones = [
+        start_zone("e2e-a", &prefix, &secret, 150),
+        start_zone("e2e-b", &prefix, &secret, 150),
+    ];
+    let mut c = LobbyClient::new(&url).unwrap();
+    let ready = |v: &Value| {
+        v["zones"][0]["instances"]
+            .as_array()
+            .map_or(0, |i| i.iter().filter(|x| x["offered"] == Value::Bool(true)).count())
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = rt.block_on(c.call("GET", "/v1/zones", None, None)).unwrap();
+        if ready(&v) == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "the zone servers never showed up in the directory: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let report = std::env::temp_dir().join(format!("{name}.json"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
+        .args([
+            "--lobby",
+            &url,
+            "--zone-id",
+            "demo",
+            "--count",
+            &BOTS.to_string(),
+            "--duration",
+            "6s",
+            "--ramp-per-s",
+            "400",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .spawn()
+        .unwrap();
+    // While they play, both servers report players.
+    let mut most = [0u64; 2];
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let v: Value = rt.block_on(c.call("GET", "/v1/zones", None, None)).unwrap();
+        for (k, id) in ["e2e-a", "e2e-b"].iter().enumerate() {
+            if let Some(i) = v["zones"][0]["instances"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["instance_id"] == *id))
+            {
+                most[k] = most[k].max(i["players"].as_u64().unwrap_or(0));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = child.wait().unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    for z in &zones {
+        z.stop.store(true, Ordering::Relaxed);
+    }
+    for z in zones {
+        z.thread.join().unwrap();
+    }
+    rt.block_on(async {
+        let _ = lobby.app.accounts.drop_schema().await;
+        lobby.stop().await;
+    });
+    assert!(status.success(), "zone-bots failed: {r}");
+    assert_eq!(r["joined"], BOTS, "{r}");
+    assert!(r["lobby_login_ms_p99"].is_number() && r["lobby_join_ms_p99"].is_number(), "{r}");
+    assert!(
+        most[0] > 0 && most[1] > 0 && most[0] + most[1] >= u64::from(BOTS),
+        "players per server {most:?}"
+    );
+}
+
+fn main() {
+    ServiceTests::new()
+        .needs(
+            "bots_join_two_zone_servers_through_the_lobby",
+            &[Need::Redis, Need::Postgres],
+            bots_join_two_zone_servers_through_the_lobby,
+        )
+        .run()
+}
