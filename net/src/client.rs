@@ -245,6 +245,8 @@ pub struct ClientSession {
     events_received: u64,
     events: VecDeque<Event>,
     leave_notice: Option<NoticeKind>,
+    /// The Welcome, once joined: the zone's bounds, kind table and this player's object id.
+    welcome: Option<Welcome>,
     stats: ClientStats,
 }
 
@@ -279,6 +281,7 @@ impl ClientSession {
             events_received: 0,
             events: VecDeque::new(),
             leave_notice: None,
+            welcome: None,
             stats: ClientStats::default(),
         }
     }
@@ -409,9 +412,15 @@ impl ClientSession {
         }
     }
 
-    /// The id of the player's own object in snapshots (`player_id | 1 << 63`).
+    /// The id of the player's own object in snapshots (`player_id | 1 << 63`; the Welcome says
+    /// so in `object_id`).
     pub fn player_object_id(&self) -> Option<u64> {
         self.player_id().map(|p| p | 1 << 63)
+    }
+
+    /// The Welcome the session joined with: the zone's bounds, its kind table, the input window.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
     }
 
     /// The newest complete view.
@@ -558,6 +567,7 @@ impl ClientSession {
             return; // a duplicate (answer to a Hello retry)
         }
         self.state = SessionState::Joined { player_id: w.player_id };
+        self.welcome = Some(w.clone());
         self.tick_rate_hz = if (1..=1_000).contains(&w.tick_rate_hz) {
             w.tick_rate_hz
         } else {
