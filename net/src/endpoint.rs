@@ -6,6 +6,10 @@
 //! duplicate window, the input position, the views sent (to delta against whichever the client
 //! acknowledges), the unacknowledged reliable events and the RTT.
 //!
+//! Every datagram of a session but the client's Hello is sealed (see [`crate::seal`]) under the
+//! key its join token carried: what does not authenticate, replays a counter, or arrives in
+//! plaintext is dropped and counted (`forged`, `replayed`, `unsealed`).
+//!
 //! Sessions live in a `BTreeMap` keyed by the peer address, so every walk over them (timers,
 //! frames, events, shutdown) is in a deterministic order: the same inputs give the same outputs,
 //! byte for byte, which the unit tests and the whole-system simulation rely on.
@@ -28,6 +32,7 @@ use crate::proto::{
     server_envelope,
 };
 use crate::quantize::quantize_pos;
+use crate::seal::{Direction, Opener, SEAL_OVERHEAD, SealError, Sealer, is_sealed};
 use crate::view::{QObject, View};
 
 /// A player id: 1 to 2^63 − 1.
@@ -53,8 +58,9 @@ pub const OTHER_EVENTS_PER_FRAME_MAX: usize = 16;
 pub const OTHER_EVENTS_QUEUED_MAX: usize = 64;
 /// RTT samples kept for [`Endpoint::take_rtt_samples_us`].
 pub const RTT_SAMPLES_MAX: usize = 4_096;
-/// Snapshot and event datagrams, laminar's 5-byte header included, fit the MTU budget.
-pub const SNAPSHOT_BUDGET_BYTES: usize = BUDGET_BYTES_DEFAULT - crate::wire::HEADER_BYTES;
+/// Snapshot and event datagrams, laminar's 5-byte header and the seal included, fit the MTU
+/// budget.
+pub const SNAPSHOT_BUDGET_BYTES: usize = BUDGET_BYTES_DEFAULT - crate::wire::HEADER_BYTES - SEAL_OVERHEAD;
 /// Spatial index bucket edge.
 const BUCKET_MM: u32 = 32_000;
 
@@ -94,6 +100,21 @@ pub enum EndpointEvent<P> {
     Input(InputMsg),
     /// The address has no session any more: the gate should treat it as a stranger again.
     Forget(P),
+}
+
+/// What the gate admitted an address with: the player its token named and the session key the
+/// token carried.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub player: PlayerId,
+    pub key: [u8; 32],
+}
+
+impl Debug for Admission {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").field("player", &self.player).finish_non_exhaustive()
+    }
 }
 
 /// One accepted input.
@@ -224,11 +245,17 @@ pub struct Session {
     rtt_us: Option<u64>,
     /// The snapshot encoded for the current frame: datagrams, bytes, whether it was full.
     outbox: Option<(Vec<Vec<u8>>, usize, bool)>,
+    /// Seals what the server sends, opens what the client sends.
+    sealer: Sealer,
+    opener: Opener,
 }
 
 impl Session {
-    fn new(player: PlayerId, now_us: u64) -> Session {
+    fn new(admission: Admission, now_us: u64) -> Session {
+        let player = admission.player;
         Session {
+            sealer: Sealer::new(&admission.key, Direction::ServerToClient),
+            opener: Opener::new(&admission.key, Direction::ClientToServer),
             player,
             phase: Phase::Joining,
             last_heard_us: now_us,
@@ -382,6 +409,7 @@ impl Session {
         };
         self.unreliable_seq = self.unreliable_seq.wrapping_add(datagrams.len() as u32);
         self.record_sent(held, enc.history);
+        let datagrams = datagrams.iter().map(|d| self.sealer.seal(d)).collect();
         self.outbox = Some((datagrams, stats.bytes, base.is_none()));
     }
 }
@@ -529,16 +557,25 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         self.transmits.push_back(Transmit { peer, payload });
     }
 
-    /// Sends on the reliable channel (Welcome, Reject); a peer without a session gets sequence 0.
+    /// Sends on the reliable channel (Welcome, Reject), sealed; a peer without a session gets
+    /// sequence 0, in plaintext.
     fn send_reliable(&mut self, peer: P, body: server_envelope::Body) {
-        let sequence = self.sessions.get_mut(&peer).map_or(0, Session::next_reliable);
-        let payload = encode_server(
-            Stamp {
-                channel: Channel::Reliable,
-                sequence,
-            },
-            body,
-        );
+        let payload = match self.sessions.get_mut(&peer) {
+            Some(s) => {
+                let stamp = Stamp {
+                    channel: Channel::Reliable,
+                    sequence: s.next_reliable(),
+                };
+                s.sealer.seal(&encode_server(stamp, body))
+            }
+            None => encode_server(
+                Stamp {
+                    channel: Channel::Reliable,
+                    sequence: 0,
+                },
+                body,
+            ),
+        };
         self.push(peer, payload);
     }
 
@@ -548,29 +585,61 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
             channel: Channel::Unreliable,
             sequence: s.next_unreliable(),
         };
-        self.push(peer, encode_server(stamp, body));
+        let payload = s.sealer.seal(&encode_server(stamp, body));
+        self.push(peer, payload);
     }
 
-    /// One datagram's envelope (laminar's header already stripped) from `peer`. `admitted` is
-    /// the player id the gate admitted the address with, if it did: a Hello from an address
-    /// without a session starts one only then.
-    pub fn handle_datagram(&mut self, peer: P, payload: &[u8], admitted: Option<PlayerId>, now_us: u64) {
-        let (stamp, body) = match decode_client(payload) {
+    /// One datagram's payload (laminar's header already stripped) from `peer`. `admitted` is
+    /// what the gate admitted the address with, if it did: a Hello from an address without a
+    /// session starts one only then. A session's datagrams must be sealed, except a repeated
+    /// Hello.
+    pub fn handle_datagram(&mut self, peer: P, payload: &[u8], admitted: Option<Admission>, now_us: u64) {
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            match decode_client(payload) {
+                Ok((_, client_envelope::Body::Hello(_))) => self.on_hello(peer, admitted, now_us),
+                Ok(_) => self.counts.reject(Rejection::NotJoined),
+                Err(_) if is_sealed(payload) => self.counts.reject(Rejection::NotJoined),
+                Err(_) => self.counts.reject(Rejection::Malformed),
+            }
+            return;
+        };
+        let sealed = is_sealed(payload);
+        let opened: Vec<u8>;
+        let envelope: &[u8] = if sealed {
+            match s.opener.open(payload) {
+                Ok(e) => {
+                    opened = e;
+                    &opened
+                }
+                Err(SealError::Replayed) => {
+                    self.counts.reject(Rejection::Replayed);
+                    return;
+                }
+                Err(SealError::Forged | SealError::NotSealed) => {
+                    self.counts.reject(Rejection::Forged);
+                    return;
+                }
+            }
+        } else {
+            payload
+        };
+        let (stamp, body) = match decode_client(envelope) {
             Ok(m) => m,
             Err(_) => {
                 self.counts.reject(Rejection::Malformed);
                 return;
             }
         };
-        let Some(s) = self.sessions.get_mut(&peer) else {
-            if let client_envelope::Body::Hello(_) = body {
-                self.on_hello(peer, admitted, now_us);
-            } else {
-                self.counts.reject(Rejection::NotJoined);
+        if !sealed {
+            if !matches!(body, client_envelope::Body::Hello(_)) {
+                self.counts.reject(Rejection::Unsealed);
+                return;
             }
-            return;
-        };
-        s.last_heard_us = s.last_heard_us.max(now_us);
+        } else {
+            // Only an authenticated datagram keeps the session alive (a plaintext Hello can be
+            // replayed by anyone who saw it).
+            s.last_heard_us = s.last_heard_us.max(now_us);
+        }
         if stamp.channel == Channel::Unreliable && !s.first_sight(stamp.sequence) {
             self.counts.duplicates += 1;
             return;
@@ -642,11 +711,12 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
     }
 
     /// A Hello from an address without a session.
-    fn on_hello(&mut self, peer: P, admitted: Option<PlayerId>, now_us: u64) {
-        let Some(player) = admitted else {
+    fn on_hello(&mut self, peer: P, admitted: Option<Admission>, now_us: u64) {
+        let Some(admission) = admitted else {
             self.counts.reject(Rejection::NotJoined);
             return;
         };
+        let player = admission.player;
         let refuse = |e: &mut Self, reason: RejectReason, why: Rejection, detail: &str| {
             e.counts.reject(why);
             e.send_reliable(peer, reject(reason, detail));
@@ -667,7 +737,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         if replacing.is_none() && self.sessions.len() >= self.cfg.max_clients {
             return refuse(self, RejectReason::ZoneFull, Rejection::ZoneFull, "the zone is full");
         }
-        let s = Session::new(player, now_us);
+        let s = Session::new(admission, now_us);
         if let Some(old) = replacing {
             // The newer connection wins: the old one is told why (twice, as datagrams get lost)
             // and dropped; the player stays in the zone.
@@ -1018,6 +1088,10 @@ mod tests {
 
     const TICK_US: u64 = 1_000_000 / 60;
 
+    fn key_of(player: PlayerId) -> [u8; 32] {
+        [player as u8; 32]
+    }
+
     fn config() -> EndpointConfig {
         EndpointConfig {
             max_clients: 8,
@@ -1085,7 +1159,7 @@ mod tests {
         }
 
         fn add(&mut self, peer: u32, player: PlayerId) {
-            let session = ClientSession::new(ClientConfig::new("token"), self.now);
+            let session = ClientSession::new(ClientConfig::new("token").with_key(key_of(player)), self.now);
             self.clients.insert(
                 peer,
                 Client {
@@ -1106,10 +1180,13 @@ mod tests {
             if c.mute {
                 return;
             }
-            let player = c.player;
+            let admission = Admission {
+                player: c.player,
+                key: key_of(c.player),
+            };
             for d in datagrams {
                 let payload = wire::unframe(&d).expect("framed");
-                self.ep.handle_datagram(peer, payload, Some(player), self.now);
+                self.ep.handle_datagram(peer, payload, Some(admission), self.now);
             }
         }
 
@@ -1340,6 +1417,65 @@ mod tests {
             c.rejected[Rejection::NotJoined as usize] + c.rejected[Rejection::Malformed as usize],
             2
         );
+    }
+
+    #[test]
+    fn forged_replayed_and_plaintext_datagrams_are_dropped_and_counted() {
+        let mut w = World::new();
+        w.add(1, 7);
+        w.run(500_000);
+        let admission = Admission { player: 7, key: key_of(7) };
+        let now = w.now;
+        // A genuine sealed input batch, captured.
+        let d = w
+            .clients
+            .get_mut(&1)
+            .unwrap()
+            .session
+            .poll(now + TICK_US)
+            .pop()
+            .expect("an input batch");
+        let payload = wire::unframe(&d).unwrap().to_vec();
+        w.ep.handle_datagram(1, &payload, Some(admission), now);
+        w.ep.handle_datagram(1, &payload, Some(admission), now);
+        // A fresh one, altered on the way.
+        let d = w
+            .clients
+            .get_mut(&1)
+            .unwrap()
+            .session
+            .poll(now + 2 * TICK_US)
+            .pop()
+            .expect("an input batch");
+        let mut altered = wire::unframe(&d).unwrap().to_vec();
+        altered[12] ^= 0x40;
+        w.ep.handle_datagram(1, &altered, Some(admission), now);
+        // Sealed under another key (an attacker who saw the token but not the key), with a
+        // counter ahead of the client's.
+        let mut other = crate::seal::Sealer::new(&[9; 32], Direction::ClientToServer);
+        for _ in 0..1_000 {
+            other.seal(b"");
+        }
+        let plain = crate::envelope::encode_client(
+            Stamp {
+                channel: Channel::Unreliable,
+                sequence: 999,
+            },
+            client_envelope::Body::Goodbye(crate::proto::Goodbye {}),
+        );
+        w.ep.handle_datagram(1, &other.seal(&plain), Some(admission), now);
+        // The same Goodbye in plaintext.
+        w.ep.handle_datagram(1, &plain, Some(admission), now);
+        let c = w.ep.take_counts();
+        assert_eq!(c.rejected[Rejection::Replayed as usize], 1);
+        assert_eq!(c.rejected[Rejection::Forged as usize], 2);
+        assert_eq!(c.rejected[Rejection::Unsealed as usize], 1);
+        assert_eq!(w.ep.sessions(), 1, "nothing forged ended the session");
+        // The server's datagrams are sealed: a client without the key cannot read them.
+        w.run(200_000);
+        let sealed = w.log.iter().rev().find(|(p, _)| *p == 1).expect("a datagram").1.clone();
+        assert!(is_sealed(&sealed));
+        assert!(crate::envelope::decode_server(&sealed).is_err());
     }
 
     #[test]

@@ -42,11 +42,17 @@ pub enum Rejection {
     InputTooFar,
     InputQueueFull,
     ControlQueueFull,
+    /// A joined session's datagram in plaintext (only the Hello may be).
+    Unsealed,
+    /// A sealed datagram that does not authenticate.
+    Forged,
+    /// A sealed datagram whose counter was already accepted, or is too old.
+    Replayed,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (so `ALL[r as usize] == r`).
-    pub const ALL: [Rejection; 18] = [
+    pub const ALL: [Rejection; 21] = [
         Rejection::Oversized,
         Rejection::NotOurProtocol,
         Rejection::Malformed,
@@ -65,6 +71,9 @@ impl Rejection {
         Rejection::InputTooFar,
         Rejection::InputQueueFull,
         Rejection::ControlQueueFull,
+        Rejection::Unsealed,
+        Rejection::Forged,
+        Rejection::Replayed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -87,6 +96,9 @@ impl Rejection {
             Rejection::InputTooFar => "input_too_far",
             Rejection::InputQueueFull => "input_queue_full",
             Rejection::ControlQueueFull => "control_queue_full",
+            Rejection::Unsealed => "unsealed",
+            Rejection::Forged => "forged",
+            Rejection::Replayed => "replayed",
         }
     }
 
@@ -108,8 +120,9 @@ impl Rejection {
 /// What the gate decided about one datagram from an address that has not joined.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A Hello with a valid token and cookie: admit the address as this player.
-    Admit { player_id: u64 },
+    /// A Hello with a valid token and cookie: admit the address as this player, whose datagrams
+    /// are sealed with `key` (from the token).
+    Admit { player_id: u64, key: [u8; 32] },
     /// A valid token without a valid cookie: send `reply` (a framed `Challenge`), admit nothing.
     Challenge { reply: Vec<u8> },
     /// Refused and counted; `reply` (a framed `Reject`) is sent if present. It is never larger
@@ -159,17 +172,28 @@ pub fn screen(datagram: &[u8], cx: &mut ScreenContext<'_>) -> Verdict {
     let Some(payload) = wire::unframe(datagram) else {
         return refuse(Rejection::NotOurProtocol);
     };
+    if crate::seal::is_sealed(payload) {
+        // A session's datagram from an address without one (a replay, or one that ended).
+        return refuse(Rejection::NotJoined);
+    }
     let hello: Hello = match decode_client(payload) {
         Ok((_, client_envelope::Body::Hello(h))) => h,
         Ok(_) => return refuse(Rejection::NotJoined),
         Err(EnvelopeError::BadVersion { found }) => {
+            // Said in the client's own version, so that an old client can read why.
+            let detail = format!("protocol {found} is not supported; this server speaks {PROTOCOL_VERSION}: update the client");
+            let reply = [detail.as_str(), ""].into_iter().find_map(|detail| {
+                let d = wire::frame(&prost::Message::encode_to_vec(&crate::proto::ServerEnvelope {
+                    protocol_version: found,
+                    channel: Channel::Reliable as i32,
+                    sequence: 0,
+                    body: Some(reject(RejectReason::BadVersion, detail)),
+                }));
+                (d.len() <= len).then_some(d)
+            });
             return Verdict::Refuse {
                 why: Rejection::BadVersion,
-                reply: reject_reply(
-                    RejectReason::BadVersion,
-                    &format!("protocol {found} is not supported; this server speaks {PROTOCOL_VERSION}"),
-                    len,
-                ),
+                reply,
             };
         }
         Err(_) => return refuse(Rejection::Malformed),
@@ -207,6 +231,7 @@ pub fn screen(datagram: &[u8], cx: &mut ScreenContext<'_>) -> Verdict {
         }
         Ok(claims) => Verdict::Admit {
             player_id: claims.player_id,
+            key: claims.session_key,
         },
         Err(e) => {
             let reason = e.reject_reason();
@@ -289,6 +314,10 @@ mod tests {
     const KEY: [u8; 32] = [7; 32];
     const ADDR: &[u8] = &[127, 0, 0, 1, 0x1f, 0x90];
 
+    fn grant() -> crate::token::JoinGrant {
+        crate::token::mint(SECRET, 9, "z", NOW + 60, [1; 32]).unwrap()
+    }
+
     fn hello(token: &str, cookie: &[u8], version: u32) -> Vec<u8> {
         let env = crate::proto::ClientEnvelope {
             protocol_version: version,
@@ -328,18 +357,21 @@ mod tests {
 
     #[test]
     fn the_handshake_in_order() {
-        let t = crate::token::mint(SECRET, 9, "z", NOW + 60).unwrap();
-        let first = run(&hello(&t, &[], 1), true, false, Some(SECRET));
+        let t = grant().token;
+        let first = run(&hello(&t, &[], PROTOCOL_VERSION), true, false, Some(SECRET));
         let Verdict::Challenge { reply } = &first else {
             panic!("{first:?}")
         };
         let server_envelope::Body::Challenge(c) = decode_server(wire::unframe(reply).unwrap()).unwrap().1 else {
             panic!()
         };
-        assert!(reply.len() <= hello(&t, &[], 1).len());
+        assert!(reply.len() <= hello(&t, &[], PROTOCOL_VERSION).len());
         assert_eq!(
-            run(&hello(&t, &c.cookie, 1), true, false, Some(SECRET)),
-            Verdict::Admit { player_id: 9 }
+            run(&hello(&t, &c.cookie, PROTOCOL_VERSION), true, false, Some(SECRET)),
+            Verdict::Admit {
+                player_id: 9,
+                key: grant().key
+            }
         );
         // The previous period's cookie still works, an older one does not.
         assert!(cookie_ok(&KEY, ADDR, 6, &c.cookie));
@@ -349,15 +381,25 @@ mod tests {
 
     #[test]
     fn every_refusal_is_counted_and_never_amplifies() {
-        let t = crate::token::mint(SECRET, 9, "z", NOW + 60).unwrap();
-        let old = hello(&t, &[], 0);
+        let t = grant().token;
+        // An old client is told, in its own version, so that it can read it.
+        let old = hello(&t, &[], 1);
         let v = run(&old, true, false, Some(SECRET));
-        assert_eq!(reason(&v), Some(RejectReason::BadVersion));
-        let v = run(&hello(&t, &[], 1), false, false, Some(SECRET));
+        let Verdict::Refuse { reply: Some(r), .. } = &v else {
+            panic!("{v:?}")
+        };
+        let env: crate::proto::ServerEnvelope = prost::Message::decode(wire::unframe(r).unwrap()).unwrap();
+        assert_eq!(env.protocol_version, 1);
+        let Some(server_envelope::Body::Reject(rj)) = env.body else {
+            panic!()
+        };
+        assert_eq!(rj.reason, RejectReason::BadVersion as i32);
+        assert!(rj.detail.contains("update the client"), "{}", rj.detail);
+        let v = run(&hello(&t, &[], PROTOCOL_VERSION), false, false, Some(SECRET));
         assert_eq!(reason(&v), Some(RejectReason::RateLimited));
-        let v = run(&hello(&t, &[], 1), true, true, Some(SECRET));
+        let v = run(&hello(&t, &[], PROTOCOL_VERSION), true, true, Some(SECRET));
         assert_eq!(reason(&v), Some(RejectReason::ZoneFull));
-        let v = run(&hello(&t, &[], 1), true, false, None);
+        let v = run(&hello(&t, &[], PROTOCOL_VERSION), true, false, None);
         assert!(matches!(
             v,
             Verdict::Refuse {
@@ -365,18 +407,18 @@ mod tests {
                 ..
             }
         ));
-        let expired = crate::token::mint(SECRET, 9, "z", NOW).unwrap();
+        let expired = crate::token::mint(SECRET, 9, "z", NOW, [0; 32]).unwrap().token;
         assert_eq!(
-            reason(&run(&hello(&expired, &[], 1), true, false, Some(SECRET))),
+            reason(&run(&hello(&expired, &[], PROTOCOL_VERSION), true, false, Some(SECRET))),
             Some(RejectReason::Expired)
         );
-        let other = crate::token::mint(SECRET, 9, "y", NOW + 60).unwrap();
+        let other = crate::token::mint(SECRET, 9, "y", NOW + 60, [0; 32]).unwrap().token;
         assert_eq!(
-            reason(&run(&hello(&other, &[], 1), true, false, Some(SECRET))),
+            reason(&run(&hello(&other, &[], PROTOCOL_VERSION), true, false, Some(SECRET))),
             Some(RejectReason::WrongZone)
         );
         assert_eq!(
-            reason(&run(&hello("", &[], 1), true, false, Some(SECRET))),
+            reason(&run(&hello("", &[], PROTOCOL_VERSION), true, false, Some(SECRET))),
             Some(RejectReason::MissingToken)
         );
         assert_eq!(
@@ -401,7 +443,7 @@ mod tests {
             }
         );
         // A tiny Hello gets no reply at all rather than a bigger one.
-        for d in [hello("x", &[], 1), hello("", &[], 1)] {
+        for d in [hello("x", &[], PROTOCOL_VERSION), hello("", &[], 1)] {
             if let Verdict::Refuse { reply: Some(r), .. } | Verdict::Challenge { reply: r } = run(&d, true, false, Some(SECRET)) {
                 assert!(r.len() <= d.len());
             }

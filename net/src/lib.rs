@@ -17,6 +17,8 @@
 //! - [`endpoint`]: the server's half, also a pure state machine (sessions in a deterministic
 //!   order, handshake, inputs, per-client snapshots, reliable events, timers), which the server's
 //!   network thread drives over laminar;
+//! - [`seal`]: sealed datagrams (ChaCha20-Poly1305 under the session key the join token
+//!   carries, nonce from a counter, replay window);
 //! - [`gate`]: the screening of a stranger's first datagram (token, cookie, version), as a pure
 //!   function, and the refusal reasons everything is counted under.
 //!
@@ -38,6 +40,7 @@ pub mod gate;
 pub mod interest;
 pub mod proto;
 pub mod quantize;
+pub mod seal;
 pub mod token;
 pub mod view;
 pub mod wire;

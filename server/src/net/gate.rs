@@ -24,6 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use laminar::DatagramSocket;
 use sha2::{Digest, Sha256};
+use zone_net::endpoint::Admission;
 use zone_net::gate::{Bucket, ScreenContext, Verdict, cookie, cookie_ok, cookie_period, screen};
 use zone_net::wire;
 
@@ -69,8 +70,9 @@ pub struct GatePolicy {
 pub struct GateSocket {
     socket: UdpSocket,
     policy: GatePolicy,
-    /// Admitted addresses: the player id their token named, and their packet budget.
-    admitted: HashMap<SocketAddr, (u64, Bucket)>,
+    /// Admitted addresses: the player id and session key their token carried, and their packet
+    /// budget.
+    admitted: HashMap<SocketAddr, (Admission, Bucket)>,
     /// Datagrams passed to laminar in the current poll (see [`GateSocket::begin_poll`]).
     passed_this_poll: usize,
     per_ip: HashMap<IpAddr, Bucket>,
@@ -110,9 +112,9 @@ impl GateSocket {
         })
     }
 
-    /// The player an admitted address's token named.
-    pub fn admitted_player(&self, addr: &SocketAddr) -> Option<u64> {
-        self.admitted.get(addr).map(|(p, _)| *p)
+    /// The player and session key an admitted address's token carried.
+    pub fn admitted(&self, addr: &SocketAddr) -> Option<Admission> {
+        self.admitted.get(addr).map(|(a, _)| *a)
     }
 
     /// Starts a poll: at most [`DATAGRAMS_PER_POLL_MAX`] datagrams reach laminar in one poll, so
@@ -176,9 +178,10 @@ impl GateSocket {
             full: self.admitted.len() >= self.policy.admitted_max,
         };
         match screen(&self.buf[..len], &mut cx) {
-            Verdict::Admit { player_id } => {
+            Verdict::Admit { player_id, key } => {
                 let burst = self.policy.peer_packet_rate * 2.0;
-                self.admitted.insert(addr, (player_id, Bucket::full(burst, now_us)));
+                let admission = Admission { player: player_id, key };
+                self.admitted.insert(addr, (admission, Bucket::full(burst, now_us)));
                 true
             }
             Verdict::Challenge { reply } => {

@@ -211,7 +211,7 @@ impl Worker {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
                 SocketEvent::Packet(p) => {
-                    let admitted = self.manager.socket().admitted_player(&p.addr());
+                    let admitted = self.manager.socket().admitted(&p.addr());
                     self.endpoint.handle_datagram(p.addr(), p.payload(), admitted, now_us);
                 }
                 SocketEvent::Timeout(addr) | SocketEvent::Disconnect(addr) => self.endpoint.handle_peer_lost(addr),

@@ -196,11 +196,11 @@ pub async fn run_bot(
     };
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
-    let token = match zone_net::token::mint(&cfg.token_secret, player_id, &cfg.zone_id, expires) {
-        Ok(t) => t,
-        Err(_) => return failed(&live, "token_error"),
+    let grant = match os_entropy().and_then(|e| zone_net::token::mint(&cfg.token_secret, player_id, &cfg.zone_id, expires, e).ok()) {
+        Some(g) => g,
+        None => return failed(&live, "token_error"),
     };
-    let mut session = ClientSession::new(ClientConfig::new(token), cfg.now_us());
+    let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
     let mut brain = Brain::new(cfg.behavior, cfg.seed, player_id);
     let mut tracker = Tracker::new();
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
@@ -246,4 +246,12 @@ pub async fn run_bot(
         send_all(&socket, goodbyes).await;
     }
     tracker.finish(&mut session, &live, stop_reason)
+}
+
+/// 32 bytes of OS randomness for a join grant's key.
+fn os_entropy() -> Option<[u8; 32]> {
+    use std::io::Read;
+    let mut e = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut e)).ok()?;
+    Some(e)
 }
