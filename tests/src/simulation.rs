@@ -37,6 +37,9 @@ const STORE_EVERY: u64 = 60;
 /// Ticks at the end with a perfect network, after which every client must have converged.
 const HEAL_TICKS: u64 = 120;
 
+/// (player, tick) pairs: joins, leaves or deaths.
+type PlayerEvents = Vec<(u64, u64)>;
+
 /// One simulation's knobs.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -230,7 +233,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
     let mut store_attempts = 0u64;
     let mut server_in: Vec<(u64, Vec<u8>)> = Vec::new();
     // Player events since the last frame (as `NetLink` keeps them between snapshot ticks).
-    let mut pending: (Vec<(u64, u64)>, Vec<(u64, u64)>, Vec<(u64, u64)>) = Default::default();
+    let mut pending: (PlayerEvents, PlayerEvents, PlayerEvents) = Default::default();
 
     for tick in 1..=cfg.ticks {
         let now = tick * TICK_US;
