@@ -8,6 +8,11 @@
 //! [`ClientSession::next_poll_us`]), and sends every datagram either returns. Time is `now_us`,
 //! monotonic microseconds from any epoch.
 //!
+//! With a session key ([`ClientConfig::with_key`], the key the lobby hands out beside the token),
+//! every datagram but the Hello is sealed (see [`crate::seal`]), and once joined only sealed server
+//! datagrams are accepted: a forged, replayed or altered one is dropped and counted. Without a key
+//! the session speaks plaintext (tests of the codec only; a zone server refuses it).
+//!
 //! **Never** opens a socket, reads a clock, spawns a thread or panics on received bytes; memory is
 //! bounded whatever the server sends (views kept, ticks in progress, parts per tick, queued events
 //! and RTT samples all have caps below).
@@ -21,6 +26,7 @@ use crate::proto::{
     Channel, Event, EventBatch, Goodbye, Hello, Input, InputBatch, NoticeKind, Ping, Pong, Reject, RejectReason, Snapshot, Welcome,
     client_envelope, event, server_envelope,
 };
+use crate::seal::{Direction, Opener, SealError, Sealer, is_sealed};
 use crate::view::View;
 use crate::wire;
 
@@ -59,6 +65,9 @@ const US_PER_S: u64 = 1_000_000;
 pub struct ClientConfig {
     /// The signed join token (see [`crate::token::mint`]).
     pub join_token: String,
+    /// The session key given beside the token ([`crate::token::JoinGrant::key`]); `None` speaks
+    /// plaintext.
+    pub session_key: Option<[u8; 32]>,
     /// No `Welcome` within this long after [`ClientSession::new`] ends the session.
     pub join_timeout_us: u64,
     pub hello_interval_us: u64,
@@ -70,10 +79,22 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// A config for a grant from [`crate::token::mint`]: its token and its key.
+    pub fn sealed(grant: &crate::token::JoinGrant) -> ClientConfig {
+        ClientConfig::new(grant.token.clone()).with_key(grant.key)
+    }
+
+    /// Seals the session with `key`.
+    pub fn with_key(mut self, key: [u8; 32]) -> ClientConfig {
+        self.session_key = Some(key);
+        self
+    }
+
     /// A config with the default timings.
     pub fn new(join_token: impl Into<String>) -> ClientConfig {
         ClientConfig {
             join_token: join_token.into(),
+            session_key: None,
             join_timeout_us: JOIN_TIMEOUT_US_DEFAULT,
             hello_interval_us: HELLO_INTERVAL_US_DEFAULT,
             hello_backoff_us: HELLO_BACKOFF_US_DEFAULT,
@@ -157,6 +178,12 @@ pub struct ClientStats {
     pub bytes_out: u64,
     /// Received datagrams that were not a framed server envelope.
     pub invalid_datagrams: u64,
+    /// Sealed datagrams that did not authenticate (forged, altered, or under another key).
+    pub forged_datagrams: u64,
+    /// Sealed datagrams already received (or too old to tell).
+    pub replayed_datagrams: u64,
+    /// Plaintext datagrams refused because the session is sealed.
+    pub unsealed_datagrams: u64,
     pub hellos_sent: u64,
     pub input_batches_sent: u64,
     pub pings_sent: u64,
@@ -245,6 +272,10 @@ pub struct ClientSession {
     events_received: u64,
     events: VecDeque<Event>,
     leave_notice: Option<NoticeKind>,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    /// The Welcome, once joined: the zone's bounds, kind table and this player's object id.
+    welcome: Option<Welcome>,
     stats: ClientStats,
 }
 
@@ -252,6 +283,8 @@ impl ClientSession {
     /// A session that will send its first Hello at the first [`poll`](Self::poll).
     pub fn new(config: ClientConfig, now_us: u64) -> ClientSession {
         let hello_interval_us = config.hello_interval_us;
+        let sealer = config.session_key.map(|k| Sealer::new(&k, Direction::ClientToServer));
+        let opener = config.session_key.map(|k| Opener::new(&k, Direction::ServerToClient));
         ClientSession {
             config,
             state: SessionState::Joining,
@@ -279,6 +312,9 @@ impl ClientSession {
             events_received: 0,
             events: VecDeque::new(),
             leave_notice: None,
+            sealer,
+            opener,
+            welcome: None,
             stats: ClientStats::default(),
         }
     }
@@ -343,10 +379,38 @@ impl ClientSession {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
+        let was_sealed = is_sealed(payload);
+        let opened: Vec<u8>;
+        let payload: &[u8] = match self.opener.as_mut() {
+            Some(o) if was_sealed => match o.open(payload) {
+                Ok(env) => {
+                    opened = env;
+                    &opened
+                }
+                Err(e) => {
+                    match e {
+                        SealError::Replayed => self.stats.replayed_datagrams += 1,
+                        SealError::Forged | SealError::NotSealed => self.stats.forged_datagrams += 1,
+                    }
+                    return Vec::new();
+                }
+            },
+            _ => payload,
+        };
         let Ok((_stamp, body)) = decode_server(payload) else {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
+        // A sealed session believes only sealed datagrams, except the handshake's Challenge and
+        // Reject before the Welcome (the server cannot seal a refusal of a token it did not accept).
+        if self.opener.is_some()
+            && !was_sealed
+            && !(matches!(self.state, SessionState::Joining)
+                && matches!(body, server_envelope::Body::Challenge(_) | server_envelope::Body::Reject(_)))
+        {
+            self.stats.unsealed_datagrams += 1;
+            return Vec::new();
+        }
         self.last_heard_us = now_us;
         let joined = matches!(self.state, SessionState::Joined { .. });
         match body {
@@ -409,9 +473,15 @@ impl ClientSession {
         }
     }
 
-    /// The id of the player's own object in snapshots (`player_id | 1 << 63`).
+    /// The id of the player's own object in snapshots (`player_id | 1 << 63`; the Welcome says
+    /// so in `object_id`).
     pub fn player_object_id(&self) -> Option<u64> {
         self.player_id().map(|p| p | 1 << 63)
+    }
+
+    /// The Welcome the session joined with: the zone's bounds, its kind table, the input window.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
     }
 
     /// The newest complete view.
@@ -491,7 +561,13 @@ impl ClientSession {
         };
         let sequence = *counter;
         *counter = counter.wrapping_add(1);
-        let datagram = wire::frame(&encode_client(Stamp { channel, sequence }, body));
+        let hello = matches!(body, client_envelope::Body::Hello(_));
+        let envelope = encode_client(Stamp { channel, sequence }, body);
+        let datagram = match self.sealer.as_mut() {
+            // The Hello is the one plaintext datagram: the server reads the key from its token.
+            Some(s) if !hello => wire::frame(&s.seal(&envelope)),
+            _ => wire::frame(&envelope),
+        };
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += datagram.len() as u64;
         datagram
@@ -558,6 +634,7 @@ impl ClientSession {
             return; // a duplicate (answer to a Hello retry)
         }
         self.state = SessionState::Joined { player_id: w.player_id };
+        self.welcome = Some(w.clone());
         self.tick_rate_hz = if (1..=1_000).contains(&w.tick_rate_hz) {
             w.tick_rate_hz
         } else {

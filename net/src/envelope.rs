@@ -10,8 +10,10 @@ use prost::Message;
 
 use crate::proto::{Channel, ClientEnvelope, Reject, RejectReason, ServerEnvelope, client_envelope, server_envelope};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. 2: every datagram after the handshake is sealed
+/// ([`crate::seal`]) and the join token carries the session key. A version-1 client's Hello is
+/// answered with `Reject{BAD_VERSION}` in version 1.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest datagram payload accepted (the UDP maximum over IPv4).
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 /// Largest join token accepted in a `Hello`.
@@ -176,7 +178,7 @@ mod tests {
         assert_eq!(decode_client(&old), Err(EnvelopeError::BadVersion { found: 0 }));
 
         let long = client_envelope::Body::Hello(Hello {
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
             join_token: "x".repeat(JOIN_TOKEN_BYTES_MAX + 1),
             ..Default::default()
         });
@@ -205,15 +207,15 @@ mod tests {
         ));
 
         let mut future = ClientEnvelope {
-            protocol_version: 2,
+            protocol_version: 3,
             channel: 1,
             sequence: 0,
             body: None,
         }
         .encode_to_vec();
-        assert_eq!(decode_client(&future), Err(EnvelopeError::BadVersion { found: 2 }));
+        assert_eq!(decode_client(&future), Err(EnvelopeError::BadVersion { found: 3 }));
         future = ClientEnvelope {
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
             channel: 1,
             sequence: 0,
             body: None,
@@ -221,7 +223,7 @@ mod tests {
         .encode_to_vec();
         assert_eq!(decode_client(&future), Err(EnvelopeError::Empty));
         future = ClientEnvelope {
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
             channel: 9,
             sequence: 0,
             body: None,

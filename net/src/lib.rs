@@ -13,7 +13,14 @@
 //!   capped at the nearest N);
 //! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in;
 //! - [`client`]: a client's session as a pure state machine (join, 60 Hz inputs, snapshot
-//!   reassembly and acks, RTT, the ordered event stream), driven by the caller's socket and clock.
+//!   reassembly and acks, RTT, the ordered event stream), driven by the caller's socket and clock;
+//! - [`endpoint`]: the server's half, also a pure state machine (sessions in a deterministic
+//!   order, handshake, inputs, per-client snapshots, reliable events, timers), which the server's
+//!   network thread drives over laminar;
+//! - [`seal`]: sealed datagrams (ChaCha20-Poly1305 under the session key the join token
+//!   carries, nonce from a counter, replay window);
+//! - [`gate`]: the screening of a stranger's first datagram (token, cookie, version), as a pure
+//!   function, and the refusal reasons everything is counted under.
 //!
 //! **Invariant:** this crate owns no socket, no thread and no clock, and never panics on bytes from
 //! the network. Every function is a pure transformation the server drives: it passes in `now`,
@@ -22,16 +29,18 @@
 //! to [`view::QObject`]s and [`interest::Located`]s at the boundary. `tests/guard.rs` fails the build
 //! if sockets, threads, clocks or async runtimes appear in `src/`.
 //!
-//! Still to come (issue 3): the laminar transport behind our own trait, with a stateless gate that
-//! admits only Hellos whose token verifies; per-client sessions (handshake, baselines by acked tick,
-//! input redundancy and de-duplication, counters); and the bot swarm.
+//! The protocol as a client developer needs it, with worked examples checked by
+//! `tests/protocol_doc.rs`, is `docs/PROTOCOL.md`.
 
 pub mod client;
 pub mod delta;
+pub mod endpoint;
 pub mod envelope;
+pub mod gate;
 pub mod interest;
 pub mod proto;
 pub mod quantize;
+pub mod seal;
 pub mod token;
 pub mod view;
 pub mod wire;

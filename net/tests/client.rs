@@ -35,6 +35,8 @@ fn welcome() -> Vec<u8> {
             tick: WELCOME_TICK,
             tick_rate_hz: 60,
             snapshot_rate_hz: 20,
+            object_id: PLAYER | 1 << 63,
+            ..Welcome::default()
         }),
     )
 }
@@ -502,7 +504,7 @@ proptest! {
     fn hostile_control_messages_never_panic(first_seq in any::<u64>(), n in 0usize..5, tick in any::<u64>(), rate in any::<u32>(), echo in any::<u64>(), now in any::<u64>()) {
         let mut s = ClientSession::new(ClientConfig::new("t"), 0);
         s.poll(0);
-        let w = server(Channel::Reliable, server_envelope::Body::Welcome(Welcome { player_id: u64::MAX, tick, tick_rate_hz: rate, snapshot_rate_hz: rate }));
+        let w = server(Channel::Reliable, server_envelope::Body::Welcome(Welcome { player_id: u64::MAX, tick, tick_rate_hz: rate, snapshot_rate_hz: rate, ..Welcome::default() }));
         s.receive(&w, 1);
         let ev = Event { kind: None };
         s.receive(&server(Channel::Unreliable, server_envelope::Body::Events(EventBatch { first_seq, events: vec![ev; n] })), now);

@@ -465,10 +465,10 @@ fn decode_errors() {
     );
     assert_eq!(decode_delta(None, &not_snapshot), Err(DecodeError::NotASnapshot));
     let mut env = zone_net::proto::ServerEnvelope::decode(&full[0][..]).unwrap();
-    env.protocol_version = 2;
+    env.protocol_version = 1;
     assert!(matches!(
         decode_delta(None, &env.encode_to_vec()),
-        Err(DecodeError::Envelope(zone_net::envelope::EnvelopeError::BadVersion { found: 2 }))
+        Err(DecodeError::Envelope(zone_net::envelope::EnvelopeError::BadVersion { found: 1 }))
     ));
 }
 

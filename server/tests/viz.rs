@@ -67,7 +67,16 @@ fn stream_history_limits_and_bad_requests() {
     let _server = Server(
         Command::new(env!("CARGO_BIN_EXE_zone-server"))
             .args(["--zone", demo, "--bind", "off", "--sim-players", "10", "--threads", "2"])
-            .args(["--admin", &admin.to_string(), "--viz-max-viewers", "1", "--viz-idle-timeout", "2", "--viz-rate", "10"])
+            .args([
+                "--admin",
+                &admin.to_string(),
+                "--viz-max-viewers",
+                "1",
+                "--viz-idle-timeout",
+                "2",
+                "--viz-rate",
+                "10",
+            ])
             .args(["--data-dir", dir.path().to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,8 +1,11 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`: a small, busy test zone and
 //! executors that run shards in unusual orders; and, for every crate's tests, [`services`]: the
-//! harness for tests that need PostgreSQL, Redis or an outside program.
+//! harness for tests that need PostgreSQL, Redis or an outside program; and [`simulation`]: the
+//! whole-system simulation (zone, endpoint, clients, a hostile network, a failing store, a crash)
+//! driven by one seed.
 
 pub mod services;
+pub mod simulation;
 
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@ use zone_directory::{Keys, Reservation, ZoneRecord};
 use crate::accounts::{Accounts, AccountsError, Identity};
 use crate::config::LobbyConfig;
 use crate::error::ApiError;
-use crate::join::{JoinResponse, mint_join_token};
+use crate::join::{JoinResponse, encode_session_key, mint_join_token};
 use crate::ratelimit::Limiter;
 use crate::refresh::{self, Decision};
 use crate::session_token::{self, SessionClaims};
@@ -299,14 +299,15 @@ impl App {
             if res != Reservation::Reserved {
                 continue;
             }
-            let join_token = mint_join_token(self.cfg.token_secret.as_bytes(), player_id, zone_id, expires_at)
+            let grant = mint_join_token(self.cfg.token_secret.as_bytes(), player_id, zone_id, expires_at, random()?)
                 .map_err(|e| ApiError::internal(format!("cannot mint a join token: {e}")))?;
             metrics::counter!("lobby_join_requests_total", "outcome" => "ok").increment(1);
             return Ok(JoinResponse {
                 addr: r.addr.clone(),
                 zone_id: zone_id.to_string(),
                 instance_id: r.instance_id.clone(),
-                join_token,
+                session_key: encode_session_key(&grant.key),
+                join_token: grant.token,
                 expires_at,
             });
         }

@@ -55,7 +55,21 @@ pub struct JoinAnswer {
     pub zone_id: String,
     pub instance_id: String,
     pub join_token: String,
+    /// The session key, standard base64 of 32 bytes ([`JoinAnswer::grant`] decodes it).
+    pub session_key: String,
     pub expires_at: u64,
+}
+
+impl JoinAnswer {
+    /// The token and key to connect with, or `None` if the key is not 32 bytes of base64.
+    pub fn grant(&self) -> Option<zone_net::token::JoinGrant> {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.decode(&self.session_key).ok()?;
+        Some(zone_net::token::JoinGrant {
+            token: self.join_token.clone(),
+            key: key.try_into().ok()?,
+        })
+    }
 }
 
 /// One connection to a lobby.

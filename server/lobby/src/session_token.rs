@@ -101,8 +101,8 @@ mod tests {
         assert_eq!(verify(S, "", 500), Err(SessionTokenError::Missing));
         assert_eq!(verify(S, "a.b.c", 500), Err(SessionTokenError::Malformed));
         // A join token (other claims) signed with the same secret is not a session token.
-        let j = zone_net::token::mint(S, 7, "demo", 1000).unwrap();
-        assert_eq!(verify(S, &j, 500), Err(SessionTokenError::Malformed));
+        let j = zone_net::token::mint(S, 7, "demo", 1000, [1; 32]).unwrap();
+        assert_eq!(verify(S, &j.token, 500), Err(SessionTokenError::Malformed));
     }
 
     #[test]

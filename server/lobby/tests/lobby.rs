@@ -350,6 +350,11 @@ fn single_session_takeover_kicks_the_old_one() {
         assert_eq!((j.zone_id.as_str(), j.instance_id.as_str()), ("tz", "i1"));
         let claims = zone_net::token::verify(b"test token secret", &j.join_token, "tz", now_ms() / 1000).unwrap();
         assert_eq!(claims.player_id, first.account_id as u64, "the join token is for this player");
+        assert_eq!(
+            j.grant().expect("a 32-byte session key").key,
+            claims.session_key,
+            "the player's session key is the one sealed in the token for the zone server"
+        );
         report(&r, ZoneEventKind::Join, "tz", "i1", first.account_id).await;
         wait_in_zone(&mut c, &first.session_token, "tz").await;
         let sid1: String = session(&mut c, &first.session_token).await.1["session_id"].as_str().unwrap().into();

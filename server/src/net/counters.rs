@@ -9,87 +9,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a datagram, join or input was refused. The label is the `reason` of
-/// `zone_net_rejected_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejection {
-    Oversized,
-    NotOurProtocol,
-    Malformed,
-    NotJoined,
-    BadVersion,
-    HandshakeRate,
-    NoSecret,
-    MissingToken,
-    BadSignature,
-    Expired,
-    WrongZone,
-    ZoneFull,
-    Draining,
-    PeerRate,
-    InputTooOld,
-    InputTooFar,
-    InputQueueFull,
-    ControlQueueFull,
-}
-
-impl Rejection {
-    /// Every reason, in declaration order (so `ALL[r as usize] == r`).
-    pub const ALL: [Rejection; 18] = [
-        Rejection::Oversized,
-        Rejection::NotOurProtocol,
-        Rejection::Malformed,
-        Rejection::NotJoined,
-        Rejection::BadVersion,
-        Rejection::HandshakeRate,
-        Rejection::NoSecret,
-        Rejection::MissingToken,
-        Rejection::BadSignature,
-        Rejection::Expired,
-        Rejection::WrongZone,
-        Rejection::ZoneFull,
-        Rejection::Draining,
-        Rejection::PeerRate,
-        Rejection::InputTooOld,
-        Rejection::InputTooFar,
-        Rejection::InputQueueFull,
-        Rejection::ControlQueueFull,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejection::Oversized => "oversized",
-            Rejection::NotOurProtocol => "not_our_protocol",
-            Rejection::Malformed => "malformed",
-            Rejection::NotJoined => "not_joined",
-            Rejection::BadVersion => "bad_version",
-            Rejection::HandshakeRate => "handshake_rate",
-            Rejection::NoSecret => "no_token_secret",
-            Rejection::MissingToken => "missing_token",
-            Rejection::BadSignature => "bad_signature",
-            Rejection::Expired => "expired",
-            Rejection::WrongZone => "wrong_zone",
-            Rejection::ZoneFull => "zone_full",
-            Rejection::Draining => "draining",
-            Rejection::PeerRate => "peer_rate",
-            Rejection::InputTooOld => "input_too_old",
-            Rejection::InputTooFar => "input_too_far",
-            Rejection::InputQueueFull => "input_queue_full",
-            Rejection::ControlQueueFull => "control_queue_full",
-        }
-    }
-
-    pub fn from_reject_reason(r: zone_net::proto::RejectReason) -> Rejection {
-        use zone_net::proto::RejectReason as R;
-        match r {
-            R::MissingToken => Rejection::MissingToken,
-            R::Expired => Rejection::Expired,
-            R::WrongZone => Rejection::WrongZone,
-            R::BadVersion => Rejection::BadVersion,
-            _ => Rejection::BadSignature,
-        }
-    }
-}
+/// Why a datagram, join or input was refused (the label is the `reason` of
+/// `zone_net_rejected_total`). Defined in `zone-net` beside the gate's screening and the endpoint
+/// that count by it.
+pub use zone_net::gate::Rejection;
 
 #[derive(Debug, Default)]
 pub struct NetCounters {
@@ -134,6 +57,28 @@ impl NetCounters {
 
     pub fn rejected(&self, r: Rejection) -> u64 {
         self.rejected[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// Adds what the endpoint counted since the last call.
+    pub fn add(&self, c: &zone_net::endpoint::Counts) {
+        let add = |a: &AtomicU64, n: u64| {
+            if n != 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        for (slot, n) in self.rejected.iter().zip(c.rejected) {
+            add(slot, n);
+        }
+        add(&self.duplicates, c.duplicates);
+        add(&self.event_resends, c.event_resends);
+        add(&self.event_give_ups, c.event_give_ups);
+        add(&self.events_dropped, c.events_dropped);
+        add(&self.joins, c.joins);
+        add(&self.leaves, c.leaves);
+        add(&self.replaced, c.replaced);
+        add(&self.snapshot_bytes, c.snapshot_bytes);
+        add(&self.snapshots_full, c.snapshots_full);
+        add(&self.snapshots_delta, c.snapshots_delta);
     }
 
     pub fn rejected_total(&self) -> u64 {

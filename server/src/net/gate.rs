@@ -1,4 +1,7 @@
-//! The stateless gate: the `DatagramSocket` laminar reads from and writes to. It owns the UDP
+//! The stateless gate: the `DatagramSocket` laminar reads from and writes to. The decision about
+//! a stranger's datagram is [`zone_net::gate::screen`] (pure, tested there); this file holds the
+//! state around it (admitted addresses, per-IP and per-peer token buckets, the cookie key) and the
+//! socket. It owns the UDP
 //! socket (with a large receive buffer), counts every datagram and byte both ways, and lets a
 //! datagram through to laminar only if its source address has been admitted, or if it is a
 //! well-formed `Hello` whose join token verifies (which admits the address).
@@ -21,8 +24,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use laminar::DatagramSocket;
 use sha2::{Digest, Sha256};
-use zone_net::envelope::{EnvelopeError, Stamp, decode_client, encode_server, reject};
-use zone_net::proto::{Challenge, Channel, RejectReason, client_envelope, server_envelope};
+use zone_net::endpoint::Admission;
+use zone_net::gate::{Bucket, ScreenContext, Verdict, cookie, cookie_ok, cookie_period, screen};
 use zone_net::wire;
 
 use super::counters::{NetCounters, Rejection};
@@ -34,9 +37,6 @@ pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 2_400;
 pub const SOCKET_RECV_BUFFER_BYTES: usize = 4 << 20;
 /// Datagrams passed to laminar per poll at most (about 4 ms of 1,000 clients' traffic).
 pub const DATAGRAMS_PER_POLL_MAX: usize = 4_096;
-
-/// Seconds per cookie period; a cookie is accepted in its period and the next.
-const COOKIE_PERIOD_S: u64 = 10;
 
 /// 32 random bytes from the OS (`/dev/urandom`); if that fails, a hash of the time and process
 /// id, which still differs per process.
@@ -51,32 +51,6 @@ fn random_key() -> [u8; 32] {
         key.copy_from_slice(&h.finalize());
     }
     key
-}
-
-/// A token bucket: `rate` per second, up to `burst`.
-#[derive(Clone, Copy, Debug)]
-pub struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    pub fn full(burst: f64, now: Instant) -> Bucket {
-        Bucket { tokens: burst, at: now }
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// What the gate checks a stranger's Hello against.
@@ -96,8 +70,9 @@ pub struct GatePolicy {
 pub struct GateSocket {
     socket: UdpSocket,
     policy: GatePolicy,
-    /// Admitted addresses: the player id their token named, and their packet budget.
-    admitted: HashMap<SocketAddr, (u64, Bucket)>,
+    /// Admitted addresses: the player id and session key their token carried, and their packet
+    /// budget.
+    admitted: HashMap<SocketAddr, (Admission, Bucket)>,
     /// Datagrams passed to laminar in the current poll (see [`GateSocket::begin_poll`]).
     passed_this_poll: usize,
     per_ip: HashMap<IpAddr, Bucket>,
@@ -137,9 +112,9 @@ impl GateSocket {
         })
     }
 
-    /// The player an admitted address's token named.
-    pub fn admitted_player(&self, addr: &SocketAddr) -> Option<u64> {
-        self.admitted.get(addr).map(|(p, _)| *p)
+    /// The player and session key an admitted address's token carried.
+    pub fn admitted(&self, addr: &SocketAddr) -> Option<Admission> {
+        self.admitted.get(addr).map(|(a, _)| *a)
     }
 
     /// Starts a poll: at most [`DATAGRAMS_PER_POLL_MAX`] datagrams reach laminar in one poll, so
@@ -161,127 +136,67 @@ impl GateSocket {
         }
     }
 
-    /// Answers a stranger's datagram of `received` bytes with a Reject, only if the reply is no
-    /// larger (no amplification).
-    fn reject(&mut self, addr: &SocketAddr, received: usize, reason: RejectReason, detail: &str) {
-        let stamp = Stamp {
-            channel: Channel::Reliable,
-            sequence: 0,
-        };
-        for detail in [detail, ""] {
-            let d = wire::frame(&encode_server(stamp, reject(reason, detail)));
-            if d.len() <= received {
-                self.send_raw(addr, &d);
-                return;
-            }
-        }
+    fn now_us(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_micros() as u64
     }
 
-    /// Decides about one datagram from an address not admitted. Returns true to pass it on.
+    /// The address as the cookie hashes it: IP octets, then the port (little-endian).
+    fn addr_bytes(addr: &SocketAddr) -> Vec<u8> {
+        let mut b = match addr.ip() {
+            IpAddr::V4(ip) => ip.octets().to_vec(),
+            IpAddr::V6(ip) => ip.octets().to_vec(),
+        };
+        b.extend_from_slice(&addr.port().to_le_bytes());
+        b
+    }
+
+    /// Decides about one datagram from an address not admitted (with [`screen`]), sends its
+    /// reply, and returns true to pass it on.
     fn screen(&mut self, addr: SocketAddr, len: usize) -> bool {
         let now = Instant::now();
-        let Some(payload) = wire::unframe(&self.buf[..len]) else {
-            self.counters.reject(Rejection::NotOurProtocol);
-            return false;
-        };
-        let hello = match decode_client(payload) {
-            Ok((_, client_envelope::Body::Hello(h))) => h,
-            Ok(_) => {
-                self.counters.reject(Rejection::NotJoined);
-                return false;
-            }
-            Err(EnvelopeError::BadVersion { found }) => {
-                self.counters.reject(Rejection::BadVersion);
-                self.reject(
-                    &addr,
-                    len,
-                    RejectReason::BadVersion,
-                    &format!("protocol {found} is not supported; this server speaks 1"),
-                );
-                return false;
-            }
-            Err(_) => {
-                self.counters.reject(Rejection::Malformed);
-                return false;
-            }
-        };
-        let rate = self.policy.handshake_rate_per_ip;
-        let bucket = self.per_ip.entry(addr.ip()).or_insert_with(|| Bucket::full(rate * 2.0, now));
-        if !bucket.take(rate, rate * 2.0, now) {
-            self.counters.reject(Rejection::HandshakeRate);
-            self.reject(&addr, len, RejectReason::RateLimited, "too many join attempts; retry shortly");
-            return false;
-        }
-        if self.admitted.len() >= self.policy.admitted_max {
-            self.counters.reject(Rejection::ZoneFull);
-            self.reject(&addr, len, RejectReason::ZoneFull, "the zone is full");
-            return false;
-        }
-        let Some(secret) = self.policy.token_secret.as_deref() else {
-            self.counters.reject(Rejection::NoSecret);
-            self.reject(&addr, len, RejectReason::BadSignature, "this server has no token secret");
-            return false;
-        };
+        let now_us = self.now_us(now);
         let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match zone_net::token::verify(secret, &hello.join_token, &self.policy.zone_id, now_unix) {
-            Ok(_) if !self.cookie_ok(&addr, &hello.cookie, now) => {
-                // Prove the source address first: a spoofed one never sees the cookie.
+        let period = cookie_period(now.saturating_duration_since(self.started).as_secs());
+        let addr_bytes = Self::addr_bytes(&addr);
+        let key = self.cookie_key;
+        let rate = self.policy.handshake_rate_per_ip;
+        let per_ip = &mut self.per_ip;
+        let mut take = || {
+            per_ip
+                .entry(addr.ip())
+                .or_insert_with(|| Bucket::full(rate * 2.0, now_us))
+                .take(rate, rate * 2.0, now_us)
+        };
+        let ok = |c: &[u8]| cookie_ok(&key, &addr_bytes, period, c);
+        let mut cx = ScreenContext {
+            token_secret: self.policy.token_secret.as_deref(),
+            zone_id: &self.policy.zone_id,
+            now_unix,
+            cookie_ok: &ok,
+            cookie: cookie(&key, &addr_bytes, period),
+            take_handshake: &mut take,
+            full: self.admitted.len() >= self.policy.admitted_max,
+        };
+        match screen(&self.buf[..len], &mut cx) {
+            Verdict::Admit { player_id, key } => {
+                let burst = self.policy.peer_packet_rate * 2.0;
+                let admission = Admission { player: player_id, key };
+                self.admitted.insert(addr, (admission, Bucket::full(burst, now_us)));
+                true
+            }
+            Verdict::Challenge { reply } => {
                 self.counters.challenges.fetch_add(1, Ordering::Relaxed);
-                let body = server_envelope::Body::Challenge(Challenge {
-                    cookie: self.cookie(&addr, self.bucket(now)).to_vec(),
-                });
-                let d = wire::frame(&encode_server(
-                    Stamp {
-                        channel: Channel::Reliable,
-                        sequence: 0,
-                    },
-                    body,
-                ));
-                if d.len() <= len {
-                    self.send_raw(&addr, &d);
+                self.send_raw(&addr, &reply);
+                false
+            }
+            Verdict::Refuse { why, reply } => {
+                self.counters.reject(why);
+                if let Some(r) = reply {
+                    self.send_raw(&addr, &r);
                 }
                 false
             }
-            Ok(claims) => {
-                let burst = self.policy.peer_packet_rate * 2.0;
-                self.admitted.insert(addr, (claims.player_id, Bucket::full(burst, now)));
-                true
-            }
-            Err(e) => {
-                let reason = e.reject_reason();
-                self.counters.reject(Rejection::from_reject_reason(reason));
-                self.reject(&addr, len, reason, &e.to_string());
-                false
-            }
         }
-    }
-
-    /// The cookie period an instant falls in.
-    fn bucket(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started).as_secs() / COOKIE_PERIOD_S
-    }
-
-    /// A stateless cookie for `addr` in period `bucket`: the first 16 bytes of
-    /// SHA-256(process key ‖ address ‖ period). Only this process can make it, and only someone
-    /// who receives at `addr` can learn it.
-    fn cookie(&self, addr: &SocketAddr, bucket: u64) -> [u8; 16] {
-        let mut h = Sha256::new();
-        h.update(self.cookie_key);
-        match addr.ip() {
-            IpAddr::V4(ip) => h.update(ip.octets()),
-            IpAddr::V6(ip) => h.update(ip.octets()),
-        }
-        h.update(addr.port().to_le_bytes());
-        h.update(bucket.to_le_bytes());
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&h.finalize()[..16]);
-        out
-    }
-
-    /// A cookie made for `addr` in this period or the previous one.
-    fn cookie_ok(&self, addr: &SocketAddr, cookie: &[u8], now: Instant) -> bool {
-        let b = self.bucket(now);
-        cookie.len() == 16 && (cookie == self.cookie(addr, b) || (b > 0 && cookie == self.cookie(addr, b - 1)))
     }
 
     /// Drops per-IP buckets that have refilled (bounded memory under scattered sources).
@@ -290,10 +205,10 @@ impl GateSocket {
             return;
         }
         self.last_sweep = now;
+        let now_us = self.now_us(now);
         let burst = self.policy.handshake_rate_per_ip * 2.0;
         let rate = self.policy.handshake_rate_per_ip;
-        self.per_ip
-            .retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
+        self.per_ip.retain(|_, b| !b.is_full(rate, burst, now_us));
     }
 }
 
@@ -324,7 +239,8 @@ impl DatagramSocket for GateSocket {
                         self.counters.reject(Rejection::Malformed);
                         continue;
                     }
-                    if !bucket.take(rate, rate * 2.0, Instant::now()) {
+                    let now_us = Instant::now().saturating_duration_since(self.started).as_micros() as u64;
+                    if !bucket.take(rate, rate * 2.0, now_us) {
                         self.counters.reject(Rejection::PeerRate);
                         continue;
                     }

@@ -1,6 +1,7 @@
 //! The game socket: players over UDP. A network thread owns the socket (laminar behind the
-//! stateless gate, [`gate`]); the tick thread talks to it only through bounded queues, through
-//! [`NetLink`]:
+//! stateless gate, [`gate`]) and drives the protocol's sans-IO endpoint
+//! ([`zone_net::endpoint::Endpoint`], see [`worker`]); the tick thread talks to it only through
+//! bounded queues, through [`NetLink`]:
 //!
 //! - network → tick: joins and leaves ([`Control`]) and inputs, drained before each step and
 //!   handed to `Zone::join` / `leave` / `submit_input`;
@@ -14,7 +15,6 @@
 
 pub mod counters;
 pub mod gate;
-mod session;
 mod worker;
 
 use std::net::SocketAddr;

@@ -182,9 +182,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Where to connect, with which token, as which player: from the lobby (device login, then a
-/// join request, both timed), or minted here with the shared secret.
-async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, String, u64), &'static str> {
+/// Where to connect, with which token and session key, as which player: from the lobby (device
+/// login, then a join request, both timed), or minted here with the shared secret.
+async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, zone_net::token::JoinGrant, u64), &'static str> {
     if let Some(url) = &cfg.lobby {
         let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
         let t0 = Instant::now();
@@ -200,13 +200,15 @@ async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, S
             .map_err(|e| lobby_failure(&e, "lobby_join"))?;
         Live::record_lobby(&live.lobby_join_us, t1.elapsed().as_micros() as u64);
         let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
-        return Ok((server, join.join_token, login.account_id as u64));
+        let grant = join.grant().ok_or("lobby_bad_key")?;
+        return Ok((server, grant, login.account_id as u64));
     }
     let server = cfg.server.ok_or("no_server")?;
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
-    let token = zone_net::token::mint(&cfg.token_secret, n, &cfg.zone_id, expires).map_err(|_| "token_error")?;
-    Ok((server, token, n))
+    let entropy = os_entropy().ok_or("token_error")?;
+    let grant = zone_net::token::mint(&cfg.token_secret, n, &cfg.zone_id, expires, entropy).map_err(|_| "token_error")?;
+    Ok((server, grant, n))
 }
 
 /// A failure label for the report: the step and, when the lobby answered, its status.
@@ -232,7 +234,7 @@ pub async fn run_bot(
         _ = tokio::time::sleep_until(start_at.into()) => {}
         _ = stopped(&mut stop) => return failed(&live, "interrupted"),
     }
-    let (server, token, player_id) = match ticket(&cfg, &live, player_id).await {
+    let (server, grant, player_id) = match ticket(&cfg, &live, player_id).await {
         Ok(t) => t,
         Err(why) => return failed(&live, why),
     };
@@ -240,7 +242,7 @@ pub async fn run_bot(
         Ok(s) => s,
         Err(_) => return failed(&live, "socket_error"),
     };
-    let mut session = ClientSession::new(ClientConfig::new(token), cfg.now_us());
+    let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
     let mut brain = Brain::new(cfg.behavior, cfg.seed, player_id);
     let mut tracker = Tracker::new();
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
@@ -290,4 +292,12 @@ pub async fn run_bot(
         send_all(&socket, goodbyes).await;
     }
     tracker.finish(&mut session, &live, stop_reason)
+}
+
+/// 32 bytes of OS randomness for a join grant's key.
+fn os_entropy() -> Option<[u8; 32]> {
+    use std::io::Read;
+    let mut e = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut e)).ok()?;
+    Some(e)
 }
