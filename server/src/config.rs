@@ -233,7 +233,7 @@ pub struct Cli {
     /// Redis of a zone-lobby (its --redis): announce this server in the lobby's zone directory
     /// every second (off the tick thread; a Redis outage stops the announcements, never the
     /// zone), report joins and leaves, and take the lobby's kicks. Needs --public-addr. [default: none]
-    #[arg(long, value_name = "URL", env = "ZONE_LOBBY_REDIS")]
+    #[arg(long, value_name = "URL", env = "ZONE_ANNOUNCE_REDIS")]
     pub lobby_redis: Option<String>,
 
     /// The game socket's address as players reach it, HOST:PORT (announced to the lobby). [default: none]
@@ -241,7 +241,7 @@ pub struct Cli {
     pub public_addr: Option<String>,
 
     /// Prefix of the lobby's Redis keys (its --redis-prefix). [default: lobby:]
-    #[arg(long, value_name = "P", env = "ZONE_LOBBY_PREFIX")]
+    #[arg(long, value_name = "P", env = "ZONE_ANNOUNCE_PREFIX")]
     pub lobby_prefix: Option<String>,
 }
 
