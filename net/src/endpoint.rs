@@ -826,6 +826,23 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         }
     }
 
+    /// The lobby ended `player`'s session elsewhere (a new login): its connection is told why
+    /// (twice, as datagrams get lost) and ends, and the player leaves the zone. Only a connection
+    /// whose join began at or before `before_us` is kicked, so a fresh reconnect is not.
+    pub fn handle_kick(&mut self, player: PlayerId, before_us: u64) {
+        let Some(peer) = self.by_player.get(&player).copied() else { return };
+        if !self.sessions.get(&peer).is_some_and(|s| s.join_asked_us <= before_us) {
+            return;
+        }
+        for _ in 0..2 {
+            self.send_reliable(
+                peer,
+                reject(RejectReason::Replaced, "signed in elsewhere: the lobby ended this session"),
+            );
+        }
+        self.end_session(peer, true);
+    }
+
     /// The transport lost the peer (laminar's own timeout).
     pub fn handle_peer_lost(&mut self, peer: P) {
         if self.sessions.contains_key(&peer) {
@@ -1362,6 +1379,24 @@ mod tests {
         assert_eq!(w.left, vec![7]);
         assert_eq!(w.counts.leaves, 1);
         assert!(w.ep.session(&2).is_some());
+    }
+
+    #[test]
+    fn a_kick_from_the_lobby_ends_the_older_session_only() {
+        let mut w = World::new();
+        w.add(1, 7);
+        w.run(500_000);
+        // A kick issued before this connection joined (a reconnect after a new login) misses it.
+        w.ep.handle_kick(7, 1_000_000 - 1);
+        w.run(100_000);
+        assert_eq!(w.ep.peer_of(7), Some(1));
+        // A kick of what was there when the lobby ended the session ends it, and the player leaves.
+        w.ep.handle_kick(7, w.now);
+        w.run(300_000);
+        assert_eq!(w.client(1).end_reason().map(EndReason::label), Some("replaced"));
+        assert_eq!(w.ep.peer_of(7), None);
+        assert_eq!(w.left, vec![7]);
+        w.ep.handle_kick(99, w.now); // nobody: nothing happens
     }
 
     #[test]

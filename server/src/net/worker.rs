@@ -293,17 +293,9 @@ impl Worker {
                 self.shared.frames_in_flight.fetch_sub(1, Ordering::Relaxed);
             }
             ToNet::Kick(player, before) => {
-                if let Some(&addr) = self
-                    .by_player
-                    .get(&player)
-                    .filter(|a| self.sessions.get(a).is_some_and(|s| s.join_asked <= before))
-                {
-                    self.send_reliable_body(
-                        addr,
-                        reject(RejectReason::Replaced, "signed in elsewhere: the lobby ended this session"),
-                    );
-                    self.end_session(addr, "kicked by the lobby", true);
-                }
+                let before_us = self.now_us(before);
+                self.endpoint.handle_kick(player, before_us);
+                self.flush();
             }
             ToNet::Draining => {
                 self.endpoint.handle_draining(now_us);
