@@ -8,3 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "# machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), $(date -u +%F)"
 time FUZZ_CASES="${1:-200000}" cargo test --release -q -p zone-net --test fuzz
+time FUZZ_CASES="${1:-200000}" cargo test --release -q -p zone-persistence --test fuzz
