@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The protocol decoders' fuzz harness (net/tests/fuzz.rs) for longer than CI runs it: CASES cases
+# The fuzz harnesses (net/tests/fuzz.rs: the protocol; persistence/tests/fuzz.rs: snapshots and journal segments) for longer than CI runs them: CASES cases
 # per target (default 200,000), release build. A failure prints the minimal input proptest found.
 #
 #   bash benchmarks/fuzz.sh            # 200,000 cases per target
