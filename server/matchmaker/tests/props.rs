@@ -162,7 +162,18 @@ fn some_match_for(mode: &Mode, anchor: &Ticket, others: &[&Ticket], now: u64) ->
     rec(mode, anchor, &others, need, 0, &mut pick, now)
 }
 
-fn check_run(evs: &[Event]) -> Result<Vec<Match>, TestCaseError> {
+/// What a run exercised, so a test can show the streams reach every rule.
+#[derive(Debug, Default)]
+struct Coverage {
+    matches_by_mode: BTreeMap<String, usize>,
+    party_matches: usize,
+    cross_region_matches: usize,
+    widened_matches: usize,
+    oldest_first_checks: usize,
+}
+
+fn check_run(evs: &[Event]) -> Result<(Vec<Match>, Coverage), TestCaseError> {
+    let mut cov = Coverage::default();
     let modes = modes();
     let mut pool = Pool::new(modes.clone());
     let mut all = Vec::new();
@@ -222,6 +233,10 @@ fn check_run(evs: &[Event]) -> Result<Vec<Match>, TestCaseError> {
                         );
                     }
                     prop_assert!(compatible(mode, &tickets, now), "match not compatible: {m:?}");
+                    *cov.matches_by_mode.entry(m.mode.clone()).or_default() += 1;
+                    cov.party_matches += usize::from(tickets.iter().any(|t| t.members.len() > 1));
+                    cov.cross_region_matches += usize::from(tickets.iter().any(|t| t.region != tickets[0].region));
+                    cov.widened_matches += usize::from(m.spread > mode.initial_window);
                 }
                 // The oldest compatible ticket is served first (one-player modes: complete search).
                 // A ticket left waiting had no compatible match among the tickets still waiting at
@@ -238,6 +253,7 @@ fn check_run(evs: &[Event]) -> Result<Vec<Match>, TestCaseError> {
                             }
                         }
                         let found = some_match_for(mode, t, &free, now);
+                        cov.oldest_first_checks += 1;
                         prop_assert!(
                             found.is_none(),
                             "ticket {} left waiting at {now} but {:?} was compatible",
@@ -250,7 +266,48 @@ fn check_run(evs: &[Event]) -> Result<Vec<Match>, TestCaseError> {
             }
         }
     }
-    Ok(all)
+    Ok((all, cov))
+}
+
+/// One long fixed stream (a seeded generator, not proptest's): the checks above hold, and the
+/// stream reaches every rule (matches in every mode, parties, mixed regions, widened windows).
+#[test]
+fn a_long_stream_reaches_every_rule() {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut r = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let ops: Vec<Op> = (0..3000)
+        .map(|_| match r(9) {
+            0..6 => {
+                let mode = r(3) as usize;
+                let size = if mode == 2 { 1 + r(3) as usize } else { 1 };
+                Op::Insert {
+                    mode,
+                    region: r(3) as usize,
+                    ratings: (0..size).map(|_| 1200 + r(600) as u16).collect(),
+                }
+            }
+            6 => Op::Cancel(r(1000) as usize),
+            _ => Op::Pass(r(1500) as u16),
+        })
+        .collect();
+    let evs = events(&ops);
+    let (live, cov) = check_run(&evs).unwrap();
+    eprintln!("{cov:?}");
+    assert!(
+        cov.matches_by_mode.len() == 3 && cov.matches_by_mode.values().all(|&n| n >= 10),
+        "{cov:?}"
+    );
+    assert!(
+        cov.party_matches >= 10 && cov.cross_region_matches >= 1 && cov.widened_matches >= 10,
+        "{cov:?}"
+    );
+    assert!(cov.oldest_first_checks >= 100, "{cov:?}");
+    assert_eq!(replay(modes(), &evs), live);
 }
 
 proptest! {
@@ -259,7 +316,7 @@ proptest! {
     #[test]
     fn random_streams_keep_every_guarantee(ops in prop::collection::vec(op(), 1..160)) {
         let evs = events(&ops);
-        let live = check_run(&evs)?;
+        let (live, _) = check_run(&evs)?;
         // Replaying the event log gives identical matches (twice, and the same as the live run).
         let modes = modes();
         prop_assert_eq!(&replay(modes.clone(), &evs), &live);
