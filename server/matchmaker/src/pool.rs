@@ -37,6 +37,8 @@ struct Slot {
     rating: f64,
     enqueued_ms: u64,
     players: u32,
+    /// The ticket's first player (a one-player ticket's only one).
+    player0: PlayerId,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,7 @@ impl Pool {
                 rating,
                 enqueued_ms: ticket.enqueued_ms,
                 players: size as u32,
+                player0: ticket.members[0].player_id,
             },
         );
         for m in &ticket.members {
@@ -287,9 +290,19 @@ impl Pool {
             now_ms,
             cands: Vec::new(),
         };
-        for (&(_, id), &(key, rid)) in &mi.by_age {
-            let ai = arrs.binary_search_by_key(&rid, |a| a.rid).expect("every region has an array");
-            let pos = arrs[ai].position(key, id);
+        // Anchors oldest first: (enqueued_ms, id, array, index).
+        let mut anchors: Vec<(u64, TicketId, u32, u32)> = Vec::with_capacity(mi.by_age.len());
+        for (ai, arr) in arrs.iter().enumerate() {
+            anchors.extend(
+                arr.slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.enqueued_ms, s.id, ai as u32, i as u32)),
+            );
+        }
+        anchors.sort_unstable();
+        for (_, _, ai, pos) in anchors {
+            let (ai, pos) = (ai as usize, pos as usize);
             if !arrs[ai].alive[pos] {
                 continue; // taken by an earlier match of this pass
             }
@@ -312,20 +325,22 @@ impl Pool {
         // A cross-region match (everyone in it waited past `any_after_s`) is placed in the region
         // of its anchor, as is a one-region match.
         let region = self.region_names[arrs[pick.at[0].0].rid as usize].clone();
-        let mut ids: Vec<(u64, TicketId)> = pick
+        let mut ids: Vec<(u64, TicketId, PlayerId)> = pick
             .at
             .iter()
-            .map(|&(a, i)| (arrs[a].slots[i].enqueued_ms, arrs[a].slots[i].id))
+            .map(|&(a, i)| {
+                let s = &arrs[a].slots[i];
+                (s.enqueued_ms, s.id, s.player0)
+            })
             .collect();
         ids.sort_unstable();
-        let tickets: Vec<&Ticket> = ids.iter().map(|(_, id)| &self.tickets[id].ticket).collect();
-        let mut team_players: Vec<Vec<PlayerId>> = vec![Vec::with_capacity(mode.team_size as usize); mode.teams as usize];
+        let mut team_players: Vec<Vec<PlayerId>>;
         if mode.team_size == 1 {
             // One player per team: nothing to balance.
-            for (team, t) in team_players.iter_mut().zip(&tickets) {
-                team.push(t.members[0].player_id);
-            }
+            team_players = ids.iter().map(|&(_, _, p)| vec![p]).collect();
         } else {
+            team_players = vec![Vec::with_capacity(mode.team_size as usize); mode.teams as usize];
+            let tickets: Vec<&Ticket> = ids.iter().map(|(_, id, _)| &self.tickets[id].ticket).collect();
             let units: Vec<Unit> = tickets
                 .iter()
                 .map(|t| Unit {
@@ -343,7 +358,7 @@ impl Pool {
         Some(Match {
             mode: mode.name.clone(),
             region,
-            tickets: ids.into_iter().map(|(_, id)| id).collect(),
+            tickets: ids.into_iter().map(|(_, id, _)| id).collect(),
             teams: team_players,
             spread: pick.spread,
             made_ms: now_ms,
@@ -362,41 +377,54 @@ impl Pool {
             }
             return;
         }
-        // Many: one sweep over each map, in key order.
+        // Many: rebuild each map from what is left, in key order (a bulk build, cheaper than
+        // removing entries one by one).
         let mut gone_players: Vec<PlayerId> = Vec::new();
         let mut cursor = 0;
-        self.tickets.retain(|id, e| {
-            while cursor < ids.len() && ids[cursor] < *id {
-                cursor += 1;
-            }
-            let matched = cursor < ids.len() && ids[cursor] == *id;
-            if matched {
-                gone_players.extend(e.ticket.members.iter().map(|m| m.player_id));
-            }
-            !matched
-        });
+        self.tickets = std::mem::take(&mut self.tickets)
+            .into_iter()
+            .filter(|(id, e)| {
+                while cursor < ids.len() && ids[cursor] < *id {
+                    cursor += 1;
+                }
+                let matched = cursor < ids.len() && ids[cursor] == *id;
+                if matched {
+                    gone_players.extend(e.ticket.members.iter().map(|m| m.player_id));
+                }
+                !matched
+            })
+            .collect();
         gone_players.sort_unstable();
         let mut cursor = 0;
-        self.players.retain(|p, _| {
-            while cursor < gone_players.len() && gone_players[cursor] < *p {
-                cursor += 1;
-            }
-            !(cursor < gone_players.len() && gone_players[cursor] == *p)
-        });
+        self.players = std::mem::take(&mut self.players)
+            .into_iter()
+            .filter(|(p, _)| {
+                while cursor < gone_players.len() && gone_players[cursor] < *p {
+                    cursor += 1;
+                }
+                !(cursor < gone_players.len() && gone_players[cursor] == *p)
+            })
+            .collect();
         let Some(mi) = self.index.get_mut(name) else { return };
-        mi.by_age.retain(|(_, id), _| ids.binary_search(id).is_err());
+        mi.by_age = std::mem::take(&mut mi.by_age)
+            .into_iter()
+            .filter(|((_, id), _)| ids.binary_search(id).is_err())
+            .collect();
         for a in arrs {
             let Some(ri) = mi.regions.get_mut(&a.rid) else { continue };
             let mut i = 0;
             let mut gone = 0;
-            ri.by_rating.retain(|_, s| {
-                let keep = a.alive[i];
-                i += 1;
-                if !keep {
-                    gone += s.players as usize;
-                }
-                keep
-            });
+            ri.by_rating = std::mem::take(&mut ri.by_rating)
+                .into_iter()
+                .filter(|(_, s)| {
+                    let keep = a.alive[i];
+                    i += 1;
+                    if !keep {
+                        gone += s.players as usize;
+                    }
+                    keep
+                })
+                .collect();
             ri.players -= gone;
             mi.players -= gone;
             if ri.by_rating.is_empty() {
@@ -412,11 +440,11 @@ impl Pool {
 /// One slot of a pass's flat array.
 #[derive(Debug, Clone, Copy)]
 struct ASlot {
-    key: RatingKey,
     id: TicketId,
     rating: f64,
     enqueued_ms: u64,
     players: u32,
+    player0: PlayerId,
 }
 
 /// One region's waiting tickets for one pass: sorted by (rating, id), with `alive` flags and skip
@@ -436,12 +464,12 @@ impl Arr {
         let slots: Vec<ASlot> = ri
             .by_rating
             .iter()
-            .map(|(&(key, id), s)| ASlot {
-                key,
+            .map(|(&(_, id), s)| ASlot {
                 id,
                 rating: s.rating,
                 enqueued_ms: s.enqueued_ms,
                 players: s.players,
+                player0: s.player0,
             })
             .collect();
         let n = slots.len() as u32;
@@ -452,10 +480,6 @@ impl Arr {
             left: (0..=n).map(Cell::new).collect(),
             slots,
         }
-    }
-
-    fn position(&self, key: RatingKey, id: TicketId) -> usize {
-        self.slots.partition_point(|s| (s.key, s.id) < (key, id))
     }
 
     fn kill(&mut self, i: usize) {
