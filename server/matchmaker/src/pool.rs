@@ -20,6 +20,11 @@ use crate::{Depth, Match, Mode, Modes, PlayerId, PoolError, RegionRule, Ticket, 
 /// inside the anchor's window; the fast path reads at most this many.
 pub const SEARCH_LIMIT: usize = 32;
 
+/// The complete search reads at most this many tickets per region (and direction of scan) to find
+/// those [`SEARCH_LIMIT`] (in a cross-region search, tickets that have not waited long enough are
+/// read and skipped).
+pub const SCAN_LIMIT: usize = 256;
+
 /// A rating as a key that orders like the (finite) `f64` it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct RatingKey(u64);
@@ -680,24 +685,48 @@ impl Search<'_> {
         }
     }
 
-    /// Appends every alive ticket of `arrs[ai]` within the anchor's window to `cands` (the anchor
+    /// Appends to `cands` the alive tickets of `arrs[ai]` within the anchor's window, nearest in
+    /// rating first, at most [`SEARCH_LIMIT`] of them among the [`SCAN_LIMIT`] nearest (the anchor
     /// excluded); with `min_wait`, only tickets that have waited at least that long.
     fn collect(&mut self, arrs: &[Arr], a: &Cand, ai: usize, min_wait: Option<u64>) {
         let arr = &arrs[ai];
-        let lo = a.rating - a.window;
-        let hi = a.rating + a.window;
-        let mut i = arr.next_alive(arr.slots.partition_point(|s| s.rating < lo));
-        while let Some(j) = i {
-            let s = &arr.slots[j];
-            if s.rating > hi {
+        let (mut up, mut down) = if ai == a.at.0 {
+            (arr.next_alive(a.at.1 + 1), arr.prev_alive(a.at.1))
+        } else {
+            let p = arr.slots.partition_point(|s| s.rating < a.rating);
+            (arr.next_alive(p), arr.prev_alive(p))
+        };
+        let (mut taken, mut scanned) = (0, 0);
+        while taken < SEARCH_LIMIT && scanned < SCAN_LIMIT {
+            let du = up.map(|i| arr.slots[i].rating - a.rating);
+            let dd = down.map(|i| a.rating - arr.slots[i].rating);
+            let take_up = match (du, dd) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(u), Some(d)) => u <= d,
+            };
+            let (j, dist) = match (take_up, up, down, du, dd) {
+                (true, Some(j), _, Some(u), _) => {
+                    up = arr.next_alive(j + 1);
+                    (j, u)
+                }
+                (false, _, Some(j), _, Some(d)) => {
+                    down = arr.prev_alive(j);
+                    (j, d)
+                }
+                _ => break,
+            };
+            if dist > a.window {
                 break;
             }
-            let waited = self.now_ms.saturating_sub(s.enqueued_ms);
-            if (ai, j) != a.at && min_wait.is_none_or(|w| waited >= w) {
-                let c = self.cand(arrs, ai, j, (s.rating - a.rating).abs());
+            scanned += 1;
+            let waited = self.now_ms.saturating_sub(arr.slots[j].enqueued_ms);
+            if min_wait.is_none_or(|w| waited >= w) {
+                let c = self.cand(arrs, ai, j, dist);
                 self.cands.push(c);
+                taken += 1;
             }
-            i = arr.next_alive(j + 1);
         }
     }
 
