@@ -575,6 +575,17 @@ impl Sel {
         true
     }
 
+    /// Starts again from the anchor alone, keeping the buffers.
+    fn reset(&mut self, a: &Cand) {
+        self.at.clear();
+        self.at.push(a.at);
+        self.sizes.clear();
+        self.sizes.push(a.players);
+        self.players = a.players;
+        self.lo = a.rating;
+        self.hi = a.rating;
+    }
+
     fn full(&self, mode: &Mode) -> bool {
         self.players == mode.players_per_match()
     }
@@ -762,6 +773,7 @@ impl Search<'_> {
         by_rating.sort_by(|&x, &y| cands[x].rating.total_cmp(&cands[y].rating).then(x.cmp(&y)));
         let need = mode.players_per_match() - a.players;
         let mut eligible = vec![false; cands.len()];
+        let mut sel = Sel::new(a);
         for &level in &levels {
             let mut total = 0;
             for (k, c) in cands.iter().enumerate() {
@@ -781,6 +793,8 @@ impl Search<'_> {
                 .chain(std::iter::once(a.rating));
             let (mut lo_i, mut hi_i, mut inside) = (0usize, 0usize, 0u32);
             let mut last_lo = f64::NAN;
+            // The interval last tried, as bounds in `by_rating`: the same set is not tried twice.
+            let mut last_span = (usize::MAX, usize::MAX);
             for lo in los {
                 if lo == last_lo {
                     continue;
@@ -802,17 +816,21 @@ impl Search<'_> {
                     }
                     lo_i += 1;
                 }
-                if inside < need {
+                if inside < need || (lo_i, hi_i) == last_span {
                     continue;
                 }
-                let mut sel = Sel::new(a);
+                last_span = (lo_i, hi_i);
+                sel.reset(a);
                 for (k, c) in cands.iter().enumerate() {
                     if eligible[k] && c.rating >= lo && c.rating <= hi && sel.try_add(mode, c, level) && sel.full(mode) {
                         break;
                     }
                 }
                 if sel.full(mode) && best.as_ref().is_none_or(|b| sel.hi - sel.lo < b.spread) {
-                    best = Some(sel.pick());
+                    best = Some(Pick {
+                        at: sel.at.clone(),
+                        spread: sel.hi - sel.lo,
+                    });
                 }
             }
             if best.is_some() {
