@@ -17,13 +17,16 @@ use crate::teams::{self, Unit};
 use crate::{Depth, Match, Mode, Modes, PlayerId, PoolError, RegionRule, Ticket, TicketId, window};
 
 /// The complete search (window levels) considers at most this many tickets, the nearest in rating
-/// inside the anchor's window; the fast path reads at most this many.
-pub const SEARCH_LIMIT: usize = 32;
+/// inside the anchor's window.
+pub const SEARCH_LIMIT: usize = 16;
+
+/// The fast path reads at most this many tickets.
+pub const FAST_LIMIT: usize = 64;
 
 /// The complete search reads at most this many tickets per region (and direction of scan) to find
 /// those [`SEARCH_LIMIT`] (in a cross-region search, tickets that have not waited long enough are
 /// read and skipped).
-pub const SCAN_LIMIT: usize = 256;
+pub const SCAN_LIMIT: usize = 128;
 
 /// A rating as a key that orders like the (finite) `f64` it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -650,7 +653,7 @@ impl Search<'_> {
 
     /// Fast path: partners nearest in rating first (equal distance: older first, then lower id),
     /// all within `initial_window` of the anchor and of each other. Stops at the first full match
-    /// or after [`SEARCH_LIMIT`] candidates.
+    /// or after [`FAST_LIMIT`] candidates.
     fn nearest_first(&self, arrs: &[Arr], a: &Cand) -> Option<Pick> {
         let mode = self.mode;
         let mut sel = Sel::new(a);
@@ -672,7 +675,7 @@ impl Search<'_> {
                 (None, Some(d)) => d,
                 (Some(u), Some(d)) => u.min(d),
             };
-            if dist > limit || seen >= SEARCH_LIMIT {
+            if dist > limit || seen >= FAST_LIMIT {
                 return None;
             }
             group.clear();
