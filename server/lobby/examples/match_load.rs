@@ -19,9 +19,13 @@ use zone_lobby::client::{LobbyClient, MatchAnswer, MatchOptions};
 fn quantiles(mut v: Vec<u64>) -> (usize, f64, f64, f64) {
     v.sort_unstable();
     let q = |p: f64| {
-        v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
+        v.get(
+            ((v.len() as f64 * p).ceil() as usize)
+                .saturating_sub(1)
+                .min(v.len().saturating_sub(1)),
+        )
+        .copied()
+        .unwrap_or(0) as f64
             / 1000.0
     };
     (v.len(), q(0.5), q(0.99), q(1.0))
@@ -111,7 +115,13 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let mut client = LobbyClient::new(&url).expect("URL");
             let token = if what == "requests" {
-                Some(client.device_login(&format!("mload-{run_id}-{k}")).await.expect("login").session_token)
+                Some(
+                    client
+                        .device_login(&format!("mload-{run_id}-{k}"))
+                        .await
+                        .expect("login")
+                        .session_token,
+                )
             } else {
                 None
             };

@@ -29,7 +29,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x5A4C_4259;
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
-    "CREATE TABLE accounts (id bigserial PRIMARY KEY, created_ms bigint NOT NULL);
+        "CREATE TABLE accounts (id bigserial PRIMARY KEY, created_ms bigint NOT NULL);
      CREATE TABLE identities (
          platform text NOT NULL, user_id text NOT NULL,
          account_id bigint NOT NULL REFERENCES accounts(id),
@@ -429,7 +429,11 @@ impl Accounts {
     }
 }
 
-pub(crate) async fn bounded<T>(op: &'static str, timeout: Duration, f: impl Future<Output = Result<T, AccountsError>>) -> Result<T, AccountsError> {
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, AccountsError>>,
+) -> Result<T, AccountsError> {
     tokio::time::timeout(timeout, f)
         .await
         .map_err(|_| AccountsError::Timeout { op, timeout })?

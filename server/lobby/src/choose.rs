@@ -61,7 +61,9 @@ pub fn candidates<'a>(records: &'a [ZoneRecord], zone_id: &str, tick_budget_us: 
 pub fn candidates_for<'a>(records: &'a [ZoneRecord], zone_id: Option<&str>, tick_budget_us: u32, players: u32) -> Vec<&'a ZoneRecord> {
     let mut c: Vec<&ZoneRecord> = records
         .iter()
-        .filter(|r| zone_id.is_none_or(|z| r.zone_id == z) && offer(r, tick_budget_us).is_ok() && r.capacity.saturating_sub(r.players) >= players)
+        .filter(|r| {
+            zone_id.is_none_or(|z| r.zone_id == z) && offer(r, tick_budget_us).is_ok() && r.capacity.saturating_sub(r.players) >= players
+        })
         .collect();
     c.sort_by(|a, b| {
         let fa = u64::from(a.players) * u64::from(b.capacity.max(1));

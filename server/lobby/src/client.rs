@@ -96,7 +96,9 @@ impl MatchAnswer {
     pub fn ticket_id(&self) -> i64 {
         match self {
             MatchAnswer::Matched(m) => m.ticket_id,
-            MatchAnswer::Waiting { ticket_id, .. } | MatchAnswer::Cancelled { ticket_id } | MatchAnswer::Refused { ticket_id, .. } => *ticket_id,
+            MatchAnswer::Waiting { ticket_id, .. } | MatchAnswer::Cancelled { ticket_id } | MatchAnswer::Refused { ticket_id, .. } => {
+                *ticket_id
+            }
         }
     }
 }
@@ -273,7 +275,14 @@ impl LobbyClient {
         self.timeout = timeout;
     }
 
-    async fn match_call(&mut self, method: &str, path: &str, bearer: &str, body: Option<&str>, wait_ms: u64) -> Result<MatchAnswer, ClientError> {
+    async fn match_call(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: Option<&str>,
+        wait_ms: u64,
+    ) -> Result<MatchAnswer, ClientError> {
         let saved = self.timeout;
         self.timeout = self.timeout.max(Duration::from_millis(wait_ms) + Duration::from_secs(5));
         let a = self.request(method, path, Some(bearer), body).await;

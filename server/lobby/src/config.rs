@@ -350,8 +350,8 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<LobbyConfig> {
         log_filter: cli.log_filter.clone().or(file.log_filter).unwrap_or_else(|| "info".into()),
         match_modes: Modes::default(),
     };
-    let (modes_name, modes) = load_modes(cli.modes.as_deref().or(file.modes.as_deref()))
-        .map_err(|e| anyhow::anyhow!("{} refused: {e:#}", src("modes")))?;
+    let (modes_name, modes) =
+        load_modes(cli.modes.as_deref().or(file.modes.as_deref())).map_err(|e| anyhow::anyhow!("{} refused: {e:#}", src("modes")))?;
     cfg.modes = modes_name;
     cfg.match_modes = modes;
     if let Some(k) = &cfg.service_key

@@ -292,7 +292,11 @@ fn service(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 429, description = "Rate limited, or the mode's queue is full (see Retry-After)", body = ErrorBody),
         (status = 503, description = "PostgreSQL or Redis unavailable", body = ErrorBody),
     ))]
-pub async fn match_request(State(app): State<Arc<App>>, headers: HeaderMap, ApiJson(body): ApiJson<MatchRequest>) -> Result<Response, ApiError> {
+pub async fn match_request(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<MatchRequest>,
+) -> Result<Response, ApiError> {
     let now = now_ms();
     let (claims, _) = app.authenticate(auth_header(&headers), now).await?;
     let mm = &app.matching;
@@ -416,7 +420,11 @@ pub async fn get_rating(State(app): State<Arc<App>>, headers: HeaderMap) -> Resu
         (status = 429, description = "Rate limited, or the mode's queue is full (see Retry-After)", body = ErrorBody),
         (status = 503, description = "PostgreSQL or Redis unavailable", body = ErrorBody),
     ))]
-pub async fn seed_request(State(app): State<Arc<App>>, headers: HeaderMap, ApiJson(body): ApiJson<SeedRequest>) -> Result<Response, ApiError> {
+pub async fn seed_request(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SeedRequest>,
+) -> Result<Response, ApiError> {
     service(&app, &headers)?;
     let now = now_ms();
     let mm = &app.matching;

@@ -405,10 +405,7 @@ impl Matchmaking {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 let waited_ms = now_ms().saturating_sub(view.enqueued_ms.max(0) as u64);
-                let window = self
-                    .modes
-                    .get(&view.mode)
-                    .map_or(0.0, |m| zone_matchmaker::window(m, waited_ms));
+                let window = self.modes.get(&view.mode).map_or(0.0, |m| zone_matchmaker::window(m, waited_ms));
                 return Ok(TicketAnswer::Waiting {
                     ticket_id,
                     window,
@@ -614,7 +611,8 @@ async fn refresh(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             let mut now_seen = BTreeSet::new();
             for r in rows {
                 if leader {
-                    metrics::gauge!("lobby_match_queue_players", "mode" => r.mode.clone(), "region" => r.region.clone()).set(r.players as f64);
+                    metrics::gauge!("lobby_match_queue_players", "mode" => r.mode.clone(), "region" => r.region.clone())
+                        .set(r.players as f64);
                     now_seen.insert((r.mode, r.region));
                 }
             }
@@ -731,7 +729,11 @@ impl<'a> Leader<'a> {
         let every = Duration::from_millis(self.app.cfg.match_pass_ms);
         let started = std::time::Instant::now();
         self.resync().await?;
-        tracing::info!(tickets = self.tickets.len(), ms = started.elapsed().as_millis() as u64, "matchmaking: pool rebuilt from the queue");
+        tracing::info!(
+            tickets = self.tickets.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "matchmaking: pool rebuilt from the queue"
+        );
         loop {
             if lock.is_closed() {
                 return Err("the advisory lock's connection closed".into());

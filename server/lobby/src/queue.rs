@@ -346,7 +346,14 @@ impl Queue {
     }
 
     /// Stores a trusted backend's ticket with the rating it gave, or finds the player's waiting one.
-    pub async fn insert_service(&self, player_id: i64, rating: f64, mode: &str, region: Option<&str>, now_ms: i64) -> Result<Inserted, AccountsError> {
+    pub async fn insert_service(
+        &self,
+        player_id: i64,
+        rating: f64,
+        mode: &str,
+        region: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Inserted, AccountsError> {
         let c = self.conn().await?;
         bounded("insert ticket", self.timeout, async {
             if let Some(r) = c
@@ -376,12 +383,7 @@ impl Queue {
             return Ok(Inserted::Retry(r.get(0)));
         }
         let members = members.to_vec();
-        match c
-            .client
-            .query_opt(&c.st.open_of, &[&members])
-            .await
-            .map_err(pg("find ticket"))?
-        {
+        match c.client.query_opt(&c.st.open_of, &[&members]).await.map_err(pg("find ticket"))? {
             Some(r) => Ok(Inserted::AlreadyWaiting(r.get(0))),
             // Matched or cancelled between the insert and this read: a retry finds it then.
             None => Ok(Inserted::AlreadyWaiting(0)),

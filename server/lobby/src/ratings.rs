@@ -87,7 +87,10 @@ mod tests {
         let new = update(&[vec![1], vec![2]], &[1, 2], &stored).unwrap();
         assert_eq!(new.len(), 2);
         assert!(new[0].1.rating > 1500.0 && new[1].1.rating < 1500.0, "{new:?}");
-        assert!((new[0].1.rating - 1500.0 - (1500.0 - new[1].1.rating)).abs() < 1e-6, "symmetric: {new:?}");
+        assert!(
+            (new[0].1.rating - 1500.0 - (1500.0 - new[1].1.rating)).abs() < 1e-6,
+            "symmetric: {new:?}"
+        );
         assert!(new[0].1.deviation < 350.0, "one game makes the rating surer");
         let draw = update(&[vec![1], vec![2]], &[1, 1], &stored).unwrap();
         assert!((draw[0].1.rating - 1500.0).abs() < 1e-6, "{draw:?}");

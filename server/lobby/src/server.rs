@@ -142,7 +142,11 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         "lobby_match_requeued_total",
         "Tickets put back in the queue because their zone server left before the join, by mode."
     );
-    metrics::describe_histogram!("lobby_match_pass_seconds", metrics::Unit::Seconds, "Time of one matching pass on the leader.");
+    metrics::describe_histogram!(
+        "lobby_match_pass_seconds",
+        metrics::Unit::Seconds,
+        "Time of one matching pass on the leader."
+    );
     metrics::describe_counter!("lobby_match_results_total", "Match results applied to ratings.");
     Some(handle)
 }

@@ -214,7 +214,9 @@ fn hundred_concurrent_requests_all_answered() {
             assert_eq!(ps[1].1, Some(ps[0].0));
         }
         let mut c = redis_conn().await;
-        let held = zone_directory::seats_held(&mut c, &Keys::new(&prefix), "arena", "a1", now_ms()).await.unwrap();
+        let held = zone_directory::seats_held(&mut c, &Keys::new(&prefix), "arena", "a1", now_ms())
+            .await
+            .unwrap();
         assert_eq!(held, 100, "one seat per matched player");
         check_no_ticket_twice(&r.app.cfg.postgres_schema).await;
         cleanup(r).await;
@@ -258,11 +260,23 @@ fn refusals_and_idempotent_retries() {
         assert_eq!((s, v["error"].as_str()), (400, Some("bad_region")), "{v}");
         // No zone server: tickets wait. The same request_id twice is the same ticket.
         let first = c
-            .match_request(&t0, &MatchOptions { request_id: Some("r-1".into()), ..duel(0) })
+            .match_request(
+                &t0,
+                &MatchOptions {
+                    request_id: Some("r-1".into()),
+                    ..duel(0)
+                },
+            )
             .await
             .unwrap();
         let again = c
-            .match_request(&t0, &MatchOptions { request_id: Some("r-1".into()), ..duel(0) })
+            .match_request(
+                &t0,
+                &MatchOptions {
+                    request_id: Some("r-1".into()),
+                    ..duel(0)
+                },
+            )
             .await
             .unwrap();
         assert!(matches!(first, MatchAnswer::Waiting { .. }), "{first:?}");
@@ -307,7 +321,7 @@ fn cancel_racing_a_match_has_one_outcome() {
         let ps = logins(&r, "race", 40).await;
         let addr = r.addr;
         let (mut cancelled, mut matched) = (0, 0);
-        for pair in ps.chunks(2) {
+        for (i, pair) in ps.chunks(2).enumerate() {
             let (a, b) = (pair[0].clone(), pair[1].clone());
             let mut ca = LobbyClient::new(&format!("http://{addr}")).unwrap();
             let ta = ca.match_request(&a.1, &duel(0)).await.unwrap().ticket_id();
@@ -316,8 +330,11 @@ fn cancel_racing_a_match_has_one_outcome() {
                 cb.match_request(&b.1, &duel(0)).await.unwrap().ticket_id()
             });
             let a_token = a.1.clone();
+            // The cancel goes out 0 to 38 ms after the second request, so both orders happen.
+            let delay = Duration::from_millis((i as u64 * 7) % 40);
             let cancel = tokio::spawn(async move {
                 let mut c = LobbyClient::new(&format!("http://{addr}")).unwrap();
+                tokio::time::sleep(delay).await;
                 c.cancel_ticket(&a_token, ta).await
             });
             let tb = tb.await.unwrap();
@@ -338,11 +355,57 @@ fn cancel_racing_a_match_has_one_outcome() {
                 other => panic!("unexpected cancel outcome {other:?}"),
             }
         }
-        eprintln!("cancel vs match: {cancelled} cancelled, {matched} matched");
+        eprintln!("cancel vs match over HTTP: {cancelled} cancelled, {matched} matched");
         assert_eq!(cancelled + matched, 20);
         check_no_ticket_twice(&r.app.cfg.postgres_schema).await;
         cleanup(r).await;
+        // The statements themselves, raced head to head 100 times (no zone server here, so the
+        // leader commits nothing of its own): exactly one of the commit and the cancel wins.
+        let r = lobby(|_| {}).await;
+        let q = &r.app.matching.queue;
+        let (mut commits, mut cancels) = (0, 0);
+        for k in 0..100i64 {
+            let ids: Vec<i64> = futures_ids(q, 800_000 + 2 * k).await;
+            let nm = zone_lobby::queue::NewMatch {
+                tickets: &ids,
+                mode: "duel",
+                region: None,
+                teams_json: "[[1],[2]]",
+                spread: 0.0,
+                made_ms: now_ms() as i64,
+                room_id: "race",
+                zone_id: "z",
+                instance_id: "i",
+                addr: "127.0.0.1:1",
+                join_expires_ms: 0,
+            };
+            let (committed, cancelled) = tokio::join!(q.commit_match(&nm), q.cancel(ids[0], 800_000 + 2 * k, now_ms() as i64));
+            let (committed, cancelled) = (committed.unwrap().is_some(), cancelled.unwrap());
+            assert!(committed != cancelled, "round {k}: committed={committed} cancelled={cancelled}");
+            if committed {
+                commits += 1;
+            } else {
+                cancels += 1;
+                // The other ticket is untouched and still waits.
+                assert_eq!(q.waiting_by_ids(&ids).await.unwrap().len(), 1);
+            }
+        }
+        eprintln!("cancel vs commit statements: {commits} commits, {cancels} cancels");
+        check_no_ticket_twice(&r.app.cfg.postgres_schema).await;
+        cleanup(r).await;
     });
+}
+
+/// Two fresh waiting tickets (service tickets of players `first` and `first + 1`).
+async fn futures_ids(q: &zone_lobby::queue::Queue, first: i64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for p in [first, first + 1] {
+        match q.insert_service(p, 1500.0, "duel", None, now_ms() as i64).await.unwrap() {
+            zone_lobby::queue::Inserted::New { id, .. } => ids.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    ids
 }
 
 fn zone_server_dying_before_the_join_requeues_its_players() {
@@ -403,19 +466,30 @@ fn results_update_ratings_once_and_the_seed_shape_works() {
         let mut c = client(&r);
         // The seed's shape, for trusted backends: a wrong key is refused.
         let body = |p: i64, rating: f64| format!(r#"{{"player_id":{p},"rating":{rating},"wait_ms":10000}}"#);
-        let a = c.request("POST", "/match/request", Some("wrong key, sixteen+"), Some(&body(900_001, 1500.0))).await.unwrap();
+        let a = c
+            .request("POST", "/match/request", Some("wrong key, sixteen+"), Some(&body(900_001, 1500.0)))
+            .await
+            .unwrap();
         assert_eq!(a.status, 401, "{}", a.text());
         let addr = r.addr;
         let p2 = tokio::spawn(async move {
             let mut c = LobbyClient::new(&format!("http://{addr}")).unwrap();
-            c.call::<Value>("POST", "/match/request", Some(SERVICE_KEY), Some(&body(900_002, 1550.0))).await.unwrap()
+            c.call::<Value>("POST", "/match/request", Some(SERVICE_KEY), Some(&body(900_002, 1550.0)))
+                .await
+                .unwrap()
         });
-        let v1: Value = c.call("POST", "/match/request", Some(SERVICE_KEY), Some(&body(900_001, 1500.0))).await.unwrap();
+        let v1: Value = c
+            .call("POST", "/match/request", Some(SERVICE_KEY), Some(&body(900_001, 1500.0)))
+            .await
+            .unwrap();
         let v2 = p2.await.unwrap();
         for k in ["match_id", "room_id", "game_server", "opponent_id"] {
             assert!(!v1[k].is_null(), "{k} missing: {v1}");
         }
-        assert_eq!((v1["opponent_id"].as_i64(), v2["opponent_id"].as_i64()), (Some(900_002), Some(900_001)));
+        assert_eq!(
+            (v1["opponent_id"].as_i64(), v2["opponent_id"].as_i64()),
+            (Some(900_002), Some(900_001))
+        );
         assert_eq!(v1["match_id"], v2["match_id"]);
         // Ratings come from the store for session players, and results move them once.
         let ps = logins(&r, "rated", 2).await;
@@ -437,7 +511,10 @@ fn results_update_ratings_once_and_the_seed_shape_works() {
         assert_eq!(e.status(), Some(404));
         let mine: Value = c.call("GET", "/v1/match/rating", Some(&ps[0].1), None).await.unwrap();
         let theirs: Value = c.call("GET", "/v1/match/rating", Some(&ps[1].1), None).await.unwrap();
-        assert!(mine["rating"].as_f64().unwrap() > 1500.0 && theirs["rating"].as_f64().unwrap() < 1500.0, "{mine} {theirs}");
+        assert!(
+            mine["rating"].as_f64().unwrap() > 1500.0 && theirs["rating"].as_f64().unwrap() < 1500.0,
+            "{mine} {theirs}"
+        );
         assert_eq!(mine["games"], 1);
         // The next ticket carries the stored rating, not one from the body.
         let (_, tok) = &ps[0];
@@ -490,9 +567,15 @@ fn party_of_three_is_matched_as_a_unit() {
         for t in tasks {
             answers.push(t.await.unwrap());
         }
-        let MatchAnswer::Matched(m) = &answers[0] else { panic!("{:?}", answers[0]) };
+        let MatchAnswer::Matched(m) = &answers[0] else {
+            panic!("{:?}", answers[0])
+        };
         let party_team: BTreeSet<i64> = m.teams[m.team].iter().copied().collect();
-        assert_eq!(party_team, [ps[0].0, ps[1].0, ps[2].0].into_iter().collect(), "the party is one team");
+        assert_eq!(
+            party_team,
+            [ps[0].0, ps[1].0, ps[2].0].into_iter().collect(),
+            "the party is one team"
+        );
         assert_eq!(m.opponent_id, None, "3v3 has no single opponent");
         assert_eq!(m.opponent_ids.len(), 3);
         // A party member waits on the same ticket and gets its own join token.
