@@ -758,7 +758,7 @@ impl<'a> Leader<'a> {
         if self.tickets.contains_key(&id) {
             return;
         }
-        match self.pool.insert(t.clone()) {
+        match self.pool.restore(t.clone()) {
             Ok(()) => {
                 self.tickets.insert(id, t);
             }
@@ -834,7 +834,7 @@ impl<'a> Leader<'a> {
         };
         for id in due.into_iter().flatten() {
             if let Some(t) = self.tickets.get(&id).cloned() {
-                let _ = self.pool.insert(t);
+                let _ = self.pool.restore(t);
             }
         }
         let pass_started = std::time::Instant::now();
@@ -914,7 +914,7 @@ impl<'a> Leader<'a> {
                     for id in &m.tickets {
                         match self.tickets.get(id).cloned() {
                             Some(t) if still.contains(id) => {
-                                let _ = self.pool.insert(t);
+                                let _ = self.pool.restore(t);
                             }
                             _ => {
                                 self.tickets.remove(id);
