@@ -15,7 +15,8 @@
 //!   a room in Redis with the join tokens, then the guarded commit. A match that finds no seat
 //!   goes back to the pool keeping its waiting time (parked for a second, counted as the seat
 //!   shortage); one whose commit lost a race to a cancel gives its seats back. A match whose zone
-//!   server disappears from the directory before its join tokens expire is put back in the queue.
+//!   server disappears from the directory (at two watches a second apart) before its join tokens
+//!   expire and before any of its players joined is put back in the queue.
 //!
 //! Never logs a join token or a session key; never holds a PostgreSQL row lock across a Redis call.
 
@@ -707,6 +708,8 @@ struct Leader<'a> {
     parked: Vec<(u64, Vec<i64>)>,
     last_resync: u64,
     last_watch: u64,
+    /// Matches whose zone server was missing from the directory at the last watch.
+    missing: BTreeSet<i64>,
 }
 
 impl<'a> Leader<'a> {
@@ -718,6 +721,7 @@ impl<'a> Leader<'a> {
             parked: Vec::new(),
             last_resync: 0,
             last_watch: 0,
+            missing: BTreeSet::new(),
         }
     }
 
@@ -1070,10 +1074,19 @@ impl<'a> Leader<'a> {
             return;
         };
         let live: BTreeSet<(&str, &str)> = records.iter().map(|r| (r.zone_id.as_str(), r.instance_id.as_str())).collect();
+        let mut missing = BTreeSet::new();
         for j in joining {
             if live.contains(&(j.zone_id.as_str(), j.instance_id.as_str())) {
                 continue;
             }
+            // Missing at two watches in a row (a record that lapsed once on a busy machine is
+            // not a dead server), and nobody has joined it yet (a joined seat is held at +inf:
+            // players already playing are not queued again).
+            missing.insert(j.match_id);
+            if !self.missing.contains(&j.match_id) || self.anyone_joined(&j).await {
+                continue;
+            }
+            missing.remove(&j.match_id);
             match self.mm().queue.requeue(j.match_id, now as i64).await {
                 Ok(back) => {
                     metrics::counter!("lobby_match_requeued_total", "mode" => j.mode.clone()).increment(back.len() as u64);
@@ -1094,6 +1107,26 @@ impl<'a> Leader<'a> {
                 }
                 Err(e) => tracing::warn!(error = %e, match_id = j.match_id, "cannot put a match back in the queue"),
             }
+        }
+        self.missing = missing;
+    }
+
+    /// Whether a player of the match has joined its zone server (its seat is held at +inf).
+    /// Unknown (Redis did not answer) counts as joined: nobody is queued twice on a guess.
+    async fn anyone_joined(&self, j: &crate::queue::Joining) -> bool {
+        let players: Vec<i64> = match self.mm().queue.members_of(&j.tickets).await {
+            Ok(p) => p,
+            Err(_) => return true,
+        };
+        let mut c = self.app.sessions.conn.clone();
+        let mut cmd = redis::cmd("ZMSCORE");
+        cmd.arg(self.app.keys.seats(&j.zone_id, &j.instance_id));
+        for p in &players {
+            cmd.arg(*p);
+        }
+        match tokio::time::timeout(self.app.sessions.timeout, cmd.query_async::<Vec<Option<f64>>>(&mut c)).await {
+            Ok(Ok(scores)) => scores.iter().any(|s| s.is_some_and(f64::is_infinite)),
+            _ => true,
         }
     }
 }

@@ -47,6 +47,7 @@ struct Statements {
     requeue: Statement,
     depth: Statement,
     rating_of: Statement,
+    members_of: Statement,
 }
 
 struct Conn {
@@ -249,6 +250,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
              FROM match_tickets WHERE state = 'waiting' GROUP BY 1, 2 ORDER BY 1, 2")
         .await?,
         rating_of: p("SELECT rating, deviation, volatility, games FROM ratings WHERE player_id = $1").await?,
+        members_of: p("SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM match_tickets, unnest(members) m WHERE id = ANY($1)").await?,
     };
     Ok(Conn { client, st })
 }
@@ -544,6 +546,20 @@ impl Queue {
                 .map_err(pg("requeue match"))?
                 .map(|r| r.get::<_, Vec<i64>>(0))
                 .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Every player of the given tickets.
+    pub async fn members_of(&self, ticket_ids: &[i64]) -> Result<Vec<i64>, AccountsError> {
+        let c = self.conn().await?;
+        let ids = ticket_ids.to_vec();
+        bounded("read members", self.timeout, async {
+            Ok(c.client
+                .query_one(&c.st.members_of, &[&ids])
+                .await
+                .map_err(pg("read members"))?
+                .get(0))
         })
         .await
     }

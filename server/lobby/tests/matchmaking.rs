@@ -686,11 +686,13 @@ fn leader_killed_with_10000_tickets_loses_none() {
         assert_eq!(states.get("waiting"), Some(&TICKETS), "{states:?}");
     });
     // kill -9 of the leader.
+    let killed = Instant::now();
     let _ = a.0.kill();
     let _ = a.0.wait();
     rt.block_on(async {
         let mut cb = LobbyClient::new(&format!("http://127.0.0.1:{pb}")).unwrap();
         wait_leader(&mut cb, "lobby B, after the leader was killed,").await;
+        eprintln!("lobby B took over {:?} after the kill", killed.elapsed());
         let states = ticket_states(&schema).await;
         assert_eq!(states.get("waiting"), Some(&TICKETS), "no ticket lost: {states:?}");
         // A zone server comes up: the new leader matches the whole queue.
@@ -704,6 +706,7 @@ fn leader_killed_with_10000_tickets_loses_none() {
             assert!(Instant::now() < until, "matching did not resume: {states:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        eprintln!("all {TICKETS} tickets matched {:?} after the kill", killed.elapsed());
         check_no_ticket_twice(&schema).await;
         assert!(metric(&mut cb, "lobby_match_leader_changes_total").await >= Some(1.0));
     });
