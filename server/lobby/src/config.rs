@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use zone_matchmaker::Modes;
 
 /// The front door of the zone servers: accounts (PostgreSQL), sessions (Redis), the directory of
-/// running zone servers, and join tokens minted for the zone a player is sent to.
+/// running zone servers, join tokens minted for the zone a player is sent to, and matchmaking.
 ///
 /// It needs PostgreSQL (--postgres) and Redis (--redis) and refuses to start without them. Zone
 /// servers announce themselves with `zone-server --lobby-redis URL --public-addr HOST:PORT`
