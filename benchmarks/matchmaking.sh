@@ -7,8 +7,12 @@
 #      with gnuplot into benchmarks/2026-11-29-matchmaking/, with a table of gap percentiles by
 #      waiting-time band.
 #
-#   bash benchmarks/matchmaking.sh          # both
-#   SKIP_BENCH=1 bash benchmarks/matchmaking.sh
+#   3. (LOBBY=1) bots through a zone-lobby and a zone server: zone-bots --match duel and team3
+#      (needs PostgreSQL and Redis at DATABASE_URL / REDIS_URL; own schema and key prefix, dropped
+#      at the end). BIN=target/debug uses debug binaries already built instead of a release build.
+#
+#   bash benchmarks/matchmaking.sh          # 1 and 2
+#   SKIP_BENCH=1 LOBBY=1 bash benchmarks/matchmaking.sh
 #   BOTS=10000 RATE=20 SEED=1 MODES=duel bash benchmarks/matchmaking.sh
 # The CSVs (one row per matched ticket) are written next to the plots and not committed.
 set -euo pipefail
@@ -82,3 +86,40 @@ plot "$CSV" using (\$6/1000):8 every ::1 with points pt 7 ps 0.4 lc rgb "#4060c0
 GP
   echo "wrote $PNG"
 done
+
+if [ -n "${LOBBY:-}" ]; then
+  DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+  REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/}
+  BIN=${BIN:-target/release}
+  if [ "$BIN" = target/release ]; then
+    cargo build --release --locked -q -p zone-lobby -p zone-server -p zone-tools --bin zone-lobby --bin zone-server --bin zone-bots
+  fi
+  SCHEMA="bench_match_bots_$$"; PREFIX="$SCHEMA:"; T=$(mktemp -d)
+  cleanup() {
+    kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
+    psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" 2>/dev/null | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    rm -rf "$T"
+  }
+  trap cleanup EXIT
+  export ZONE_TOKEN_SECRET=bench-token-secret ZONE_LOBBY_SESSION_SECRET=bench-session-secret-0123456789
+  export ZONE_LOBBY_SERVICE_KEY=bench-service-key
+  PORT=18391
+  "$BIN/zone-lobby" --listen 127.0.0.1:$PORT --postgres "$DATABASE_URL" --redis "$REDIS_URL" --postgres-schema "$SCHEMA" \
+     --redis-prefix "$PREFIX" --rate-per-ip 1000000 --rate-per-account 1000000 --log-filter warn 2> "$T/lobby.log" &
+  for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+  "$BIN/zone-server" --zone assets/zones/demo.toml --bind 127.0.0.1:17791 --public-addr 127.0.0.1:17791 --admin 127.0.0.1:19191 \
+     --persistence off --threads 1 --max-clients 600 --handshake-rate-per-ip 100000 \
+     --instance match-bench-1 --lobby-redis "$REDIS_URL" --lobby-prefix "$PREFIX" --viz off 2> "$T/zone.log" >/dev/null &
+  for _ in $(seq 1 150); do
+    [ "$(curl -sf http://127.0.0.1:$PORT/v1/zones | grep -o '"offered":true' | wc -l)" -ge 1 ] && break
+    sleep 0.2
+  done
+  for spec in "duel 20 10s" "team3 60 8s"; do
+    read -r MODE COUNT DUR <<<"$spec"
+    echo "== 3. zone-bots --lobby http://127.0.0.1:$PORT --match $MODE --count $COUNT --duration $DUR --ramp-per-s 50 (service key from ZONE_LOBBY_SERVICE_KEY)"
+    "$BIN/zone-bots" --lobby "http://127.0.0.1:$PORT" --match "$MODE" --count "$COUNT" --duration "$DUR" --ramp-per-s 50 \
+       --device-prefix "$MODE-$$-" --report "$T/bots-$MODE.json" 2> "$T/bots-$MODE.log" || true
+    grep -E "^zone-bots: (mode|joined|FAILED)" "$T/bots-$MODE.log" || tail -5 "$T/bots-$MODE.log"
+  done
+fi
