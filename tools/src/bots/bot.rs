@@ -302,8 +302,8 @@ async fn ticket(
 }
 
 /// With --match and --service-key: the bot with the smallest account id of its match reports
-/// the result (ranks by team; team 1 wins when the match id and the seed say so, else the last
-/// team), so that every match gets exactly one report.
+/// the result once it has played (one rank per team: the winner, chosen from the match id and
+/// --seed, ranks 1, every other team 2), so that every match gets at most one report.
 async fn report_result(cfg: &SwarmConfig, live: &Live, placed: &Placed) {
     let (Some(url), Some(key)) = (&cfg.lobby, &cfg.service_key) else {
         return;

@@ -54,8 +54,8 @@ pub struct Cli {
     pub match_wait: Duration,
 
     /// With --match: the lobby's service key (its --service-key). When given, the bot of each
-    /// match with the smallest account id reports a result at the end (team 1 wins or loses by
-    /// the seed), so that ratings move; without it, no result is reported.
+    /// match with the smallest account id reports a result once it has played (the winning team
+    /// chosen from the match id and --seed), so that ratings move; without it, none is reported.
     #[arg(long, env = "ZONE_LOBBY_SERVICE_KEY", hide_env_values = true, requires = "match_mode")]
     pub service_key: Option<String>,
 
