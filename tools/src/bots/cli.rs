@@ -41,7 +41,7 @@ pub struct Cli {
     /// is placed on with the join token it is given, plays until --duration is over, and, with
     /// --service-key, one bot of each match reports the result (`POST /v1/match/{id}/result`).
     /// The report adds the bots matched, their waiting time p50/p99 and the results reported.
-    #[arg(long = "match", value_name = "MODE", requires = "lobby")]
+    #[arg(long = "match", value_name = "MODE", requires = "lobby", conflicts_with = "server")]
     pub match_mode: Option<String>,
 
     /// With --match: the region to queue in (none by default: the lobby's "no region").
