@@ -699,9 +699,10 @@ impl Search<'_> {
         }
     }
 
-    /// Appends to `cands` the alive tickets of `arrs[ai]` within the anchor's window, nearest in
-    /// rating first, at most [`SEARCH_LIMIT`] of them among the [`SCAN_LIMIT`] nearest (the anchor
-    /// excluded); with `min_wait`, only tickets that have waited at least that long.
+    /// Appends to `cands` the alive tickets of `arrs[ai]` within the anchor's window and their
+    /// own, nearest in rating first, at most [`SEARCH_LIMIT`] of them among the [`SCAN_LIMIT`]
+    /// nearest (the anchor excluded); with `min_wait`, only tickets that have waited at least that
+    /// long.
     fn collect(&mut self, arrs: &[Arr], a: &Cand, ai: usize, min_wait: Option<u64>) {
         let arr = &arrs[ai];
         let (mut up, mut down) = if ai == a.at.0 {
@@ -738,8 +739,12 @@ impl Search<'_> {
             let waited = self.now_ms.saturating_sub(arr.slots[j].enqueued_ms);
             if min_wait.is_none_or(|w| waited >= w) {
                 let c = self.cand(arrs, ai, j, dist);
-                self.cands.push(c);
-                taken += 1;
+                // A ticket further from the anchor than its own window can never be in the
+                // anchor's match (the spread would be at least that distance): not a candidate.
+                if dist <= c.window {
+                    self.cands.push(c);
+                    taken += 1;
+                }
             }
         }
     }
