@@ -737,7 +737,10 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             cfg.overload_budget_ms
         );
     }
-    for (name, v) in [("overload_after", cfg.overload_after), ("overload_recover_after", cfg.overload_recover_after)] {
+    for (name, v) in [
+        ("overload_after", cfg.overload_after),
+        ("overload_recover_after", cfg.overload_recover_after),
+    ] {
         if !(v.is_finite() && v >= 1.0) {
             anyhow::bail!("{}: {v} must be at least 1 second (the tick p99 is measured per second)", src(name));
         }

@@ -461,7 +461,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 }
                 if let Some(allocatable) = overload.observe(p99, window) {
                     if allocatable {
-                        tracing::info!(tick_p99_us = p99, budget_us = cfg.overload.budget_us, "tick back within budget: allocatable again");
+                        tracing::info!(
+                            tick_p99_us = p99,
+                            budget_us = cfg.overload.budget_us,
+                            "tick back within budget: allocatable again"
+                        );
                     } else {
                         tracing::warn!(
                             tick_p99_us = p99,

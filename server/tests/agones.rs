@@ -151,7 +151,16 @@ fn start_server(sdk_port: u16, game: SocketAddr, admin: SocketAddr, data: &Path)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("RUST_LOG", "info")
         .env("AGONES_SDK_HTTP_PORT", sdk_port.to_string())
-        .args(["--lifecycle", "agones", "--viz", "off", "--drain-timeout", "10", "--sim-players", "4"])
+        .args([
+            "--lifecycle",
+            "agones",
+            "--viz",
+            "off",
+            "--drain-timeout",
+            "10",
+            "--sim-players",
+            "4",
+        ])
         // A debug build on a shared machine must not look overloaded: this test is about the lifecycle.
         .args(["--overload-budget-ms", "1000"])
         .args(["--bind", &game.to_string(), "--admin", &admin.to_string()])
@@ -230,13 +239,21 @@ fn ready_after_bind_health_every_2s_labels_then_sigterm_drains_and_shuts_down_wi
         .iter()
         .position(|c| c.path == "/metadata/label" && c.body.contains("\"false\""))
         .unwrap_or_else(|| panic!("no allocatable=false after SIGTERM: {:#?}", gw.summary()));
-    assert!(has(after, "/metadata/annotation", "\"draining\",\"value\":\"true\""), "{:#?}", gw.summary());
+    assert!(
+        has(after, "/metadata/annotation", "\"draining\",\"value\":\"true\""),
+        "{:#?}",
+        gw.summary()
+    );
     let shutdown = after.iter().position(|c| c.path == "/shutdown").expect("Shutdown");
     assert!(unalloc < shutdown);
     assert_eq!(after.iter().filter(|c| c.path == "/shutdown").count(), 1);
     // The final snapshot is stored before Shutdown is sent (the log says so, in that order).
-    let snap = stderr.find("final snapshot stored").unwrap_or_else(|| panic!("no final snapshot:\n{stderr}"));
-    let sent = stderr.find("Shutdown sent").unwrap_or_else(|| panic!("no Shutdown log line:\n{stderr}"));
+    let snap = stderr
+        .find("final snapshot stored")
+        .unwrap_or_else(|| panic!("no final snapshot:\n{stderr}"));
+    let sent = stderr
+        .find("Shutdown sent")
+        .unwrap_or_else(|| panic!("no Shutdown log line:\n{stderr}"));
     assert!(snap < sent, "{stderr}");
 }
 
@@ -261,7 +278,10 @@ fn an_sdk_gateway_down_at_start_is_retried_with_backoff_and_never_blocks_the_tic
     std::thread::sleep(Duration::from_millis(700));
     let (_, body) = http(admin, "GET", "/status").unwrap();
     let t2: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(t2["tick"].as_u64() > t1["tick"].as_u64(), "the tick stopped while the gateway was down");
+    assert!(
+        t2["tick"].as_u64() > t1["tick"].as_u64(),
+        "the tick stopped while the gateway was down"
+    );
 
     let gw = Gateway::start(sdk, Some(game));
     gw.wait(60, "Ready once the gateway is up", |c| c.iter().any(|c| c.path == "/ready"));
@@ -326,7 +346,9 @@ fn a_stalled_tick_stops_health_and_a_sustained_overload_turns_allocatable_false(
     assert_eq!(gw.count("/health"), during, "Health was sent while the tick was stalled");
     assert!(!admin.is_live(), "/healthz must fail while the tick is stalled");
     stall.store(false, Ordering::Relaxed);
-    gw.wait(60, "Health again after the stall", |c| c.iter().filter(|c| c.path == "/health").count() > during);
+    gw.wait(60, "Health again after the stall", |c| {
+        c.iter().filter(|c| c.path == "/health").count() > during
+    });
 
     stop.store(true, Ordering::Relaxed);
     runner.join().unwrap();

@@ -152,7 +152,9 @@ fn rolling_update_moves_every_player_and_every_drained_server_ends_cleanly() {
     let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
     let url = format!("http://{}", lobby.addr);
     let data = tempfile::tempdir().unwrap();
-    let mut zones: Vec<Zone> = (0..SERVERS).map(|k| start_zone(&format!("old-{k}"), &prefix, &secret, data.path())).collect();
+    let mut zones: Vec<Zone> = (0..SERVERS)
+        .map(|k| start_zone(&format!("old-{k}"), &prefix, &secret, data.path()))
+        .collect();
     let mut c = LobbyClient::new(&url).unwrap();
     wait_until(30, "4 servers offered", || {
         instances(&rt, &mut c).iter().filter(|i| i.2).count() == SERVERS
@@ -217,7 +219,13 @@ fn rolling_update_moves_every_player_and_every_drained_server_ends_cleanly() {
     }
 
     // The drill is over: stop the bots (each says Goodbye and reports).
-    assert!(Command::new("kill").args(["-INT", &bots.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &bots.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = bots.wait().unwrap();
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let _ = std::fs::remove_file(&report);
@@ -236,9 +244,16 @@ fn rolling_update_moves_every_player_and_every_drained_server_ends_cleanly() {
     assert!(status.success(), "zone-bots failed: {r}\n{tail:?}");
     assert_eq!(r["joined"], BOTS, "{r}");
     assert_eq!(r["move_failures"], 0, "{r}");
-    assert!(r["moves"].as_u64().unwrap() >= moved_expected, "moves {} < players on drained servers {moved_expected}: {r}", r["moves"]);
+    assert!(
+        r["moves"].as_u64().unwrap() >= moved_expected,
+        "moves {} < players on drained servers {moved_expected}: {r}",
+        r["moves"]
+    );
     // Only the final SIGINT ends bots: no errors, no drain notices left unanswered.
-    let ended: Vec<String> = r["ended_early"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let ended: Vec<String> = r["ended_early"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     assert!(ended.iter().all(|k| k == "interrupted"), "bots ended with errors: {r}");
     eprintln!(
         "rolling: {} moves, move p50 {} p99 {} max {} ms",

@@ -408,7 +408,11 @@ impl Worker {
         while self.ready_sent && self.player_tracking {
             let Some(&(joined, p)) = self.pending.front() else { break };
             let body = format!("{{\"playerID\":\"{p}\"}}");
-            let path = if joined { "/alpha/player/connect" } else { "/alpha/player/disconnect" };
+            let path = if joined {
+                "/alpha/player/connect"
+            } else {
+                "/alpha/player/disconnect"
+            };
             self.tracking("POST", path, &body)?;
             self.pending.pop_front();
             sh.counters.player_events_sent.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +433,11 @@ impl Worker {
         match self.post(method, path, body) {
             Ok(_) => Ok(()),
             Err(SdkError::Status { status, .. }) if matches!(status, 404 | 405 | 501) => {
-                tracing::warn!(status, path, "agones: player tracking is not available (the alpha PlayerTracking feature gate is off?); players are still in the `players` annotation");
+                tracing::warn!(
+                    status,
+                    path,
+                    "agones: player tracking is not available (the alpha PlayerTracking feature gate is off?); players are still in the `players` annotation"
+                );
                 self.player_tracking = false;
                 Ok(())
             }
@@ -460,12 +468,20 @@ impl Worker {
             self.written.draining = want.draining;
         }
         if all || want.players != self.written.players {
-            self.post("PUT", "/metadata/annotation", &kv("players", &want.players.unwrap_or(0).to_string()))?;
+            self.post(
+                "PUT",
+                "/metadata/annotation",
+                &kv("players", &want.players.unwrap_or(0).to_string()),
+            )?;
             sh.counters.annotations_sent.fetch_add(1, Ordering::Relaxed);
             self.written.players = want.players;
         }
         if all || want.tick_p99_ms != self.written.tick_p99_ms {
-            self.post("PUT", "/metadata/annotation", &kv("tick-p99-ms", want.tick_p99_ms.as_deref().unwrap_or("0")))?;
+            self.post(
+                "PUT",
+                "/metadata/annotation",
+                &kv("tick-p99-ms", want.tick_p99_ms.as_deref().unwrap_or("0")),
+            )?;
             sh.counters.annotations_sent.fetch_add(1, Ordering::Relaxed);
             self.written.tick_p99_ms = want.tick_p99_ms;
         }

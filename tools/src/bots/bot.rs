@@ -248,7 +248,11 @@ async fn lobby_login(cfg: &SwarmConfig, url: &str, live: &Live, n: u64) -> Resul
 }
 
 /// Asks the lobby where to play (timed): the server and the join grant.
-async fn lobby_join(cfg: &SwarmConfig, live: &Live, login: &mut LobbyLogin) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
+async fn lobby_join(
+    cfg: &SwarmConfig,
+    live: &Live,
+    login: &mut LobbyLogin,
+) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
     let t1 = Instant::now();
     let join = login
         .client
@@ -372,7 +376,10 @@ pub async fn run_bot(
             Err(_) if moving.is_none() => return failed(&live, "socket_error"),
             Err(_) => {
                 move_failure = Some("rejoin_failed_socket_error".into());
-                break 'stints (Stop::SessionEnded("rejoin_failed".into()), ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us()));
+                break 'stints (
+                    Stop::SessionEnded("rejoin_failed".into()),
+                    ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us()),
+                );
             }
         };
         let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
