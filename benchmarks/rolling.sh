@@ -52,7 +52,10 @@ procs = []
 atexit.register(lambda: [p.kill() for p in procs if p.poll() is None])
 T, PORT, PREFIX, REDIS, BOTS, SERVERS, REJOIN, DRAIN = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8]
 LOBBY = f"http://127.0.0.1:{PORT}"
-CAP = BOTS  # seats per server: room for everyone, the lobby spreads them least-full first
+# Seats per server: 4 x 120 >= 400 bots with 20% to spare. The lobby fills the least full server
+# by its last announcement (once a second), so the seat limit is what spreads a fast ramp over
+# all four, and every batch then moves a server's worth of players.
+CAP = -(-BOTS * 6 // (5 * SERVERS))
 n_started = 0
 
 def server(name):

@@ -30,7 +30,9 @@ use zone_tests::services::{Need, ServiceTests, database_url, redis_url};
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml");
 const SERVERS: usize = 4;
 const BOTS: u32 = 40;
-const CAPACITY: usize = 40;
+/// Seats per server: 4 × 12 ≥ 40 bots, and small enough that the bots spread over all four (the
+/// lobby fills the least full first, by its last announcement) so that every batch moves players.
+const CAPACITY: usize = 12;
 
 fn free_udp() -> std::net::SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
