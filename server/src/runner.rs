@@ -483,6 +483,10 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     if hooks.metrics {
                         metrics::gauge!("zone_allocatable").set(if allocatable { 1.0 } else { 0.0 });
                     }
+                    if let Some(m) = &mut metrics {
+                        // zone_ready follows /readyz.
+                        m.ready.set(if allocatable && drain_started.is_none() { 1.0 } else { 0.0 });
+                    }
                 }
             }
             for &p in &batch.joins {
