@@ -37,13 +37,15 @@ cleanup() {
 trap cleanup EXIT
 export ZONE_TOKEN_SECRET=bench-token-secret
 export ZONE_LOBBY_SESSION_SECRET=bench-session-secret-0123456789
-PORT=18090
+# A free port for the lobby (other sessions on this machine use the usual ones).
+PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 ./target/release/zone-lobby --listen 127.0.0.1:$PORT --postgres "$DATABASE_URL" --redis "$REDIS_URL" --postgres-schema "$SCHEMA" \
    --redis-prefix "$PREFIX" --rate-per-ip 1000000 --rate-per-account 1000000 --postgres-connections 4 \
    --log-filter warn 2> "$T/lobby.log" &
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "FAILED: the lobby did not start:"; tail -3 "$T/lobby.log"; exit 1; }
 
 python3 - "$T" "$PORT" "$PREFIX" "$REDIS_URL" "$BOTS" "$SERVERS" "$REJOIN" "$DRAIN_TIMEOUT" <<'PY'
 import atexit, json, os, signal, subprocess, sys, time, urllib.request
