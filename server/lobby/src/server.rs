@@ -90,6 +90,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         "lobby_zone_event_errors_total",
         "Failed attempts to read or apply zone servers' reports."
     );
+    crate::autoscale::describe_metrics();
     Some(handle)
 }
 
