@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! replicas = allocated + reserved                      servers in use stay
-//!          + ceil((waiting + shortage) / players_per_server)   servers for the matchmaking demand
+//!          + ceil(max(waiting, shortage) / players_per_server)   servers for the matchmaking demand
 //!          + buffer                                    Ready servers for the next burst
 //! clamped to [min_replicas, max_replicas]
 //! ```
 //!
 //! `waiting` is the players in the matchmaking queue, `shortage` the matched players still waiting
-//! for a seat ([`MatchDemand`], from the queue). The policy comes from the Fleet's
+//! for a seat ([`MatchDemand`], from the queue). A match without a seat stays in the queue while
+//! it waits (`matching.rs` parks it), so the shortage is part of the waiting players, not added
+//! to them; the max covers the two being read a moment apart. The policy comes from the Fleet's
 //! `autoscale.zone.dev/*` annotations (assets/k8s/fleet.yaml), each defaulting to
 //! [`Policy::default`]. Scaling down is safe: Agones only removes servers that are not allocated.
 //!
@@ -31,14 +33,8 @@ use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ApiJson;
 
-/// The queue's demand, as the matchmaking contract defines it (`App::match_demand()`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MatchDemand {
-    /// Players waiting in the matchmaking queue (all modes and regions).
-    pub waiting_players: u64,
-    /// Players matched but still waiting for a seat on a zone server.
-    pub shortage_players: u64,
-}
+/// The queue's demand (`App::match_demand()`, refreshed every second by the matching task).
+pub use crate::matching::MatchDemand;
 
 /// The scaling policy: how many players a server takes, the Ready buffer, the limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +230,8 @@ pub enum Limit {
 /// The replicas for a Fleet's status and the queue's demand under a policy.
 pub fn decide(status: &FleetStatus, demand: MatchDemand, policy: &Policy) -> Decision {
     let in_use = u64::from(status.allocated_replicas) + u64::from(status.reserved_replicas);
-    let players = demand.waiting_players.saturating_add(demand.shortage_players);
+    // The shortage's players are still in the queue (parked): part of `waiting`, not extra.
+    let players = demand.waiting_players.max(demand.shortage_players);
     let for_demand = players.div_ceil(policy.players_per_server.max(1));
     let want = in_use.saturating_add(for_demand).saturating_add(policy.buffer);
     let max = policy.max_replicas.min(REPLICAS_CEILING);
@@ -283,14 +280,6 @@ pub fn answer(
     ))
 }
 
-/// The demand the handler answers from. Until the matchmaking queue is in this lobby
-/// (`App::match_demand()`, match-svc), there is none: the webhook then keeps in-use servers
-/// plus the buffer, like a Buffer policy.
-fn demand(app: &App) -> MatchDemand {
-    let _ = app;
-    MatchDemand::default()
-}
-
 /// Registers the webhook's metric descriptions (called with the lobby's others).
 pub fn describe_metrics() {
     metrics::describe_counter!(
@@ -316,7 +305,7 @@ pub async fn fleet_autoscale(
     State(app): State<Arc<App>>,
     ApiJson(review): ApiJson<FleetAutoscaleReview>,
 ) -> Result<Json<FleetAutoscaleReview>, ApiError> {
-    let demand = demand(&app);
+    let demand = app.match_demand();
     let (fleet, replicas_now) = review
         .request
         .as_ref()
@@ -396,9 +385,13 @@ mod tests {
         // 3 allocated + 1 reserved in use, 1 player waiting: one more server, plus 2 spare.
         let d = decide(&status(6, 2, 1, 3), demand(1, 0), &p);
         assert_eq!((d.in_use, d.for_demand, d.buffer, d.replicas, d.scale), (4, 1, 2, 7, true));
-        // 1,000 waiting + 1 short of a seat: two servers.
-        assert_eq!(decide(&status(6, 2, 1, 3), demand(1000, 1), &p).for_demand, 2);
+        // 1,001 waiting (one of them matched, without a seat): two servers.
+        assert_eq!(decide(&status(6, 2, 1, 3), demand(1001, 1), &p).for_demand, 2);
         assert_eq!(decide(&status(6, 2, 1, 3), demand(1000, 0), &p).for_demand, 1);
+        // The shortage is part of the waiting players, never added to them; a shortage read
+        // before the queue's depth still counts.
+        assert_eq!(decide(&status(6, 2, 1, 3), demand(1000, 1000), &p).for_demand, 1);
+        assert_eq!(decide(&status(6, 2, 1, 3), demand(0, 40), &p).for_demand, 1);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! newer Agones adds) and the answers expected for a given queue demand (NAME.expect.json).
 //!
 //! The pure answers run without services; the HTTP round trip (POST /v1/fleet-autoscale on a real
-//! lobby, and the route in /openapi.json) needs PostgreSQL and Redis and shows as ignored, with
-//! the reason, without them.
+//! lobby, its answer growing with players queued through POST /v1/match/request, and the route in
+//! /openapi.json) needs PostgreSQL and Redis and shows as ignored, with the reason, without them.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +42,10 @@ fn fixtures() -> Vec<(String, String, Value)> {
 fn recorded_reviews_get_the_expected_answers() {
     for (name, review, expect) in fixtures() {
         let review: FleetAutoscaleReview = serde_json::from_str(&review).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let demand: MatchDemand = serde_json::from_value(expect["demand"].clone()).unwrap();
+        let demand = MatchDemand {
+            waiting_players: expect["demand"]["waiting_players"].as_u64().unwrap(),
+            shortage_players: expect["demand"]["shortage_players"].as_u64().unwrap(),
+        };
         match (answer(review, demand, &Policy::default()), expect.get("response")) {
             (Ok((out, _)), Some(want)) => {
                 let want: FleetAutoscaleResponse = serde_json::from_value(want.clone()).unwrap();
@@ -68,7 +71,7 @@ fn webhook_answers_over_http() {
         let cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &format!("{name}:"));
         let r = zone_lobby::server::start(cfg, None).await.unwrap();
         let mut c = LobbyClient::new(&format!("http://{}", r.addr)).unwrap();
-        // The lobby's queue is empty here: the fixtures recorded with no demand.
+        // The lobby's queue is empty at first: the fixtures recorded with no demand.
         for (name, review, expect) in fixtures() {
             if expect["demand"] != serde_json::json!({"waiting_players": 0, "shortage_players": 0}) {
                 continue;
@@ -85,6 +88,38 @@ fn webhook_answers_over_http() {
                     assert!(a.text().contains("bad_review"), "{name}: {}", a.text());
                 }
             }
+        }
+        // Players queue (no zone server exists, so they wait, or are matched without a seat): with
+        // 1 player per server, the answer grows by one server per player on top of the buffer.
+        for i in 0..3 {
+            let login = c.device_login(&format!("autoscale-{name}-{i}")).await.unwrap();
+            let body = r#"{"mode":"duel","wait_ms":0}"#;
+            let a = c
+                .request("POST", "/v1/match/request", Some(&login.session_token), Some(body))
+                .await
+                .unwrap();
+            assert!(a.status == 202 || a.status == 200, "{}", a.text());
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autoscale/idle.review.json");
+        let mut review: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        review["request"]["annotations"]["autoscale.zone.dev/players-per-server"] = "1".into();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let a = c
+                .request("POST", "/v1/fleet-autoscale", None, Some(&review.to_string()))
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200, "{}", a.text());
+            let v: Value = serde_json::from_str(&a.text()).unwrap();
+            if v["response"]["replicas"] == 5 {
+                assert_eq!(v["response"]["scale"], true);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the queue's 3 players never showed in the answer: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         let a = c
             .request("POST", "/v1/fleet-autoscale", None, Some("{\"request\": 5}"))
