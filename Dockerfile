@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The zone-server image: zone-server, zone-lobby and the ops tools (zone-replay, zone-snapshot)
-# with the zone files, run as a non-root user on a slim Debian. Build from the repository root:
+# with the zone files and the matchmaking modes, run as a non-root user on a slim Debian. Build
+# from the repository root:
 #
 #   docker build -t zone-server:0.1.0 .
 #
@@ -20,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /out \
     && cp target/release/zone-server target/release/zone-lobby target/release/zone-replay target/release/zone-snapshot /out/
 
-# ---- run: only the binaries and the zone files
+# ---- run: only the binaries, the zone files and the matchmaking modes
 FROM debian:bookworm-slim AS run
 RUN groupadd --system --gid 10001 zone \
     && useradd --system --uid 10001 --gid zone --home-dir /app --shell /usr/sbin/nologin zone \
@@ -28,6 +29,7 @@ RUN groupadd --system --gid 10001 zone \
     && chown zone:zone /data
 COPY --from=build /out/zone-server /out/zone-lobby /out/zone-replay /out/zone-snapshot /usr/local/bin/
 COPY assets/zones /app/assets/zones
+COPY assets/match /app/assets/match
 WORKDIR /app
 # Listen beyond the container's loopback; the data directory is a volume (snapshots, journal).
 ENV ZONE_ADMIN=0.0.0.0:9100 \
