@@ -132,6 +132,17 @@ def main():
                     print(f"ok   {where}: {tool}")
                 if kind == "PrometheusRule":
                     failures += check_rule_source(doc, where)
+    # The kustomization lists files that exist, and never the placeholder secrets.
+    kpath = os.path.join(HERE, "kustomization.yaml")
+    if os.path.exists(kpath):
+        with open(kpath) as f:
+            k = yaml.safe_load(f)
+        for r in k.get("resources", []):
+            if not os.path.exists(os.path.join(HERE, r)):
+                failures.append(f"kustomization.yaml: resource {r} does not exist")
+            if r == "secrets.yaml":
+                failures.append("kustomization.yaml: lists secrets.yaml, whose values are placeholders (create the secrets instead)")
+        print(f"ok   kustomization.yaml: {len(k.get('resources', []))} resources, all present")
     for tool, n in sorted(counts.items()):
         print(f"{n} documents valid with {tool}")
     if failures:
