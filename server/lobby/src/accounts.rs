@@ -7,7 +7,9 @@
 //!   a platform identity belongs to one account; an account has any number;
 //! - `refresh_tokens (token_hash, family, account_id, session_id, expires_ms, used, revoked, ...)`:
 //!   only the SHA-256 of a token is stored; rotation marks the old row used and inserts its
-//!   successor in one statement; a family is revoked as a whole.
+//!   successor in one statement; a family is revoked as a whole;
+//! - migration 2: `match_tickets`, `matches` and `ratings`, used by the matchmaking queue
+//!   (`queue.rs`).
 //!
 //! A few connections, each with its statements prepared once; queries are pipelined on them. A
 //! closed connection is replaced on its next use. Never logs a token or its hash.
@@ -24,9 +26,10 @@ use crate::refresh::StoredToken;
 /// Key of the advisory lock held while migrating ("ZLBY" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x5A4C_4259;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE accounts (id bigserial PRIMARY KEY, created_ms bigint NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE accounts (id bigserial PRIMARY KEY, created_ms bigint NOT NULL);
      CREATE TABLE identities (
          platform text NOT NULL, user_id text NOT NULL,
          account_id bigint NOT NULL REFERENCES accounts(id),
@@ -40,7 +43,32 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          used boolean NOT NULL DEFAULT false, revoked boolean NOT NULL DEFAULT false);
      CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
      CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);",
-)];
+    ),
+    (
+        2,
+        // Matchmaking (see `queue.rs`): the durable queue, the matches, and the rating store.
+        "CREATE TABLE match_tickets (
+         id bigserial PRIMARY KEY,
+         player_id bigint NOT NULL, members bigint[] NOT NULL, ratings double precision[] NOT NULL,
+         mode text NOT NULL, region text, source text NOT NULL, request_id text,
+         enqueued_ms bigint NOT NULL, state text NOT NULL, reason text, match_id bigint,
+         updated_ms bigint NOT NULL);
+     CREATE UNIQUE INDEX match_tickets_request ON match_tickets (player_id, request_id) WHERE request_id IS NOT NULL;
+     CREATE UNIQUE INDEX match_tickets_open ON match_tickets (player_id) WHERE state = 'waiting';
+     CREATE INDEX match_tickets_open_members ON match_tickets USING gin (members) WHERE state = 'waiting';
+     CREATE INDEX match_tickets_by_match ON match_tickets (match_id) WHERE match_id IS NOT NULL;
+     CREATE TABLE matches (
+         id bigserial PRIMARY KEY, mode text NOT NULL, region text, tickets bigint[] NOT NULL,
+         teams text NOT NULL, spread double precision NOT NULL, made_ms bigint NOT NULL,
+         state text NOT NULL, room_id text NOT NULL, zone_id text NOT NULL, instance_id text NOT NULL,
+         addr text NOT NULL, join_expires_ms bigint NOT NULL, result text, result_ms bigint);
+     CREATE INDEX matches_joining ON matches (join_expires_ms) WHERE state = 'allocated';
+     CREATE TABLE ratings (
+         player_id bigint PRIMARY KEY, rating double precision NOT NULL,
+         deviation double precision NOT NULL, volatility double precision NOT NULL,
+         games integer NOT NULL DEFAULT 0, updated_ms bigint NOT NULL);",
+    ),
+];
 
 /// Why an account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +85,7 @@ pub enum AccountsError {
     IdentityTaken,
 }
 
-fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> AccountsError {
+pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> AccountsError {
     move |source| AccountsError::Postgres { op, source }
 }
 
@@ -103,7 +131,7 @@ impl std::fmt::Debug for Accounts {
     }
 }
 
-async fn connect_one(url: &str, schema: &str) -> Result<Client, AccountsError> {
+pub(crate) async fn connect_one(url: &str, schema: &str) -> Result<Client, AccountsError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg("connect"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -401,7 +429,11 @@ impl Accounts {
     }
 }
 
-async fn bounded<T>(op: &'static str, timeout: Duration, f: impl Future<Output = Result<T, AccountsError>>) -> Result<T, AccountsError> {
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, AccountsError>>,
+) -> Result<T, AccountsError> {
     tokio::time::timeout(timeout, f)
         .await
         .map_err(|_| AccountsError::Timeout { op, timeout })?

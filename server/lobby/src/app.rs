@@ -16,6 +16,8 @@ use crate::accounts::{Accounts, AccountsError, Identity};
 use crate::config::LobbyConfig;
 use crate::error::ApiError;
 use crate::join::{JoinResponse, encode_session_key, mint_join_token};
+use crate::matching::{MatchDemand, Matchmaking};
+use crate::queue::Queue;
 use crate::ratelimit::Limiter;
 use crate::refresh::{self, Decision};
 use crate::session_token::{self, SessionClaims};
@@ -60,6 +62,8 @@ pub struct App {
     pub per_ip: Mutex<Limiter<IpAddr>>,
     pub per_account: Mutex<Limiter<i64>>,
     pub metrics: Option<PrometheusHandle>,
+    /// Matchmaking: the durable queue, the waiters, the leader's state (`matching.rs`).
+    pub matching: Matchmaking,
 }
 
 impl From<SessionsError> for ApiError {
@@ -89,7 +93,8 @@ impl From<zone_directory::DirectoryError> for ApiError {
 }
 
 impl App {
-    pub fn new(cfg: LobbyConfig, accounts: Accounts, sessions: Sessions, metrics: Option<PrometheusHandle>) -> App {
+    pub fn new(cfg: LobbyConfig, accounts: Accounts, sessions: Sessions, queue: Queue, metrics: Option<PrometheusHandle>) -> App {
+        let matching = Matchmaking::new(cfg.match_modes.clone(), queue);
         let verifiers = Verifiers::standard(cfg.dev_verifier_key.as_deref().map(str::as_bytes));
         App {
             keys: Keys::new(&cfg.redis_prefix),
@@ -100,7 +105,14 @@ impl App {
             sessions,
             verifiers,
             metrics,
+            matching,
         }
+    }
+
+    /// Queue demand for the autoscaler: players waiting, and players matched but waiting for a
+    /// seat on a zone server (both refreshed every second; any instance answers).
+    pub fn match_demand(&self) -> MatchDemand {
+        self.matching.demand()
     }
 
     /// Per-IP rate limit: Err(retry after ms).

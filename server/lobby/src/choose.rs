@@ -60,6 +60,25 @@ pub fn candidates<'a>(records: &'a [ZoneRecord], zone_id: &str, tick_budget_us: 
     c
 }
 
+/// The instances a match of `players` may be placed on, best first: offered, of `zone_id` when
+/// given (any zone otherwise), with room for all of them by their last announcement.
+pub fn candidates_for<'a>(records: &'a [ZoneRecord], zone_id: Option<&str>, tick_budget_us: u32, players: u32) -> Vec<&'a ZoneRecord> {
+    let mut c: Vec<&ZoneRecord> = records
+        .iter()
+        .filter(|r| {
+            zone_id.is_none_or(|z| r.zone_id == z) && offer(r, tick_budget_us).is_ok() && r.capacity.saturating_sub(r.players) >= players
+        })
+        .collect();
+    c.sort_by(|a, b| {
+        let fa = u64::from(a.players) * u64::from(b.capacity.max(1));
+        let fb = u64::from(b.players) * u64::from(a.capacity.max(1));
+        fa.cmp(&fb)
+            .then_with(|| a.zone_id.cmp(&b.zone_id))
+            .then_with(|| a.instance_id.cmp(&b.instance_id))
+    });
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +122,9 @@ mod tests {
             rec("big", 50, 1000, 0, InstanceState::Ready),
         ];
         assert_eq!(candidates(&rs, "demo", 1)[0].instance_id, "big");
+        // A match needs room for all its players.
+        assert_eq!(candidates_for(&rs, None, 1, 10).len(), 1);
+        assert_eq!(candidates_for(&rs, Some("demo"), 1, 9).len(), 2);
+        assert!(candidates_for(&rs, Some("other"), 1, 1).is_empty());
     }
 }

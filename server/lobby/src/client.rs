@@ -72,6 +72,82 @@ impl JoinAnswer {
     }
 }
 
+/// A match request's or a ticket's answer: matched, still waiting, or ended.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum MatchAnswer {
+    Matched(MatchedAnswer),
+    Waiting {
+        ticket_id: i64,
+        window: f64,
+        waited_ms: u64,
+    },
+    Cancelled {
+        ticket_id: i64,
+    },
+    Refused {
+        ticket_id: i64,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+impl MatchAnswer {
+    pub fn ticket_id(&self) -> i64 {
+        match self {
+            MatchAnswer::Matched(m) => m.ticket_id,
+            MatchAnswer::Waiting { ticket_id, .. } | MatchAnswer::Cancelled { ticket_id } | MatchAnswer::Refused { ticket_id, .. } => {
+                *ticket_id
+            }
+        }
+    }
+}
+
+/// A match, as one player sees it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct MatchedAnswer {
+    pub ticket_id: i64,
+    pub match_id: i64,
+    pub room_id: String,
+    pub game_server: String,
+    pub opponent_id: Option<i64>,
+    pub opponent_ids: Vec<i64>,
+    pub team: usize,
+    pub teams: Vec<Vec<i64>>,
+    pub join_token: String,
+    pub session_key: String,
+    pub zone_id: String,
+    pub instance_id: String,
+    pub expires_at: u64,
+}
+
+impl MatchedAnswer {
+    /// The same fields as a join's answer, to connect the same way ([`JoinAnswer::grant`]).
+    pub fn join(&self) -> JoinAnswer {
+        JoinAnswer {
+            addr: self.game_server.clone(),
+            zone_id: self.zone_id.clone(),
+            instance_id: self.instance_id.clone(),
+            join_token: self.join_token.clone(),
+            session_key: self.session_key.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What to ask `POST /v1/match/request` for.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MatchOptions {
+    pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub party: Vec<i64>,
+    pub wait_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 /// One connection to a lobby.
 pub struct LobbyClient {
     host_port: String,
@@ -192,6 +268,68 @@ impl LobbyClient {
     pub async fn device_login(&mut self, device_id: &str) -> Result<LoginAnswer, ClientError> {
         let body = serde_json::json!({ "device_id": device_id }).to_string();
         self.call("POST", "/v1/auth/device", None, Some(&body)).await
+    }
+
+    /// Sets how long one call may take (long-polls wait up to 30 s; the default is 10 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    async fn match_call(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: Option<&str>,
+        wait_ms: u64,
+    ) -> Result<MatchAnswer, ClientError> {
+        let saved = self.timeout;
+        self.timeout = self.timeout.max(Duration::from_millis(wait_ms) + Duration::from_secs(5));
+        let a = self.request(method, path, Some(bearer), body).await;
+        self.timeout = saved;
+        let a = a?;
+        if !(200..300).contains(&a.status) {
+            return Err(ClientError::Status {
+                status: a.status,
+                body: a.text().chars().take(300).collect(),
+            });
+        }
+        a.json()
+    }
+
+    /// `POST /v1/match/request`: queues the session's player (and party); 200 matched or 202 waiting.
+    pub async fn match_request(&mut self, session_token: &str, opts: &MatchOptions) -> Result<MatchAnswer, ClientError> {
+        let body = serde_json::to_string(opts).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.match_call("POST", "/v1/match/request", session_token, Some(&body), opts.wait_ms)
+            .await
+    }
+
+    /// `GET /v1/match/tickets/{id}?wait_ms=`: waits on a ticket.
+    pub async fn wait_ticket(&mut self, session_token: &str, ticket_id: i64, wait_ms: u64) -> Result<MatchAnswer, ClientError> {
+        self.match_call(
+            "GET",
+            &format!("/v1/match/tickets/{ticket_id}?wait_ms={wait_ms}"),
+            session_token,
+            None,
+            wait_ms,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/match/tickets/{id}`: cancels; a 409 error means it was matched first.
+    pub async fn cancel_ticket(&mut self, session_token: &str, ticket_id: i64) -> Result<MatchAnswer, ClientError> {
+        self.match_call("DELETE", &format!("/v1/match/tickets/{ticket_id}"), session_token, None, 0)
+            .await
+    }
+
+    /// `POST /v1/match/{match_id}/result` with the service key: `ranks` has one rank per team
+    /// (1 = winner). Returns whether it was applied now (false: it had been already).
+    pub async fn report_result(&mut self, service_key: &str, match_id: i64, ranks: &[u32]) -> Result<bool, ClientError> {
+        let body = serde_json::json!({ "ranks": ranks }).to_string();
+        let v: serde_json::Value = self
+            .call("POST", &format!("/v1/match/{match_id}/result"), Some(service_key), Some(&body))
+            .await?;
+        Ok(v["applied"].as_bool().unwrap_or(false))
     }
 
     /// `POST /v1/zones/{zone_id}/join`.

@@ -8,20 +8,28 @@
 //! effective result with secrets masked. Never logs a secret.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use zone_matchmaker::Modes;
 
 /// The front door of the zone servers: accounts (PostgreSQL), sessions (Redis), the directory of
-/// running zone servers, and join tokens minted for the zone a player is sent to.
+/// running zone servers, join tokens minted for the zone a player is sent to, and matchmaking.
 ///
 /// It needs PostgreSQL (--postgres) and Redis (--redis) and refuses to start without them. Zone
 /// servers announce themselves with `zone-server --lobby-redis URL --public-addr HOST:PORT`
 /// (same Redis, same prefix). HTTP API on --listen: POST /v1/auth/device, /v1/auth/platform,
 /// /v1/auth/link, /v1/auth/refresh, /v1/auth/logout; GET /v1/session; GET /v1/zones;
-/// POST /v1/zones/{zone_id}/join; GET /openapi.json, /metrics, /healthz, /readyz.
+/// POST /v1/zones/{zone_id}/join; matchmaking: POST /v1/match/request, GET and DELETE
+/// /v1/match/tickets/{id}, GET /v1/match/rating, and for trusted backends (--service-key)
+/// POST /match/request and POST /v1/match/{match_id}/result; GET /openapi.json, /metrics,
+/// /healthz, /readyz.
+///
+/// Matchmaking: every lobby sharing the PostgreSQL schema accepts tickets; one of them (the holder
+/// of a PostgreSQL advisory lock) matches, by the modes in --modes, and places each match on a
+/// ready zone server from the directory (--match-zone to restrict the zone).
 ///
 /// Every option can also be set in a TOML file (--config, same names with underscores) or in an
 /// environment variable (ZONE_LOBBY_ plus the name in capitals). Precedence: command line, then
@@ -105,6 +113,22 @@ pub struct Cli {
     #[arg(long, value_name = "MS", env = "ZONE_LOBBY_BACKEND_TIMEOUT_MS")]
     pub backend_timeout_ms: Option<u64>,
 
+    /// Matchmaking modes file (TOML; docs/MATCHMAKING.md). [default: assets/match/modes.toml if it exists, else the built-in copy of it]
+    #[arg(long, value_name = "FILE", env = "ZONE_LOBBY_MODES")]
+    pub modes: Option<PathBuf>,
+
+    /// Key trusted backends send as `Authorization: Bearer KEY` for POST /match/request {player_id, rating} and match results. Without it those routes are off. Prefer the environment variable. [default: none]
+    #[arg(long, value_name = "KEY", env = "ZONE_LOBBY_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: Option<String>,
+
+    /// Zone whose servers take matches. [default: any zone in the directory]
+    #[arg(long, value_name = "ZONE_ID", env = "ZONE_LOBBY_MATCH_ZONE")]
+    pub match_zone: Option<String>,
+
+    /// Milliseconds between matching passes on the leader (a new ticket also wakes it). [default: 50]
+    #[arg(long, value_name = "MS", env = "ZONE_LOBBY_MATCH_PASS_MS")]
+    pub match_pass_ms: Option<u64>,
+
     /// Log format: json (for machines) or text (for people). [default: json]
     #[arg(long, value_parser = ["text", "json"], env = "ZONE_LOBBY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -135,6 +159,10 @@ struct FileConfig {
     rate_per_account: Option<f64>,
     body_limit: Option<usize>,
     backend_timeout_ms: Option<u64>,
+    modes: Option<PathBuf>,
+    service_key: Option<String>,
+    match_zone: Option<String>,
+    match_pass_ms: Option<u64>,
     log_format: Option<String>,
     log_filter: Option<String>,
 }
@@ -159,12 +187,49 @@ pub struct LobbyConfig {
     pub rate_per_account: f64,
     pub body_limit: usize,
     pub backend_timeout_ms: u64,
+    /// The modes file read, or "built-in".
+    pub modes: String,
+    pub service_key: Option<String>,
+    pub match_zone: Option<String>,
+    pub match_pass_ms: u64,
     pub log_format: String,
     pub log_filter: String,
+    /// The modes, parsed.
+    #[serde(skip)]
+    pub match_modes: Modes,
 }
 
 /// Keys whose values `--print-config` masks.
-pub const SECRET_KEYS: [&str; 3] = ["session_secret", "token_secret", "dev_verifier_key"];
+pub const SECRET_KEYS: [&str; 4] = ["session_secret", "token_secret", "dev_verifier_key", "service_key"];
+
+/// The modes file's default path, and the copy built in for when it is not there.
+pub const MODES_DEFAULT: &str = "assets/match/modes.toml";
+pub const MODES_BUILT_IN: &str = include_str!("../../../assets/match/modes.toml");
+
+/// Reads and checks a modes file; errors name the file, the field and the fix.
+pub fn load_modes(path: Option<&Path>) -> anyhow::Result<(String, Modes)> {
+    let (name, text) = match path {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read the modes file: {e} (fix: pass an existing file to --modes, or leave --modes out for the built-in modes)",
+                    p.display()
+                )
+            })?,
+        ),
+        None if Path::new(MODES_DEFAULT).is_file() => (
+            MODES_DEFAULT.to_string(),
+            std::fs::read_to_string(MODES_DEFAULT).map_err(|e| anyhow::anyhow!("{MODES_DEFAULT}: cannot read the modes file: {e}"))?,
+        ),
+        None => ("built-in".to_string(), MODES_BUILT_IN.to_string()),
+    };
+    let modes = Modes::from_toml(&name, &text)?;
+    if modes.modes.is_empty() {
+        anyhow::bail!("{name}: no [modes.NAME] table (fix: add at least one mode, see docs/MATCHMAKING.md)");
+    }
+    Ok((name, modes))
+}
 
 impl LobbyConfig {
     /// The effective configuration as TOML, with secrets masked.
@@ -199,8 +264,13 @@ impl LobbyConfig {
             rate_per_account: 100_000.0,
             body_limit: 16_384,
             backend_timeout_ms: 2_000,
+            modes: "built-in".into(),
+            service_key: Some("test service key".into()),
+            match_zone: None,
+            match_pass_ms: 20,
             log_format: "text".into(),
             log_filter: "warn".into(),
+            match_modes: Modes::from_toml("built-in", MODES_BUILT_IN).unwrap_or_default(),
         }
     }
 }
@@ -231,7 +301,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<LobbyConfig> {
             None => anyhow::bail!("{} is required: {example}", src(name)),
         }
     };
-    let cfg = LobbyConfig {
+    let mut cfg = LobbyConfig {
         listen: cli
             .listen
             .or(file.listen)
@@ -272,9 +342,26 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<LobbyConfig> {
         rate_per_account: cli.rate_per_account.or(file.rate_per_account).unwrap_or(10.0),
         body_limit: cli.body_limit.or(file.body_limit).unwrap_or(16_384),
         backend_timeout_ms: cli.backend_timeout_ms.or(file.backend_timeout_ms).unwrap_or(2_000),
+        modes: String::new(),
+        service_key: cli.service_key.clone().or(file.service_key).filter(|s| !s.is_empty()),
+        match_zone: cli.match_zone.clone().or(file.match_zone).filter(|s| !s.is_empty()),
+        match_pass_ms: cli.match_pass_ms.or(file.match_pass_ms).unwrap_or(50),
         log_format: cli.log_format.clone().or(file.log_format).unwrap_or_else(|| "json".into()),
         log_filter: cli.log_filter.clone().or(file.log_filter).unwrap_or_else(|| "info".into()),
+        match_modes: Modes::default(),
     };
+    let (modes_name, modes) =
+        load_modes(cli.modes.as_deref().or(file.modes.as_deref())).map_err(|e| anyhow::anyhow!("{} refused: {e:#}", src("modes")))?;
+    cfg.modes = modes_name;
+    cfg.match_modes = modes;
+    if let Some(k) = &cfg.service_key
+        && k.len() < 16
+    {
+        anyhow::bail!("{}: too short ({} bytes): use 16 or more random bytes", src("service_key"), k.len());
+    }
+    if !(1..=10_000).contains(&cfg.match_pass_ms) {
+        anyhow::bail!("{}: {} is out of range: use 1 to 10000", src("match_pass_ms"), cfg.match_pass_ms);
+    }
     zone_config::check_url(&src("postgres"), &cfg.postgres, &["postgres://", "postgresql://"])?;
     zone_config::check_url(&src("redis"), &cfg.redis, &["redis://", "rediss://"])?;
     if cfg.session_secret.len() < 16 {
@@ -394,6 +481,18 @@ mod tests {
         std::fs::write(&f, "sesion_ttl = 60\n").unwrap();
         let e = resolve(&Cli { config: Some(f), ..base() }).unwrap_err().to_string();
         assert!(e.contains("lobby.toml") && e.contains("line 1") && e.contains("sesion_ttl"), "{e}");
+        // A bad modes file is refused, naming the file.
+        let m = dir.join("modes.toml");
+        std::fs::write(&m, "[modes.duel]\nteams = \"two\"\n").unwrap();
+        let e = resolve(&Cli { modes: Some(m), ..base() }).unwrap_err().to_string();
+        assert!(e.contains("modes.toml") && e.contains("teams"), "{e}");
+        let e = resolve(&Cli {
+            modes: Some(dir.join("missing.toml")),
+            ..base()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing.toml") && e.contains("--modes"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -25,6 +25,7 @@ use crate::accounts::Identity;
 use crate::app::{App, Issued, now_ms};
 use crate::error::{ApiError, ErrorBody};
 use crate::join::JoinResponse;
+use crate::match_http as m;
 
 /// A JSON body whose errors are 400 with the path of the bad field, 413 past the body limit, and
 /// 415 without a JSON content type.
@@ -188,7 +189,7 @@ pub struct HealthResponse {
     pub redis: String,
 }
 
-fn auth_header(h: &HeaderMap) -> Option<&str> {
+pub(crate) fn auth_header(h: &HeaderMap) -> Option<&str> {
     h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
@@ -444,15 +445,22 @@ impl Modify for SecurityAddon {
             "session",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+        components.add_security_scheme(
+            "service",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "zone-lobby", description = "The front door of the zone servers: accounts, sessions, the zone directory and join tokens."),
-    paths(auth_device, auth_platform, auth_link, auth_refresh, auth_logout, get_session, get_zones, join_zone, healthz, readyz, metrics_text),
-    components(schemas(ErrorBody, DeviceLogin, PlatformIdentity, RefreshRequest, AuthResponse, LinkResponse, IdentityView, SessionView, ZonesResponse, ZoneView, InstanceView, JoinResponse, HealthResponse)),
+    info(title = "zone-lobby", description = "The front door of the zone servers: accounts, sessions, the zone directory, join tokens and matchmaking."),
+    paths(auth_device, auth_platform, auth_link, auth_refresh, auth_logout, get_session, get_zones, join_zone,
+        m::match_request, m::get_ticket, m::cancel_ticket, m::get_rating, m::seed_request, m::match_result,
+        healthz, readyz, metrics_text),
+    components(schemas(ErrorBody, DeviceLogin, PlatformIdentity, RefreshRequest, AuthResponse, LinkResponse, IdentityView, SessionView, ZonesResponse, ZoneView, InstanceView, JoinResponse, HealthResponse,
+        m::MatchRequest, m::MatchedResponse, m::WaitingResponse, m::TicketEnded, m::TicketDone, m::SeedDone, m::SeedRequest, m::SeedMatchResponse, m::ResultRequest, m::ResultResponse, m::RatingResponse)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -460,14 +468,17 @@ pub struct ApiDoc;
 async fn openapi_json() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+        ApiDoc::openapi()
+            .merge_from(crate::autoscale::AutoscaleDoc::openapi())
+            .to_pretty_json()
+            .unwrap_or_default(),
     )
         .into_response()
 }
 
 /// The route template of a path, for metric labels (never the raw path: zone ids are unbounded).
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 7] = [
+    const ROUTES: [&str; 10] = [
         "/v1/auth/device",
         "/v1/auth/platform",
         "/v1/auth/link",
@@ -475,9 +486,18 @@ fn route_label(path: &str) -> &'static str {
         "/v1/auth/logout",
         "/v1/session",
         "/v1/zones",
+        "/v1/match/request",
+        "/v1/match/rating",
+        "/match/request",
     ];
     if let Some(r) = ROUTES.iter().find(|r| **r == path) {
         return r;
+    }
+    if path.starts_with("/v1/match/tickets/") {
+        return "/v1/match/tickets/{ticket_id}";
+    }
+    if path.starts_with("/v1/match/") && path.ends_with("/result") {
+        return "/v1/match/{match_id}/result";
     }
     if path.starts_with("/v1/zones/") && path.ends_with("/join") {
         return "/v1/zones/{zone_id}/join";
@@ -511,6 +531,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/session", get(get_session))
         .route("/v1/zones", get(get_zones))
         .route("/v1/zones/{zone_id}/join", post(join_zone))
+        .route("/v1/match/request", post(m::match_request))
+        .route("/v1/match/tickets/{ticket_id}", get(m::get_ticket).delete(m::cancel_ticket))
+        .route("/v1/match/rating", get(m::get_rating))
+        .route("/v1/match/{match_id}/result", post(m::match_result))
+        .route("/match/request", post(m::seed_request))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&app), per_ip_limit));
     Router::new()
         .merge(api)
@@ -518,6 +543,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .route("/v1/fleet-autoscale", post(crate::autoscale::fleet_autoscale))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint: see GET /openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)

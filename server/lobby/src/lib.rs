@@ -6,21 +6,30 @@
 //! join tokens minted for the instance a player is sent to, with a seat reserved atomically.
 //!
 //! Pure rules, with time passed in and no IO, tested without sockets: [`session_token`],
-//! [`refresh`], [`choose`], [`ratelimit`], [`verifier`], [`join`]. IO: [`accounts`]
+//! [`refresh`], [`choose`], [`ratelimit`], [`verifier`], [`join`], [`ratings`]. IO: [`accounts`]
 //! (PostgreSQL), [`sessions`] (Redis), [`app`] (the flows), [`http`] (axum), [`server`] (start
 //! and stop), [`client`] (a small HTTP client for bots, tests and benchmarks).
+//!
+//! Matchmaking (the algorithm is the pure `zone-matchmaker` crate): [`queue`] (the durable queue,
+//! matches and ratings in PostgreSQL), [`matching`] (leader, waiters, seats, rooms in Redis),
+//! [`match_http`] (the API).
 //!
 //! Never log a token, a proof or a secret; never use `KEYS` or `SCAN`.
 
 pub mod accounts;
 pub mod app;
+pub mod autoscale;
 pub mod choose;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod join;
+pub mod match_http;
+pub mod matching;
+pub mod queue;
 pub mod ratelimit;
+pub mod ratings;
 pub mod refresh;
 pub mod server;
 pub mod session_token;
@@ -31,7 +40,8 @@ pub mod verifier;
 mod guard {
     /// The pure modules: no IO, no clock, no randomness of their own (time and random bytes are
     /// passed in). A test module's own use of a runtime is allowed below its `#[cfg(test)]`.
-    const PURE: [(&str, &str); 6] = [
+    const PURE: [(&str, &str); 7] = [
+        ("ratings.rs", include_str!("ratings.rs")),
         ("session_token.rs", include_str!("session_token.rs")),
         ("refresh.rs", include_str!("refresh.rs")),
         ("choose.rs", include_str!("choose.rs")),

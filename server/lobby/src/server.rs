@@ -1,5 +1,6 @@
 //! Starting and stopping a lobby: connects the stores (migrations first), binds the listener,
-//! serves the router, and runs the task that applies the zone servers' join and leave reports.
+//! serves the router, runs the task that applies the zone servers' join and leave reports, and
+//! the matchmaking tasks (listener, leader candidate, depth refresher; `matching.rs`).
 //!
 //! Used by `main.rs` and by tests, which run lobbies in-process on a free port.
 
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::accounts::Accounts;
 use crate::app::App;
 use crate::config::LobbyConfig;
+use crate::queue::Queue;
 use crate::sessions::Sessions;
 
 /// How often zone events are polled, and how many are applied at once at most.
@@ -46,6 +48,21 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("lobby_http_request_duration_seconds".into()),
             &[0.0005, 0.001, 0.002, 0.005, 0.010, 0.020, 0.050, 0.100, 0.250, 1.0],
+        )
+        .ok()?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("lobby_match_wait_seconds".into()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0],
+        )
+        .ok()?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("lobby_match_spread".into()),
+            &[10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 600.0],
+        )
+        .ok()?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("lobby_match_pass_seconds".into()),
+            &[0.0001, 0.0005, 0.001, 0.002, 0.005, 0.010, 0.050, 0.100],
         )
         .ok()?
         .build_recorder();
@@ -90,6 +107,48 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         "lobby_zone_event_errors_total",
         "Failed attempts to read or apply zone servers' reports."
     );
+    crate::autoscale::describe_metrics();
+    metrics::describe_gauge!(
+        "lobby_match_queue_players",
+        "Players waiting for a match, by mode and region (exported by the leader)."
+    );
+    metrics::describe_histogram!(
+        "lobby_match_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time matched tickets waited, by mode."
+    );
+    metrics::describe_histogram!("lobby_match_spread", "Match quality: the rating spread of each match, by mode.");
+    metrics::describe_counter!("lobby_matches_total", "Matches placed on a zone server, by mode.");
+    metrics::describe_counter!(
+        "lobby_match_allocation_failures_total",
+        "Matches that found no zone server with room (their tickets wait again), by mode."
+    );
+    metrics::describe_gauge!(
+        "lobby_match_seat_shortage_players",
+        "Players matched but waiting for a seat on a zone server, by mode: the autoscaling signal."
+    );
+    metrics::describe_gauge!("lobby_match_leader", "1 on the instance that matches.");
+    metrics::describe_counter!("lobby_match_leader_changes_total", "Times this instance became the leader.");
+    metrics::describe_counter!(
+        "lobby_match_refused_total",
+        "Match requests refused, by reason (unknown_mode, bad_party, bad_region, bad_wait, duplicate, queue_full, matcher)."
+    );
+    metrics::describe_counter!("lobby_match_tickets_total", "Tickets queued, by mode.");
+    metrics::describe_counter!("lobby_match_cancelled_total", "Tickets cancelled.");
+    metrics::describe_counter!(
+        "lobby_match_commit_races_total",
+        "Matches whose guarded commit found a ticket no longer waiting (a cancel won), by mode."
+    );
+    metrics::describe_counter!(
+        "lobby_match_requeued_total",
+        "Tickets put back in the queue because their zone server left before the join, by mode."
+    );
+    metrics::describe_histogram!(
+        "lobby_match_pass_seconds",
+        metrics::Unit::Seconds,
+        "Time of one matching pass on the leader."
+    );
+    metrics::describe_counter!("lobby_match_results_total", "Match results applied to ratings.");
     Some(handle)
 }
 
@@ -104,12 +163,15 @@ pub async fn start(cfg: LobbyConfig, metrics: Option<PrometheusHandle>) -> anyho
                 zone_config::mask_url_passwords(&cfg.postgres)
             )
         })?;
+    let queue = Queue::connect(&cfg.postgres, &cfg.postgres_schema, cfg.postgres_connections, cfg.backend_timeout())
+        .await
+        .context("cannot open the matchmaking queue in PostgreSQL")?;
     let sessions = Sessions::new(&cfg.redis, &cfg.redis_prefix, cfg.backend_timeout()).context("bad Redis URL")?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is another lobby running? set --listen)", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let app = Arc::new(App::new(cfg, accounts, sessions, metrics));
+    let app = Arc::new(App::new(cfg, accounts, sessions, queue, metrics));
     let (stop, stop_rx) = watch::channel(false);
     let service = crate::http::router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>();
     let mut rx = stop_rx.clone();
@@ -121,14 +183,11 @@ pub async fn start(cfg: LobbyConfig, metrics: Option<PrometheusHandle>) -> anyho
             tracing::error!(error = %e, "the HTTP server failed");
         }
     });
+    let mut tasks = crate::matching::spawn(&app, &stop_rx);
     let events = tokio::spawn(apply_events(Arc::clone(&app), stop_rx));
-    tracing::info!(%addr, "lobby listening");
-    Ok(Running {
-        addr,
-        app,
-        stop,
-        tasks: vec![serve, events],
-    })
+    tasks.extend([serve, events]);
+    tracing::info!(%addr, modes = %app.cfg.modes, "lobby listening");
+    Ok(Running { addr, app, stop, tasks })
 }
 
 /// Applies zone servers' join and leave reports until stopped; Redis errors are counted, logged

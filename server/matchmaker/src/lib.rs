@@ -7,8 +7,50 @@
 //! What it must never do: IO, clocks, threads, randomness or `HashMap` iteration. Time is passed in
 //! as milliseconds; the same events (inserts, cancels, passes) always give the same matches.
 //!
-//! INTERFACE SKELETON: the lead wrote the types and signatures so that the lobby (durable queue,
-//! API) and this crate can be built in parallel. The bodies are filled in by the matcher's owner.
+//! # The rules, precisely
+//!
+//! - A ticket's **rating** is its members' mean rating; a match's **spread** (its quality) is the
+//!   highest minus the lowest ticket rating in it.
+//! - A ticket's **window** at time `now` is [`window`]`(mode, now - enqueued_ms)`:
+//!   `min(initial_window + widen_per_s × waited_s, max_window)`. It never shrinks as time passes.
+//! - A set of tickets of one mode is **compatible** at `now` when their players fill the mode's
+//!   teams exactly (`teams` teams of `team_size`, a party always on one team), the spread is within
+//!   **every** ticket's window (the window is mutual), and the region rule holds: all tickets of
+//!   one region (tickets without a region form their own region ""), or, with
+//!   `region = { any_after_s = S }`, every ticket of the match has waited at least `S` (mutual,
+//!   like the window). A match's region is its anchor's.
+//! - **Oldest first.** A pass at `now` takes the waiting tickets of each mode (modes in name order)
+//!   in the order (enqueued_ms, ticket id), and each one still waiting becomes in turn the
+//!   **anchor**: the pass forms a compatible match containing the anchor and tickets still waiting
+//!   at that point of the pass, if it finds one. So a ticket is served before every younger ticket
+//!   of its mode; a ticket left waiting after a pass had no match found for it among the tickets
+//!   that were still waiting at its turn (every ticket left waiting, and every ticket of a match
+//!   whose anchor is younger than it). The guarantee "the oldest compatible ticket is served
+//!   first" means exactly this. For tickets of one player the search is complete: a ticket left
+//!   waiting had no compatible match at all among those tickets. With parties the choice within a
+//!   rating interval is nearest-first and can, rarely, miss a team packing that exists.
+//! - **Which partners.** First the anchor's own region, nearest rating first, within the initial
+//!   window (every ticket's window is at least that wide). Failing that, window levels: for each
+//!   level `L` (ascending: the initial window, then each partner's window, never above the
+//!   anchor's), the tickets whose window is at least `L` and whose rating is within `L` of the
+//!   anchor, in every interval of width `L` that holds the anchor, nearest the anchor first; the
+//!   first level that gives a match wins, with its smallest spread. Failing that, and if the region
+//!   rule allows, the same over every region. Ties go to the older ticket, then the lower id.
+//! - **Teams.** The tickets of a match are assigned to teams to bring the teams' rating sums as
+//!   close as possible (a small exhaustive search with a node budget: [`teams`]).
+//!
+//! # Cost
+//!
+//! Tickets are indexed by age per mode and by rating per (mode, region) in `BTreeMap`s, so a pass
+//! costs about one range scan per waiting ticket: in a dense pool the fast path reads only the few
+//! nearest tickets. The complete search (window levels) runs only when the fast path fails, over the
+//! tickets inside the anchor's window. `cargo bench -p zone-matchmaker --bench pass` measures it.
+
+pub mod modes;
+mod pool;
+pub mod teams;
+
+pub use pool::{Pool, ticket_rating};
 
 use std::collections::BTreeMap;
 
@@ -92,8 +134,7 @@ pub struct ModesError {
 impl Modes {
     /// Parses and validates a modes file's text; `file` is only used in errors.
     pub fn from_toml(file: &str, text: &str) -> Result<Modes, ModesError> {
-        let _ = (file, text);
-        todo!("matcher owner")
+        modes::parse(file, text)
     }
 
     pub fn get(&self, name: &str) -> Option<&Mode> {
@@ -132,13 +173,15 @@ pub enum PoolError {
     DuplicatePlayer(PlayerId),
     #[error("mode {mode:?} is full ({limit} players waiting)")]
     Full { mode: String, limit: usize },
+    #[error("player {player} has rating {rating}, not a finite number")]
+    BadRating { player: PlayerId, rating: f64 },
 }
 
 /// The rating window of a ticket of `mode` that has waited `waited_ms`: starts at
 /// `initial_window`, grows by `widen_per_s`, never past `max_window`; never shrinks.
 pub fn window(mode: &Mode, waited_ms: u64) -> f64 {
-    let _ = (mode, waited_ms);
-    todo!("matcher owner")
+    let w = mode.initial_window + mode.widen_per_s * (waited_ms as f64 / 1000.0);
+    w.min(mode.max_window).max(mode.initial_window)
 }
 
 /// Waiting players of one (mode, region).
@@ -148,58 +191,6 @@ pub struct Depth {
     pub region: Option<String>,
     pub tickets: usize,
     pub players: usize,
-}
-
-/// The pool of waiting tickets.
-#[derive(Debug, Clone)]
-pub struct Pool {
-    modes: Modes,
-}
-
-impl Pool {
-    pub fn new(modes: Modes) -> Pool {
-        Pool { modes }
-    }
-
-    pub fn modes(&self) -> &Modes {
-        &self.modes
-    }
-
-    /// Adds a ticket (a new one, one rebuilt from the durable queue, or one put back).
-    pub fn insert(&mut self, ticket: Ticket) -> Result<(), PoolError> {
-        let _ = ticket;
-        todo!("matcher owner")
-    }
-
-    /// Removes a ticket (cancelled or matched elsewhere); `None` if it was not there.
-    pub fn remove(&mut self, id: TicketId) -> Option<Ticket> {
-        let _ = id;
-        todo!("matcher owner")
-    }
-
-    pub fn get(&self, id: TicketId) -> Option<&Ticket> {
-        let _ = id;
-        todo!("matcher owner")
-    }
-
-    pub fn len(&self) -> usize {
-        todo!("matcher owner")
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Forms every match it can at `now_ms` and removes their tickets from the pool.
-    pub fn pass(&mut self, now_ms: u64) -> Vec<Match> {
-        let _ = now_ms;
-        todo!("matcher owner")
-    }
-
-    /// Waiting tickets and players by (mode, region), sorted.
-    pub fn depth(&self) -> Vec<Depth> {
-        todo!("matcher owner")
-    }
 }
 
 /// One entry of the matcher's event log.
