@@ -12,5 +12,5 @@ fi
 promtool --version 2>&1 | head -n 1
 
 promtool check config prometheus.yml
-promtool check rules alerts.yml
-promtool test rules alerts_test.yml
+promtool check rules alerts.yml lobby-alerts.yml
+promtool test rules alerts_test.yml lobby-alerts_test.yml

@@ -1,5 +1,8 @@
 //! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status` and `POST /drain`.
 //!
+//! `/healthz` follows the tick (it advanced within 2 s); `/readyz` says whether new players may
+//! come: loaded, socket bound, not draining and not overloaded (`allocatable`).
+//!
 //! It runs on its own thread with a small tokio runtime, never on the tick thread. The tick loop
 //! talks to it only through [`AdminShared`]: atomics it stores into, and a status document it
 //! publishes with `try_lock` (so publishing can never block a tick).
@@ -34,6 +37,8 @@ pub struct AdminShared {
     pub draining: AtomicBool,
     /// The tick loop has ended; the process is writing its final state.
     pub stopping: AtomicBool,
+    /// False while overloaded (tick p99 over budget for a while): alive, but not taking players.
+    pub allocatable: AtomicBool,
     status: Mutex<Arc<serde_json::Value>>,
     prometheus: Option<PrometheusHandle>,
 }
@@ -48,6 +53,7 @@ impl AdminShared {
             drain_requested: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            allocatable: AtomicBool::new(true),
             status: Mutex::new(Arc::new(serde_json::json!({"state": "starting"}))),
             prometheus,
         })
@@ -70,8 +76,12 @@ impl AdminShared {
         last == 0 || self.started.elapsed().saturating_sub(Duration::from_nanos(last)) < LIVENESS_WINDOW
     }
 
+    /// Loaded, socket bound, not draining and not overloaded: new players may be sent here.
     pub fn is_ready(&self) -> bool {
-        self.zone_loaded.load(Ordering::Relaxed) && self.socket_bound.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.zone_loaded.load(Ordering::Relaxed)
+            && self.socket_bound.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.allocatable.load(Ordering::Relaxed)
     }
 
     pub fn uptime(&self) -> Duration {
@@ -221,7 +231,8 @@ async fn readyz(State(s): State<Arc<AdminShared>>) -> Response {
     let loaded = s.zone_loaded.load(Ordering::Relaxed);
     let bound = s.socket_bound.load(Ordering::Relaxed);
     let draining = s.draining.load(Ordering::Relaxed);
-    let body = serde_json::json!({"ready": s.is_ready(), "zone_loaded": loaded, "socket_bound": bound, "draining": draining});
+    let allocatable = s.allocatable.load(Ordering::Relaxed);
+    let body = serde_json::json!({"ready": s.is_ready(), "zone_loaded": loaded, "socket_bound": bound, "draining": draining, "allocatable": allocatable});
     let code = if s.is_ready() {
         StatusCode::OK
     } else {

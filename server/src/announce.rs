@@ -59,6 +59,9 @@ pub struct AnnounceShared {
     players: AtomicU32,
     tick_p99_us: AtomicU32,
     state: AtomicU8,
+    allocatable: AtomicBool,
+    /// A state change waits for no timer: the record is rewritten at the next poll.
+    announce_now: AtomicBool,
     events_tx: Sender<(ZoneEventKind, PlayerId)>,
     events_rx: Receiver<(ZoneEventKind, PlayerId)>,
     kick_sink: Mutex<Option<SyncSender<ToNet>>>,
@@ -82,6 +85,8 @@ impl AnnounceShared {
             players: AtomicU32::new(0),
             tick_p99_us: AtomicU32::new(0),
             state: AtomicU8::new(0),
+            allocatable: AtomicBool::new(true),
+            announce_now: AtomicBool::new(false),
             events_tx,
             events_rx,
             kick_sink: Mutex::new(None),
@@ -114,9 +119,17 @@ impl AnnounceShared {
     }
     pub fn set_ready(&self) {
         self.state.store(1, Ordering::Relaxed);
+        self.announce_now.store(true, Ordering::Relaxed);
     }
     pub fn set_draining(&self) {
         self.state.store(2, Ordering::Relaxed);
+        self.announce_now.store(true, Ordering::Relaxed);
+    }
+    /// Overload: the record says `allocatable: false` and the lobby stops offering the instance.
+    pub fn set_allocatable(&self, yes: bool) {
+        if self.allocatable.swap(yes, Ordering::Relaxed) != yes {
+            self.announce_now.store(true, Ordering::Relaxed);
+        }
     }
     /// Where kicks go (the network thread's command queue).
     pub fn set_kick_sink(&self, tx: SyncSender<ToNet>) {
@@ -130,6 +143,37 @@ impl AnnounceShared {
             1 => InstanceState::Ready,
             _ => InstanceState::Draining,
         }
+    }
+}
+
+/// The `local` lifecycle's tick side (also usable on its own through [`crate::runner::Hooks::announce`]).
+impl crate::lifecycle::Lifecycle for AnnounceShared {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+    fn ready(&self) {
+        self.set_ready();
+    }
+    fn player_joined(&self, p: PlayerId) {
+        AnnounceShared::player_joined(self, p);
+    }
+    fn player_left(&self, p: PlayerId) {
+        AnnounceShared::player_left(self, p);
+    }
+    fn set_players(&self, n: usize) {
+        AnnounceShared::set_players(self, n);
+    }
+    fn set_tick_p99_us(&self, us: u32) {
+        AnnounceShared::set_tick_p99_us(self, us);
+    }
+    fn set_allocatable(&self, yes: bool) {
+        AnnounceShared::set_allocatable(self, yes);
+    }
+    fn set_draining(&self) {
+        AnnounceShared::set_draining(self);
+    }
+    fn set_kick_sink(&self, tx: SyncSender<ToNet>) {
+        AnnounceShared::set_kick_sink(self, tx);
     }
 }
 
@@ -227,7 +271,8 @@ fn run(cfg: AnnounceConfig, client: redis::Client, shared: Arc<AnnounceShared>, 
                 });
             }
             let mut result: Result<(), String> = Ok(());
-            if last_announce.is_none_or(|t| t.elapsed() >= ANNOUNCE_EVERY) {
+            let urgent = shared.announce_now.swap(false, Ordering::Relaxed);
+            if urgent || last_announce.is_none_or(|t| t.elapsed() >= ANNOUNCE_EVERY) {
                 let record = ZoneRecord {
                     zone_id: cfg.zone_id.clone(),
                     instance_id: cfg.instance_id.clone(),
@@ -236,6 +281,7 @@ fn run(cfg: AnnounceConfig, client: redis::Client, shared: Arc<AnnounceShared>, 
                     players: shared.players.load(Ordering::Relaxed),
                     tick_p99_us: shared.tick_p99_us.load(Ordering::Relaxed),
                     state: shared.state(),
+                    allocatable: shared.allocatable.load(Ordering::Relaxed),
                     updated_ms: now,
                 };
                 last_announce = Some(Instant::now());

@@ -243,6 +243,32 @@ pub struct Cli {
     /// Prefix of the lobby's Redis keys (its --redis-prefix). [default: lobby:]
     #[arg(long, value_name = "P", env = "ZONE_ANNOUNCE_PREFIX")]
     pub lobby_prefix: Option<String>,
+
+    /// Who runs this server's lifecycle: `local` (the lobby's zone directory, with --lobby-redis)
+    /// or `agones` (the Agones SDK's REST gateway on 127.0.0.1:AGONES_SDK_HTTP_PORT: Ready once
+    /// loaded and bound, Health every 2 s while the tick advances, the label
+    /// agones.dev/sdk-allocatable, player tracking, Shutdown after the drain's final snapshot;
+    /// with --lobby-redis it also announces to the lobby). See docs/AGONES.md. [default: local]
+    #[arg(long, value_parser = ["local", "agones"], env = "ZONE_LIFECYCLE")]
+    pub lifecycle: Option<String>,
+
+    /// Port of the Agones SDK's REST gateway on 127.0.0.1 (Agones sets AGONES_SDK_HTTP_PORT). [default: 9358]
+    #[arg(long, value_name = "PORT", env = "AGONES_SDK_HTTP_PORT")]
+    pub agones_sdk_port: Option<u16>,
+
+    /// Tick duration p99 (milliseconds) above which a second counts as overloaded. [default: 16.7, the 60 Hz tick period]
+    #[arg(long, value_name = "MS", env = "ZONE_OVERLOAD_BUDGET_MS")]
+    pub overload_budget_ms: Option<f64>,
+
+    /// Seconds of tick p99 over budget, without a break, after which the server stops being
+    /// allocatable: it keeps running and keeps its players, /readyz answers 503, the lobby stops
+    /// offering it, Agones' label agones.dev/sdk-allocatable turns false. [default: 10]
+    #[arg(long, value_name = "SECS", env = "ZONE_OVERLOAD_AFTER")]
+    pub overload_after: Option<f64>,
+
+    /// Seconds back within budget, without a break, after which an overloaded server is allocatable again. [default: 10]
+    #[arg(long, value_name = "SECS", env = "ZONE_OVERLOAD_RECOVER_AFTER")]
+    pub overload_recover_after: Option<f64>,
 }
 
 /// The same options as a TOML file. Unknown keys are errors (a typo must not be silently ignored).
@@ -297,6 +323,11 @@ struct FileConfig {
     lobby_redis: Option<String>,
     public_addr: Option<String>,
     lobby_prefix: Option<String>,
+    lifecycle: Option<String>,
+    agones_sdk_port: Option<u16>,
+    overload_budget_ms: Option<f64>,
+    overload_after: Option<f64>,
+    overload_recover_after: Option<f64>,
 }
 
 /// The effective configuration.
@@ -352,6 +383,11 @@ pub struct ServerConfig {
     pub lobby_redis: Option<String>,
     pub public_addr: Option<String>,
     pub lobby_prefix: String,
+    pub lifecycle: String,
+    pub agones_sdk_port: u16,
+    pub overload_budget_ms: f64,
+    pub overload_after: f64,
+    pub overload_recover_after: f64,
 }
 
 impl ServerConfig {
@@ -408,6 +444,15 @@ impl ServerConfig {
             history_s: self.viz_history,
             ring_bytes_max: self.viz_ring_mb.saturating_mul(1 << 20),
             ..Default::default()
+        }
+    }
+
+    /// The overload guard's settings.
+    pub fn overload(&self) -> crate::lifecycle::overload::OverloadConfig {
+        crate::lifecycle::overload::OverloadConfig {
+            budget_us: (self.overload_budget_ms * 1000.0).round() as u32,
+            after: Duration::from_secs_f64(self.overload_after),
+            recover_after: Duration::from_secs_f64(self.overload_recover_after),
         }
     }
 
@@ -493,6 +538,14 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         lobby_redis: cli.lobby_redis.clone().or(file.lobby_redis),
         public_addr: cli.public_addr.clone().or(file.public_addr),
         lobby_prefix: cli.lobby_prefix.clone().or(file.lobby_prefix).unwrap_or_else(|| "lobby:".into()),
+        lifecycle: cli.lifecycle.clone().or(file.lifecycle).unwrap_or_else(|| "local".into()),
+        agones_sdk_port: cli
+            .agones_sdk_port
+            .or(file.agones_sdk_port)
+            .unwrap_or(crate::lifecycle::agones::SDK_HTTP_PORT_DEFAULT),
+        overload_budget_ms: cli.overload_budget_ms.or(file.overload_budget_ms).unwrap_or(16.7),
+        overload_after: cli.overload_after.or(file.overload_after).unwrap_or(10.0),
+        overload_recover_after: cli.overload_recover_after.or(file.overload_recover_after).unwrap_or(10.0),
     };
     let src = |name: &str| match &cli.config {
         Some(p) => format!("{name} (from the command line, ZONE_{}, or {})", name.to_uppercase(), p.display()),
@@ -653,6 +706,45 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             );
         }
     }
+    if !["local", "agones"].contains(&cfg.lifecycle.as_str()) {
+        anyhow::bail!(
+            "{}: {:?} is not a lifecycle: use \"local\" (the lobby's directory) or \"agones\" (the Agones SDK)",
+            src("lifecycle"),
+            cfg.lifecycle
+        );
+    }
+    if cfg.lifecycle == "agones" {
+        if cfg.ticks.is_some() {
+            anyhow::bail!(
+                "{}: agones runs a real-time server until it is drained: drop --ticks (or use --lifecycle local)",
+                src("lifecycle")
+            );
+        }
+        if cfg.bind == "off" {
+            anyhow::bail!("{}: agones needs the game socket for players: drop --bind off", src("lifecycle"));
+        }
+    }
+    if cfg.agones_sdk_port == 0 {
+        anyhow::bail!(
+            "{}: 0 is not a port: use the port Agones sets in AGONES_SDK_HTTP_PORT (default 9358)",
+            src("agones_sdk_port")
+        );
+    }
+    if !(cfg.overload_budget_ms.is_finite() && cfg.overload_budget_ms > 0.0 && cfg.overload_budget_ms <= 10_000.0) {
+        anyhow::bail!(
+            "{}: {} must be between 0 and 10000 milliseconds (16.7 is one 60 Hz tick)",
+            src("overload_budget_ms"),
+            cfg.overload_budget_ms
+        );
+    }
+    for (name, v) in [
+        ("overload_after", cfg.overload_after),
+        ("overload_recover_after", cfg.overload_recover_after),
+    ] {
+        if !(v.is_finite() && v >= 1.0) {
+            anyhow::bail!("{}: {v} must be at least 1 second (the tick p99 is measured per second)", src(name));
+        }
+    }
     if cfg.realtime && cfg.ticks.is_none() {
         anyhow::bail!(
             "{}: realtime only makes sense with ticks (without ticks the server always runs in real time)",
@@ -682,6 +774,19 @@ mod tests {
         assert_eq!(c.hash_interval, 5, "file beats default");
         assert_eq!(c.admin.port(), 9999);
         assert_eq!(c.drain_timeout, 30.0, "default");
+
+        std::fs::write(&f, "lifecycle = \"agonse\"\n").unwrap();
+        let err = resolve(&cli).unwrap_err().to_string();
+        assert!(
+            err.contains("lifecycle") && err.contains("server.toml") && err.contains("\"agones\""),
+            "{err}"
+        );
+        std::fs::write(&f, "lifecycle = \"agones\"\noverload_after = 0.5\n").unwrap();
+        let err = resolve(&cli).unwrap_err().to_string();
+        assert!(err.contains("overload_after") && err.contains("at least 1 second"), "{err}");
+        std::fs::write(&f, "lifecycle = \"agones\"\n").unwrap();
+        let c = resolve(&cli).unwrap();
+        assert_eq!((c.lifecycle.as_str(), c.overload().budget_us), ("agones", 16_700));
 
         std::fs::write(&f, "seed = 7\nhash_intervl = 5\n").unwrap();
         let err = resolve(&cli).unwrap_err().to_string();

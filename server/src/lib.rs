@@ -14,6 +14,7 @@ pub mod config;
 pub mod executor;
 pub mod housekeeping;
 pub mod journal_sink;
+pub mod lifecycle;
 pub mod net;
 pub mod pacing;
 pub mod persist;

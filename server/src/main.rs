@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use zone_persistence::breaker::BreakerConfig;
 use zone_server::admin::{AdminServer, AdminShared};
 use zone_server::config::{Cli, resolve};
+use zone_server::lifecycle::agones::{AgonesConfig, AgonesLifecycle};
+use zone_server::lifecycle::{Fanout, Lifecycle, LocalLifecycle};
 use zone_server::persist::PersistConfig;
 use zone_server::recovery::{restore, restored_line};
 use zone_server::runner::{Hooks, RunConfig, run};
@@ -180,7 +182,9 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             n.peer_packet_rate = cfg.peer_packet_rate;
             n
         }),
+        overload: cfg.overload(),
     };
+    let capacity = u32::try_from(cfg.max_clients.unwrap_or(loaded.spec.max_players as usize)).unwrap_or(u32::MAX);
     let announcer = match (&cfg.lobby_redis, &cfg.public_addr) {
         (Some(url), Some(addr)) => Some(zone_server::announce::Announcer::start(zone_server::announce::AnnounceConfig {
             redis_url: url.clone(),
@@ -188,11 +192,25 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             zone_id: loaded.spec.id.clone(),
             instance_id: cfg.instance.clone().unwrap_or_else(|| format!("{}@{addr}", loaded.spec.id)),
             public_addr: addr.clone(),
-            capacity: u32::try_from(cfg.max_clients.unwrap_or(loaded.spec.max_players as usize)).unwrap_or(u32::MAX),
+            capacity,
             ttl: Duration::from_secs(5),
             op_timeout: Duration::from_millis(cfg.backend_timeout_ms.min(1_000)),
         })?),
         _ => None,
+    };
+    // The lifecycle backends: the lobby's directory (local), the Agones SDK, or both.
+    let mut backends: Vec<Arc<dyn Lifecycle>> = Vec::new();
+    if let Some(a) = announcer {
+        backends.push(Arc::new(LocalLifecycle::new(a)));
+    }
+    if cfg.lifecycle == "agones" {
+        let a = AgonesLifecycle::start(AgonesConfig::local(cfg.agones_sdk_port, capacity))?;
+        backends.push(Arc::new(a));
+    }
+    let lifecycle: Option<Arc<dyn Lifecycle>> = match backends.len() {
+        0 => None,
+        1 => backends.pop(),
+        _ => Some(Arc::new(Fanout(backends))),
     };
     let hooks = Hooks {
         stop_signal: stop,
@@ -200,11 +218,19 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         metrics: cfg.telemetry_on(),
         log_dropped: Some(log_guard.dropped_counter()),
         viz: viz.as_ref().map(Viz::tap),
-        announce: announcer.as_ref().map(|a| Arc::clone(&a.shared)),
+        announce: None,
+        lifecycle: lifecycle.clone(),
+        stall: None,
     };
     let outcome = run(&run_cfg, &loaded, hooks, restored);
-    if let Some(a) = announcer {
-        a.stop();
+    // After the final snapshot: withdraw from the directory, then Agones' Shutdown (bounded).
+    if let Some(l) = lifecycle {
+        if outcome.is_ok() {
+            l.shutdown(Duration::from_secs(5));
+        } else {
+            // A failed run still leaves the directory; Agones restarts or replaces an Unhealthy server.
+            l.shutdown(Duration::ZERO);
+        }
     }
     // Viewers are told the server is going away, so their streams end and the listener can stop.
     if let Some(v) = viz {

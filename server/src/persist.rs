@@ -123,6 +123,8 @@ impl Persister {
         let c = counters.clone();
         gauge!("zone_queue_capacity", "queue" => "events").set(cfg.event_queue as f64);
         gauge!("zone_queue_capacity", "queue" => "snapshot").set(SNAPSHOT_QUEUE_MAX as f64);
+        counter!("zone_snapshot_failures_total", "store" => "file").increment(0);
+        gauge!("zone_snapshot_consecutive_failures", "store" => "file").set(0.0);
         let thread = std::thread::Builder::new().name("persist".into()).spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -228,6 +230,13 @@ struct Backend<S> {
 impl<S> Backend<S> {
     fn new(name: &'static str, snapshots: bool, breaker: BreakerConfig) -> Self {
         gauge!("zone_backend_breaker_state", "backend" => name).set(0.0);
+        // Failure series exist from the start, so dashboards and alerts see zeros, not gaps.
+        if snapshots {
+            counter!("zone_snapshot_failures_total", "store" => name).increment(0);
+            gauge!("zone_snapshot_consecutive_failures", "store" => name).set(0.0);
+        } else {
+            counter!("zone_event_write_failures_total").increment(0);
+        }
         Backend {
             name,
             snapshots,

@@ -14,7 +14,11 @@
 //! 6. journal: the applied batch and any hash go to the journal thread (never waits in real time);
 //!    at every full snapshot tick (and every `--journal-segment`) a new segment starts there;
 //! 7. telemetry: metrics are recorded (atomics only), the liveness stamp and `/status` updated,
-//!    and statistics logged every `stats_interval`.
+//!    and statistics logged every `stats_interval`;
+//! 8. lifecycle: joins, leaves, players and the heartbeat go to the lifecycle backend (`lifecycle/`,
+//!    atomics and bounded queues only); once a second the tick p99 goes to it and to the overload
+//!    guard, which makes the server unallocatable after a sustained overload (and allocatable
+//!    again after a sustained recovery).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +77,8 @@ pub struct RunConfig {
     pub keep_aside_for: Option<Duration>,
     /// The game socket (None: no socket).
     pub net: Option<crate::net::NetConfig>,
+    /// When a sustained tick p99 over budget makes the server unallocatable.
+    pub overload: crate::lifecycle::overload::OverloadConfig,
 }
 
 impl RunConfig {
@@ -96,6 +102,7 @@ impl RunConfig {
             journal_segment_every: None,
             journal_retention: zone_persistence::Retention::default(),
             keep_aside_for: None,
+            overload: crate::lifecycle::overload::OverloadConfig::default(),
         }
     }
 }
@@ -113,8 +120,16 @@ pub struct Hooks {
     pub log_dropped: Option<zone_telemetry::logs::ErrorCounter>,
     /// The world visualizer's tap (copies of the objects for viewers, only while someone watches).
     pub viz: Option<crate::viz::VizTap>,
-    /// The lobby announcer's shared state (players, tick p99, state, joins and leaves, kicks).
+    /// The lobby announcer's shared state (players, tick p99, state, joins and leaves, kicks):
+    /// the `local` lifecycle for callers that start an `Announcer` themselves. Used when
+    /// `lifecycle` is None.
     pub announce: Option<Arc<crate::announce::AnnounceShared>>,
+    /// The lifecycle backend (`local`, `agones`, or both): ready, heartbeat, players, tick p99,
+    /// allocatable, draining.
+    pub lifecycle: Option<Arc<dyn crate::lifecycle::Lifecycle>>,
+    /// Test hook: while true the tick loop does not tick (a stalled tick, as a deadlock or a
+    /// runaway system would cause). Never set outside tests.
+    pub stall: Option<Arc<AtomicBool>>,
 }
 
 /// How a run ended.
@@ -231,14 +246,24 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         None => None,
     };
-    if let Some(a) = &hooks.announce {
+    let lifecycle: Option<Arc<dyn crate::lifecycle::Lifecycle>> = hooks
+        .lifecycle
+        .clone()
+        .or_else(|| hooks.announce.clone().map(|a| a as Arc<dyn crate::lifecycle::Lifecycle>));
+    if let Some(l) = &lifecycle {
         if let Some(n) = &net {
-            a.set_kick_sink(n.command_sender());
+            l.set_kick_sink(n.command_sender());
         }
-        a.set_ready();
+        // Loaded (or restored), and the game socket bound.
+        l.ready();
     }
-    // Tick durations of the last second, for the announcer's p99.
+    // Tick durations of the last second, for the lifecycle's p99 and the overload guard.
     let mut announce_window = Samples::default();
+    let mut announce_window_started = Instant::now();
+    let mut overload = crate::lifecycle::overload::OverloadGuard::new(cfg.overload);
+    if hooks.metrics {
+        metrics::gauge!("zone_allocatable").set(1.0);
+    }
     if let Some(a) = &hooks.admin {
         a.zone_loaded.store(true, Ordering::Relaxed);
         // Ready needs the game socket bound (or no socket configured).
@@ -310,8 +335,8 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             if let Some(n) = &net {
                 n.set_draining();
             }
-            if let Some(a) = &hooks.announce {
-                a.set_draining();
+            if let Some(l) = &lifecycle {
+                l.set_draining();
             }
             tracing::info!(
                 players = zone.players().len(),
@@ -335,6 +360,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             }
         }
 
+        if let Some(stall) = &hooks.stall {
+            while stall.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let due = if paced {
             let wait = pacer.until_next();
             if !wait.is_zero() {
@@ -409,19 +439,54 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 }
                 p.offer_events(player_events(&events_zone_id, run_id, &batch, &zone));
             }
-            if let Some(a) = &hooks.announce {
-                // Atomics and a bounded try_send only: the announcer never holds up the tick.
+            if let Some(l) = &lifecycle {
+                // Atomics and a bounded try_send only: the lifecycle never holds up the tick.
                 for &p in &batch.joins {
-                    a.player_joined(p);
+                    l.player_joined(p);
                 }
                 for &p in &batch.leaves {
-                    a.player_left(p);
+                    l.player_left(p);
                 }
-                a.set_players(zone.players().len());
-                announce_window.push(took);
-                if announce_window.len() >= zone_sim::units::TICK_RATE_HZ as usize {
-                    a.set_tick_p99_us(announce_window.quantile_us(0.99));
-                    announce_window.clear();
+                l.set_players(zone.players().len());
+                l.tick_advanced();
+            }
+            announce_window.push(took);
+            let window = announce_window_started.elapsed();
+            if window >= Duration::from_secs(1) {
+                let p99 = announce_window.quantile_us(0.99);
+                announce_window.clear();
+                announce_window_started = Instant::now();
+                if let Some(l) = &lifecycle {
+                    l.set_tick_p99_us(p99);
+                }
+                if let Some(allocatable) = overload.observe(p99, window) {
+                    if allocatable {
+                        tracing::info!(
+                            tick_p99_us = p99,
+                            budget_us = cfg.overload.budget_us,
+                            "tick back within budget: allocatable again"
+                        );
+                    } else {
+                        tracing::warn!(
+                            tick_p99_us = p99,
+                            budget_us = cfg.overload.budget_us,
+                            for_s = cfg.overload.after.as_secs_f64(),
+                            "overloaded: tick p99 over budget; unallocatable (players stay, no new ones are sent here)"
+                        );
+                    }
+                    if let Some(l) = &lifecycle {
+                        l.set_allocatable(allocatable);
+                    }
+                    if let Some(a) = &hooks.admin {
+                        a.allocatable.store(allocatable, Ordering::Relaxed);
+                    }
+                    if hooks.metrics {
+                        metrics::gauge!("zone_allocatable").set(if allocatable { 1.0 } else { 0.0 });
+                    }
+                    if let Some(m) = &mut metrics {
+                        // zone_ready follows /readyz.
+                        m.ready.set(if allocatable && drain_started.is_none() { 1.0 } else { 0.0 });
+                    }
                 }
             }
             for &p in &batch.joins {
@@ -518,6 +583,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let wall = started.elapsed();
     if let Some(a) = &hooks.admin {
         a.stopping.store(true, Ordering::Relaxed);
+    }
+    if let Some(l) = &lifecycle {
+        l.set_stopping();
     }
     if let Some(n) = net.take() {
         n.shutdown();

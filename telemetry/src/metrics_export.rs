@@ -157,6 +157,18 @@ fn describe_all() {
     describe_gauge!("zone_net_clients", "Clients connected to the game socket (joined or joining).");
     describe_gauge!("zone_draining", "1 while the server drains for shutdown.");
     describe_gauge!("zone_ready", "1 while /readyz answers 200.");
+    describe_gauge!(
+        "zone_allocatable",
+        "0 while the server is overloaded (tick p99 over --overload-budget-ms for --overload-after s): alive, keeps its players, takes no new ones."
+    );
+    describe_counter!(
+        "zone_agones_sdk_errors_total",
+        "Agones SDK gateway calls that failed (unreachable, timeout, an error status); retried with backoff."
+    );
+    describe_counter!(
+        "zone_agones_events_dropped_total",
+        "Player connect/disconnect events for the Agones SDK dropped because its queue was full."
+    );
     describe_gauge!("zone_uptime_seconds", Unit::Seconds, "Seconds since the process started.");
     describe_gauge!("zone_build_info", "Always 1; the version label says which build runs.");
     describe_counter!(

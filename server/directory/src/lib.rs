@@ -53,8 +53,17 @@ pub struct ZoneRecord {
     /// Tick duration p99 over the last window, microseconds.
     pub tick_p99_us: u32,
     pub state: InstanceState,
+    /// False while the server is overloaded (its tick p99 over budget for a while): it keeps
+    /// running and keeps its players, but takes no new ones. Records of older servers lack the
+    /// field and read as allocatable.
+    #[serde(default = "allocatable_default")]
+    pub allocatable: bool,
     /// When this record was written, Unix ms.
     pub updated_ms: u64,
+}
+
+fn allocatable_default() -> bool {
+    true
 }
 
 /// A join or a leave, reported by the zone server.
@@ -131,7 +140,7 @@ pub const RESERVE_SEAT_LUA: &str = r#"
 local rec = redis.call('GET', KEYS[1])
 if not rec then return -1 end
 local r = cjson.decode(rec)
-if r.state ~= 'ready' then return -2 end
+if r.state ~= 'ready' or r.allocatable == false then return -2 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
 local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if held then
@@ -406,11 +415,16 @@ mod tests {
             players: 2,
             tick_p99_us: 900,
             state: InstanceState::Ready,
+            allocatable: true,
             updated_ms: 5,
         };
         let t = serde_json::to_string(&r).unwrap();
         assert!(t.contains("\"state\":\"ready\""), "{t}");
         assert_eq!(serde_json::from_str::<ZoneRecord>(&t).unwrap(), r);
+        // A record of a server from before the field reads as allocatable.
+        let old = t.replace(",\"allocatable\":true", "");
+        assert!(!old.contains("allocatable"), "{old}");
+        assert_eq!(serde_json::from_str::<ZoneRecord>(&old).unwrap(), r);
         let k = Keys::new("p:");
         assert_eq!(k.record(&Keys::member("demo", "a")), "p:dir:demo:a");
         assert_eq!(k.seats("demo", "a"), "p:seats:demo:a");

@@ -1,7 +1,7 @@
 //! Which instance of a zone a player is offered: pure, from the directory's records.
 //!
-//! An instance is offered when it is `ready`, has room by its last announcement, and its tick p99
-//! is within the budget (an instance over budget stays listed in `GET /v1/zones` but is not
+//! An instance is offered when it is `ready`, allocatable (the server itself says it is not while
+//! overloaded), has room by its last announcement, and its tick p99 is within the budget (an instance over budget stays listed in `GET /v1/zones` but is not
 //! offered). Candidates are ordered least full first, then by instance id, so load spreads and the
 //! order is stable. The seat itself is reserved atomically in Redis afterwards; a full answer there
 //! moves on to the next candidate.
@@ -17,6 +17,8 @@ pub enum NotOffered {
     Draining,
     Full,
     OverBudget,
+    /// The server says it is overloaded (its tick p99 over budget for a while).
+    Overloaded,
 }
 
 impl NotOffered {
@@ -26,6 +28,7 @@ impl NotOffered {
             NotOffered::Draining => "draining",
             NotOffered::Full => "full",
             NotOffered::OverBudget => "tick_over_budget",
+            NotOffered::Overloaded => "overloaded",
         }
     }
 }
@@ -35,6 +38,7 @@ pub fn offer(r: &ZoneRecord, tick_budget_us: u32) -> Result<(), NotOffered> {
     match r.state {
         InstanceState::Starting => Err(NotOffered::Starting),
         InstanceState::Draining => Err(NotOffered::Draining),
+        InstanceState::Ready if !r.allocatable => Err(NotOffered::Overloaded),
         InstanceState::Ready if r.players >= r.capacity => Err(NotOffered::Full),
         InstanceState::Ready if r.tick_p99_us > tick_budget_us => Err(NotOffered::OverBudget),
         InstanceState::Ready => Ok(()),
@@ -88,6 +92,7 @@ mod tests {
             players,
             tick_p99_us: p99,
             state,
+            allocatable: true,
             updated_ms: 0,
         }
     }
@@ -108,6 +113,9 @@ mod tests {
         assert!(candidates(&rs, "other", 16_667).is_empty());
         assert_eq!(offer(&rs[5], 16_667), Err(NotOffered::OverBudget));
         assert_eq!(offer(&rs[4], 16_667), Err(NotOffered::Full));
+        let mut overloaded = rs[1].clone();
+        overloaded.allocatable = false;
+        assert_eq!(offer(&overloaded, 16_667), Err(NotOffered::Overloaded));
         // Fractions, not counts: 50 of 1000 is emptier than 1 of 10.
         let rs = vec![
             rec("small", 1, 10, 0, InstanceState::Ready),

@@ -468,7 +468,10 @@ pub struct ApiDoc;
 async fn openapi_json() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+        ApiDoc::openapi()
+            .merge_from(crate::autoscale::AutoscaleDoc::openapi())
+            .to_pretty_json()
+            .unwrap_or_default(),
     )
         .into_response()
 }
@@ -540,6 +543,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .route("/v1/fleet-autoscale", post(crate::autoscale::fleet_autoscale))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint: see GET /openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)

@@ -18,6 +18,7 @@
 
 pub mod accounts;
 pub mod app;
+pub mod autoscale;
 pub mod choose;
 pub mod client;
 pub mod config;

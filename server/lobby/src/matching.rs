@@ -617,6 +617,16 @@ async fn refresh(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     now_seen.insert((r.mode, r.region));
                 }
             }
+            if leader {
+                // Every mode has a series from the start (0 while nobody waits, region ""), so the
+                // dashboard and LobbyMatchQueueDeep see zeros, not gaps (assets/grafana/check-live-lobby.sh).
+                for mode in mm.modes.names() {
+                    if !now_seen.iter().any(|(m, _)| m.as_str() == mode) {
+                        metrics::gauge!("lobby_match_queue_players", "mode" => mode.to_string(), "region" => "").set(0.0);
+                        now_seen.insert((mode.to_string(), String::new()));
+                    }
+                }
+            }
             for (mode, region) in seen.difference(&now_seen) {
                 metrics::gauge!("lobby_match_queue_players", "mode" => mode.clone(), "region" => region.clone()).set(0.0);
             }

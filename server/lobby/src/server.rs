@@ -107,6 +107,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         "lobby_zone_event_errors_total",
         "Failed attempts to read or apply zone servers' reports."
     );
+    crate::autoscale::describe_metrics();
     metrics::describe_gauge!(
         "lobby_match_queue_players",
         "Players waiting for a match, by mode and region (exported by the leader)."

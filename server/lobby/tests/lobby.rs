@@ -104,6 +104,7 @@ fn record(zone: &str, instance: &str, capacity: u32) -> ZoneRecord {
         players: 0,
         tick_p99_us: 2_000,
         state: InstanceState::Ready,
+        allocatable: true,
         updated_ms: now_ms(),
     }
 }

@@ -4,8 +4,9 @@
 //! session (`zone_net::client`), for load tests and protocol checks. Prints a progress line on
 //! stderr every second and writes a JSON report at the end; `--help` explains every flag.
 //!
-//! Exit status: 0 when every bot joined and no snapshot failed to decode; 1 otherwise (the reason
-//! is printed on stderr); 2 for a bad command line.
+//! Exit status: 0 when every bot joined, every move after a drain (with `--lobby`) completed and no
+//! snapshot failed to decode; 1 otherwise (the reason is printed on stderr); 2 for a bad command
+//! line.
 //!
 //! A client, not a server: it never holds game rules (the server decides what inputs do), and
 //! never sends more than a real client would (one input batch per tick, a ping every 250 ms).
@@ -94,6 +95,7 @@ async fn swarm(cli: &Cli) -> Report {
         seed: cli.seed,
         epoch,
         deadline: epoch + cli.duration,
+        rejoin_within: cli.lobby.is_some().then_some(cli.rejoin_within).filter(|d| !d.is_zero()),
     });
     let live = Arc::new(Live::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,6 +145,7 @@ async fn swarm(cli: &Cli) -> Report {
                 get(&live.result_errors),
             )
         }),
+        move_us: std::mem::take(&mut *live.move_us.lock().unwrap_or_else(|e| e.into_inner())),
         zone_id: cli.zone_id.clone(),
         behavior: cli.behavior,
         count: cli.count,
@@ -257,6 +260,23 @@ fn verdict(r: &Report) -> ExitCode {
         failures.push(format!(
             "{} of {} bots did not join {:?}",
             r.failed_joins, r.count, r.failed_reasons
+        ));
+    }
+    if r.moves > 0 || r.move_failures > 0 {
+        eprintln!(
+            "zone-bots: moved {} bots to another server after a drain, move p50 {} p99 {} max {} ms, {} moves failed {:?}",
+            r.moves,
+            ms(r.move_ms_p50),
+            ms(r.move_ms_p99),
+            ms(r.move_ms_max),
+            r.move_failures,
+            r.move_failed_reasons
+        );
+    }
+    if r.move_failures > 0 {
+        failures.push(format!(
+            "{} bots did not get onto another server after a drain {:?}",
+            r.move_failures, r.move_failed_reasons
         ));
     }
     if r.decode_errors > 0 {

@@ -3,6 +3,11 @@
 //! its counters fed to the shared [`Live`] totals. Returns a [`BotOutcome`] when the run ends, the
 //! server ends the session, a draining notice arrives or the swarm is stopped.
 //!
+//! With a lobby, a drain is a move, not an end: on a DRAINING notice (or a `draining` reject, or
+//! a server gone silent) the bot says Goodbye, asks the lobby again with its session, and
+//! connects to the server it is sent to, retrying (lobby answers `no_room`, the same draining
+//! server, a refused join) until `rejoin_within` has passed since the notice.
+//!
 //! Never blocks a runtime thread (all waits are async) and never panics on what the server
 //! sends: every datagram goes through the session, which counts and drops what it cannot use.
 
@@ -49,6 +54,8 @@ pub struct SwarmConfig {
     pub epoch: Instant,
     /// When every bot leaves.
     pub deadline: Instant,
+    /// With a lobby: a drained bot must be on another server within this long (None: no moves).
+    pub rejoin_within: Option<Duration>,
 }
 
 impl SwarmConfig {
@@ -69,36 +76,54 @@ enum Stop {
     Notice,
 }
 
+/// Counters of the sessions a bot already finished (it has one per server it played on).
+#[derive(Clone, Copy, Debug, Default)]
+struct Carried {
+    snapshots: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    decode_errors: u64,
+    missing_baselines: u64,
+    events_received: u64,
+    duplicate_events: u64,
+}
+
 /// The bot's progress through the run, and the counters already published.
 struct Tracker {
+    /// The first join.
     joined_at: Option<Instant>,
+    /// The current session has joined.
+    stint_joined: bool,
     at_join: ClientStats,
     published: ClientStats,
     published_at: Instant,
-    was_connected: bool,
+    carried: Carried,
+    moves: u64,
 }
 
 impl Tracker {
     fn new() -> Tracker {
         Tracker {
             joined_at: None,
+            stint_joined: false,
             at_join: ClientStats::default(),
             published: ClientStats::default(),
             published_at: Instant::now(),
-            was_connected: false,
+            carried: Carried::default(),
+            moves: 0,
         }
     }
 
     /// Notes the join; once joined, adds the new counters and RTT samples to `live` (at most
     /// every [`PUBLISH_EVERY`] unless `force`).
     fn publish(&mut self, s: &mut ClientSession, live: &Live, force: bool) {
-        if s.is_joined() && self.joined_at.is_none() {
-            self.joined_at = Some(Instant::now());
+        if s.is_joined() && !self.stint_joined {
+            self.stint_joined = true;
+            self.joined_at.get_or_insert_with(Instant::now);
             self.at_join = *s.stats();
-            self.was_connected = true;
             Live::add(&live.connected, 1);
         }
-        if self.joined_at.is_none() {
+        if !self.stint_joined {
             // Live rates are per joined bot: the join handshake's bytes are not counted.
             self.published = *s.stats();
             return;
@@ -116,12 +141,27 @@ impl Tracker {
         self.published = now;
     }
 
-    /// The outcome, once the bot has stopped for `stop`.
-    fn finish(mut self, s: &mut ClientSession, live: &Live, stop: Stop) -> BotOutcome {
+    /// The session on one server is over: its counters are carried into the bot's totals.
+    fn end_stint(&mut self, s: &mut ClientSession, live: &Live) {
         self.publish(s, live, true);
-        if self.was_connected {
+        if self.stint_joined {
             live.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let (end, start) = (*s.stats(), self.at_join);
+            let c = &mut self.carried;
+            c.snapshots += end.snapshots_completed - start.snapshots_completed;
+            c.bytes_in += end.bytes_in - start.bytes_in;
+            c.bytes_out += end.bytes_out - start.bytes_out;
+            c.decode_errors += end.decode_errors;
+            c.missing_baselines += end.missing_baselines;
+            c.events_received += end.events_received;
+            c.duplicate_events += end.duplicate_events;
         }
+        self.stint_joined = false;
+        self.published = ClientStats::default();
+    }
+
+    /// The outcome, once the bot has stopped for `stop` (after [`Tracker::end_stint`]).
+    fn finish(self, live: &Live, stop: Stop, move_failure: Option<String>) -> BotOutcome {
         let reason = match stop {
             Stop::Deadline => None,
             Stop::Interrupted => Some("interrupted".to_owned()),
@@ -135,19 +175,21 @@ impl Tracker {
                 ..BotOutcome::default()
             };
         };
-        let (end, start) = (*s.stats(), self.at_join);
+        let c = self.carried;
         BotOutcome {
             joined: true,
             joined_s: joined_at.elapsed().as_secs_f64(),
             join_failure: None,
             ended_early: reason,
-            snapshots: end.snapshots_completed - start.snapshots_completed,
-            bytes_in: end.bytes_in - start.bytes_in,
-            bytes_out: end.bytes_out - start.bytes_out,
-            decode_errors: end.decode_errors,
-            missing_baselines: end.missing_baselines,
-            events_received: end.events_received,
-            duplicate_events: end.duplicate_events,
+            snapshots: c.snapshots,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            decode_errors: c.decode_errors,
+            missing_baselines: c.missing_baselines,
+            events_received: c.events_received,
+            duplicate_events: c.duplicate_events,
+            moves: self.moves,
+            move_failure,
         }
     }
 }
@@ -249,56 +291,82 @@ async fn request_match(
     }
 }
 
+/// A bot's lobby login, kept for asking again after a drain.
+struct LobbyLogin {
+    client: zone_lobby::client::LobbyClient,
+    session_token: String,
+    account_id: u64,
+}
+
+/// Logs in to the lobby with the bot's device id (timed).
+async fn lobby_login(cfg: &SwarmConfig, url: &str, live: &Live, n: u64) -> Result<LobbyLogin, &'static str> {
+    let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
+    let t0 = Instant::now();
+    let login = client
+        .device_login(&format!("{}{n}", cfg.device_prefix))
+        .await
+        .map_err(|e| lobby_failure(&e, "lobby_login"))?;
+    Live::record_lobby(&live.lobby_login_us, t0.elapsed().as_micros() as u64);
+    Ok(LobbyLogin {
+        client,
+        session_token: login.session_token,
+        account_id: login.account_id as u64,
+    })
+}
+
+/// Asks the lobby where to play (timed): the server and the join grant.
+async fn lobby_join(
+    cfg: &SwarmConfig,
+    live: &Live,
+    login: &mut LobbyLogin,
+) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
+    let t1 = Instant::now();
+    let join = login
+        .client
+        .join(&login.session_token, &cfg.zone_id)
+        .await
+        .map_err(|e| lobby_failure(&e, "lobby_join"))?;
+    Live::record_lobby(&live.lobby_join_us, t1.elapsed().as_micros() as u64);
+    let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
+    let grant = join.grant().ok_or("lobby_bad_key")?;
+    Ok((server, grant))
+}
+
 /// Where to connect, with which token and session key, as which player: from the lobby (device
-/// login, then a join request or a match, timed), or minted here with the shared secret.
+/// login, then a join request, both timed), or minted here with the shared secret.
 async fn ticket(
     cfg: &SwarmConfig,
     live: &Live,
     n: u64,
-) -> Result<(SocketAddr, zone_net::token::JoinGrant, u64, Option<Placed>), &'static str> {
+) -> Result<(SocketAddr, zone_net::token::JoinGrant, u64, Option<LobbyLogin>, Option<Placed>), &'static str> {
     if let (Some(url), Some(mode)) = (&cfg.lobby, &cfg.match_mode) {
-        let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
-        let t0 = Instant::now();
-        let login = client
-            .device_login(&format!("{}{n}", cfg.device_prefix))
-            .await
-            .map_err(|e| lobby_failure(&e, "lobby_login"))?;
-        Live::record_lobby(&live.lobby_login_us, t0.elapsed().as_micros() as u64);
-        let m = request_match(cfg, live, &mut client, &login.session_token, mode, n).await?;
+        // Matched bots do not move after a drain (the lobby would send them to --zone-id, not to
+        // their match): no login is kept for a rejoin.
+        let mut login = lobby_login(cfg, url, live, n).await?;
+        let token = login.session_token.clone();
+        let m = request_match(cfg, live, &mut login.client, &token, mode, n).await?;
         let join = m.join();
         let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
         let grant = join.grant().ok_or("lobby_bad_key")?;
         let placed = Placed {
             match_id: m.match_id,
             teams: m.teams.clone(),
-            account_id: login.account_id,
+            account_id: login.account_id as i64,
         };
-        return Ok((server, grant, login.account_id as u64, Some(placed)));
+        return Ok((server, grant, login.account_id, None, Some(placed)));
     }
     if let Some(url) = &cfg.lobby {
-        let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
-        let t0 = Instant::now();
-        let login = client
-            .device_login(&format!("{}{n}", cfg.device_prefix))
-            .await
-            .map_err(|e| lobby_failure(&e, "lobby_login"))?;
-        Live::record_lobby(&live.lobby_login_us, t0.elapsed().as_micros() as u64);
-        let t1 = Instant::now();
-        let join = client
-            .join(&login.session_token, &cfg.zone_id)
-            .await
-            .map_err(|e| lobby_failure(&e, "lobby_join"))?;
-        Live::record_lobby(&live.lobby_join_us, t1.elapsed().as_micros() as u64);
-        let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
-        let grant = join.grant().ok_or("lobby_bad_key")?;
-        return Ok((server, grant, login.account_id as u64, None));
+        let mut login = lobby_login(cfg, url, live, n).await?;
+        let (server, grant) = lobby_join(cfg, live, &mut login).await?;
+        let id = login.account_id;
+        return Ok((server, grant, id, Some(login), None));
     }
     let server = cfg.server.ok_or("no_server")?;
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
     let entropy = os_entropy().ok_or("token_error")?;
     let grant = zone_net::token::mint(&cfg.token_secret, n, &cfg.zone_id, expires, entropy).map_err(|_| "token_error")?;
-    Ok((server, grant, n, None))
+    Ok((server, grant, n, None, None))
 }
 
 /// With --match and --service-key: the bot with the smallest account id of its match reports
@@ -321,6 +389,44 @@ async fn report_result(cfg: &SwarmConfig, live: &Live, placed: &Placed) {
     Live::add(if ok { &live.results_reported } else { &live.result_errors }, 1);
 }
 
+/// After a drain: asks the lobby again until it names a server other than `left` (the same one
+/// is accepted after a few tries: a replacement may reuse its address), with a short backoff on
+/// `no_room` and lobby errors, until `until`.
+async fn rejoin(
+    cfg: &SwarmConfig,
+    live: &Live,
+    login: &mut LobbyLogin,
+    left: SocketAddr,
+    until: Instant,
+    n: u64,
+) -> Result<(SocketAddr, zone_net::token::JoinGrant), String> {
+    let mut pause = Duration::from_millis(100);
+    let mut same = 0;
+    let mut last = "rejoin_timeout";
+    while Instant::now() < until {
+        match lobby_join(cfg, live, login).await {
+            Ok((server, grant)) if server != left || same >= 8 => return Ok((server, grant)),
+            Ok(_) => {
+                same += 1;
+                last = "lobby_sent_back_to_the_draining_server";
+            }
+            Err("lobby_login") | Err("lobby_unauthorized") => {
+                // The session lapsed: log in again.
+                if let Some(url) = &cfg.lobby {
+                    if let Ok(l) = lobby_login(cfg, url, live, n).await {
+                        *login = l;
+                    }
+                }
+                last = "lobby_session_lapsed";
+            }
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+    Err(format!("rejoin_failed_{last}"))
+}
+
 /// A failure label for the report: the step and, when the lobby answered, its status.
 fn lobby_failure(e: &zone_lobby::client::ClientError, step: &'static str) -> &'static str {
     match (step, e.status()) {
@@ -330,12 +436,23 @@ fn lobby_failure(e: &zone_lobby::client::ClientError, step: &'static str) -> &'s
         ("match_request", Some(400)) => "match_bad_request",
         ("match_request", Some(409)) => "match_duplicate",
         ("match_request", Some(429)) => "match_queue_full",
+        (_, Some(401)) => "lobby_unauthorized",
         (_, Some(s)) if s >= 500 => "lobby_unavailable",
         (s, _) => s,
     }
 }
 
-/// Runs bot `player_id` from `start_at` until the deadline, a stop or the session's end.
+/// Whether a stop means the server is going away (so a bot with a lobby moves).
+fn drained(stop: &Stop) -> bool {
+    match stop {
+        Stop::Notice => true,
+        Stop::SessionEnded(r) => matches!(r.as_str(), "draining" | "server_silent"),
+        Stop::Deadline | Stop::Interrupted => false,
+    }
+}
+
+/// Runs bot `player_id` from `start_at` until the deadline, a stop or the session's end; with a
+/// lobby, moves to another server when its server drains.
 pub async fn run_bot(
     cfg: Arc<SwarmConfig>,
     live: Arc<Live>,
@@ -347,69 +464,110 @@ pub async fn run_bot(
         _ = tokio::time::sleep_until(start_at.into()) => {}
         _ = stopped(&mut stop) => return failed(&live, "interrupted"),
     }
-    let (server, grant, player_id, placed) = match ticket(&cfg, &live, player_id).await {
+    let n = player_id;
+    let (mut server, grant, player_id, mut login, placed) = match ticket(&cfg, &live, n).await {
         Ok(t) => t,
         Err(why) => return failed(&live, why),
     };
-    let socket = match connect(server).await {
-        Ok(s) => s,
-        Err(_) => return failed(&live, "socket_error"),
-    };
-    let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
     let mut brain = Brain::new(cfg.behavior, cfg.seed, player_id);
     let mut tracker = Tracker::new();
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
-    let stop_reason = loop {
-        let now = cfg.now_us();
-        send_all(&socket, session.poll(now)).await;
-        tracker.publish(&mut session, &live, false);
-        // Bots only count events (the session does); draining keeps them acknowledged.
-        drop(session.take_events());
-        if let SessionState::Ended(r) = session.state() {
-            break Stop::SessionEnded(r.label().to_owned());
-        }
-        if session.leave_notice().is_some() {
-            break Stop::Notice;
-        }
-        if Instant::now() >= cfg.deadline {
-            break Stop::Deadline;
-        }
-        if session.is_joined() {
-            let m = brain.decide(now, session.view(), session.player_object_id());
-            session.set_input(m.x, m.y, m.attack);
-        }
-        let wake_us = session.next_poll_us().unwrap_or(now).max(now);
-        let wake = (cfg.epoch + Duration::from_micros(wake_us))
-            .min(Instant::now() + POLL_MAX_WAIT)
-            .min(cfg.deadline);
-        tokio::select! {
-            r = socket.recv(&mut buf) => {
-                // Errors (an ICMP "port unreachable" while the server is down) are left to the
-                // join timeout.
-                if let Ok(n) = r {
-                    let replies = session.receive(&buf[..n], cfg.now_us());
-                    send_all(&socket, replies).await;
-                }
+    let mut grant = grant;
+    // While moving: when the drain notice came.
+    let mut moving: Option<Instant> = None;
+    let mut move_failure: Option<String> = None;
+    let (stop_reason, mut session) = 'stints: loop {
+        let socket = match connect(server).await {
+            Ok(s) => s,
+            Err(_) if moving.is_none() => return failed(&live, "socket_error"),
+            Err(_) => {
+                move_failure = Some("rejoin_failed_socket_error".into());
+                break 'stints (
+                    Stop::SessionEnded("rejoin_failed".into()),
+                    ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us()),
+                );
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = stopped(&mut stop) => break Stop::Interrupted,
+        };
+        let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
+        let stop_reason = loop {
+            let now = cfg.now_us();
+            send_all(&socket, session.poll(now)).await;
+            tracker.publish(&mut session, &live, false);
+            if let (Some(t), true) = (moving, session.is_joined()) {
+                // Moved: from the drain notice to the new server's Welcome.
+                live.record_move(t.elapsed());
+                tracker.moves += 1;
+                moving = None;
+            }
+            // Bots only count events (the session does); draining keeps them acknowledged.
+            drop(session.take_events());
+            if let SessionState::Ended(r) = session.state() {
+                break Stop::SessionEnded(r.label().to_owned());
+            }
+            if session.leave_notice().is_some() {
+                break Stop::Notice;
+            }
+            if Instant::now() >= cfg.deadline {
+                break Stop::Deadline;
+            }
+            if session.is_joined() {
+                let m = brain.decide(now, session.view(), session.player_object_id());
+                session.set_input(m.x, m.y, m.attack);
+            }
+            let wake_us = session.next_poll_us().unwrap_or(now).max(now);
+            let wake = (cfg.epoch + Duration::from_micros(wake_us))
+                .min(Instant::now() + POLL_MAX_WAIT)
+                .min(cfg.deadline);
+            tokio::select! {
+                r = socket.recv(&mut buf) => {
+                    // Errors (an ICMP "port unreachable" while the server is down) are left to the
+                    // join timeout.
+                    if let Ok(n) = r {
+                        let replies = session.receive(&buf[..n], cfg.now_us());
+                        send_all(&socket, replies).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = stopped(&mut stop) => break Stop::Interrupted,
+            }
+        };
+        if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
+            let goodbyes: Vec<Vec<u8>> = (0..GOODBYES).map(|_| session.goodbye()).collect();
+            send_all(&socket, goodbyes).await;
+        }
+        // A drain (or a failed join while moving) sends a bot with a lobby elsewhere.
+        let move_now = drained(&stop_reason) || (moving.is_some() && matches!(stop_reason, Stop::SessionEnded(_)));
+        let (Some(within), Some(l), true) = (cfg.rejoin_within, login.as_mut(), move_now) else {
+            break (stop_reason, session);
+        };
+        if Instant::now() >= cfg.deadline {
+            break (stop_reason, session);
+        }
+        let since = *moving.get_or_insert_with(Instant::now);
+        tracker.end_stint(&mut session, &live);
+        let until = (since + within).min(cfg.deadline);
+        match rejoin(&cfg, &live, l, server, until, n).await {
+            Ok((s, g)) => {
+                server = s;
+                grant = g;
+            }
+            Err(why) => {
+                move_failure = Some(why.clone());
+                break (Stop::SessionEnded(why), session);
+            }
         }
     };
-    tracker.publish(&mut session, &live, true);
+    tracker.end_stint(&mut session, &live);
     if let Some(t) = tracker.joined_at {
         let us = u64::try_from(t.saturating_duration_since(cfg.epoch).as_micros()).unwrap_or(u64::MAX);
         live.last_join_us.fetch_max(us, std::sync::atomic::Ordering::Relaxed);
-    }
-    if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
-        let goodbyes: Vec<Vec<u8>> = (0..GOODBYES).map(|_| session.goodbye()).collect();
-        send_all(&socket, goodbyes).await;
     }
     if let Some(p) = &placed
         && tracker.joined_at.is_some()
     {
         report_result(&cfg, &live, p).await;
     }
-    tracker.finish(&mut session, &live, stop_reason)
+    tracker.finish(&live, stop_reason, move_failure)
 }
 
 /// 32 bytes of OS randomness for a join grant's key.

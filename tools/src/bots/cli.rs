@@ -104,6 +104,13 @@ pub struct Cli {
     /// Write the pretty-printed JSON report to this file (without it, the report goes to stdout).
     #[arg(long)]
     pub report: Option<PathBuf>,
+
+    /// With --lobby: a bot whose server drains (a DRAINING notice, a `draining` reject, or a
+    /// server gone silent) asks the lobby again and must be playing on another server within
+    /// this long, or it counts as a failed move (exit status 1). The report counts moves, their
+    /// times and failures. 0 turns moving off (the bot ends, as without a lobby).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub rejoin_within: Duration,
 }
 
 /// `30s`, `2m`, `500ms`, `1h`, `1.5s` or plain (possibly fractional) seconds.

@@ -119,6 +119,9 @@ pub struct Live {
     pub matched: AtomicU64,
     pub results_reported: AtomicU64,
     pub result_errors: AtomicU64,
+    /// Moves to another server after a drain, and how long each took (drain notice to Welcome).
+    pub moves: AtomicU64,
+    pub move_us: Mutex<Histogram>,
 }
 
 impl Live {
@@ -143,6 +146,12 @@ impl Live {
         h.lock().unwrap_or_else(|e| e.into_inner()).record(us);
     }
 
+    /// Records one completed move (drain notice to the new server's Welcome).
+    pub fn record_move(&self, took: std::time::Duration) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        Self::record_lobby(&self.move_us, took.as_micros() as u64);
+    }
+
     /// The RTT samples since the last call.
     pub fn take_rtts(&self) -> Histogram {
         std::mem::take(&mut *self.rtt_window.lock().unwrap_or_else(|e| e.into_inner()))
@@ -158,6 +167,7 @@ impl Live {
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
             decode_errors: get(&self.decode_errors),
+            moves: get(&self.moves),
         }
     }
 }
@@ -171,6 +181,7 @@ pub struct LiveTotals {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub decode_errors: u64,
+    pub moves: u64,
 }
 
 /// The once-a-second progress line: per-bot rates over the interval between two readings.
@@ -179,9 +190,10 @@ pub fn progress_line(elapsed_s: f64, count: u32, prev: &LiveTotals, now: &LiveTo
     let per_bot_per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / bots / interval_s.max(1e-9);
     let ms = |p: f64| us_to_ms(rtt.percentile(p)).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     format!(
-        "zone-bots: {elapsed_s:>5.0}s connected {}/{count} failed {} | {:.1} snapshots/s/bot | down {:.1} up {:.1} kbit/s/bot | rtt p50 {} p99 {} ms | decode errors {}",
+        "zone-bots: {elapsed_s:>5.0}s connected {}/{count} failed {} moved {} | {:.1} snapshots/s/bot | down {:.1} up {:.1} kbit/s/bot | rtt p50 {} p99 {} ms | decode errors {}",
         now.connected,
         now.failed_joins,
+        now.moves,
         per_bot_per_s(prev.snapshots, now.snapshots),
         per_bot_per_s(prev.bytes_in, now.bytes_in) * 8.0 / 1_000.0,
         per_bot_per_s(prev.bytes_out, now.bytes_out) * 8.0 / 1_000.0,
@@ -208,6 +220,10 @@ pub struct BotOutcome {
     pub missing_baselines: u64,
     pub events_received: u64,
     pub duplicate_events: u64,
+    /// Moves to another server after a drain.
+    pub moves: u64,
+    /// Why a move did not complete in time (`rejoin_failed_<step>`), ending the bot.
+    pub move_failure: Option<String>,
 }
 
 /// This process's CPU time and peak resident memory.
@@ -286,6 +302,15 @@ pub struct Report {
     /// With --lobby: `POST /v1/zones/{zone_id}/join` latency.
     pub lobby_join_ms_p50: Option<f64>,
     pub lobby_join_ms_p99: Option<f64>,
+    /// With --lobby: bots moved to another server after a drain, and the time from the drain
+    /// notice to the new server's Welcome.
+    pub moves: u64,
+    pub move_ms_p50: Option<f64>,
+    pub move_ms_p99: Option<f64>,
+    pub move_ms_max: Option<f64>,
+    /// Moves that did not complete within --rejoin-within, by reason.
+    pub move_failures: u64,
+    pub move_failed_reasons: BTreeMap<String, u64>,
     /// With --match: what the matchmaking part of the run did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matching: Option<MatchReport>,
@@ -319,13 +344,18 @@ pub struct RunFacts {
     pub lobby_join_us: Histogram,
     /// With --match: the mode, the waiting times (µs) and the counters.
     pub matching: Option<(String, Histogram, u64, u64, u64)>,
+    pub move_us: Histogram,
 }
 
 /// Aggregates the bots' outcomes and the run's RTT histogram into the report.
 pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, usage: ProcessUsage) -> Report {
     let mut failed_reasons = BTreeMap::new();
     let mut ended_early = BTreeMap::new();
+    let mut move_failed_reasons = BTreeMap::new();
     for o in outcomes {
+        if let Some(r) = &o.move_failure {
+            *move_failed_reasons.entry(r.clone()).or_insert(0) += 1;
+        }
         if let Some(r) = &o.join_failure {
             *failed_reasons.entry(r.clone()).or_insert(0) += 1;
         }
@@ -382,6 +412,12 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
                 results_reported,
                 result_errors,
             }),
+        moves: sum(|o| o.moves),
+        move_ms_p50: us_to_ms(facts.move_us.percentile(50.0)),
+        move_ms_p99: us_to_ms(facts.move_us.percentile(99.0)),
+        move_ms_max: us_to_ms(facts.move_us.percentile(100.0)),
+        move_failures: outcomes.iter().filter(|o| o.move_failure.is_some()).count() as u64,
+        move_failed_reasons,
     }
 }
 
@@ -454,6 +490,7 @@ mod tests {
             lobby_login_us: Histogram::default(),
             lobby_join_us: Histogram::default(),
             matching: None,
+            move_us: Histogram::default(),
         };
         let r = build_report(facts, &outcomes, &rtt, ProcessUsage::default());
         assert_eq!((r.joined, r.failed_joins), (3, 2), "one outcome missing counts as failed");
