@@ -8,10 +8,10 @@
 //!   dedicated connection (the key is derived from the schema, so lobbies sharing a schema share
 //!   a leader). When that connection dies (the process was killed, the network broke), PostgreSQL
 //!   releases the lock and another instance takes it at its next try (every second).
-//! - **The leader** rebuilds the `zone-matchmaker` pool from the waiting tickets, adds tickets as
-//!   their notifications arrive (and resynchronises with the table every few seconds, so a lost
-//!   notification costs seconds, never a ticket), runs a pass every `--match-pass-ms` or when
-//!   woken, and places each match: seats reserved on one ready zone server (all or nothing),
+//! - **The leader** rebuilds the `zone-matchmaker` pool from the waiting tickets, reads new
+//!   tickets by id before each pass (and resynchronises with the table every few seconds, so a
+//!   ticket is never missed for long, never lost), runs a pass every `--match-pass-ms`, and
+//!   places each match (16 at a time): seats reserved on one ready zone server (all or nothing),
 //!   a room in Redis with the join tokens, then the guarded commit. A match that finds no seat
 //!   goes back to the pool keeping its waiting time (parked for a second, counted as the seat
 //!   shortage); one whose commit lost a race to a cancel gives its seats back. A match whose zone
@@ -710,6 +710,39 @@ struct Leader<'a> {
     last_watch: u64,
     /// Matches whose zone server was missing from the directory at the last watch.
     missing: BTreeSet<i64>,
+    /// The highest ticket id read, and when each value was reached: new tickets are read above
+    /// the value of `NEW_TICKETS_LAG_MS` ago, so one whose id was taken earlier but committed a
+    /// little later is not skipped (the resync every 5 s catches any later still).
+    seen: std::collections::VecDeque<(u64, i64)>,
+}
+
+/// How far back the leader re-reads new tickets by id (see `Leader::seen`).
+const NEW_TICKETS_LAG_MS: u64 = 250;
+/// Matches placed at once (their Redis and PostgreSQL round trips overlap).
+const PLACE_AT_ONCE: usize = 16;
+
+/// Polls every future to completion, concurrently on this task; outputs in input order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 impl<'a> Leader<'a> {
@@ -722,6 +755,7 @@ impl<'a> Leader<'a> {
             last_resync: 0,
             last_watch: 0,
             missing: BTreeSet::new(),
+            seen: std::collections::VecDeque::new(),
         }
     }
 
@@ -804,7 +838,30 @@ impl<'a> Leader<'a> {
         }
         self.refuse_all(refuse).await;
         self.last_resync = now_ms();
+        let max = rows.iter().map(|r| r.id).max().unwrap_or(0);
+        self.note_seen(max);
         Ok(())
+    }
+
+    fn note_seen(&mut self, max: i64) {
+        let now = now_ms();
+        let top = self.seen.back().map_or(0, |(_, m)| *m).max(max);
+        self.seen.push_back((now, top));
+        // Keep one entry older than the lag (the floor) and the newer ones.
+        while self.seen.len() > 1 && self.seen[1].0 + NEW_TICKETS_LAG_MS <= now {
+            self.seen.pop_front();
+        }
+    }
+
+    /// The id above which new tickets are read: the highest id seen `NEW_TICKETS_LAG_MS` ago.
+    fn floor(&self) -> i64 {
+        let now = now_ms();
+        self.seen
+            .iter()
+            .rev()
+            .find(|(at, _)| at + NEW_TICKETS_LAG_MS <= now)
+            .or(self.seen.front())
+            .map_or(0, |(_, m)| *m)
     }
 
     async fn cycle(&mut self) -> Result<(), String> {
@@ -819,15 +876,21 @@ impl<'a> Leader<'a> {
         if resync || now.saturating_sub(self.last_resync) >= RESYNC_EVERY_MS {
             self.resync().await?;
         } else {
-            let fresh: Vec<i64> = new.into_iter().filter(|id| !self.tickets.contains_key(id)).collect();
-            if !fresh.is_empty() {
-                let rows = self.mm().queue.waiting_by_ids(&fresh).await.map_err(|e| e.to_string())?;
-                let mut refuse = Vec::new();
-                for r in &rows {
-                    self.insert(to_ticket(r), &mut refuse);
-                }
-                self.refuse_all(refuse).await;
+            // Tickets put back ('r' notifications) and new ones (by id).
+            let back: Vec<i64> = new.into_iter().filter(|id| !self.tickets.contains_key(id)).collect();
+            let mut rows = if back.is_empty() {
+                Vec::new()
+            } else {
+                self.mm().queue.waiting_by_ids(&back).await.map_err(|e| e.to_string())?
+            };
+            rows.extend(self.mm().queue.waiting_since(self.floor()).await.map_err(|e| e.to_string())?);
+            let max = rows.iter().map(|r| r.id).max().unwrap_or(0);
+            let mut refuse = Vec::new();
+            for r in &rows {
+                self.insert(to_ticket(r), &mut refuse);
             }
+            self.refuse_all(refuse).await;
+            self.note_seen(max);
         }
         // Parked matches whose second is up go back to the pool.
         let now = now_ms();
@@ -846,8 +909,18 @@ impl<'a> Leader<'a> {
         metrics::histogram!("lobby_match_pass_seconds").record(pass_started.elapsed().as_secs_f64());
         if !matches.is_empty() {
             let records = self.app.directory(now).await.map_err(|e| e.message)?;
-            for m in matches {
-                self.place(m, &records, now).await;
+            let mut matches = matches.into_iter().peekable();
+            while matches.peek().is_some() {
+                let chunk: Vec<Match> = matches.by_ref().take(PLACE_AT_ONCE).collect();
+                // Seats are reserved by atomic scripts, so matches placed at once never overfill
+                // a server; each commit is guarded on its own tickets.
+                let placed = {
+                    let this = &*self;
+                    join_all(chunk.iter().map(|m| this.try_place(m, &records, now)).collect()).await
+                };
+                for (m, r) in chunk.into_iter().zip(placed) {
+                    self.placed(m, r, now).await;
+                }
             }
         }
         self.export_shortage().await;
@@ -891,10 +964,10 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// Seats, room, commit; a match that cannot be placed goes back to the pool.
-    async fn place(&mut self, m: Match, records: &[ZoneRecord], now: u64) {
+    /// Records what placing a match did; a match that could not be placed goes back to the pool.
+    async fn placed(&mut self, m: Match, r: Result<i64, PlaceError>, now: u64) {
         let mode = m.mode.clone();
-        match self.try_place(&m, records, now).await {
+        match r {
             Ok(match_id) => {
                 metrics::counter!("lobby_matches_total", "mode" => mode.clone()).increment(1);
                 metrics::histogram!("lobby_match_spread", "mode" => mode.clone()).record(m.spread);

@@ -12,9 +12,11 @@
 //!   (whichever statement takes the row lock first).
 //! - `ratings`: Glicko-2 ratings (rating, deviation, volatility); 1500 when a player has none.
 //!
-//! Every change a waiter or the leader cares about sends a `NOTIFY` on the channel
-//! `{schema}_match` in the same statement (delivered at commit): `t<id>` a new ticket, `c<id>` a
-//! cancel, `m<id>,<id>...` tickets matched or refused, `r<id>,<id>...` tickets put back.
+//! The leader's changes send a `NOTIFY` on the channel `{schema}_match` in the same statement
+//! (delivered at commit), to wake the waiters wherever they wait: `m<id>,<id>...` tickets matched
+//! or refused, `r<id>,<id>...` tickets put back. Ticket inserts and cancels do NOT notify:
+//! PostgreSQL serialises the commits of notifying transactions (a global lock held through the
+//! WAL flush), which capped inserts near 1/fsync; the leader reads new tickets by id instead.
 //!
 //! Never logs a player's token; never holds a row lock across a network call of its own.
 
@@ -42,6 +44,7 @@ struct Statements {
     refuse: Statement,
     waiting_all: Statement,
     waiting_by_ids: Statement,
+    waiting_since: Statement,
     commit_match: Statement,
     joining: Statement,
     requeue: Statement,
@@ -196,14 +199,14 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
                  SELECT $1, $2, r.ratings, $3, $4, 'session', $5, $6, 'waiting', $6 FROM r
                  WHERE NOT EXISTS (SELECT 1 FROM match_tickets o WHERE o.state = 'waiting' AND o.members && $2::bigint[])
                  ON CONFLICT DO NOTHING RETURNING id, enqueued_ms)
-             SELECT id, enqueued_ms, pg_notify($7, 't' || id) FROM ins")
+             SELECT id, enqueued_ms FROM ins")
         .await?,
         insert_service: p("WITH ins AS (
                  INSERT INTO match_tickets (player_id, members, ratings, mode, region, source, enqueued_ms, state, updated_ms)
                  SELECT $1, ARRAY[$1::bigint], ARRAY[$2::float8], $3, $4, 'service', $5, 'waiting', $5
                  WHERE NOT EXISTS (SELECT 1 FROM match_tickets o WHERE o.state = 'waiting' AND o.members && ARRAY[$1::bigint])
                  ON CONFLICT DO NOTHING RETURNING id, enqueued_ms)
-             SELECT id, enqueued_ms, pg_notify($6, 't' || id) FROM ins")
+             SELECT id, enqueued_ms FROM ins")
         .await?,
         by_request: p("SELECT id FROM match_tickets WHERE player_id = $1 AND request_id = $2").await?,
         open_of: p("SELECT id FROM match_tickets WHERE state = 'waiting' AND members && $1::bigint[] ORDER BY id LIMIT 1").await?,
@@ -212,9 +215,8 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
              FROM match_tickets t LEFT JOIN matches m ON m.id = t.match_id AND t.state = 'matched'
              WHERE t.id = $1")
         .await?,
-        cancel: p("WITH c AS (UPDATE match_tickets SET state = 'cancelled', updated_ms = $3
-                 WHERE id = $1 AND $2 = ANY(members) AND state = 'waiting' RETURNING id)
-             SELECT id, pg_notify($4, 'c' || id) FROM c")
+        cancel: p("UPDATE match_tickets SET state = 'cancelled', updated_ms = $3
+             WHERE id = $1 AND $2 = ANY(members) AND state = 'waiting' RETURNING id")
         .await?,
         refuse: p("WITH r AS (UPDATE match_tickets SET state = 'refused', reason = $2, updated_ms = $3
                  WHERE id = $1 AND state = 'waiting' RETURNING id)
@@ -224,6 +226,10 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
             .await?,
         waiting_by_ids: p(
             "SELECT id, members, ratings, mode, region, enqueued_ms FROM match_tickets WHERE id = ANY($1) AND state = 'waiting' ORDER BY id",
+        )
+        .await?,
+        waiting_since: p(
+            "SELECT id, members, ratings, mode, region, enqueued_ms FROM match_tickets WHERE id > $1 AND state = 'waiting' ORDER BY id LIMIT 20000",
         )
         .await?,
         commit_match: p("WITH locked AS (
@@ -330,10 +336,7 @@ impl Queue {
         bounded("insert ticket", self.timeout, async {
             if let Some(r) = c
                 .client
-                .query_opt(
-                    &c.st.insert_session,
-                    &[&player_id, &members, &mode, &region, &request_id, &now_ms, &self.channel],
-                )
+                .query_opt(&c.st.insert_session, &[&player_id, &members, &mode, &region, &request_id, &now_ms])
                 .await
                 .map_err(pg("insert ticket"))?
             {
@@ -360,7 +363,7 @@ impl Queue {
         bounded("insert ticket", self.timeout, async {
             if let Some(r) = c
                 .client
-                .query_opt(&c.st.insert_service, &[&player_id, &rating, &mode, &region, &now_ms, &self.channel])
+                .query_opt(&c.st.insert_service, &[&player_id, &rating, &mode, &region, &now_ms])
                 .await
                 .map_err(pg("insert ticket"))?
             {
@@ -429,7 +432,7 @@ impl Queue {
         let c = self.conn().await?;
         bounded("cancel ticket", self.timeout, async {
             Ok(c.client
-                .query_opt(&c.st.cancel, &[&ticket_id, &player_id, &now_ms, &self.channel])
+                .query_opt(&c.st.cancel, &[&ticket_id, &player_id, &now_ms])
                 .await
                 .map_err(pg("cancel ticket"))?
                 .is_some())
@@ -474,6 +477,21 @@ impl Queue {
                 .query(&c.st.waiting_by_ids, &[&ids])
                 .await
                 .map_err(pg("read tickets"))?
+                .iter()
+                .map(waiting_row)
+                .collect())
+        })
+        .await
+    }
+
+    /// Waiting tickets with an id above `after`, oldest id first (at most 20,000).
+    pub async fn waiting_since(&self, after: i64) -> Result<Vec<WaitingRow>, AccountsError> {
+        let c = self.conn().await?;
+        bounded("read new tickets", self.timeout, async {
+            Ok(c.client
+                .query(&c.st.waiting_since, &[&after])
+                .await
+                .map_err(pg("read new tickets"))?
                 .iter()
                 .map(waiting_row)
                 .collect())
