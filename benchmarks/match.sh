@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Matchmaking figures, on loopback, release build (issue 10):
 #   1. POST /v1/match/request at 100 concurrent clients (session players, wait_ms 0: each answer
-#      means the ticket is durable in PostgreSQL), requests/s and p50/p99; each client cancels its
-#      waiting ticket (untimed) before asking again;
+#      means the ticket is durable in PostgreSQL), requests/s and p50/p99; each client uses 20
+#      accounts in turn, and the leader matches and places the tickets meanwhile;
 #   2. the trusted backends' POST /match/request {player_id, rating} at 100 concurrent clients, a
 #      fresh player each time, with a zone server announced so the leader places matches meanwhile;
 #   3. the time from the second compatible request until both players have their match, over
@@ -45,9 +45,6 @@ $L --listen 127.0.0.1:$PORT --postgres "$DATABASE_URL" --redis "$REDIS_URL" --po
    --service-key "$KEY" --log-filter warn 2> "$T/lobby.log" &
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-echo "## POST /v1/match/request, $CONC concurrent clients, ${SECS} s (no zone server: tickets wait, then are cancelled)"
-echo "\$ $LOAD http://127.0.0.1:$PORT requests $CONC $SECS"
-$LOAD "http://127.0.0.1:$PORT" requests "$CONC" "$SECS"
 
 # A zone server's record in the directory, as zone-server --lobby-redis writes it (a real zone
 # server is not needed to place matches; 1,000,000 seats so the run never runs out).
@@ -59,6 +56,11 @@ announce() {
   redis-cli -u "$REDIS_URL" zadd "${PREFIX}dir:index" $((now + 600000)) "arena:bench" >/dev/null
 }
 announce
+
+echo "## POST /v1/match/request, $CONC concurrent clients (20 accounts each, used in turn), ${SECS} s, matches placed meanwhile"
+echo "\$ $LOAD http://127.0.0.1:$PORT requests $CONC $SECS 20"
+$LOAD "http://127.0.0.1:$PORT" requests "$CONC" "$SECS" 20
+sleep 2
 
 echo "## POST /match/request (trusted backend, seed shape), $CONC concurrent clients, ${SECS} s, matches placed meanwhile"
 echo "\$ $LOAD http://127.0.0.1:$PORT seed $CONC $SECS \$KEY"

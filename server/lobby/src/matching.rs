@@ -714,6 +714,8 @@ struct Leader<'a> {
     /// the value of `NEW_TICKETS_LAG_MS` ago, so one whose id was taken earlier but committed a
     /// little later is not skipped (the resync every 5 s catches any later still).
     seen: std::collections::VecDeque<(u64, i64)>,
+    /// New tickets refused for a player already in the pool, with that player's older tickets.
+    pending_conflicts: HashMap<i64, Vec<i64>>,
 }
 
 /// How far back the leader re-reads new tickets by id (see `Leader::seen`).
@@ -756,6 +758,7 @@ impl<'a> Leader<'a> {
             last_watch: 0,
             missing: BTreeSet::new(),
             seen: std::collections::VecDeque::new(),
+            pending_conflicts: HashMap::new(),
         }
     }
 
@@ -796,11 +799,23 @@ impl<'a> Leader<'a> {
         if self.tickets.contains_key(&id) {
             return;
         }
+        let players: Vec<i64> = t.members.iter().map(|m| m.player_id).collect();
         match self.pool.restore(t.clone()) {
             Ok(()) => {
                 self.tickets.insert(id, t);
             }
             Err(PoolError::DuplicateTicket(_)) => {}
+            Err(e @ PoolError::DuplicatePlayer(_)) => {
+                // The older tickets of these players, in the pool or parked.
+                let older: Vec<i64> = self
+                    .tickets
+                    .values()
+                    .filter(|o| o.members.iter().any(|m| players.contains(&m.player_id)))
+                    .map(|o| o.id)
+                    .collect();
+                self.pending_conflicts.insert(id, older);
+                refuse.push((id, e.to_string()));
+            }
             Err(e) => refuse.push((id, e.to_string())),
         }
     }
@@ -813,8 +828,47 @@ impl<'a> Leader<'a> {
         }
     }
 
-    async fn refuse_all(&self, refuse: Vec<(i64, String)>) {
+    async fn refuse_all(&mut self, refuse: Vec<(i64, String)>) {
+        // A player already in the pool may be there on a ticket cancelled since (cancels do not
+        // notify): if that older ticket no longer waits, it goes and the new one comes in.
+        let mut refuse_now = Vec::new();
+        let mut retry = Vec::new();
         for (id, why) in refuse {
+            let older: Vec<i64> = self.pending_conflicts.remove(&id).unwrap_or_default();
+            if older.is_empty() {
+                refuse_now.push((id, why));
+            } else {
+                retry.push((id, why, older));
+            }
+        }
+        if !retry.is_empty() {
+            let olds: Vec<i64> = retry.iter().flat_map(|(_, _, o)| o.iter().copied()).collect();
+            let still: BTreeSet<i64> = match self.mm().queue.waiting_by_ids(&olds).await {
+                Ok(rows) => rows.iter().map(|r| r.id).collect(),
+                Err(_) => olds.iter().copied().collect(),
+            };
+            let ids: Vec<i64> = retry.iter().map(|(id, _, _)| *id).collect();
+            let rows = self.mm().queue.waiting_by_ids(&ids).await.unwrap_or_default();
+            for (id, why, older) in retry {
+                if older.iter().any(|o| still.contains(o)) {
+                    refuse_now.push((id, why));
+                    continue;
+                }
+                for o in older {
+                    self.forget(o);
+                }
+                if let Some(r) = rows.iter().find(|r| r.id == id) {
+                    let t = to_ticket(r);
+                    match self.pool.restore(t.clone()) {
+                        Ok(()) => {
+                            self.tickets.insert(id, t);
+                        }
+                        Err(e) => refuse_now.push((id, e.to_string())),
+                    }
+                }
+            }
+        }
+        for (id, why) in refuse_now {
             refused("matcher");
             tracing::info!(ticket_id = id, reason = %why, "matchmaking: ticket refused by the matcher");
             let _ = self.mm().queue.refuse(id, &why, now_ms() as i64).await;
@@ -883,8 +937,8 @@ impl<'a> Leader<'a> {
             } else {
                 self.mm().queue.waiting_by_ids(&back).await.map_err(|e| e.to_string())?
             };
-            rows.extend(self.mm().queue.waiting_since(self.floor()).await.map_err(|e| e.to_string())?);
-            let max = rows.iter().map(|r| r.id).max().unwrap_or(0);
+            let (fresh, max) = self.mm().queue.waiting_since(self.floor()).await.map_err(|e| e.to_string())?;
+            rows.extend(fresh);
             let mut refuse = Vec::new();
             for r in &rows {
                 self.insert(to_ticket(r), &mut refuse);

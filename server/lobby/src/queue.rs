@@ -229,7 +229,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
         )
         .await?,
         waiting_since: p(
-            "SELECT id, members, ratings, mode, region, enqueued_ms FROM match_tickets WHERE id > $1 AND state = 'waiting' ORDER BY id LIMIT 20000",
+            "SELECT id, members, ratings, mode, region, enqueued_ms, state = 'waiting' FROM match_tickets WHERE id > $1 ORDER BY id LIMIT 20000",
         )
         .await?,
         commit_match: p("WITH locked AS (
@@ -484,17 +484,18 @@ impl Queue {
         .await
     }
 
-    /// Waiting tickets with an id above `after`, oldest id first (at most 20,000).
-    pub async fn waiting_since(&self, after: i64) -> Result<Vec<WaitingRow>, AccountsError> {
+    /// Tickets with an id above `after`, oldest id first (at most 20,000): the waiting ones, and
+    /// the highest id read (waiting or not, so that the caller's watermark moves past them all).
+    pub async fn waiting_since(&self, after: i64) -> Result<(Vec<WaitingRow>, i64), AccountsError> {
         let c = self.conn().await?;
         bounded("read new tickets", self.timeout, async {
-            Ok(c.client
+            let rows = c
+                .client
                 .query(&c.st.waiting_since, &[&after])
                 .await
-                .map_err(pg("read new tickets"))?
-                .iter()
-                .map(waiting_row)
-                .collect())
+                .map_err(pg("read new tickets"))?;
+            let max = rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(after);
+            Ok((rows.iter().filter(|r| r.get::<_, bool>(6)).map(waiting_row).collect(), max))
         })
         .await
     }
