@@ -972,6 +972,18 @@ impl<'a> Leader<'a> {
                     let this = &*self;
                     join_all(chunk.iter().map(|m| this.try_place(m, &records, now)).collect()).await
                 };
+                let woken: Vec<i64> = chunk
+                    .iter()
+                    .zip(&placed)
+                    .filter(|(_, r)| r.is_ok())
+                    .flat_map(|(m, _)| m.tickets.iter().copied())
+                    .collect();
+                if !woken.is_empty()
+                    && let Err(e) = self.mm().queue.notify_matched(&woken).await
+                {
+                    // The waiters re-read their tickets within WAITER_RECHECK anyway.
+                    tracing::warn!(error = %e, "cannot notify matched tickets' waiters");
+                }
                 for (m, r) in chunk.into_iter().zip(placed) {
                     self.placed(m, r, now).await;
                 }

@@ -12,11 +12,12 @@
 //!   (whichever statement takes the row lock first).
 //! - `ratings`: Glicko-2 ratings (rating, deviation, volatility); 1500 when a player has none.
 //!
-//! The leader's changes send a `NOTIFY` on the channel `{schema}_match` in the same statement
-//! (delivered at commit), to wake the waiters wherever they wait: `m<id>,<id>...` tickets matched
-//! or refused, `r<id>,<id>...` tickets put back. Ticket inserts and cancels do NOT notify:
-//! PostgreSQL serialises the commits of notifying transactions (a global lock held through the
-//! WAL flush), which capped inserts near 1/fsync; the leader reads new tickets by id instead.
+//! The leader's changes send a `NOTIFY` on the channel `{schema}_match` (delivered at commit), to
+//! wake the waiters wherever they wait: `m<id>,<id>...` tickets matched (one notification after
+//! each batch of match commits, [`Queue::notify_matched`]) or refused, `r<id>,<id>...` tickets put
+//! back. Ticket inserts, cancels and match commits do NOT notify: PostgreSQL serialises the
+//! commits of notifying transactions (a global lock held through the WAL flush), which capped
+//! them near 1/fsync; the leader reads new tickets by id instead.
 //!
 //! Never logs a player's token; never holds a row lock across a network call of its own.
 
@@ -51,6 +52,7 @@ struct Statements {
     depth: Statement,
     rating_of: Statement,
     members_of: Statement,
+    notify: Statement,
 }
 
 struct Conn {
@@ -239,7 +241,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
                  SELECT $2, $3, $1::bigint[], $4, $5, $6, 'allocated', $7, $8, $9, $10, $11 FROM ok WHERE ok.ok RETURNING id),
              u AS (UPDATE match_tickets t SET state = 'matched', match_id = m.id, updated_ms = $6
                  FROM m WHERE t.id = ANY($1::bigint[]) RETURNING t.id)
-             SELECT m.id, (SELECT count(*) FROM u), pg_notify($12, 'm' || array_to_string($1::bigint[], ',')) FROM m")
+             SELECT m.id, (SELECT count(*) FROM u) FROM m")
         .await?,
         joining: p("SELECT id, mode, zone_id, instance_id, tickets FROM matches
              WHERE state = 'allocated' AND join_expires_ms > $1 ORDER BY id")
@@ -256,6 +258,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
              FROM match_tickets WHERE state = 'waiting' GROUP BY 1, 2 ORDER BY 1, 2")
         .await?,
         rating_of: p("SELECT rating, deviation, volatility, games FROM ratings WHERE player_id = $1").await?,
+        notify: p("SELECT pg_notify($1, $2)").await?,
         members_of: p("SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM match_tickets, unnest(members) m WHERE id = ANY($1)").await?,
     };
     Ok(Conn { client, st })
@@ -522,7 +525,6 @@ impl Queue {
                         &m.instance_id,
                         &m.addr,
                         &m.join_expires_ms,
-                        &self.channel,
                     ],
                 )
                 .await
@@ -565,6 +567,34 @@ impl Queue {
                 .map_err(pg("requeue match"))?
                 .map(|r| r.get::<_, Vec<i64>>(0))
                 .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Wakes the waiters of these tickets wherever they wait (`m<id>,<id>...`, in payloads under
+    /// PostgreSQL's 8,000-byte limit). One notifying commit for many matches: PostgreSQL
+    /// serialises notifying commits, so the match commits themselves do not notify.
+    pub async fn notify_matched(&self, ticket_ids: &[i64]) -> Result<(), AccountsError> {
+        let c = self.conn().await?;
+        let mut payloads = Vec::new();
+        let mut cur = String::from("m");
+        for id in ticket_ids {
+            if cur.len() > 7_000 {
+                payloads.push(std::mem::replace(&mut cur, String::from("m")));
+            }
+            if cur.len() > 1 {
+                cur.push(',');
+            }
+            cur.push_str(&id.to_string());
+        }
+        if cur.len() > 1 {
+            payloads.push(cur);
+        }
+        bounded("notify", self.timeout, async {
+            for p in payloads {
+                c.client.execute(&c.st.notify, &[&self.channel, &p]).await.map_err(pg("notify"))?;
+            }
+            Ok(())
         })
         .await
     }
