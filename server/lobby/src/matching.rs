@@ -89,6 +89,7 @@ struct Grant {
 
 /// A ticket's answer.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a short-lived answer
 pub enum TicketAnswer {
     Matched(Matched),
     Waiting { ticket_id: i64, window: f64, waited_ms: u64 },

@@ -589,7 +589,8 @@ fn party_of_three_is_matched_as_a_unit() {
             };
             c.match_request(&leader.1, &opts).await.unwrap()
         })];
-        for (_, tok) in ps[3..].iter().cloned() {
+        for (_, tok) in &ps[3..] {
+            let tok = tok.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = LobbyClient::new(&format!("http://{addr}")).unwrap();
                 let opts = MatchOptions {
