@@ -1,10 +1,12 @@
 //! End to end through the front door: a zone-lobby, two zone servers announcing themselves to it,
 //! and `zone-bots --lobby` with 200 bots that log in, ask to join, and connect with the tokens
-//! they were given. Every bot must join, and both servers must get players.
+//! they were given. Every bot must join, and both servers must get players. Then matchmaking:
+//! `zone-bots --match team3` with 12 bots, which must all be matched (two 3v3 matches), join the
+//! zone server their match is placed on, and report one result per match.
 //!
 //! The lobby and the zone servers run in this process (the servers on their own threads, as
 //! `zone-server` runs them); the bots are the real binary. Needs PostgreSQL and Redis: a missing
-//! one shows as ignored, with the reason. About 10 s.
+//! one shows as ignored, with the reason. About 10 s each.
 
 use std::path::Path;
 use std::process::Command;
@@ -157,12 +159,91 @@ fn bots_join_two_zone_servers_through_the_lobby() {
     );
 }
 
+fn bots_play_matches_through_the_lobby() {
+    const MATCH_BOTS: u32 = 12;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("t_e2e_match_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
+    let prefix = format!("{name}:");
+    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
+    cfg.log_filter = "warn".into();
+    cfg.service_key = Some("e2e-service-key".into());
+    let secret = cfg.token_secret.clone();
+    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
+    let url = format!("http://{}", lobby.addr);
+    let zone = start_zone("e2e-match", &prefix, &secret, 50);
+    let mut c = LobbyClient::new(&url).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = rt.block_on(c.call("GET", "/v1/zones", None, None)).unwrap();
+        let offered = v["zones"][0]["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x["offered"] == Value::Bool(true)));
+        if offered {
+            break;
+        }
+        assert!(Instant::now() < until, "the zone server never showed up in the directory: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let report = std::env::temp_dir().join(format!("{name}.json"));
+    let status = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
+        .args([
+            "--lobby",
+            &url,
+            "--match",
+            "team3",
+            "--count",
+            &MATCH_BOTS.to_string(),
+            "--duration",
+            "4s",
+            "--match-wait",
+            "3s",
+            "--ramp-per-s",
+            "100",
+            "--device-prefix",
+            &format!("{name}-"),
+        ])
+        .env("ZONE_LOBBY_SERVICE_KEY", "e2e-service-key")
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    zone.stop.store(true, Ordering::Relaxed);
+    zone.thread.join().unwrap();
+    rt.block_on(async {
+        let _ = lobby.app.accounts.drop_schema().await;
+        lobby.stop().await;
+    });
+    assert!(status.success(), "zone-bots failed: {r}");
+    assert_eq!(r["joined"], MATCH_BOTS, "{r}");
+    let m = &r["matching"];
+    assert_eq!(m["mode"], "team3", "{r}");
+    assert_eq!(m["matched"], MATCH_BOTS, "{r}");
+    assert!(m["match_wait_ms_p99"].is_number(), "{r}");
+    assert_eq!(
+        (m["results_reported"].as_u64(), m["result_errors"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
+}
+
 fn main() {
     ServiceTests::new()
         .needs(
             "bots_join_two_zone_servers_through_the_lobby",
             &[Need::Redis, Need::Postgres],
             bots_join_two_zone_servers_through_the_lobby,
+        )
+        .needs(
+            "bots_play_matches_through_the_lobby",
+            &[Need::Redis, Need::Postgres],
+            bots_play_matches_through_the_lobby,
         )
         .run()
 }

@@ -117,7 +117,7 @@ fn main() {
                 _ => 3,
             }
         } else if mode.max_party == 2 {
-            1 + (rng.next() % 4 == 0) as usize
+            1 + usize::from(rng.next().is_multiple_of(4))
         } else {
             1
         }

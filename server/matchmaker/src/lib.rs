@@ -27,10 +27,12 @@
 //!   that were still waiting at its turn (every ticket left waiting, and every ticket of a match
 //!   whose anchor is younger than it). The guarantee "the oldest compatible ticket is served
 //!   first" means exactly this. For tickets of one player the search is complete: a ticket left
-//!   waiting had no compatible match at all among those tickets. With parties the choice within a
-//!   rating interval is nearest-first and can, rarely, miss a team packing that exists.
+//!   waiting had no compatible match among the [`pool::SEARCH_LIMIT`] (16) tickets nearest it in
+//!   rating inside its window. With parties the choice within a rating interval is nearest-first
+//!   and can, rarely, miss a team packing that exists.
 //! - **Which partners.** First the anchor's own region, nearest rating first, within the initial
-//!   window (every ticket's window is at least that wide). Failing that, window levels: for each
+//!   window (every ticket's window is at least that wide; at most [`pool::FAST_LIMIT`] read).
+//!   Failing that, over the [`pool::SEARCH_LIMIT`] nearest tickets in its window, window levels: for each
 //!   level `L` (ascending: the initial window, then each partner's window, never above the
 //!   anchor's), the tickets whose window is at least `L` and whose rating is within `L` of the
 //!   anchor, in every interval of width `L` that holds the anchor, nearest the anchor first; the
@@ -41,13 +43,13 @@
 //!
 //! # Cost
 //!
-//! Tickets are indexed by age per mode and by rating per (mode, region) in `BTreeMap`s, so a pass
-//! costs about one range scan per waiting ticket: in a dense pool the fast path reads only the few
-//! nearest tickets. The complete search (window levels) runs only when the fast path fails, over the
-//! tickets inside the anchor's window. `cargo bench -p zone-matchmaker --bench pass` measures it.
+//! Tickets are indexed by age per mode and by rating per (mode, region) in `BTreeMap`s; a pass
+//! works on flat sorted copies of the rating index with skip links over matched tickets and sweeps
+//! the matched tickets out at the end. Every step of a search is bounded, so a pass is linear in
+//! the waiting tickets. `cargo bench -p zone-matchmaker --bench pass` measures it.
 
 pub mod modes;
-mod pool;
+pub mod pool;
 pub mod teams;
 
 pub use pool::{Pool, ticket_rating};

@@ -20,6 +20,16 @@ pub fn fits(sizes: &[u32], teams: u32, team_size: u32) -> bool {
     if teams == 1 || sizes.iter().all(|&s| s == 1) {
         return true;
     }
+    if teams == 2 {
+        // Two teams: some subset (team one) must hold between total − team_size and team_size
+        // players. Subset sums as bits (total ≤ 100 players per match < 128 bits).
+        let mut reach: u128 = 1;
+        for &s in sizes {
+            reach |= reach << s;
+        }
+        let lo = total.saturating_sub(team_size);
+        return (lo..=team_size.min(total)).any(|x| (reach >> x) & 1 == 1);
+    }
     let mut sorted = sizes.to_vec();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     let mut loads = vec![0u32; teams as usize];
@@ -160,6 +170,33 @@ mod tests {
         assert!(fits(&[2, 2], 2, 3));
         assert!(!fits(&[4], 2, 3));
         assert!(!fits(&[1, 1, 1, 1, 1, 1, 1], 2, 3));
+        assert!(fits(&[3, 2, 1], 3, 3) && fits(&[2, 2, 2], 3, 2) && !fits(&[2, 2, 2, 2], 3, 2));
+        assert!(fits(&[5, 4, 1], 2, 5) && !fits(&[4, 4, 2], 2, 5) && fits(&[4, 4], 2, 5));
+    }
+
+    #[test]
+    fn fits_agrees_with_brute_force_for_two_teams() {
+        // Every multiset of sizes 1..=4 (up to 6 tickets) against 2 teams of 4.
+        fn brute(sizes: &[u32], cap: u32) -> bool {
+            (0u32..1 << sizes.len()).any(|m| {
+                let a: u32 = sizes.iter().enumerate().filter(|(i, _)| m >> i & 1 == 1).map(|(_, s)| s).sum();
+                let b: u32 = sizes.iter().sum::<u32>() - a;
+                a <= cap && b <= cap
+            })
+        }
+        let mut sizes = Vec::new();
+        fn rec(sizes: &mut Vec<u32>, from: u32) {
+            assert_eq!(fits(sizes, 2, 4), brute(sizes, 4), "{sizes:?}");
+            if sizes.len() == 6 {
+                return;
+            }
+            for s in from..=4 {
+                sizes.push(s);
+                rec(sizes, s);
+                sizes.pop();
+            }
+        }
+        rec(&mut sizes, 1);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `zone-bots --server HOST:PORT --count N --duration 30s --token-secret S --behavior wander`:
+//! `zone-bots --server HOST:PORT --count N --duration 30s --token-secret S --behavior wander`
+//! (or `--lobby URL`, or `--lobby URL --match MODE` to go through matchmaking):
 //! a swarm of bot clients in one process, each with its own UDP socket, join token and client
 //! session (`zone_net::client`), for load tests and protocol checks. Prints a progress line on
 //! stderr every second and writes a JSON report at the end; `--help` explains every flag.
@@ -83,6 +84,10 @@ async fn swarm(cli: &Cli) -> Report {
         lobby: cli.lobby.clone(),
         device_prefix: cli.device_prefix.clone(),
         zone_id: cli.zone_id.clone(),
+        match_mode: cli.match_mode.clone(),
+        region: cli.region.clone(),
+        match_wait: cli.match_wait,
+        service_key: cli.service_key.clone(),
         token_secret: cli.token_secret.clone().unwrap_or_default().into_bytes(),
         token_ttl: cli.token_ttl,
         behavior: cli.behavior,
@@ -103,21 +108,41 @@ async fn swarm(cli: &Cli) -> Report {
             stop_rx.clone(),
         ));
     }
-    eprintln!(
-        "zone-bots: {} {} bots against {} (zone {:?}) for {:.1}s, {:.0} joins/s",
-        cli.count,
-        cli.behavior.name(),
-        target(cli),
-        cli.zone_id,
-        cli.duration.as_secs_f64(),
-        cli.ramp_per_s
-    );
+    match &cli.match_mode {
+        Some(mode) => eprintln!(
+            "zone-bots: {} {} bots queue for {mode:?} matches at {} for {:.1}s, {:.0} requests/s",
+            cli.count,
+            cli.behavior.name(),
+            target(cli),
+            cli.duration.as_secs_f64(),
+            cli.ramp_per_s
+        ),
+        None => eprintln!(
+            "zone-bots: {} {} bots against {} (zone {:?}) for {:.1}s, {:.0} joins/s",
+            cli.count,
+            cli.behavior.name(),
+            target(cli),
+            cli.zone_id,
+            cli.duration.as_secs_f64(),
+            cli.ramp_per_s
+        ),
+    }
     let (outcomes, rtt) = supervise(cli, &mut bots, &live, &stop_tx).await;
     let facts = RunFacts {
         server: target(cli),
         last_join_us: live.last_join_us.load(std::sync::atomic::Ordering::Relaxed),
         lobby_login_us: std::mem::take(&mut *live.lobby_login_us.lock().unwrap_or_else(|e| e.into_inner())),
         lobby_join_us: std::mem::take(&mut *live.lobby_join_us.lock().unwrap_or_else(|e| e.into_inner())),
+        matching: cli.match_mode.clone().map(|mode| {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (
+                mode,
+                std::mem::take(&mut *live.match_wait_us.lock().unwrap_or_else(|e| e.into_inner())),
+                get(&live.matched),
+                get(&live.results_reported),
+                get(&live.result_errors),
+            )
+        }),
         zone_id: cli.zone_id.clone(),
         behavior: cli.behavior,
         count: cli.count,
@@ -193,7 +218,19 @@ fn write_report(cli: &Cli, report: &Report) -> anyhow::Result<()> {
 /// 0 when every bot joined and nothing failed to decode; otherwise 1, saying why.
 fn verdict(r: &Report) -> ExitCode {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
-    if r.lobby_login_ms_p50.is_some() {
+    if let Some(m) = &r.matching {
+        eprintln!(
+            "zone-bots: mode {:?}: matched {}/{}, waiting p50 {} p99 {} max {} ms, {} results reported, {} result errors",
+            m.mode,
+            m.matched,
+            r.count,
+            ms(m.match_wait_ms_p50),
+            ms(m.match_wait_ms_p99),
+            ms(m.match_wait_ms_max),
+            m.results_reported,
+            m.result_errors
+        );
+    } else if r.lobby_login_ms_p50.is_some() {
         eprintln!(
             "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms; all joined after {} s",
             ms(r.lobby_login_ms_p50),

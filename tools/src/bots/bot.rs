@@ -34,6 +34,13 @@ pub struct SwarmConfig {
     pub lobby: Option<String>,
     pub device_prefix: String,
     pub zone_id: String,
+    /// With a lobby: queue for a match in this mode instead of joining `zone_id`.
+    pub match_mode: Option<String>,
+    pub region: Option<String>,
+    /// How long a bot waits for its match.
+    pub match_wait: Duration,
+    /// The lobby's service key: the bot with the smallest account id of a match reports its result.
+    pub service_key: Option<String>,
     pub token_secret: Vec<u8>,
     pub token_ttl: Duration,
     pub behavior: Behavior,
@@ -182,9 +189,92 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// The match a bot was placed in (with --match), for the result it may report at the end.
+struct Placed {
+    match_id: i64,
+    teams: Vec<Vec<i64>>,
+    account_id: i64,
+}
+
+/// A long poll: the lobby holds a match request or a ticket wait at most this long.
+const LONG_POLL_MS: u64 = 25_000;
+
+/// With --match: asks for a match and waits on the ticket until matched (timed from the request),
+/// cancelled, refused, or `match_wait` is over (then cancels).
+async fn request_match(
+    cfg: &SwarmConfig,
+    live: &Live,
+    client: &mut zone_lobby::client::LobbyClient,
+    token: &str,
+    mode: &str,
+    n: u64,
+) -> Result<zone_lobby::client::MatchedAnswer, &'static str> {
+    use zone_lobby::client::{MatchAnswer, MatchOptions};
+    let t0 = Instant::now();
+    let give_up = t0 + cfg.match_wait;
+    let poll_ms = |now: Instant| (give_up.saturating_duration_since(now).as_millis() as u64).min(LONG_POLL_MS);
+    let opts = MatchOptions {
+        mode: mode.to_owned(),
+        region: cfg.region.clone(),
+        party: Vec::new(),
+        wait_ms: poll_ms(t0),
+        request_id: Some(format!("{}{n}-match", cfg.device_prefix)),
+    };
+    let mut answer = client
+        .match_request(token, &opts)
+        .await
+        .map_err(|e| lobby_failure(&e, "match_request"))?;
+    loop {
+        match answer {
+            MatchAnswer::Matched(m) => {
+                Live::record_lobby(&live.match_wait_us, t0.elapsed().as_micros() as u64);
+                Live::add(&live.matched, 1);
+                return Ok(m);
+            }
+            MatchAnswer::Cancelled { .. } => return Err("match_cancelled"),
+            MatchAnswer::Refused { .. } => return Err("match_refused"),
+            MatchAnswer::Waiting { ticket_id, .. } => {
+                let now = Instant::now();
+                if now >= give_up || now >= cfg.deadline {
+                    // Matched in the meantime is fine too: the cancel then answers 409.
+                    let _ = client.cancel_ticket(token, ticket_id).await;
+                    return Err("match_timeout");
+                }
+                answer = client
+                    .wait_ticket(token, ticket_id, poll_ms(now))
+                    .await
+                    .map_err(|e| lobby_failure(&e, "match_wait"))?;
+            }
+        }
+    }
+}
+
 /// Where to connect, with which token and session key, as which player: from the lobby (device
-/// login, then a join request, both timed), or minted here with the shared secret.
-async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, zone_net::token::JoinGrant, u64), &'static str> {
+/// login, then a join request or a match, timed), or minted here with the shared secret.
+async fn ticket(
+    cfg: &SwarmConfig,
+    live: &Live,
+    n: u64,
+) -> Result<(SocketAddr, zone_net::token::JoinGrant, u64, Option<Placed>), &'static str> {
+    if let (Some(url), Some(mode)) = (&cfg.lobby, &cfg.match_mode) {
+        let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
+        let t0 = Instant::now();
+        let login = client
+            .device_login(&format!("{}{n}", cfg.device_prefix))
+            .await
+            .map_err(|e| lobby_failure(&e, "lobby_login"))?;
+        Live::record_lobby(&live.lobby_login_us, t0.elapsed().as_micros() as u64);
+        let m = request_match(cfg, live, &mut client, &login.session_token, mode, n).await?;
+        let join = m.join();
+        let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
+        let grant = join.grant().ok_or("lobby_bad_key")?;
+        let placed = Placed {
+            match_id: m.match_id,
+            teams: m.teams.clone(),
+            account_id: login.account_id,
+        };
+        return Ok((server, grant, login.account_id as u64, Some(placed)));
+    }
     if let Some(url) = &cfg.lobby {
         let mut client = zone_lobby::client::LobbyClient::new(url).map_err(|_| "lobby_url")?;
         let t0 = Instant::now();
@@ -201,14 +291,34 @@ async fn ticket(cfg: &SwarmConfig, live: &Live, n: u64) -> Result<(SocketAddr, z
         Live::record_lobby(&live.lobby_join_us, t1.elapsed().as_micros() as u64);
         let server = crate::cli::parse_server(&join.addr).map_err(|_| "lobby_bad_addr")?;
         let grant = join.grant().ok_or("lobby_bad_key")?;
-        return Ok((server, grant, login.account_id as u64));
+        return Ok((server, grant, login.account_id as u64, None));
     }
     let server = cfg.server.ok_or("no_server")?;
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let expires = now_unix.saturating_add(cfg.token_ttl.as_secs().max(1));
     let entropy = os_entropy().ok_or("token_error")?;
     let grant = zone_net::token::mint(&cfg.token_secret, n, &cfg.zone_id, expires, entropy).map_err(|_| "token_error")?;
-    Ok((server, grant, n))
+    Ok((server, grant, n, None))
+}
+
+/// With --match and --service-key: the bot with the smallest account id of its match reports
+/// the result once it has played (one rank per team: the winner, chosen from the match id and
+/// --seed, ranks 1, every other team 2), so that every match gets at most one report.
+async fn report_result(cfg: &SwarmConfig, live: &Live, placed: &Placed) {
+    let (Some(url), Some(key)) = (&cfg.lobby, &cfg.service_key) else {
+        return;
+    };
+    let smallest = placed.teams.iter().flatten().min().copied();
+    if smallest != Some(placed.account_id) || placed.teams.is_empty() {
+        return;
+    }
+    let winner = ((placed.match_id as u64) ^ cfg.seed) % placed.teams.len() as u64;
+    let ranks: Vec<u32> = (0..placed.teams.len() as u64).map(|t| if t == winner { 1 } else { 2 }).collect();
+    let ok = match zone_lobby::client::LobbyClient::new(url) {
+        Ok(mut c) => c.report_result(key, placed.match_id, &ranks).await.is_ok(),
+        Err(_) => false,
+    };
+    Live::add(if ok { &live.results_reported } else { &live.result_errors }, 1);
 }
 
 /// A failure label for the report: the step and, when the lobby answered, its status.
@@ -217,6 +327,9 @@ fn lobby_failure(e: &zone_lobby::client::ClientError, step: &'static str) -> &'s
         ("lobby_login", Some(429)) | ("lobby_join", Some(429)) => "lobby_rate_limited",
         ("lobby_join", Some(409)) => "lobby_no_room",
         ("lobby_join", Some(404)) => "lobby_unknown_zone",
+        ("match_request", Some(400)) => "match_bad_request",
+        ("match_request", Some(409)) => "match_duplicate",
+        ("match_request", Some(429)) => "match_queue_full",
         (_, Some(s)) if s >= 500 => "lobby_unavailable",
         (s, _) => s,
     }
@@ -234,7 +347,7 @@ pub async fn run_bot(
         _ = tokio::time::sleep_until(start_at.into()) => {}
         _ = stopped(&mut stop) => return failed(&live, "interrupted"),
     }
-    let (server, grant, player_id) = match ticket(&cfg, &live, player_id).await {
+    let (server, grant, player_id, placed) = match ticket(&cfg, &live, player_id).await {
         Ok(t) => t,
         Err(why) => return failed(&live, why),
     };
@@ -290,6 +403,11 @@ pub async fn run_bot(
     if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
         let goodbyes: Vec<Vec<u8>> = (0..GOODBYES).map(|_| session.goodbye()).collect();
         send_all(&socket, goodbyes).await;
+    }
+    if let Some(p) = &placed
+        && tracker.joined_at.is_some()
+    {
+        report_result(&cfg, &live, p).await;
     }
     tracker.finish(&mut session, &live, stop_reason)
 }

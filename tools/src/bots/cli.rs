@@ -36,6 +36,29 @@ pub struct Cli {
     #[arg(long, value_name = "URL", conflicts_with = "server")]
     pub lobby: Option<String>,
 
+    /// With --lobby: instead of joining --zone-id, every bot asks for a match in this mode
+    /// (`POST /v1/match/request`, then long polls on its ticket), joins the zone server its match
+    /// is placed on with the join token it is given, plays until --duration is over, and, with
+    /// --service-key, one bot of each match reports the result (`POST /v1/match/{id}/result`).
+    /// The report adds the bots matched, their waiting time p50/p99 and the results reported.
+    #[arg(long = "match", value_name = "MODE", requires = "lobby", conflicts_with = "server")]
+    pub match_mode: Option<String>,
+
+    /// With --match: the region to queue in (none by default: the lobby's "no region").
+    #[arg(long, requires = "match_mode")]
+    pub region: Option<String>,
+
+    /// With --match: how long a bot waits for its match before giving up (then it cancels its
+    /// ticket and counts as `match_timeout`). Same formats as --duration.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub match_wait: Duration,
+
+    /// With --match: the lobby's service key (its --service-key). When given, the bot of each
+    /// match with the smallest account id reports a result once it has played (the winning team
+    /// chosen from the match id and --seed), so that ratings move; without it, none is reported.
+    #[arg(long, env = "ZONE_LOBBY_SERVICE_KEY", hide_env_values = true, requires = "match_mode")]
+    pub service_key: Option<String>,
+
     /// With --lobby: the bots' device ids are this plus the bot's number (from --first-player-id).
     #[arg(long, default_value = "bot-")]
     pub device_prefix: String,
@@ -160,6 +183,19 @@ mod tests {
             (Some("http://127.0.0.1:8080"), None, None)
         );
         assert!(Cli::try_parse_from(["zone-bots", "--count", "2"]).is_err());
+        let m = Cli::try_parse_from([
+            "zone-bots",
+            "--lobby",
+            "http://127.0.0.1:8080",
+            "--match",
+            "duel",
+            "--service-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!((m.match_mode.as_deref(), m.service_key.as_deref()), (Some("duel"), Some("k")));
+        assert_eq!(m.match_wait, Duration::from_secs(60));
+        assert!(Cli::try_parse_from(["zone-bots", "--server", "127.0.0.1:7777", "--token-secret", "s", "--match", "duel"]).is_err());
         assert!(parse_rate("0").is_err() && parse_rate("nan").is_err() && parse_rate("2.5") == Ok(2.5));
     }
 }

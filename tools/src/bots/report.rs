@@ -114,6 +114,11 @@ pub struct Live {
     pub lobby_join_us: Mutex<Histogram>,
     /// When the last bot joined, µs after the run started.
     pub last_join_us: AtomicU64,
+    /// With --match: time from the match request until the bot was matched (µs), and counters.
+    pub match_wait_us: Mutex<Histogram>,
+    pub matched: AtomicU64,
+    pub results_reported: AtomicU64,
+    pub result_errors: AtomicU64,
 }
 
 impl Live {
@@ -281,6 +286,23 @@ pub struct Report {
     /// With --lobby: `POST /v1/zones/{zone_id}/join` latency.
     pub lobby_join_ms_p50: Option<f64>,
     pub lobby_join_ms_p99: Option<f64>,
+    /// With --match: what the matchmaking part of the run did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matching: Option<MatchReport>,
+}
+
+/// With --match: bots matched, their waiting time (request to match), results reported. Joins
+/// are the report's `joined`; failures (`match_timeout`, `match_refused`, lobby errors) are in
+/// `failed_reasons`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct MatchReport {
+    pub mode: String,
+    pub matched: u64,
+    pub match_wait_ms_p50: Option<f64>,
+    pub match_wait_ms_p99: Option<f64>,
+    pub match_wait_ms_max: Option<f64>,
+    pub results_reported: u64,
+    pub result_errors: u64,
 }
 
 /// What the report says about the run besides the bots' outcomes.
@@ -295,6 +317,8 @@ pub struct RunFacts {
     pub last_join_us: u64,
     pub lobby_login_us: Histogram,
     pub lobby_join_us: Histogram,
+    /// With --match: the mode, the waiting times (µs) and the counters.
+    pub matching: Option<(String, Histogram, u64, u64, u64)>,
 }
 
 /// Aggregates the bots' outcomes and the run's RTT histogram into the report.
@@ -347,6 +371,17 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         lobby_login_ms_p99: us_to_ms(facts.lobby_login_us.percentile(99.0)),
         lobby_join_ms_p50: us_to_ms(facts.lobby_join_us.percentile(50.0)),
         lobby_join_ms_p99: us_to_ms(facts.lobby_join_us.percentile(99.0)),
+        matching: facts
+            .matching
+            .map(|(mode, wait, matched, results_reported, result_errors)| MatchReport {
+                mode,
+                matched,
+                match_wait_ms_p50: us_to_ms(wait.percentile(50.0)),
+                match_wait_ms_p99: us_to_ms(wait.percentile(99.0)),
+                match_wait_ms_max: us_to_ms(wait.percentile(100.0)),
+                results_reported,
+                result_errors,
+            }),
     }
 }
 
@@ -418,6 +453,7 @@ mod tests {
             last_join_us: 0,
             lobby_login_us: Histogram::default(),
             lobby_join_us: Histogram::default(),
+            matching: None,
         };
         let r = build_report(facts, &outcomes, &rtt, ProcessUsage::default());
         assert_eq!((r.joined, r.failed_joins), (3, 2), "one outcome missing counts as failed");
