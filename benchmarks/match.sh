@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Matchmaking figures, on loopback, release build (issue 10):
+#   0. (first, on an empty queue) the time from the second compatible request until both players
+#      have their match, over PAIRS pairs, 10 at a time (p50/p99/max);
 #   1. POST /v1/match/request at 100 concurrent clients (session players, wait_ms 0: each answer
-#      means the ticket is durable in PostgreSQL), requests/s and p50/p99; each client cancels its
-#      waiting ticket (untimed) before asking again;
+#      means the ticket is durable in PostgreSQL), requests/s and p50/p99; each client uses 20
+#      accounts in turn, and the leader matches and places the tickets meanwhile;
 #   2. the trusted backends' POST /match/request {player_id, rating} at 100 concurrent clients, a
 #      fresh player each time, with a zone server announced so the leader places matches meanwhile;
-#   3. the time from the second compatible request until both players have their match, over
-#      PAIRS pairs, 10 at a time (p50/p99/max).
+#   3. (printed with 2) how many tickets the leader matched meanwhile.
 #
 #   bash benchmarks/match.sh
 #   SECS=20 PAIRS=500 bash benchmarks/match.sh
@@ -45,9 +46,6 @@ $L --listen 127.0.0.1:$PORT --postgres "$DATABASE_URL" --redis "$REDIS_URL" --po
    --service-key "$KEY" --log-filter warn 2> "$T/lobby.log" &
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-echo "## POST /v1/match/request, $CONC concurrent clients, ${SECS} s (no zone server: tickets wait, then are cancelled)"
-echo "\$ $LOAD http://127.0.0.1:$PORT requests $CONC $SECS"
-$LOAD "http://127.0.0.1:$PORT" requests "$CONC" "$SECS"
 
 # A zone server's record in the directory, as zone-server --lobby-redis writes it (a real zone
 # server is not needed to place matches; 1,000,000 seats so the run never runs out).
@@ -60,6 +58,15 @@ announce() {
 }
 announce
 
+echo "## time from the second compatible request until both are matched, $PAIRS pairs, 10 at a time (queue otherwise empty)"
+echo "\$ $LOAD http://127.0.0.1:$PORT pairs $PAIRS 10"
+$LOAD "http://127.0.0.1:$PORT" pairs "$PAIRS" 10
+
+echo "## POST /v1/match/request, $CONC concurrent clients (20 accounts each, used in turn), ${SECS} s, matches placed meanwhile"
+echo "\$ $LOAD http://127.0.0.1:$PORT requests $CONC $SECS 20"
+$LOAD "http://127.0.0.1:$PORT" requests "$CONC" "$SECS" 20
+sleep 2
+
 echo "## POST /match/request (trusted backend, seed shape), $CONC concurrent clients, ${SECS} s, matches placed meanwhile"
 echo "\$ $LOAD http://127.0.0.1:$PORT seed $CONC $SECS \$KEY"
 $LOAD "http://127.0.0.1:$PORT" seed "$CONC" "$SECS" "$KEY"
@@ -67,7 +74,4 @@ sleep 3
 echo "tickets by state afterwards: $(psql "$DATABASE_URL" -Atc "SELECT string_agg(state || '=' || n, ' ') FROM (SELECT state, count(*) n FROM $SCHEMA.match_tickets GROUP BY state ORDER BY state) s")"
 curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^lobby_matches_total|^lobby_match_pass_seconds_(sum|count)' || true
 
-echo "## time from the second compatible request until both are matched, $PAIRS pairs, 10 at a time"
-echo "\$ $LOAD http://127.0.0.1:$PORT pairs $PAIRS 10"
-$LOAD "http://127.0.0.1:$PORT" pairs "$PAIRS" 10
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

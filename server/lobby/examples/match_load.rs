@@ -1,9 +1,11 @@
 //! Load generator for the matchmaking figures (run by benchmarks/match.sh, release build).
 //!
-//! - `match_load URL requests C SECS`: C clients, each logged in as its own account, repeat
-//!   `POST /v1/match/request {mode: duel, wait_ms: 0}` (timed: each answer means the ticket is
-//!   durable in PostgreSQL) and, when the ticket is still waiting, `DELETE` it (not timed) so the
-//!   account may queue again. Prints requests/s and latency p50/p99.
+//! - `match_load URL requests C SECS [K]`: C clients, each logged in as K accounts (20 by
+//!   default) that it uses in turn, repeat `POST /v1/match/request {mode: duel, wait_ms: 0}`
+//!   (timed: each answer means the ticket is durable in PostgreSQL). A zone server with room must
+//!   be in the directory, so that the leader matches the tickets meanwhile and an account's
+//!   previous ticket is matched by the time it asks again (a 409 counts as an error). Prints
+//!   requests/s and latency p50/p99.
 //! - `match_load URL seed C SECS KEY`: the same with the trusted backends' route,
 //!   `POST /match/request {player_id, rating, wait_ms: 0}`, a fresh player id each time (no
 //!   cancel: the leader matches them as they come, if a zone server has room).
@@ -43,7 +45,7 @@ fn duel(wait_ms: u64) -> MatchOptions {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: match_load URL requests|seed C SECS [KEY] | match_load URL pairs N CONC");
+        eprintln!("usage: match_load URL requests C SECS [K] | match_load URL seed C SECS KEY | match_load URL pairs N CONC");
         std::process::exit(2);
     }
     let (url, what) = (args[1].clone(), args[2].clone());
@@ -108,50 +110,42 @@ async fn main() {
     let c: usize = args[3].parse().expect("CONCURRENCY");
     let secs: f64 = args[4].parse().expect("SECS");
     let key = args.get(5).cloned().unwrap_or_default();
-    let start_at = Instant::now() + Duration::from_millis(if what == "requests" { 3_000 } else { 500 });
+    let start_at = Instant::now() + Duration::from_millis(if what == "requests" { 15_000 } else { 500 });
     let mut tasks = Vec::new();
     for k in 0..c {
         let (url, what, key) = (url.clone(), what.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = LobbyClient::new(&url).expect("URL");
-            let token = if what == "requests" {
-                Some(
-                    client
-                        .device_login(&format!("mload-{run_id}-{k}"))
-                        .await
-                        .expect("login")
-                        .session_token,
-                )
-            } else {
-                None
-            };
+            let accounts: usize = if what == "requests" { key.parse().unwrap_or(20) } else { 0 };
+            let mut tokens = Vec::new();
+            for a in 0..accounts {
+                let t = client.device_login(&format!("mload-{run_id}-{k}-{a}")).await.expect("login");
+                tokens.push(t.session_token);
+            }
             tokio::time::sleep_until(start_at.into()).await;
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let (mut lat, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
             while Instant::now() < end {
                 let t0 = Instant::now();
-                let ok = match &token {
-                    Some(t) => match client.match_request(t, &duel(0)).await {
-                        Ok(a) => {
+                let ok = if what == "requests" {
+                    let t = &tokens[n as usize % tokens.len().max(1)];
+                    match client.match_request(t, &duel(0)).await {
+                        Ok(_) => {
                             lat.push(t0.elapsed().as_micros() as u64);
-                            if matches!(a, MatchAnswer::Waiting { .. }) {
-                                let _ = client.cancel_ticket(t, a.ticket_id()).await;
-                            }
                             true
                         }
                         Err(_) => false,
-                    },
-                    None => {
-                        let player = (u64::from(run_id) % 1000) * 100_000_000 + (k as u64) * 1_000_000 + n + 1;
-                        let rating = 1000.0 + (player * 7919 % 1000) as f64;
-                        let body = format!(r#"{{"player_id":{player},"rating":{rating},"wait_ms":0}}"#);
-                        match client.request("POST", "/match/request", Some(&key), Some(&body)).await {
-                            Ok(a) if a.status == 200 || a.status == 202 => {
-                                lat.push(t0.elapsed().as_micros() as u64);
-                                true
-                            }
-                            _ => false,
+                    }
+                } else {
+                    let player = (u64::from(run_id) % 1000) * 100_000_000 + (k as u64) * 1_000_000 + n + 1;
+                    let rating = 1000.0 + (player * 7919 % 1000) as f64;
+                    let body = format!(r#"{{"player_id":{player},"rating":{rating},"wait_ms":0}}"#);
+                    match client.request("POST", "/match/request", Some(&key), Some(&body)).await {
+                        Ok(a) if a.status == 200 || a.status == 202 => {
+                            lat.push(t0.elapsed().as_micros() as u64);
+                            true
                         }
+                        _ => false,
                     }
                 };
                 if !ok {

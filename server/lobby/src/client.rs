@@ -75,6 +75,7 @@ impl JoinAnswer {
 /// A match request's or a ticket's answer: matched, still waiting, or ended.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // a short-lived answer
 pub enum MatchAnswer {
     Matched(MatchedAnswer),
     Waiting {

@@ -125,7 +125,7 @@ pub struct Cli {
     #[arg(long, value_name = "ZONE_ID", env = "ZONE_LOBBY_MATCH_ZONE")]
     pub match_zone: Option<String>,
 
-    /// Milliseconds between matching passes on the leader (a new ticket also wakes it). [default: 50]
+    /// Milliseconds between matching passes on the leader (new tickets are read before each pass). [default: 50]
     #[arg(long, value_name = "MS", env = "ZONE_LOBBY_MATCH_PASS_MS")]
     pub match_pass_ms: Option<u64>,
 

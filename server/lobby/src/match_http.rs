@@ -102,6 +102,7 @@ pub struct TicketEnded {
 /// What a ticket answers with 200: a match, or the end of the ticket.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // a short-lived answer
 pub enum TicketDone {
     Matched(MatchedResponse),
     Ended(TicketEnded),

@@ -8,10 +8,10 @@
 //!   dedicated connection (the key is derived from the schema, so lobbies sharing a schema share
 //!   a leader). When that connection dies (the process was killed, the network broke), PostgreSQL
 //!   releases the lock and another instance takes it at its next try (every second).
-//! - **The leader** rebuilds the `zone-matchmaker` pool from the waiting tickets, adds tickets as
-//!   their notifications arrive (and resynchronises with the table every few seconds, so a lost
-//!   notification costs seconds, never a ticket), runs a pass every `--match-pass-ms` or when
-//!   woken, and places each match: seats reserved on one ready zone server (all or nothing),
+//! - **The leader** rebuilds the `zone-matchmaker` pool from the waiting tickets, reads new
+//!   tickets by id before each pass (and resynchronises with the table every few seconds, so a
+//!   ticket is never missed for long, never lost), runs a pass every `--match-pass-ms`, and
+//!   places each match (16 at a time): seats reserved on one ready zone server (all or nothing),
 //!   a room in Redis with the join tokens, then the guarded commit. A match that finds no seat
 //!   goes back to the pool keeping its waiting time (parked for a second, counted as the seat
 //!   shortage); one whose commit lost a race to a cancel gives its seats back. A match whose zone
@@ -89,6 +89,7 @@ struct Grant {
 
 /// A ticket's answer.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a short-lived answer
 pub enum TicketAnswer {
     Matched(Matched),
     Waiting { ticket_id: i64, window: f64, waited_ms: u64 },
@@ -720,6 +721,41 @@ struct Leader<'a> {
     last_watch: u64,
     /// Matches whose zone server was missing from the directory at the last watch.
     missing: BTreeSet<i64>,
+    /// The highest ticket id read, and when each value was reached: new tickets are read above
+    /// the value of `NEW_TICKETS_LAG_MS` ago, so one whose id was taken earlier but committed a
+    /// little later is not skipped (the resync every 5 s catches any later still).
+    seen: std::collections::VecDeque<(u64, i64)>,
+    /// New tickets refused for a player already in the pool, with that player's older tickets.
+    pending_conflicts: HashMap<i64, Vec<i64>>,
+}
+
+/// How far back the leader re-reads new tickets by id (see `Leader::seen`).
+const NEW_TICKETS_LAG_MS: u64 = 250;
+/// Matches placed at once (their Redis and PostgreSQL round trips overlap).
+const PLACE_AT_ONCE: usize = 16;
+
+/// Polls every future to completion, concurrently on this task; outputs in input order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 impl<'a> Leader<'a> {
@@ -732,6 +768,8 @@ impl<'a> Leader<'a> {
             last_resync: 0,
             last_watch: 0,
             missing: BTreeSet::new(),
+            seen: std::collections::VecDeque::new(),
+            pending_conflicts: HashMap::new(),
         }
     }
 
@@ -772,11 +810,23 @@ impl<'a> Leader<'a> {
         if self.tickets.contains_key(&id) {
             return;
         }
+        let players: Vec<i64> = t.members.iter().map(|m| m.player_id).collect();
         match self.pool.restore(t.clone()) {
             Ok(()) => {
                 self.tickets.insert(id, t);
             }
             Err(PoolError::DuplicateTicket(_)) => {}
+            Err(e @ PoolError::DuplicatePlayer(_)) => {
+                // The older tickets of these players, in the pool or parked.
+                let older: Vec<i64> = self
+                    .tickets
+                    .values()
+                    .filter(|o| o.members.iter().any(|m| players.contains(&m.player_id)))
+                    .map(|o| o.id)
+                    .collect();
+                self.pending_conflicts.insert(id, older);
+                refuse.push((id, e.to_string()));
+            }
             Err(e) => refuse.push((id, e.to_string())),
         }
     }
@@ -789,8 +839,47 @@ impl<'a> Leader<'a> {
         }
     }
 
-    async fn refuse_all(&self, refuse: Vec<(i64, String)>) {
+    async fn refuse_all(&mut self, refuse: Vec<(i64, String)>) {
+        // A player already in the pool may be there on a ticket cancelled since (cancels do not
+        // notify): if that older ticket no longer waits, it goes and the new one comes in.
+        let mut refuse_now = Vec::new();
+        let mut retry = Vec::new();
         for (id, why) in refuse {
+            let older: Vec<i64> = self.pending_conflicts.remove(&id).unwrap_or_default();
+            if older.is_empty() {
+                refuse_now.push((id, why));
+            } else {
+                retry.push((id, why, older));
+            }
+        }
+        if !retry.is_empty() {
+            let olds: Vec<i64> = retry.iter().flat_map(|(_, _, o)| o.iter().copied()).collect();
+            let still: BTreeSet<i64> = match self.mm().queue.waiting_by_ids(&olds).await {
+                Ok(rows) => rows.iter().map(|r| r.id).collect(),
+                Err(_) => olds.iter().copied().collect(),
+            };
+            let ids: Vec<i64> = retry.iter().map(|(id, _, _)| *id).collect();
+            let rows = self.mm().queue.waiting_by_ids(&ids).await.unwrap_or_default();
+            for (id, why, older) in retry {
+                if older.iter().any(|o| still.contains(o)) {
+                    refuse_now.push((id, why));
+                    continue;
+                }
+                for o in older {
+                    self.forget(o);
+                }
+                if let Some(r) = rows.iter().find(|r| r.id == id) {
+                    let t = to_ticket(r);
+                    match self.pool.restore(t.clone()) {
+                        Ok(()) => {
+                            self.tickets.insert(id, t);
+                        }
+                        Err(e) => refuse_now.push((id, e.to_string())),
+                    }
+                }
+            }
+        }
+        for (id, why) in refuse_now {
             refused("matcher");
             tracing::info!(ticket_id = id, reason = %why, "matchmaking: ticket refused by the matcher");
             let _ = self.mm().queue.refuse(id, &why, now_ms() as i64).await;
@@ -814,7 +903,30 @@ impl<'a> Leader<'a> {
         }
         self.refuse_all(refuse).await;
         self.last_resync = now_ms();
+        let max = rows.iter().map(|r| r.id).max().unwrap_or(0);
+        self.note_seen(max);
         Ok(())
+    }
+
+    fn note_seen(&mut self, max: i64) {
+        let now = now_ms();
+        let top = self.seen.back().map_or(0, |(_, m)| *m).max(max);
+        self.seen.push_back((now, top));
+        // Keep one entry older than the lag (the floor) and the newer ones.
+        while self.seen.len() > 1 && self.seen[1].0 + NEW_TICKETS_LAG_MS <= now {
+            self.seen.pop_front();
+        }
+    }
+
+    /// The id above which new tickets are read: the highest id seen `NEW_TICKETS_LAG_MS` ago.
+    fn floor(&self) -> i64 {
+        let now = now_ms();
+        self.seen
+            .iter()
+            .rev()
+            .find(|(at, _)| at + NEW_TICKETS_LAG_MS <= now)
+            .or(self.seen.front())
+            .map_or(0, |(_, m)| *m)
     }
 
     async fn cycle(&mut self) -> Result<(), String> {
@@ -829,15 +941,21 @@ impl<'a> Leader<'a> {
         if resync || now.saturating_sub(self.last_resync) >= RESYNC_EVERY_MS {
             self.resync().await?;
         } else {
-            let fresh: Vec<i64> = new.into_iter().filter(|id| !self.tickets.contains_key(id)).collect();
-            if !fresh.is_empty() {
-                let rows = self.mm().queue.waiting_by_ids(&fresh).await.map_err(|e| e.to_string())?;
-                let mut refuse = Vec::new();
-                for r in &rows {
-                    self.insert(to_ticket(r), &mut refuse);
-                }
-                self.refuse_all(refuse).await;
+            // Tickets put back ('r' notifications) and new ones (by id).
+            let back: Vec<i64> = new.into_iter().filter(|id| !self.tickets.contains_key(id)).collect();
+            let mut rows = if back.is_empty() {
+                Vec::new()
+            } else {
+                self.mm().queue.waiting_by_ids(&back).await.map_err(|e| e.to_string())?
+            };
+            let (fresh, max) = self.mm().queue.waiting_since(self.floor()).await.map_err(|e| e.to_string())?;
+            rows.extend(fresh);
+            let mut refuse = Vec::new();
+            for r in &rows {
+                self.insert(to_ticket(r), &mut refuse);
             }
+            self.refuse_all(refuse).await;
+            self.note_seen(max);
         }
         // Parked matches whose second is up go back to the pool.
         let now = now_ms();
@@ -856,8 +974,30 @@ impl<'a> Leader<'a> {
         metrics::histogram!("lobby_match_pass_seconds").record(pass_started.elapsed().as_secs_f64());
         if !matches.is_empty() {
             let records = self.app.directory(now).await.map_err(|e| e.message)?;
-            for m in matches {
-                self.place(m, &records, now).await;
+            let mut matches = matches.into_iter().peekable();
+            while matches.peek().is_some() {
+                let chunk: Vec<Match> = matches.by_ref().take(PLACE_AT_ONCE).collect();
+                // Seats are reserved by atomic scripts, so matches placed at once never overfill
+                // a server; each commit is guarded on its own tickets.
+                let placed = {
+                    let this = &*self;
+                    join_all(chunk.iter().map(|m| this.try_place(m, &records, now)).collect()).await
+                };
+                let woken: Vec<i64> = chunk
+                    .iter()
+                    .zip(&placed)
+                    .filter(|(_, r)| r.is_ok())
+                    .flat_map(|(m, _)| m.tickets.iter().copied())
+                    .collect();
+                if !woken.is_empty()
+                    && let Err(e) = self.mm().queue.notify_matched(&woken).await
+                {
+                    // The waiters re-read their tickets within WAITER_RECHECK anyway.
+                    tracing::warn!(error = %e, "cannot notify matched tickets' waiters");
+                }
+                for (m, r) in chunk.into_iter().zip(placed) {
+                    self.placed(m, r, now).await;
+                }
             }
         }
         self.export_shortage().await;
@@ -901,10 +1041,10 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// Seats, room, commit; a match that cannot be placed goes back to the pool.
-    async fn place(&mut self, m: Match, records: &[ZoneRecord], now: u64) {
+    /// Records what placing a match did; a match that could not be placed goes back to the pool.
+    async fn placed(&mut self, m: Match, r: Result<i64, PlaceError>, now: u64) {
         let mode = m.mode.clone();
-        match self.try_place(&m, records, now).await {
+        match r {
             Ok(match_id) => {
                 metrics::counter!("lobby_matches_total", "mode" => mode.clone()).increment(1);
                 metrics::histogram!("lobby_match_spread", "mode" => mode.clone()).record(m.spread);

@@ -12,9 +12,12 @@
 //!   (whichever statement takes the row lock first).
 //! - `ratings`: Glicko-2 ratings (rating, deviation, volatility); 1500 when a player has none.
 //!
-//! Every change a waiter or the leader cares about sends a `NOTIFY` on the channel
-//! `{schema}_match` in the same statement (delivered at commit): `t<id>` a new ticket, `c<id>` a
-//! cancel, `m<id>,<id>...` tickets matched or refused, `r<id>,<id>...` tickets put back.
+//! The leader's changes send a `NOTIFY` on the channel `{schema}_match` (delivered at commit), to
+//! wake the waiters wherever they wait: `m<id>,<id>...` tickets matched (one notification after
+//! each batch of match commits, [`Queue::notify_matched`]) or refused, `r<id>,<id>...` tickets put
+//! back. Ticket inserts, cancels and match commits do NOT notify: PostgreSQL serialises the
+//! commits of notifying transactions (a global lock held through the WAL flush), which capped
+//! them near 1/fsync; the leader reads new tickets by id instead.
 //!
 //! Never logs a player's token; never holds a row lock across a network call of its own.
 
@@ -42,12 +45,14 @@ struct Statements {
     refuse: Statement,
     waiting_all: Statement,
     waiting_by_ids: Statement,
+    waiting_since: Statement,
     commit_match: Statement,
     joining: Statement,
     requeue: Statement,
     depth: Statement,
     rating_of: Statement,
     members_of: Statement,
+    notify: Statement,
 }
 
 struct Conn {
@@ -196,14 +201,14 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
                  SELECT $1, $2, r.ratings, $3, $4, 'session', $5, $6, 'waiting', $6 FROM r
                  WHERE NOT EXISTS (SELECT 1 FROM match_tickets o WHERE o.state = 'waiting' AND o.members && $2::bigint[])
                  ON CONFLICT DO NOTHING RETURNING id, enqueued_ms)
-             SELECT id, enqueued_ms, pg_notify($7, 't' || id) FROM ins")
+             SELECT id, enqueued_ms FROM ins")
         .await?,
         insert_service: p("WITH ins AS (
                  INSERT INTO match_tickets (player_id, members, ratings, mode, region, source, enqueued_ms, state, updated_ms)
                  SELECT $1, ARRAY[$1::bigint], ARRAY[$2::float8], $3, $4, 'service', $5, 'waiting', $5
                  WHERE NOT EXISTS (SELECT 1 FROM match_tickets o WHERE o.state = 'waiting' AND o.members && ARRAY[$1::bigint])
                  ON CONFLICT DO NOTHING RETURNING id, enqueued_ms)
-             SELECT id, enqueued_ms, pg_notify($6, 't' || id) FROM ins")
+             SELECT id, enqueued_ms FROM ins")
         .await?,
         by_request: p("SELECT id FROM match_tickets WHERE player_id = $1 AND request_id = $2").await?,
         open_of: p("SELECT id FROM match_tickets WHERE state = 'waiting' AND members && $1::bigint[] ORDER BY id LIMIT 1").await?,
@@ -212,9 +217,8 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
              FROM match_tickets t LEFT JOIN matches m ON m.id = t.match_id AND t.state = 'matched'
              WHERE t.id = $1")
         .await?,
-        cancel: p("WITH c AS (UPDATE match_tickets SET state = 'cancelled', updated_ms = $3
-                 WHERE id = $1 AND $2 = ANY(members) AND state = 'waiting' RETURNING id)
-             SELECT id, pg_notify($4, 'c' || id) FROM c")
+        cancel: p("UPDATE match_tickets SET state = 'cancelled', updated_ms = $3
+             WHERE id = $1 AND $2 = ANY(members) AND state = 'waiting' RETURNING id")
         .await?,
         refuse: p("WITH r AS (UPDATE match_tickets SET state = 'refused', reason = $2, updated_ms = $3
                  WHERE id = $1 AND state = 'waiting' RETURNING id)
@@ -226,6 +230,10 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
             "SELECT id, members, ratings, mode, region, enqueued_ms FROM match_tickets WHERE id = ANY($1) AND state = 'waiting' ORDER BY id",
         )
         .await?,
+        waiting_since: p(
+            "SELECT id, members, ratings, mode, region, enqueued_ms, state = 'waiting' FROM match_tickets WHERE id > $1 ORDER BY id LIMIT 20000",
+        )
+        .await?,
         commit_match: p("WITH locked AS (
                  SELECT id, state FROM match_tickets WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE),
              ok AS (SELECT count(*) FILTER (WHERE state = 'waiting') = cardinality($1::bigint[]) AS ok FROM locked),
@@ -233,7 +241,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
                  SELECT $2, $3, $1::bigint[], $4, $5, $6, 'allocated', $7, $8, $9, $10, $11 FROM ok WHERE ok.ok RETURNING id),
              u AS (UPDATE match_tickets t SET state = 'matched', match_id = m.id, updated_ms = $6
                  FROM m WHERE t.id = ANY($1::bigint[]) RETURNING t.id)
-             SELECT m.id, (SELECT count(*) FROM u), pg_notify($12, 'm' || array_to_string($1::bigint[], ',')) FROM m")
+             SELECT m.id, (SELECT count(*) FROM u) FROM m")
         .await?,
         joining: p("SELECT id, mode, zone_id, instance_id, tickets FROM matches
              WHERE state = 'allocated' AND join_expires_ms > $1 ORDER BY id")
@@ -250,6 +258,7 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
              FROM match_tickets WHERE state = 'waiting' GROUP BY 1, 2 ORDER BY 1, 2")
         .await?,
         rating_of: p("SELECT rating, deviation, volatility, games FROM ratings WHERE player_id = $1").await?,
+        notify: p("SELECT pg_notify($1, $2)").await?,
         members_of: p("SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM match_tickets, unnest(members) m WHERE id = ANY($1)").await?,
     };
     Ok(Conn { client, st })
@@ -330,10 +339,7 @@ impl Queue {
         bounded("insert ticket", self.timeout, async {
             if let Some(r) = c
                 .client
-                .query_opt(
-                    &c.st.insert_session,
-                    &[&player_id, &members, &mode, &region, &request_id, &now_ms, &self.channel],
-                )
+                .query_opt(&c.st.insert_session, &[&player_id, &members, &mode, &region, &request_id, &now_ms])
                 .await
                 .map_err(pg("insert ticket"))?
             {
@@ -360,7 +366,7 @@ impl Queue {
         bounded("insert ticket", self.timeout, async {
             if let Some(r) = c
                 .client
-                .query_opt(&c.st.insert_service, &[&player_id, &rating, &mode, &region, &now_ms, &self.channel])
+                .query_opt(&c.st.insert_service, &[&player_id, &rating, &mode, &region, &now_ms])
                 .await
                 .map_err(pg("insert ticket"))?
             {
@@ -429,7 +435,7 @@ impl Queue {
         let c = self.conn().await?;
         bounded("cancel ticket", self.timeout, async {
             Ok(c.client
-                .query_opt(&c.st.cancel, &[&ticket_id, &player_id, &now_ms, &self.channel])
+                .query_opt(&c.st.cancel, &[&ticket_id, &player_id, &now_ms])
                 .await
                 .map_err(pg("cancel ticket"))?
                 .is_some())
@@ -481,6 +487,22 @@ impl Queue {
         .await
     }
 
+    /// Tickets with an id above `after`, oldest id first (at most 20,000): the waiting ones, and
+    /// the highest id read (waiting or not, so that the caller's watermark moves past them all).
+    pub async fn waiting_since(&self, after: i64) -> Result<(Vec<WaitingRow>, i64), AccountsError> {
+        let c = self.conn().await?;
+        bounded("read new tickets", self.timeout, async {
+            let rows = c
+                .client
+                .query(&c.st.waiting_since, &[&after])
+                .await
+                .map_err(pg("read new tickets"))?;
+            let max = rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(after);
+            Ok((rows.iter().filter(|r| r.get::<_, bool>(6)).map(waiting_row).collect(), max))
+        })
+        .await
+    }
+
     /// Commits a match in one guarded statement: its tickets move from waiting to matched only
     /// if all of them are still waiting. Returns the match id, or `None` when one was not (then
     /// nothing changed).
@@ -503,7 +525,6 @@ impl Queue {
                         &m.instance_id,
                         &m.addr,
                         &m.join_expires_ms,
-                        &self.channel,
                     ],
                 )
                 .await
@@ -546,6 +567,34 @@ impl Queue {
                 .map_err(pg("requeue match"))?
                 .map(|r| r.get::<_, Vec<i64>>(0))
                 .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Wakes the waiters of these tickets wherever they wait (`m<id>,<id>...`, in payloads under
+    /// PostgreSQL's 8,000-byte limit). One notifying commit for many matches: PostgreSQL
+    /// serialises notifying commits, so the match commits themselves do not notify.
+    pub async fn notify_matched(&self, ticket_ids: &[i64]) -> Result<(), AccountsError> {
+        let c = self.conn().await?;
+        let mut payloads = Vec::new();
+        let mut cur = String::from("m");
+        for id in ticket_ids {
+            if cur.len() > 7_000 {
+                payloads.push(std::mem::replace(&mut cur, String::from("m")));
+            }
+            if cur.len() > 1 {
+                cur.push(',');
+            }
+            cur.push_str(&id.to_string());
+        }
+        if cur.len() > 1 {
+            payloads.push(cur);
+        }
+        bounded("notify", self.timeout, async {
+            for p in payloads {
+                c.client.execute(&c.st.notify, &[&self.channel, &p]).await.map_err(pg("notify"))?;
+            }
+            Ok(())
         })
         .await
     }

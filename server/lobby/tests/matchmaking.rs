@@ -455,6 +455,43 @@ fn zone_server_dying_before_the_join_requeues_its_players() {
             .unwrap()
             .get(0);
         assert_eq!(st, "requeued");
+        // Players already in the game are not queued again when the record lapses: one of this
+        // match's players has joined (its seat is held at +inf).
+        let ps = logins(&r, "joined", 2).await;
+        let other = ps[1].1.clone();
+        let b = tokio::spawn(async move {
+            let mut c = LobbyClient::new(&format!("http://{addr}")).unwrap();
+            c.match_request(&other, &duel(10_000)).await.unwrap()
+        });
+        let a = c.match_request(&ps[0].1, &duel(10_000)).await.unwrap();
+        b.await.unwrap();
+        let MatchAnswer::Matched(m) = &a else { panic!("{a:?}") };
+        assert_eq!(m.instance_id, "alive");
+        let mut rc = redis_conn().await;
+        let joined = zone_directory::ZoneEvent {
+            kind: zone_directory::ZoneEventKind::Join,
+            zone_id: "arena".into(),
+            instance_id: "alive".into(),
+            addr: m.game_server.clone(),
+            player_id: ps[0].0 as u64,
+            at_ms: now_ms(),
+        };
+        zone_directory::report_events(&mut rc, &Keys::new(&prefix), &[joined])
+            .await
+            .unwrap();
+        zone_directory::withdraw(&mut rc, &Keys::new(&prefix), "arena", "alive")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let st: String = c2
+            .query_one(
+                &format!("SELECT state FROM {}.matches WHERE id = $1", r.app.cfg.postgres_schema),
+                &[&m.match_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(st, "allocated", "a match with a joined player stays");
         cleanup(r).await;
     });
 }
@@ -553,7 +590,8 @@ fn party_of_three_is_matched_as_a_unit() {
             };
             c.match_request(&leader.1, &opts).await.unwrap()
         })];
-        for (_, tok) in ps[3..].iter().cloned() {
+        for (_, tok) in &ps[3..] {
+            let tok = tok.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = LobbyClient::new(&format!("http://{addr}")).unwrap();
                 let opts = MatchOptions {
