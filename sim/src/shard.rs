@@ -218,6 +218,10 @@ impl PlayerGrid {
     }
 }
 
+/// The objects `movement` found outside the shard's cell this tick, in storage order.
+#[derive(Resource, Default)]
+pub(crate) struct Leaving(Vec<Entity>);
+
 #[derive(Resource)]
 pub(crate) struct Spawners(pub Vec<SpawnerState>);
 
@@ -280,6 +284,7 @@ impl Shard {
             next: ((index as u64) + 1) << NPC_ID_SHARD_SHIFT,
         });
         world.insert_resource(Stats::default());
+        world.insert_resource(Leaving::default());
         world.insert_resource(crate::replicate::Replica::default());
 
         let mut schedule = checked_schedule();
@@ -960,44 +965,59 @@ fn run_spawners(
     }
 }
 
-/// Moves everything by its velocity and keeps it inside the zone.
-fn movement(mut q: Query<(&mut Pos, &Vel)>, rules: Res<Rules>) {
+/// Moves everything by its velocity and keeps it inside the zone. In the same pass (one visit per
+/// object instead of three) it notes the objects now outside this shard's cell, for
+/// `collect_migrants`, and counts the objects that stay by kind, for the Telemetry stage: nothing
+/// spawns or despawns between here and the end of the tick except those migrants.
+fn movement(
+    mut q: Query<(Entity, &Obj, &mut Pos, &Vel)>,
+    rules: Res<Rules>,
+    info: Res<ShardInfo>,
+    mut leaving: ResMut<Leaving>,
+    mut stats: ResMut<Stats>,
+) {
     let bounds = rules.0.bounds;
-    for (mut pos, vel) in &mut q {
+    let cell = info.cell;
+    let leaving = &mut leaving.0;
+    leaving.clear();
+    let by_kind = &mut stats.0.objects_by_kind;
+    for (e, obj, mut pos, vel) in &mut q {
+        // Nothing reads bevy's change ticks; skipping them saves a write per moving object.
+        let pos = pos.bypass_change_detection();
         if vel.0 != Vec2::ZERO {
             pos.0 = bounds.clamp(pos.0.saturating_add(vel.0));
+        }
+        if cell.contains(pos.0) {
+            by_kind[usize::from(obj.kind)] += 1;
+        } else {
+            leaving.push(e);
         }
     }
 }
 
-/// Objects now outside this shard's cell leave the world and go to the outbox; the zone moves
-/// them to their new shard at the tick boundary.
+/// Objects now outside this shard's cell (found by `movement`, in storage order) leave the world
+/// and go to the outbox; the zone moves them to their new shard at the tick boundary.
 fn collect_migrants(
     mut commands: Commands,
-    positions: Query<(Entity, &Pos)>,
+    leaving: Res<Leaving>,
     full: Query<RecordQuery>,
-    info: Res<ShardInfo>,
     mut out: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
 ) {
-    for (e, p) in &positions {
-        if !info.cell.contains(p.0) {
-            let Ok((e, o, p, v, h, n, pl)) = full.get(e) else { continue };
-            out.migrants.push(record(o, p, v, h, n, pl));
-            commands.entity(e).despawn();
-            stats.0.migrations_out += 1;
-        }
+    for &e in &leaving.0 {
+        let Ok((e, o, p, v, h, n, pl)) = full.get(e) else { continue };
+        out.migrants.push(record(o, p, v, h, n, pl));
+        commands.entity(e).despawn();
+        stats.0.migrations_out += 1;
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Telemetry stage
 
-fn count_objects(q: Query<&Obj>, mut stats: ResMut<Stats>) {
+/// Totals of the per-kind counts `movement` made (the population at the end of the tick).
+fn count_objects(mut stats: ResMut<Stats>) {
     let s = &mut stats.0;
-    for o in &q {
-        s.objects_by_kind[usize::from(o.kind)] += 1;
-    }
     s.objects = s.objects_by_kind.iter().sum();
     s.players = s.objects_by_kind[usize::from(PLAYER_KIND)];
 }

@@ -1,0 +1,25 @@
+//! Steps `assets/zones/large.toml` (100,000 NPCs, 16 shards) serially for a warm-up of 120 ticks,
+//! then for N more ticks (first argument, default 0), and prints the final zone hash. Made for
+//! `valgrind --tool=callgrind`: the instructions of one tick are
+//! `(Ir(N = 20) - Ir(N = 0)) / 20`, which are steady where wall time on a shared machine is not.
+//! See `benchmarks/2026-11-29-tick.md`.
+//!
+//! Run: `cargo run --release -p zone-sim --example step_large -- 20`
+
+use std::sync::Arc;
+
+use zone_sim::{Serial, Zone, ZoneSpec};
+
+// A harness, not the simulation: it may read the zone file.
+#[allow(clippy::disallowed_methods)]
+fn main() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/large.toml");
+    let text = std::fs::read_to_string(path).expect("assets/zones/large.toml");
+    let spec = Arc::new(ZoneSpec::from_toml_str(path, &text).expect("large.toml is valid"));
+    let n: u32 = std::env::args().nth(1).map_or(0, |a| a.parse().expect("N: a number of ticks"));
+    let mut zone = Zone::new(spec, 1).expect("zone");
+    for _ in 0..120 + n {
+        zone.step(&Serial);
+    }
+    println!("tick {} hash {}", zone.tick(), zone.hash(&Serial).hex());
+}
