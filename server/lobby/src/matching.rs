@@ -31,7 +31,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use zone_directory::{Keys, ZoneRecord};
 use zone_matchmaker::{Match, Member, Mode, Modes, Pool, PoolError, Ticket};
 
-use crate::app::{App, now_ms};
+use crate::app::{App, hex, now_ms, random};
 use crate::error::ApiError;
 use crate::join::{encode_session_key, mint_join_token};
 use crate::queue::{Inserted, NewMatch, Queue, TicketView, WaitingRow};
@@ -58,25 +58,29 @@ pub struct MatchDemand {
     pub shortage_players: u64,
 }
 
-/// Reserves seats for every player of a match on one instance, all or nothing. KEYS: record,
-/// seats. ARGV: now ms, hold-until ms, seats TTL ms, player ids... Returns 1 (reserved), 0 (not
-/// enough room), -1 (no record), -2 (not ready).
+/// Reserves seats for every player of a match on one instance, all or nothing, with the same
+/// record checks as `zone_directory::RESERVE_SEAT_LUA` (ready and allocatable). KEYS: record,
+/// seats. ARGV: now ms, hold-until ms, seats TTL ms, player ids... Returns `{1, ids...}` (reserved;
+/// the ids are the players who held no seat before, the only ones an undo may free), `{0}` (not
+/// enough room), `{-1}` (no record), `{-2}` (not ready or not allocatable).
 const RESERVE_SEATS_LUA: &str = r#"
 local rec = redis.call('GET', KEYS[1])
-if not rec then return -1 end
+if not rec then return {-1} end
 local r = cjson.decode(rec)
-if r.state ~= 'ready' then return -2 end
+if r.state ~= 'ready' or r.allocatable == false then return {-2} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
-local need = 0
+local new = {}
 for i = 4, #ARGV do
-  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then need = need + 1 end
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then new[#new + 1] = ARGV[i] end
 end
-if redis.call('ZCARD', KEYS[2]) + need > tonumber(r.capacity) then return 0 end
+if redis.call('ZCARD', KEYS[2]) + #new > tonumber(r.capacity) then return {0} end
 for i = 4, #ARGV do
   redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
+local out = {1}
+for _, id in ipairs(new) do out[#out + 1] = tonumber(id) end
+return out
 "#;
 
 /// What a player receives for its seat, kept in the room until the room expires.
@@ -149,16 +153,6 @@ fn fnv1a(s: &str) -> i64 {
 
 fn refused(reason: &'static str) {
     metrics::counter!("lobby_match_refused_total", "reason" => reason).increment(1);
-}
-
-fn random<const N: usize>() -> Result<[u8; N], ApiError> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
-    Ok(b)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn to_ticket(r: &WaitingRow) -> Ticket {
@@ -1112,16 +1106,16 @@ impl<'a> Leader<'a> {
             for p in &players {
                 cmd.arg(*p);
             }
-            let got: i64 = tokio::time::timeout(app.sessions.timeout, cmd.query_async(&mut c))
+            let got: Vec<i64> = tokio::time::timeout(app.sessions.timeout, cmd.query_async(&mut c))
                 .await
                 .map_err(timed("seat reservation"))?
                 .map_err(redis_err)?;
-            if got == 1 {
-                chosen = Some(r);
+            if got.first() == Some(&1) {
+                chosen = Some((r, got[1..].to_vec()));
                 break;
             }
         }
-        let Some(r) = chosen else {
+        let Some((r, newly_seated)) = chosen else {
             return Err(PlaceError::NoSeat);
         };
         let room_id = hex(&random::<8>().map_err(|e| PlaceError::Backend(e.message))?);
@@ -1194,20 +1188,26 @@ impl<'a> Leader<'a> {
                 .await;
                 Ok(match_id)
             }
-            other => {
-                // Give the seats and the room back: the match did not happen.
+            Ok(None) => {
+                // The match did not happen: give back the room and the seats this reservation
+                // added (a player who already held a seat keeps it).
                 let mut undo = redis::pipe();
-                undo.cmd("ZREM").arg(app.keys.seats(&r.zone_id, &r.instance_id));
-                for p in &players {
-                    undo.arg(*p);
+                if !newly_seated.is_empty() {
+                    undo.cmd("ZREM").arg(app.keys.seats(&r.zone_id, &r.instance_id));
+                    for p in &newly_seated {
+                        undo.arg(*p);
+                    }
+                    undo.ignore();
                 }
-                undo.ignore().cmd("DEL").arg(&key).ignore();
+                undo.cmd("DEL").arg(&key).ignore();
                 let _ = tokio::time::timeout(app.sessions.timeout, undo.query_async::<()>(&mut c)).await;
-                match other {
-                    Ok(_) => Err(PlaceError::Raced),
-                    Err(e) => Err(PlaceError::Backend(e.to_string())),
-                }
+                Err(PlaceError::Raced)
             }
+            // The statement may have committed before the error (a timeout cuts off the client,
+            // not the server): keep the room and the seats, which expire by themselves if it did
+            // not. The tickets are parked; a still-waiting one is matched again later, a matched
+            // one is dropped at its next commit attempt.
+            Err(e) => Err(PlaceError::Backend(e.to_string())),
         }
     }
 

@@ -92,8 +92,9 @@ impl Lifecycle for Fanout {
         self.0.iter().for_each(|l| l.set_kick_sink(tx.clone()));
     }
     fn shutdown(&self, budget: Duration) {
-        // The directory first (players stop being sent here), Agones last (it deletes the pod).
-        for l in self.0.iter().rev() {
+        // In the order given: main.rs pushes the directory first (players stop being sent
+        // here) and Agones last (its Shutdown deletes the pod).
+        for l in self.0.iter() {
             l.shutdown(budget);
         }
     }
@@ -148,5 +149,41 @@ impl Lifecycle for LocalLifecycle {
         if let Some(a) = a {
             a.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Named(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+    impl Lifecycle for Named {
+        fn backend(&self) -> &'static str {
+            self.0
+        }
+        fn ready(&self) {}
+        fn player_joined(&self, _p: PlayerId) {}
+        fn player_left(&self, _p: PlayerId) {}
+        fn set_players(&self, _n: usize) {}
+        fn set_tick_p99_us(&self, _us: u32) {}
+        fn set_allocatable(&self, _yes: bool) {}
+        fn set_draining(&self) {}
+        fn shutdown(&self, _budget: Duration) {
+            self.1.lock().unwrap().push(self.0);
+        }
+    }
+
+    #[test]
+    fn fanout_shuts_down_in_the_order_given_directory_before_agones() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = Fanout(vec![
+            Arc::new(Named("local", calls.clone())),
+            Arc::new(Named("agones", calls.clone())),
+        ]);
+        f.shutdown(Duration::from_millis(1));
+        assert_eq!(*calls.lock().unwrap(), vec!["local", "agones"]);
     }
 }
