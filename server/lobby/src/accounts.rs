@@ -14,13 +14,11 @@
 //! A few connections, each with its statements prepared once; queries are pipelined on them. A
 //! closed connection is replaced on its next use. Never logs a token or its hash.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::pg_pool::{PgPool, Prepared};
 use crate::refresh::StoredToken;
 
 /// Key of the advisory lock held while migrating ("ZLBY" in ASCII).
@@ -101,11 +99,6 @@ struct Statements {
     revoke_session: Statement,
 }
 
-struct Conn {
-    client: Client,
-    st: Statements,
-}
-
 /// A platform identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -115,18 +108,14 @@ pub struct Identity {
 
 /// The accounts store.
 pub struct Accounts {
-    url: String,
-    schema: String,
-    timeout: Duration,
-    conns: Vec<Mutex<Arc<Conn>>>,
-    next: AtomicUsize,
+    pool: PgPool<Statements>,
 }
 
 impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accounts")
-            .field("schema", &self.schema)
-            .field("connections", &self.conns.len())
+            .field("schema", &self.pool.schema)
+            .field("connections", &self.pool.len())
             .finish()
     }
 }
@@ -145,39 +134,41 @@ pub(crate) async fn connect_one(url: &str, schema: &str) -> Result<Client, Accou
     Ok(client)
 }
 
-async fn prepare(client: Client) -> Result<Conn, AccountsError> {
-    let p = |sql: &'static str| {
-        let c = &client;
-        async move { c.prepare(sql).await.map_err(pg("prepare")) }
-    };
-    let st = Statements {
-        find_identity: p("SELECT account_id FROM identities WHERE platform = $1 AND user_id = $2").await?,
-        create_with_identity: p("WITH a AS (INSERT INTO accounts (created_ms) VALUES ($3) RETURNING id)
+impl Prepared for Statements {
+    async fn prepare(client: &Client) -> Result<Statements, AccountsError> {
+        let p = |sql: &'static str| {
+            let c = client;
+            async move { c.prepare(sql).await.map_err(pg("prepare")) }
+        };
+        let st = Statements {
+            find_identity: p("SELECT account_id FROM identities WHERE platform = $1 AND user_id = $2").await?,
+            create_with_identity: p("WITH a AS (INSERT INTO accounts (created_ms) VALUES ($3) RETURNING id)
              INSERT INTO identities (platform, user_id, account_id, created_ms)
              SELECT $1, $2, id, $3 FROM a ON CONFLICT DO NOTHING RETURNING account_id")
-        .await?,
-        link: p(
-            "INSERT INTO identities (platform, user_id, account_id, created_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING RETURNING account_id",
-        )
-        .await?,
-        identities_of: p("SELECT platform, user_id FROM identities WHERE account_id = $1 ORDER BY platform, user_id").await?,
-        insert_refresh: p(
-            "INSERT INTO refresh_tokens (token_hash, family, account_id, session_id, expires_ms, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .await?,
-        get_refresh: p("SELECT account_id, family, session_id, expires_ms, used, revoked FROM refresh_tokens WHERE token_hash = $1")
             .await?,
-        rotate_refresh: p("WITH old AS (UPDATE refresh_tokens SET used = true
+            link: p(
+                "INSERT INTO identities (platform, user_id, account_id, created_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING RETURNING account_id",
+            )
+            .await?,
+            identities_of: p("SELECT platform, user_id FROM identities WHERE account_id = $1 ORDER BY platform, user_id").await?,
+            insert_refresh: p(
+                "INSERT INTO refresh_tokens (token_hash, family, account_id, session_id, expires_ms, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?,
+            get_refresh: p("SELECT account_id, family, session_id, expires_ms, used, revoked FROM refresh_tokens WHERE token_hash = $1")
+                .await?,
+            rotate_refresh: p("WITH old AS (UPDATE refresh_tokens SET used = true
                  WHERE token_hash = $1 AND NOT used AND NOT revoked RETURNING family, account_id, session_id)
              INSERT INTO refresh_tokens (token_hash, family, account_id, session_id, expires_ms, created_ms)
              SELECT $2, family, account_id, session_id, $3, $4 FROM old RETURNING account_id")
-        .await?,
-        revoke_family: p("UPDATE refresh_tokens SET revoked = true WHERE family = $1 AND NOT revoked").await?,
-        revoke_session: p("UPDATE refresh_tokens SET revoked = true WHERE session_id = $1 AND NOT revoked").await?,
-    };
-    Ok(Conn { client, st })
+            .await?,
+            revoke_family: p("UPDATE refresh_tokens SET revoked = true WHERE family = $1 AND NOT revoked").await?,
+            revoke_session: p("UPDATE refresh_tokens SET revoked = true WHERE session_id = $1 AND NOT revoked").await?,
+        };
+        Ok(st)
+    }
 }
 
 /// Creates the schema and applies the migrations not yet recorded, in one transaction under an
@@ -221,46 +212,20 @@ impl Accounts {
     /// Migrates, then opens `connections` connections with their statements prepared.
     pub async fn connect(url: &str, schema: &str, connections: usize, timeout: Duration) -> Result<Accounts, AccountsError> {
         bounded("migrate", timeout * 5, migrate(url, schema)).await?;
-        let mut conns = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            let c = bounded("connect", timeout, async { prepare(connect_one(url, schema).await?).await }).await?;
-            conns.push(Mutex::new(Arc::new(c)));
-        }
         Ok(Accounts {
-            url: url.to_string(),
-            schema: schema.to_string(),
-            timeout,
-            conns,
-            next: AtomicUsize::new(0),
+            pool: PgPool::connect(url, schema, connections, timeout).await?,
         })
     }
 
     /// The next connection, reconnected first when it has closed.
-    async fn conn(&self) -> Result<Arc<Conn>, AccountsError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let c = self.conns[i]
-            .lock()
-            .map(|g| Arc::clone(&g))
-            .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
-        if !c.client.is_closed() {
-            return Ok(c);
-        }
-        let fresh = Arc::new(
-            bounded("reconnect", self.timeout, async {
-                prepare(connect_one(&self.url, &self.schema).await?).await
-            })
-            .await?,
-        );
-        if let Ok(mut g) = self.conns[i].lock() {
-            *g = Arc::clone(&fresh);
-        }
-        Ok(fresh)
+    async fn conn(&self) -> Result<std::sync::Arc<crate::pg_pool::Conn<Statements>>, AccountsError> {
+        self.pool.conn().await
     }
 
     /// Whether PostgreSQL answers.
     pub async fn ping(&self) -> Result<(), AccountsError> {
         let c = self.conn().await?;
-        bounded("ping", self.timeout, async {
+        bounded("ping", self.pool.timeout, async {
             c.client.simple_query("SELECT 1").await.map_err(pg("ping"))
         })
         .await?;
@@ -270,7 +235,7 @@ impl Accounts {
     /// The account bound to an identity, creating both when it is new. Returns (account, created).
     pub async fn find_or_create(&self, id: &Identity, now_ms: i64) -> Result<(i64, bool), AccountsError> {
         let c = self.conn().await?;
-        bounded("find or create account", self.timeout, async {
+        bounded("find or create account", self.pool.timeout, async {
             for _ in 0..3 {
                 if let Some(r) = c
                     .client
@@ -298,7 +263,7 @@ impl Accounts {
     /// Binds another identity to `account_id`. Binding one it already has is not an error.
     pub async fn link(&self, account_id: i64, id: &Identity, now_ms: i64) -> Result<(), AccountsError> {
         let c = self.conn().await?;
-        bounded("link", self.timeout, async {
+        bounded("link", self.pool.timeout, async {
             if c.client
                 .query_opt(&c.st.link, &[&id.platform, &id.user_id, &account_id, &now_ms])
                 .await
@@ -325,7 +290,7 @@ impl Accounts {
     /// Every identity of an account.
     pub async fn identities(&self, account_id: i64) -> Result<Vec<Identity>, AccountsError> {
         let c = self.conn().await?;
-        bounded("identities", self.timeout, async {
+        bounded("identities", self.pool.timeout, async {
             Ok(c.client
                 .query(&c.st.identities_of, &[&account_id])
                 .await
@@ -352,7 +317,7 @@ impl Accounts {
     ) -> Result<(), AccountsError> {
         let c = self.conn().await?;
         let h: &[u8] = hash;
-        bounded("insert refresh token", self.timeout, async {
+        bounded("insert refresh token", self.pool.timeout, async {
             c.client
                 .execute(&c.st.insert_refresh, &[&h, &family, &account_id, &session_id, &expires_ms, &now_ms])
                 .await
@@ -366,7 +331,7 @@ impl Accounts {
     pub async fn get_refresh(&self, hash: &[u8; 32]) -> Result<Option<StoredToken>, AccountsError> {
         let c = self.conn().await?;
         let h: &[u8] = hash;
-        bounded("get refresh token", self.timeout, async {
+        bounded("get refresh token", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.get_refresh, &[&h])
                 .await
@@ -388,7 +353,7 @@ impl Accounts {
     pub async fn rotate_refresh(&self, old: &[u8; 32], new: &[u8; 32], expires_ms: i64, now_ms: i64) -> Result<bool, AccountsError> {
         let c = self.conn().await?;
         let (o, n): (&[u8], &[u8]) = (old, new);
-        bounded("rotate refresh token", self.timeout, async {
+        bounded("rotate refresh token", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.rotate_refresh, &[&o, &n, &expires_ms, &now_ms])
                 .await
@@ -401,7 +366,7 @@ impl Accounts {
     /// Revokes every token of a family; returns how many were still live.
     pub async fn revoke_family(&self, family: &[u8]) -> Result<u64, AccountsError> {
         let c = self.conn().await?;
-        bounded("revoke family", self.timeout, async {
+        bounded("revoke family", self.pool.timeout, async {
             c.client.execute(&c.st.revoke_family, &[&family]).await.map_err(pg("revoke family"))
         })
         .await
@@ -410,7 +375,7 @@ impl Accounts {
     /// Revokes every token issued to a session (logout, takeover).
     pub async fn revoke_session(&self, session_id: &str) -> Result<u64, AccountsError> {
         let c = self.conn().await?;
-        bounded("revoke session", self.timeout, async {
+        bounded("revoke session", self.pool.timeout, async {
             c.client
                 .execute(&c.st.revoke_session, &[&session_id])
                 .await
@@ -423,7 +388,7 @@ impl Accounts {
     pub async fn drop_schema(&self) -> Result<(), AccountsError> {
         let c = self.conn().await?;
         c.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.pool.schema))
             .await
             .map_err(pg("drop schema"))
     }

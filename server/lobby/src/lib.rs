@@ -27,6 +27,7 @@ pub mod http;
 pub mod join;
 pub mod match_http;
 pub mod matching;
+mod pg_pool;
 pub mod queue;
 pub mod ratelimit;
 pub mod ratings;

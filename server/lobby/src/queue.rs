@@ -21,13 +21,13 @@
 //!
 //! Never logs a player's token; never holds a row lock across a network call of its own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::{Client, Statement};
 
 use crate::accounts::{AccountsError, bounded, connect_one, pg};
+use crate::pg_pool::{PgPool, Prepared};
 
 /// A rating the store has never seen.
 pub const DEFAULT_RATING: f64 = 1500.0;
@@ -55,10 +55,7 @@ struct Statements {
     notify: Statement,
 }
 
-struct Conn {
-    client: Client,
-    st: Statements,
-}
+type Conn = crate::pg_pool::Conn<Statements>;
 
 /// A ticket as the leader's pool needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,21 +175,18 @@ pub enum ResultError {
 
 /// The queue store.
 pub struct Queue {
-    url: String,
-    schema: String,
     /// The NOTIFY channel, `{schema}_match`.
     pub channel: String,
-    timeout: Duration,
-    conns: Vec<Mutex<Arc<Conn>>>,
-    next: AtomicUsize,
+    pool: PgPool<Statements>,
 }
 
-async fn prepare(client: Client) -> Result<Conn, AccountsError> {
-    let p = |sql: &'static str| {
-        let c = &client;
-        async move { c.prepare(sql).await.map_err(pg("prepare queue")) }
-    };
-    let st = Statements {
+impl Prepared for Statements {
+    async fn prepare(client: &Client) -> Result<Statements, AccountsError> {
+        let p = |sql: &'static str| {
+            let c = client;
+            async move { c.prepare(sql).await.map_err(pg("prepare queue")) }
+        };
+        let st = Statements {
         insert_session: p("WITH r AS (
                  SELECT array_agg(coalesce(s.rating, 1500.0) ORDER BY m.ord) AS ratings
                  FROM unnest($2::bigint[]) WITH ORDINALITY AS m(pid, ord) LEFT JOIN ratings s ON s.player_id = m.pid),
@@ -261,7 +255,8 @@ async fn prepare(client: Client) -> Result<Conn, AccountsError> {
         notify: p("SELECT pg_notify($1, $2)").await?,
         members_of: p("SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM match_tickets, unnest(members) m WHERE id = ANY($1)").await?,
     };
-    Ok(Conn { client, st })
+        Ok(st)
+    }
 }
 
 fn waiting_row(r: &tokio_postgres::Row) -> WaitingRow {
@@ -279,48 +274,22 @@ impl Queue {
     /// Opens `connections` connections with the statements prepared (the tables exist: the
     /// accounts store migrated first).
     pub async fn connect(url: &str, schema: &str, connections: usize, timeout: Duration) -> Result<Queue, AccountsError> {
-        let mut conns = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            let c = bounded("connect", timeout, async { prepare(connect_one(url, schema).await?).await }).await?;
-            conns.push(Mutex::new(Arc::new(c)));
-        }
         Ok(Queue {
-            url: url.to_string(),
-            schema: schema.to_string(),
             channel: format!("{schema}_match"),
-            timeout,
-            conns,
-            next: AtomicUsize::new(0),
+            pool: PgPool::connect(url, schema, connections, timeout).await?,
         })
     }
 
     /// The PostgreSQL URL and schema (for the dedicated leader and listener connections).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.pool.url
     }
     pub fn schema(&self) -> &str {
-        &self.schema
+        &self.pool.schema
     }
 
     async fn conn(&self) -> Result<Arc<Conn>, AccountsError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let c = self.conns[i]
-            .lock()
-            .map(|g| Arc::clone(&g))
-            .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
-        if !c.client.is_closed() {
-            return Ok(c);
-        }
-        let fresh = Arc::new(
-            bounded("reconnect", self.timeout, async {
-                prepare(connect_one(&self.url, &self.schema).await?).await
-            })
-            .await?,
-        );
-        if let Ok(mut g) = self.conns[i].lock() {
-            *g = Arc::clone(&fresh);
-        }
-        Ok(fresh)
+        self.pool.conn().await
     }
 
     /// Stores a session player's ticket (ratings from the rating store), or finds the one a
@@ -336,7 +305,7 @@ impl Queue {
     ) -> Result<Inserted, AccountsError> {
         let c = self.conn().await?;
         let members = members.to_vec();
-        bounded("insert ticket", self.timeout, async {
+        bounded("insert ticket", self.pool.timeout, async {
             if let Some(r) = c
                 .client
                 .query_opt(&c.st.insert_session, &[&player_id, &members, &mode, &region, &request_id, &now_ms])
@@ -363,7 +332,7 @@ impl Queue {
         now_ms: i64,
     ) -> Result<Inserted, AccountsError> {
         let c = self.conn().await?;
-        bounded("insert ticket", self.timeout, async {
+        bounded("insert ticket", self.pool.timeout, async {
             if let Some(r) = c
                 .client
                 .query_opt(&c.st.insert_service, &[&player_id, &rating, &mode, &region, &now_ms])
@@ -401,7 +370,7 @@ impl Queue {
     /// A ticket and its match.
     pub async fn view(&self, ticket_id: i64) -> Result<Option<TicketView>, AccountsError> {
         let c = self.conn().await?;
-        bounded("read ticket", self.timeout, async {
+        bounded("read ticket", self.pool.timeout, async {
             let Some(r) = c.client.query_opt(&c.st.view, &[&ticket_id]).await.map_err(pg("read ticket"))? else {
                 return Ok(None);
             };
@@ -433,7 +402,7 @@ impl Queue {
     /// (already matched, cancelled or refused).
     pub async fn cancel(&self, ticket_id: i64, player_id: i64, now_ms: i64) -> Result<bool, AccountsError> {
         let c = self.conn().await?;
-        bounded("cancel ticket", self.timeout, async {
+        bounded("cancel ticket", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.cancel, &[&ticket_id, &player_id, &now_ms])
                 .await
@@ -446,7 +415,7 @@ impl Queue {
     /// Refuses a waiting ticket the matcher cannot take (e.g. a party member queued twice).
     pub async fn refuse(&self, ticket_id: i64, reason: &str, now_ms: i64) -> Result<bool, AccountsError> {
         let c = self.conn().await?;
-        bounded("refuse ticket", self.timeout, async {
+        bounded("refuse ticket", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.refuse, &[&ticket_id, &reason, &now_ms, &self.channel])
                 .await
@@ -459,7 +428,7 @@ impl Queue {
     /// Every waiting ticket, oldest id first (the leader's pool is rebuilt from these).
     pub async fn waiting(&self) -> Result<Vec<WaitingRow>, AccountsError> {
         let c = self.conn().await?;
-        bounded("read queue", self.timeout * 5, async {
+        bounded("read queue", self.pool.timeout * 5, async {
             Ok(c.client
                 .query(&c.st.waiting_all, &[])
                 .await
@@ -475,7 +444,7 @@ impl Queue {
     pub async fn waiting_by_ids(&self, ids: &[i64]) -> Result<Vec<WaitingRow>, AccountsError> {
         let c = self.conn().await?;
         let ids = ids.to_vec();
-        bounded("read tickets", self.timeout, async {
+        bounded("read tickets", self.pool.timeout, async {
             Ok(c.client
                 .query(&c.st.waiting_by_ids, &[&ids])
                 .await
@@ -491,7 +460,7 @@ impl Queue {
     /// the highest id read (waiting or not, so that the caller's watermark moves past them all).
     pub async fn waiting_since(&self, after: i64) -> Result<(Vec<WaitingRow>, i64), AccountsError> {
         let c = self.conn().await?;
-        bounded("read new tickets", self.timeout, async {
+        bounded("read new tickets", self.pool.timeout, async {
             let rows = c
                 .client
                 .query(&c.st.waiting_since, &[&after])
@@ -509,7 +478,7 @@ impl Queue {
     pub async fn commit_match(&self, m: &NewMatch<'_>) -> Result<Option<i64>, AccountsError> {
         let c = self.conn().await?;
         let tickets = m.tickets.to_vec();
-        bounded("commit match", self.timeout, async {
+        bounded("commit match", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(
                     &c.st.commit_match,
@@ -537,7 +506,7 @@ impl Queue {
     /// Matches whose join tokens are still valid at `now_ms`.
     pub async fn joining(&self, now_ms: i64) -> Result<Vec<Joining>, AccountsError> {
         let c = self.conn().await?;
-        bounded("read matches", self.timeout, async {
+        bounded("read matches", self.pool.timeout, async {
             Ok(c.client
                 .query(&c.st.joining, &[&now_ms])
                 .await
@@ -560,7 +529,7 @@ impl Queue {
     /// queued anew meanwhile keeps the new ticket).
     pub async fn requeue(&self, match_id: i64, now_ms: i64) -> Result<Vec<i64>, AccountsError> {
         let c = self.conn().await?;
-        bounded("requeue match", self.timeout, async {
+        bounded("requeue match", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.requeue, &[&match_id, &now_ms, &self.channel])
                 .await
@@ -590,7 +559,7 @@ impl Queue {
         if cur.len() > 1 {
             payloads.push(cur);
         }
-        bounded("notify", self.timeout, async {
+        bounded("notify", self.pool.timeout, async {
             for p in payloads {
                 c.client.execute(&c.st.notify, &[&self.channel, &p]).await.map_err(pg("notify"))?;
             }
@@ -603,7 +572,7 @@ impl Queue {
     pub async fn members_of(&self, ticket_ids: &[i64]) -> Result<Vec<i64>, AccountsError> {
         let c = self.conn().await?;
         let ids = ticket_ids.to_vec();
-        bounded("read members", self.timeout, async {
+        bounded("read members", self.pool.timeout, async {
             Ok(c.client
                 .query_one(&c.st.members_of, &[&ids])
                 .await
@@ -616,7 +585,7 @@ impl Queue {
     /// Waiting tickets and players by (mode, region).
     pub async fn depth(&self) -> Result<Vec<DepthRow>, AccountsError> {
         let c = self.conn().await?;
-        bounded("queue depth", self.timeout, async {
+        bounded("queue depth", self.pool.timeout, async {
             Ok(c.client
                 .query(&c.st.depth, &[])
                 .await
@@ -636,7 +605,7 @@ impl Queue {
     /// A player's rating (the default for a new player).
     pub async fn rating(&self, player_id: i64) -> Result<StoredRating, AccountsError> {
         let c = self.conn().await?;
-        bounded("read rating", self.timeout, async {
+        bounded("read rating", self.pool.timeout, async {
             Ok(c.client
                 .query_opt(&c.st.rating_of, &[&player_id])
                 .await
@@ -663,9 +632,9 @@ impl Queue {
         now_ms: i64,
         update: impl FnOnce(&[Vec<i64>], &[u32], &std::collections::BTreeMap<i64, StoredRating>) -> Result<Vec<(i64, StoredRating)>, String>,
     ) -> Result<bool, ResultError> {
-        let timeout = self.timeout * 2;
+        let timeout = self.pool.timeout * 2;
         let work = async {
-            let mut client = connect_one(&self.url, &self.schema).await?;
+            let mut client = connect_one(&self.pool.url, &self.pool.schema).await?;
             let tx = client.transaction().await.map_err(pg("result: begin"))?;
             let Some(m) = tx
                 .query_opt("SELECT teams, result FROM matches WHERE id = $1 FOR UPDATE", &[&match_id])
