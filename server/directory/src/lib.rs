@@ -9,7 +9,7 @@
 //!   whose score is still in the future, fetch them with one `MGET`, and drop (repair) members whose
 //!   record is gone: a killed server disappears when its TTL runs out. Never `KEYS` or `SCAN`;
 //! - **seats**: `{prefix}seats:{zone}:{instance}` is a sorted set of player ids scored with the time
-//!   a reservation lapses (`+inf` once the player has joined). [`RESERVE_SEAT_LUA`] checks the
+//!   a reservation lapses (`+inf` once the player has joined). [`RESERVE_SEATS_LUA`] checks the
 //!   record's state and capacity and adds the seat in one atomic step, so concurrent joins never
 //!   over-fill an instance;
 //! - **events**: the zone server pushes joins and leaves to the list `{prefix}events` (bounded);
@@ -133,26 +133,30 @@ fn rerr(op: &'static str) -> impl FnOnce(redis::RedisError) -> DirectoryError {
     move |source| DirectoryError::Redis { op, source }
 }
 
-/// Reserves a seat. KEYS: record, seats. ARGV: player id, now ms, hold-until ms, seats TTL ms.
-/// Returns 1 (reserved, or already held), 0 (full), -1 (no record: the instance is gone),
-/// -2 (not ready).
-pub const RESERVE_SEAT_LUA: &str = r#"
+/// Reserves seats for one or more players on one instance, all or nothing. KEYS: record, seats.
+/// ARGV: now ms, hold-until ms, seats TTL ms, player ids... A player who already holds a seat keeps
+/// it (its hold is raised to hold-until, never lowered; `+inf` once joined stays). Returns
+/// `{1, ids...}` (reserved; the ids are the players who held no seat before, the only ones an undo
+/// may free), `{0}` (not enough room), `{-1}` (no record: the instance is gone), `{-2}` (not
+/// ready, or not allocatable).
+pub const RESERVE_SEATS_LUA: &str = r#"
 local rec = redis.call('GET', KEYS[1])
-if not rec then return -1 end
+if not rec then return {-1} end
 local r = cjson.decode(rec)
-if r.state ~= 'ready' or r.allocatable == false then return -2 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if held then
-  if held ~= 'inf' and tonumber(held) < tonumber(ARGV[3]) then
-    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  end
-  return 1
+if r.state ~= 'ready' or r.allocatable == false then return {-2} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+local new = {}
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then new[#new + 1] = ARGV[i] end
 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(r.capacity) then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+if redis.call('ZCARD', KEYS[2]) + #new > tonumber(r.capacity) then return {0} end
+for i = 4, #ARGV do
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local out = {1}
+for _, id in ipairs(new) do out[#out + 1] = tonumber(id) end
+return out
 "#;
 
 /// The answer of [`reserve_seat`].
@@ -279,24 +283,41 @@ pub async fn reserve_seat<C: redis::aio::ConnectionLike>(
     now_ms: u64,
     hold_until_ms: u64,
 ) -> Result<Reservation, DirectoryError> {
+    Ok(reserve_seats(conn, keys, zone_id, instance_id, &[player_id], now_ms, hold_until_ms)
+        .await?
+        .0)
+}
+
+/// Atomically reserves seats for every one of `players` on an instance until `hold_until_ms`,
+/// all or nothing ([`RESERVE_SEATS_LUA`]). With [`Reservation::Reserved`], also returns the players
+/// who held no seat before: the only seats an undo may free.
+pub async fn reserve_seats<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    zone_id: &str,
+    instance_id: &str,
+    players: &[u64],
+    now_ms: u64,
+    hold_until_ms: u64,
+) -> Result<(Reservation, Vec<u64>), DirectoryError> {
     let member = Keys::member(zone_id, instance_id);
-    let r: i64 = redis::cmd("EVAL")
-        .arg(RESERVE_SEAT_LUA)
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RESERVE_SEATS_LUA)
         .arg(2)
         .arg(keys.record(&member))
         .arg(keys.seats(zone_id, instance_id))
-        .arg(player_id)
         .arg(now_ms)
         .arg(hold_until_ms)
-        .arg(SEATS_TTL_MS)
-        .query_async(conn)
-        .await
-        .map_err(rerr("reserve seat"))?;
-    Ok(match r {
-        1 => Reservation::Reserved,
-        0 => Reservation::Full,
-        -2 => Reservation::NotReady,
-        _ => Reservation::Gone,
+        .arg(SEATS_TTL_MS);
+    for p in players {
+        cmd.arg(*p);
+    }
+    let r: Vec<i64> = cmd.query_async(conn).await.map_err(rerr("reserve seats"))?;
+    Ok(match r.first() {
+        Some(1) => (Reservation::Reserved, r[1..].iter().map(|&p| p as u64).collect()),
+        Some(0) => (Reservation::Full, Vec::new()),
+        Some(-2) => (Reservation::NotReady, Vec::new()),
+        _ => (Reservation::Gone, Vec::new()),
     })
 }
 

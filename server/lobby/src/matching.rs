@@ -58,31 +58,6 @@ pub struct MatchDemand {
     pub shortage_players: u64,
 }
 
-/// Reserves seats for every player of a match on one instance, all or nothing, with the same
-/// record checks as `zone_directory::RESERVE_SEAT_LUA` (ready and allocatable). KEYS: record,
-/// seats. ARGV: now ms, hold-until ms, seats TTL ms, player ids... Returns `{1, ids...}` (reserved;
-/// the ids are the players who held no seat before, the only ones an undo may free), `{0}` (not
-/// enough room), `{-1}` (no record), `{-2}` (not ready or not allocatable).
-const RESERVE_SEATS_LUA: &str = r#"
-local rec = redis.call('GET', KEYS[1])
-if not rec then return {-1} end
-local r = cjson.decode(rec)
-if r.state ~= 'ready' or r.allocatable == false then return {-2} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
-local new = {}
-for i = 4, #ARGV do
-  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then new[#new + 1] = ARGV[i] end
-end
-if redis.call('ZCARD', KEYS[2]) + #new > tonumber(r.capacity) then return {0} end
-for i = 4, #ARGV do
-  redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local out = {1}
-for _, id in ipairs(new) do out[#out + 1] = tonumber(id) end
-return out
-"#;
-
 /// What a player receives for its seat, kept in the room until the room expires.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Grant {
@@ -1094,24 +1069,14 @@ impl<'a> Leader<'a> {
         let mut c = app.sessions.conn.clone();
         let mut chosen = None;
         for r in candidates {
-            let member = Keys::member(&r.zone_id, &r.instance_id);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RESERVE_SEATS_LUA)
-                .arg(2)
-                .arg(app.keys.record(&member))
-                .arg(app.keys.seats(&r.zone_id, &r.instance_id))
-                .arg(now)
-                .arg(expires_at * 1000)
-                .arg(zone_directory::SEATS_TTL_MS);
-            for p in &players {
-                cmd.arg(*p);
-            }
-            let got: Vec<i64> = tokio::time::timeout(app.sessions.timeout, cmd.query_async(&mut c))
+            let seats: Vec<u64> = players.iter().map(|&p| p as u64).collect();
+            let reserve = zone_directory::reserve_seats(&mut c, &app.keys, &r.zone_id, &r.instance_id, &seats, now, expires_at * 1000);
+            let (got, newly) = tokio::time::timeout(app.sessions.timeout, reserve)
                 .await
                 .map_err(timed("seat reservation"))?
-                .map_err(redis_err)?;
-            if got.first() == Some(&1) {
-                chosen = Some((r, got[1..].to_vec()));
+                .map_err(|e| PlaceError::Backend(e.to_string()))?;
+            if got == zone_directory::Reservation::Reserved {
+                chosen = Some((r, newly));
                 break;
             }
         }
