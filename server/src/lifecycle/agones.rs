@@ -141,8 +141,8 @@ impl AgonesShared {
 
     fn event(&self, joined: bool, p: PlayerId) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.events_tx.try_send((joined, p)) {
+            // An atomic only on the tick thread; the worker exports it (take_events).
             self.counters.player_events_dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("zone_agones_events_dropped_total").increment(1);
         }
     }
 
@@ -373,6 +373,9 @@ impl Worker {
             }
             self.pending.push_back(e);
         }
+        // Drops on both sides of the queue (tick and here), exported from this thread.
+        let dropped = self.shared.counters.player_events_dropped.load(Ordering::Relaxed);
+        metrics::counter!("zone_agones_events_dropped_total").absolute(dropped);
     }
 
     fn post(&self, method: &'static str, path: &str, body: &str) -> Result<(u16, String), SdkError> {
