@@ -80,15 +80,19 @@ def cpu_s(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
-def drops():
-    """Every counter whose name says it counts drops, summed over its labels' values per name+label set."""
+def scrape():
+    """The server's counters: every one whose name says it counts drops (by name and labels),
+    and the sessions that ended (left, timed out or gave up on events) since the start."""
     text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
-    d = {}
+    d, ended, give_ups = {}, 0, 0
     for line in text.splitlines():
-        if line.startswith("#") or "dropped" not in line.split(" ")[0].split("{")[0]: continue
+        if line.startswith("#") or " " not in line: continue
         name, value = line.rsplit(" ", 1)
-        d[name] = float(value)
-    return d
+        base = name.split("{")[0]
+        if "dropped" in base: d[name] = float(value)
+        if base == "zone_net_sessions_total" and 'event="left"' in name: ended = int(float(value))
+        if base == "zone_reliable_timeouts_total": give_ups = int(float(value))
+    return d, ended, give_ups
 
 srv_lines = 0
 bot_lines = 0
@@ -104,7 +108,7 @@ minute = 0
 with open(f"{out}/soak.csv", "w", newline="") as fcsv:
     w = csv.writer(fcsv)
     w.writerow(["minute", "rss_mib", "tick_p50_ms", "tick_p99_ms", "tick_rate_hz", "players", "snapshots_per_bot_per_s",
-                "connected", "decode_errors", "drops_total", "server_cpu_cores", "bots_cpu_cores", "drops_detail"])
+                "connected", "decode_errors", "drops_total", "server_cpu_cores", "bots_cpu_cores", "sessions_ended", "event_give_ups", "drops_detail"])
     prev_t = time.time(); srv_cpu0 = cpu_s(sp); bot_cpu0 = cpu_s(bp)
     while alive(bp) and alive(sp):
         minute += 1
@@ -128,17 +132,17 @@ with open(f"{out}/soak.csv", "w", newline="") as fcsv:
             m = PROGRESS.match(line.strip())
             if m:
                 rates.append(float(m[4])); connected = int(m[2]); errors = int(m[5])
-        d = drops()
+        d, ended, give_ups = scrape()
         row = [minute, round(rss_mib(sp), 1), p50, p99, hz, players,
                round(sum(rates) / len(rates), 2) if rates else None, connected, errors,
                int(sum(d.values())), round((srv_cpu - srv_cpu0) / (now - prev_t), 2),
-               round((bot_cpu - bot_cpu0) / (now - prev_t), 2),
+               round((bot_cpu - bot_cpu0) / (now - prev_t), 2), ended, give_ups,
                ";".join(f"{k}={int(v)}" for k, v in sorted(d.items()) if v)]
         srv_cpu0, bot_cpu0, prev_t = srv_cpu, bot_cpu, now
         w.writerow(row); fcsv.flush()
         rows.append(row)
         print(f"soak: minute {minute:>3}: rss {row[1]} MiB, tick p50 {p50} p99 {p99} ms, {row[6]} snapshots/s/bot, "
-              f"{connected} connected, decode errors {errors}, drops {row[9]}, server {row[10]} cores, bots {row[11]} cores", flush=True)
+              f"{connected} connected, decode errors {errors}, drops {row[9]}, server {row[10]} cores, bots {row[11]} cores, sessions ended {ended}", flush=True)
 
 if not rows:
     print("soak: no minute was recorded"); sys.exit(1)
@@ -154,7 +158,7 @@ summary = {
     "tick_p99_ms_max": p99s[-1] if p99s else None,
     "snapshots_per_bot_per_s_min": rates[0] if rates else None,
     "snapshots_per_bot_per_s_median": rates[len(rates) // 2] if rates else None,
-    "decode_errors_end": rows[-1][8], "drops_end": rows[-1][9], "drops_detail_end": rows[-1][12],
+    "decode_errors_end": rows[-1][8], "drops_end": rows[-1][9], "sessions_ended_end": rows[-1][12], "event_give_ups_end": rows[-1][13], "drops_detail_end": rows[-1][14],
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
 print("soak summary: " + json.dumps(summary))
