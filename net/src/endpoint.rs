@@ -50,6 +50,10 @@ pub const INPUT_LEAD_TICKS_MAX: u64 = 30;
 pub const EVENTS_UNACKED_MAX: usize = 256;
 /// How long an event may stay unacknowledged before the server gives up on the client.
 pub const EVENT_GIVE_UP_US: u64 = 10_000_000;
+/// ... and only once the server has offered the oldest one at least this many times (2 s of
+/// resends): a server that fell behind (its network thread stalled under overload) must not end
+/// every session for acknowledgements its clients had no chance to send.
+pub const EVENT_GIVE_UP_SENDS: u32 = 20;
 /// A joining session whose join got no answer from the zone asks again after this long.
 pub const JOIN_ASK_AGAIN_US: u64 = 1_000_000;
 /// Other players' joins, leaves and deaths queued per client per frame at most.
@@ -241,6 +245,8 @@ pub struct Session {
     /// Events sent at least once (sequence numbers below this were sent before).
     events_sent: u64,
     events_last_send_us: Option<u64>,
+    /// Batches sent since the oldest unacknowledged event became the oldest.
+    events_front_sends: u32,
     last_ping_us: u64,
     rtt_us: Option<u64>,
     /// The snapshot encoded for the current frame: datagrams, bytes, whether it was full.
@@ -273,6 +279,7 @@ impl Session {
             events_first_seq: 0,
             events_sent: 0,
             events_last_send_us: None,
+            events_front_sends: 0,
             last_ping_us: now_us,
             rtt_us: None,
             outbox: None,
@@ -360,6 +367,9 @@ impl Session {
             self.events_first_seq += 1;
             n += 1;
         }
+        if n > 0 {
+            self.events_front_sends = 0;
+        }
         n
     }
 
@@ -368,7 +378,7 @@ impl Session {
             || self
                 .events
                 .front()
-                .is_some_and(|(_, at)| now_us.saturating_sub(*at) > EVENT_GIVE_UP_US)
+                .is_some_and(|(_, at)| now_us.saturating_sub(*at) > EVENT_GIVE_UP_US && self.events_front_sends >= EVENT_GIVE_UP_SENDS)
     }
 
     fn next_unreliable(&mut self) -> u32 {
@@ -959,6 +969,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         s.events_sent = s.events_sent.max(end);
         s.events_truncated = batch.events.len() < s.events.len();
         s.events_last_send_us = Some(now_us);
+        s.events_front_sends = s.events_front_sends.saturating_add(1);
         self.send_unreliable(peer, server_envelope::Body::Events(batch));
     }
 
@@ -1394,6 +1405,37 @@ mod tests {
         assert_eq!(w.counts.event_give_ups, 1);
         assert_eq!(w.left, vec![7]);
         assert!(w.forgotten.contains(&1));
+    }
+
+    #[test]
+    fn a_server_that_fell_behind_does_not_give_up_on_clients_it_rarely_resent_to() {
+        let mut w = World::new();
+        w.add(1, 7);
+        w.run(500_000);
+        w.clients.get_mut(&1).unwrap().deaf = true;
+        w.ep.handle_draining(w.now);
+        let queued = w.now;
+        // The network thread falls behind under overload: it still reads datagrams (and answers
+        // pings) but reaches its timers only every 3 s, so it resends the event rarely; the
+        // client misses the first resends.
+        while w.now < queued + EVENT_GIVE_UP_US + 2_500_000 {
+            w.now += TICK_US;
+            if w.now >= queued + 9_500_000 {
+                w.clients.get_mut(&1).unwrap().deaf = false;
+            }
+            let now = w.now;
+            let out = w.clients.get_mut(&1).unwrap().session.poll(now);
+            w.deliver_to_endpoint(1, out);
+            if (w.now - queued) % 3_000_000 < TICK_US {
+                w.ep.handle_timeout(w.now);
+            }
+            w.pump();
+        }
+        w.run(1_000_000);
+        assert_eq!(w.ep.sessions(), 1);
+        assert_eq!(w.counts.event_give_ups, 0, "{:?}", w.counts);
+        assert_eq!(w.client(1).leave_notice(), Some(NoticeKind::Draining));
+        assert_eq!(w.ep.session(&1).map(Session::events_unacked), Some(0));
     }
 
     #[test]

@@ -174,11 +174,19 @@ impl Worker {
         let mut last_timers = Instant::now();
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            self.poll_socket(now);
+            let started = Instant::now();
+            self.poll_socket(started);
+            // At most one frame a pass: under overload a new frame is ready as soon as the last
+            // one is encoded, and the timers below (event resends, pings, idle checks) and the
+            // counters must still run between frames (they once starved for 30 s).
             while let Ok(m) = self.from_tick.try_recv() {
-                self.on_tick_message(m, now);
+                let frame = matches!(m, ToNet::Frame(_));
+                self.on_tick_message(m, started);
+                if frame {
+                    break;
+                }
             }
+            let now = Instant::now();
             if now.duration_since(last_timers) >= Duration::from_millis(10) {
                 self.endpoint.set_zone_tick(self.shared.tick.load(Ordering::Relaxed));
                 self.endpoint.handle_timeout(self.now_us(now));
@@ -189,7 +197,7 @@ impl Worker {
                 self.shared.counters.publish();
                 last_publish = now;
             }
-            let spent = now.elapsed();
+            let spent = started.elapsed();
             if spent < POLL_INTERVAL {
                 std::thread::sleep(POLL_INTERVAL - spent);
             }
