@@ -17,6 +17,7 @@
 // bevy systems take their data as parameters; eight is normal for a system, not a smell.
 #![allow(clippy::too_many_arguments)]
 
+pub mod behaviour;
 pub mod input;
 pub mod object;
 pub mod replicate;

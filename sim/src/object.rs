@@ -55,7 +55,10 @@ pub enum Mind {
     Chase { player: PlayerId },
 }
 
+/// Every NPC also carries a [`crate::behaviour::Due`] (when it next decides): a cache rebuilt from
+/// this state, never part of it.
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+#[require(crate::behaviour::Due)]
 pub struct Npc {
     /// The global id of the spawner that made it and will replace it.
     pub spawner: u32,

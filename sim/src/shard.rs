@@ -147,7 +147,7 @@ impl PlayerGrid {
         (cx as i32, cy as i32)
     }
 
-    fn build(&mut self, area: Rect, cell_mm: i32, players: &[PlayerView]) {
+    pub(crate) fn build(&mut self, area: Rect, cell_mm: i32, players: &[PlayerView]) {
         self.origin = area.min;
         self.cell_mm = cell_mm.max(1000);
         self.cols = ((area.width() + i64::from(self.cell_mm) - 1) / i64::from(self.cell_mm)).clamp(1, 4096) as i32;
@@ -190,7 +190,7 @@ impl PlayerGrid {
     }
 
     /// The nearest player within `radius` of `p` (ties to the lower player id), if any.
-    fn nearest(&self, p: Vec2, radius: i32) -> Option<PlayerView> {
+    pub(crate) fn nearest(&self, p: Vec2, radius: i32) -> Option<PlayerView> {
         if self.items.is_empty()
             || p.x.saturating_add(radius) < self.bbox.min.x
             || p.x.saturating_sub(radius) > self.bbox.max.x
@@ -293,7 +293,7 @@ impl Shard {
             (
                 deliver_mail,
                 respawn_players,
-                npc_ai,
+                crate::behaviour::npc_ai,
                 player_attacks,
                 run_spawners,
                 movement,
@@ -777,119 +777,6 @@ fn respawn_players(mut players: Query<(&mut Player, &mut Pos, &mut Health)>, clo
             p.wish = Vec2::ZERO;
             h.hp = h.max;
             pos.0 = player_spawn_point(&rules.0, p.player);
-        }
-    }
-}
-
-/// NPC behaviour: chase and attack a player in aggro range, else wander, patrol or stand.
-/// Each NPC decides from its own state, its own generator and the read-only players view, so
-/// the order NPCs are visited in does not matter; attacks go out as mail.
-fn npc_ai(
-    mut npcs: Query<(&Obj, &Pos, &mut Vel, &mut Npc)>,
-    mut nearby: ResMut<Nearby>,
-    inbox: Res<Inbox>,
-    info: Res<ShardInfo>,
-    rules: Res<Rules>,
-    clock: Res<Clock>,
-    mut out: ResMut<Outbox>,
-    mut stats: ResMut<Stats>,
-) {
-    let spec = &rules.0;
-    let tick = clock.tick;
-    let nearby = &mut *nearby;
-    nearby.players.clear();
-    nearby
-        .players
-        .extend(inbox.players.iter().filter(|p| p.alive && info.watch.contains(p.pos)));
-    if !nearby.players.is_empty() {
-        nearby.grid.build(info.watch, spec.player_awareness_mm() / 2, &nearby.players);
-    }
-    let players = &nearby.players;
-    let grid = &nearby.grid;
-    for (obj, pos, mut vel, mut npc) in &mut npcs {
-        // Nothing reads bevy's change ticks; skipping them saves two writes per NPC per tick.
-        let vel = vel.bypass_change_detection();
-        let npc = npc.bypass_change_detection();
-        let k = &spec.kinds[usize::from(obj.kind)];
-        let here = pos.0;
-        if k.aggro_radius_mm > 0 && !players.is_empty() {
-            let leash2 = i64::from(k.aggro_radius_mm).pow(2) * 4;
-            let mut target = match npc.mind {
-                Mind::Chase { player } => players
-                    .binary_search_by_key(&player, |p| p.player)
-                    .ok()
-                    .map(|i| players[i])
-                    .filter(|p| p.pos.dist2(here) <= leash2),
-                _ => None,
-            };
-            if target.is_none() {
-                target = grid.nearest(here, k.aggro_radius_mm);
-            }
-            if let Some(t) = target {
-                npc.mind = Mind::Chase { player: t.player };
-                let range2 = i64::from(k.attack_range_mm).pow(2);
-                if t.pos.dist2(here) <= range2 {
-                    vel.0 = Vec2::ZERO;
-                    if npc.ready_at <= tick && k.damage > 0 {
-                        out.mail.push(Mail::Damage {
-                            target: t.player,
-                            source: obj.id,
-                            amount: k.damage,
-                        });
-                        npc.ready_at = tick + u64::from(k.attack_cooldown_ticks);
-                        stats.0.attacks += 1;
-                    }
-                } else {
-                    vel.0 = here.step_towards(t.pos, k.speed_mm_per_tick);
-                }
-                continue;
-            }
-        }
-        if let Mind::Chase { .. } = npc.mind {
-            // Lost the player: go home (wander and idle) or resume the round (patrol).
-            npc.mind = match k.behaviour {
-                Behaviour::Patrol => Mind::Patrol { leg: 0 },
-                Behaviour::Wander | Behaviour::Idle => Mind::Goto { to: npc.home },
-            };
-        }
-        match npc.mind {
-            Mind::Pause { until } => {
-                vel.0 = Vec2::ZERO;
-                if tick >= until && k.behaviour == Behaviour::Wander {
-                    let r = k.wander_radius_mm;
-                    let to = Vec2::new(
-                        npc.home.x.saturating_add(npc.rng.range_i32(-r, r)),
-                        npc.home.y.saturating_add(npc.rng.range_i32(-r, r)),
-                    );
-                    npc.mind = Mind::Goto { to: spec.bounds.clamp(to) };
-                }
-            }
-            Mind::Goto { to } => {
-                let step = here.step_towards(to, k.speed_mm_per_tick);
-                vel.0 = step;
-                if here.saturating_add(step) == to {
-                    let pause = match k.behaviour {
-                        Behaviour::Idle => u64::MAX - 1,
-                        _ => npc.rng.below(u64::from(k.pause_ticks_max) + 1),
-                    };
-                    npc.mind = Mind::Pause {
-                        until: tick.saturating_add(pause),
-                    };
-                }
-            }
-            Mind::Patrol { leg } => {
-                let r = k.wander_radius_mm;
-                let (dx, dy) = [(-r, -r), (r, -r), (r, r), (-r, r)][usize::from(leg % 4)];
-                let to = spec
-                    .bounds
-                    .clamp(Vec2::new(npc.home.x.saturating_add(dx), npc.home.y.saturating_add(dy)));
-                let step = here.step_towards(to, k.speed_mm_per_tick);
-                vel.0 = step;
-                if here.saturating_add(step) == to {
-                    npc.mind = Mind::Patrol { leg: (leg + 1) % 4 };
-                }
-            }
-            Mind::Chase { .. } => unreachable!("handled above"),
         }
     }
 }
