@@ -11,9 +11,14 @@
 # per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q --bin zone-server --bin zone-bots
-S=./target/release/zone-server
-B=./target/release/zone-bots
+# BIN=DIR runs the zone-server and zone-bots found there (e.g. an older build kept aside, for a
+# before/after pair in one sitting) instead of building them.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -q --bin zone-server --bin zone-bots
+  BIN=./target/release
+fi
+S=$BIN/zone-server
+B=$BIN/zone-bots
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 export ZONE_TOKEN_SECRET=bench-secret

@@ -206,7 +206,7 @@ fn diff(base: Option<&View>, next: &View) -> Vec<Change> {
     let old = base.map_or(empty, View::objects);
     let new = next.objects();
     let dt = ticks_between(base, next.tick());
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(old.len().max(new.len()));
     let (mut i, mut j) = (0, 0);
     loop {
         match (old.get(i), new.get(j)) {
@@ -382,13 +382,26 @@ impl Sizer {
 /// The snapshot for the chosen changes, each list sorted by id and gap-coded.
 fn build(lo: &Leftover, chosen: &mut [Change], more_follow: bool) -> Snapshot {
     chosen.sort_unstable_by_key(Change::id);
+    let count = |f: fn(&Change) -> bool| chosen.iter().filter(|c| f(c)).count();
+    let (creates, updates, removes) = (
+        count(|c| matches!(c, Change::Create(_))),
+        count(|c| matches!(c, Change::Update { .. })),
+        count(|c| matches!(c, Change::Remove(_))),
+    );
     let mut snap = Snapshot {
         tick: lo.tick,
         baseline_tick: lo.baseline_tick,
         ack_input_tick: lo.frame.ack_input_tick,
         part: lo.part,
         more_follow,
-        ..Snapshot::default()
+        creates: Vec::with_capacity(creates),
+        remove_id_gaps: Vec::with_capacity(removes),
+        updates: (updates > 0).then(|| ObjectDeltas {
+            id_gaps: Vec::with_capacity(updates),
+            masks: Vec::with_capacity(updates),
+            // Most updates are a position correction: two values.
+            values: Vec::with_capacity(updates * 2),
+        }),
     };
     let (mut prev_create, mut prev_update, mut prev_remove) = (0u64, 0u64, 0u64);
     for c in chosen.iter() {
@@ -444,8 +457,11 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     } else {
         Vec::new()
     };
-    let mut env = envelope(lo, build(lo, &mut chosen, false));
-    if (lo.is_empty() || !chosen.is_empty()) && env.encoded_len() <= budget_bytes {
+    let mut bytes = Vec::new();
+    if lo.is_empty() || !chosen.is_empty() {
+        bytes = envelope(lo, build(lo, &mut chosen, false)).encode_to_vec();
+    }
+    if (lo.is_empty() || !chosen.is_empty()) && bytes.len() <= budget_bytes {
         lo.at = lo.changes.len();
     } else {
         // Otherwise the nearest changes while the exact size, with `more_follow` set, fits.
@@ -468,15 +484,15 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
             return Err(EncodeError::BudgetTooSmall { budget_bytes });
         }
         chosen = lo.changes[start..lo.at].to_vec();
-        env = envelope(lo, build(lo, &mut chosen, lo.at < lo.changes.len() && !lo.final_part));
+        let env = envelope(lo, build(lo, &mut chosen, lo.at < lo.changes.len() && !lo.final_part));
         debug_assert_eq!(
             env.encoded_len(),
             envelope_bytes(lo, header_len + sizer.totals.lists_len()),
             "size model is off"
         );
+        bytes = env.encode_to_vec();
     }
     let count = |f: fn(&Change) -> bool| chosen.iter().filter(|c| f(c)).count();
-    let bytes = env.encode_to_vec();
     // The size model is exact, so this cannot fail; a datagram over the budget would be dropped
     // silently by the transport, so check it here where the cause is known.
     assert!(
@@ -578,8 +594,21 @@ pub fn encode_delta_capped(
     focus: (u32, u32),
     max_datagrams: usize,
 ) -> Result<(Vec<Vec<u8>>, DeltaStats, View), EncodeError> {
+    encode_delta_capped_into(base, next.clone(), frame, budget_bytes, focus, max_datagrams)
+}
+
+/// [`encode_delta_capped`] taking the next view by value: when everything fits, it becomes the
+/// held view without a copy (the server's path, once per client and snapshot).
+pub fn encode_delta_capped_into(
+    base: Option<&View>,
+    next: View,
+    frame: SnapshotFrame,
+    budget_bytes: usize,
+    focus: (u32, u32),
+    max_datagrams: usize,
+) -> Result<(Vec<Vec<u8>>, DeltaStats, View), EncodeError> {
     let max_datagrams = max_datagrams.max(1);
-    let mut lo = start(base, next, frame, focus)?;
+    let mut lo = start(base, &next, frame, focus)?;
     let mut out = Vec::new();
     let mut total = DeltaStats::default();
     // Always at least one datagram: an unchanged view still tells the client the tick and ack.
@@ -593,7 +622,7 @@ pub fn encode_delta_capped(
         }
     }
     let held = if lo.is_empty() {
-        next.clone()
+        next
     } else {
         apply_changes(base, next.tick(), &lo.changes[..lo.at])
     };

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 
-use crate::delta::{BUDGET_BYTES_DEFAULT, SnapshotFrame, encode_delta_capped};
+use crate::delta::{BUDGET_BYTES_DEFAULT, SnapshotFrame, encode_delta_capped_into};
 use crate::envelope::{Stamp, decode_client, encode_server, reject};
 use crate::gate::Rejection;
 use crate::interest::{Located, PosMm, ShardGrid, SpatialIndex, dist2_mm2};
@@ -400,34 +400,46 @@ impl Session {
         let Some(&pos) = enc.players.get(&(self.player | PLAYER_OBJECT_BIT)) else {
             return;
         };
-        let ids = enc.index.nearest(pos, enc.radius_mm, enc.objects_max, &mut Vec::new());
-        let objects: Vec<QObject> = ids
+        let mut scratch = Vec::with_capacity(enc.objects_max.min(1_024) * 4);
+        let mut slots = Vec::with_capacity(enc.objects_max.min(1_024));
+        enc.index
+            .nearest_slots(pos, enc.radius_mm, enc.objects_max, &mut scratch, &mut slots);
+        // Slots ascend with ids (the located objects are sorted by id), so the view is too.
+        let mut objects: Vec<QObject> = slots
             .iter()
-            .filter_map(|id| enc.objects.binary_search_by_key(id, |o| o.id).ok().map(|i| enc.objects[i]))
+            .filter_map(|&s| match enc.slot_objects.get(s as usize) {
+                Some(&i) if i != NO_OBJECT => Some(enc.objects[i as usize]),
+                _ => None,
+            })
             .collect();
+        objects.dedup_by_key(|o| o.id);
         let Ok(view) = View::new(enc.tick, objects) else { return };
         let focus = (quantize_pos(pos.x_mm, enc.origin.0), quantize_pos(pos.y_mm, enc.origin.1));
         let frame = SnapshotFrame {
             ack_input_tick: self.last_input_tick,
             sequence: self.unreliable_seq,
         };
-        let base = self.baseline_for(enc.tick, enc.history as u64 * enc.interval_ticks).cloned();
-        let Ok((datagrams, stats, held)) =
-            encode_delta_capped(base.as_ref(), &view, frame, SNAPSHOT_BUDGET_BYTES, focus, enc.datagrams_max)
+        let base = self.baseline_for(enc.tick, enc.history as u64 * enc.interval_ticks);
+        let full = base.is_none();
+        let Ok((datagrams, stats, held)) = encode_delta_capped_into(base, view, frame, SNAPSHOT_BUDGET_BYTES, focus, enc.datagrams_max)
         else {
             return;
         };
         self.unreliable_seq = self.unreliable_seq.wrapping_add(datagrams.len() as u32);
         self.record_sent(held, enc.history);
         let datagrams = datagrams.iter().map(|d| self.sealer.seal(d)).collect();
-        self.outbox = Some((datagrams, stats.bytes, base.is_none()));
+        self.outbox = Some((datagrams, stats.bytes, full));
     }
 }
+
+/// A located object with no quantized object in the frame (see [`FrameJob::slot_objects`]).
+const NO_OBJECT: u32 = u32::MAX;
 
 /// What every client's snapshot at one frame is made from.
 struct Encoder<'a> {
     tick: u64,
     objects: &'a [QObject],
+    slot_objects: &'a [u32],
     index: &'a SpatialIndex,
     players: &'a BTreeMap<u64, PosMm>,
     origin: (i32, i32),
@@ -443,6 +455,9 @@ struct Encoder<'a> {
 struct FrameJob<P> {
     tick: u64,
     objects: Vec<QObject>,
+    /// For each object of the spatial index (the frame's located objects, sorted by id), its
+    /// position in `objects`, or [`NO_OBJECT`].
+    slot_objects: Vec<u32>,
     index: SpatialIndex,
     players: BTreeMap<u64, PosMm>,
     /// Clients still to encode, in reverse order (popped from the back).
@@ -961,9 +976,23 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
     /// Starts a frame: queues its player events and prepares every joined client's snapshot,
     /// encoded by [`Endpoint::encode_frame`] (a chunk at a time, so the caller can read the
     /// socket in between). A frame still unfinished is completed first.
-    pub fn begin_frame(&mut self, f: FrameInput, now_us: u64) {
+    pub fn begin_frame(&mut self, mut f: FrameInput, now_us: u64) {
         if self.frame.is_some() {
             while self.encode_frame(usize::MAX, &Sequential) {}
+        }
+        // Sorted by id, the located objects line up with `objects`: each client's choice is then
+        // a list of positions, ascending by id, with no search.
+        f.located.sort_unstable_by_key(|l| l.id);
+        let mut slot_objects = Vec::with_capacity(f.located.len());
+        let mut j = 0;
+        for l in &f.located {
+            while f.objects.get(j).is_some_and(|o| o.id < l.id) {
+                j += 1;
+            }
+            slot_objects.push(match f.objects.get(j) {
+                Some(o) if o.id == l.id => j as u32,
+                _ => NO_OBJECT,
+            });
         }
         let index = SpatialIndex::build(self.cfg.grid, BUCKET_MM, &f.located);
         self.frame_events(&f, now_us);
@@ -977,6 +1006,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         self.frame = Some(FrameJob {
             tick: f.tick,
             objects: f.objects,
+            slot_objects,
             index,
             players: f.players,
             pending,
@@ -1000,6 +1030,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         let enc = Encoder {
             tick: job.tick,
             objects: &job.objects,
+            slot_objects: &job.slot_objects,
             index: &job.index,
             players: &job.players,
             origin: self.origin,

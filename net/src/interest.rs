@@ -144,7 +144,9 @@ pub fn interest_set(objects: &[Located], grid: &ShardGrid, client: PosMm, radius
 
 /// A bucket grid over many objects, so that each client's [`interest_set`] costs a few buckets
 /// instead of a pass over the whole zone. [`SpatialIndex::nearest`] gives exactly what
-/// [`interest_set`] gives over the same objects (a property test checks it).
+/// [`interest_set`] gives over the same objects (a property test checks it);
+/// [`SpatialIndex::nearest_slots`] gives the same choice as positions in the slice the index was
+/// built from, so the caller can fetch its own per-object data without a search.
 #[derive(Clone, Debug)]
 pub struct SpatialIndex {
     grid: ShardGrid,
@@ -154,6 +156,8 @@ pub struct SpatialIndex {
     /// `starts[b]..starts[b + 1]` are bucket `b`'s entries.
     starts: Vec<u32>,
     entries: Vec<Located>,
+    /// Each entry's position in the slice given to [`SpatialIndex::build`].
+    slots: Vec<u32>,
 }
 
 impl SpatialIndex {
@@ -170,6 +174,7 @@ impl SpatialIndex {
             rows,
             starts: vec![0; (cols * rows) as usize + 1],
             entries: Vec::with_capacity(objects.len()),
+            slots: Vec::with_capacity(objects.len()),
         };
         let buckets: Vec<usize> = objects.iter().map(|o| idx.bucket_of(o.pos)).collect();
         for &b in &buckets {
@@ -186,8 +191,10 @@ impl SpatialIndex {
                 pos: PosMm::default(),
             },
         );
-        for (o, &b) in objects.iter().zip(&buckets) {
+        idx.slots.resize(objects.len(), 0);
+        for (i, (o, &b)) in objects.iter().zip(&buckets).enumerate() {
             idx.entries[fill[b] as usize] = *o;
+            idx.slots[fill[b] as usize] = i as u32;
             fill[b] += 1;
         }
         idx
@@ -204,13 +211,61 @@ impl SpatialIndex {
         (r * self.cols + c) as usize
     }
 
+    /// The squared distance from `p` to the nearest point any object of bucket `(c, r)` can be
+    /// at: the bucket's square, open to infinity on the zone's edges (objects outside the zone
+    /// are clamped into the edge buckets).
+    fn bucket_dist2(&self, p: PosMm, c: i64, r: i64) -> u64 {
+        let axis = |v: i32, min: i32, i: i64, n: i64| -> u64 {
+            let lo = i64::from(min) + i * self.bucket_mm;
+            let hi = lo + self.bucket_mm - 1;
+            let v = i64::from(v);
+            if v < lo && i > 0 {
+                (lo - v).unsigned_abs()
+            } else if v > hi && i < n - 1 {
+                (v - hi).unsigned_abs()
+            } else {
+                0
+            }
+        };
+        let dx = axis(p.x_mm, self.grid.min.x_mm, c, self.cols);
+        let dy = axis(p.y_mm, self.grid.min.y_mm, r, self.rows);
+        dx * dx + dy * dy
+    }
+
     /// The ids [`interest_set`] would choose: those in the client's own shard cell or within
     /// `radius_mm`, the `objects_max` nearest (ties by id), ascending. `scratch` is reused
     /// between calls to avoid allocating.
     pub fn nearest(&self, client: PosMm, radius_mm: u32, objects_max: usize, scratch: &mut Vec<(u64, u64)>) -> Vec<u64> {
+        self.choose(client, radius_mm, objects_max, |i| self.entries[i].id, scratch);
+        let mut ids: Vec<u64> = scratch.iter().map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The same choice as [`SpatialIndex::nearest`] when the slice given to
+    /// [`SpatialIndex::build`] was sorted by id (ties are broken by position in that slice), as
+    /// positions in that slice, ascending, in `out`. `scratch` and `out` are reused between calls.
+    pub fn nearest_slots(&self, client: PosMm, radius_mm: u32, objects_max: usize, scratch: &mut Vec<(u64, u32)>, out: &mut Vec<u32>) {
+        self.choose(client, radius_mm, objects_max, |i| self.slots[i], scratch);
+        out.clear();
+        out.extend(scratch.iter().map(|(_, s)| *s));
+        out.sort_unstable();
+    }
+
+    /// Leaves in `scratch` the `objects_max` entries with the smallest `(distance², key)` among
+    /// those in the client's own cell or within `radius_mm`.
+    fn choose<K: Ord + Copy>(
+        &self,
+        client: PosMm,
+        radius_mm: u32,
+        objects_max: usize,
+        key: impl Fn(usize) -> K,
+        scratch: &mut Vec<(u64, K)>,
+    ) {
         scratch.clear();
         if objects_max == 0 || self.entries.is_empty() {
-            return Vec::new();
+            return;
         }
         let own = self.grid.cell_of(client);
         let (own_min, own_max) = self.grid.cell_rect(own);
@@ -241,11 +296,21 @@ impl SpatialIndex {
                 if c < 0 || r < 0 || c >= self.cols || r >= self.rows {
                     return;
                 }
+                // A bucket wholly farther than the current k-th nearest, or beyond both the
+                // radius and the own cell, holds nothing that could be chosen.
+                let near2 = self.bucket_dist2(client, c, r);
+                if kth.is_some_and(|k| near2 > k) || (near2 > r2 && near2 > own_far2) {
+                    return;
+                }
                 let b = (r * self.cols + c) as usize;
-                for o in &self.entries[self.starts[b] as usize..self.starts[b + 1] as usize] {
+                let (from, to) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+                for (i, o) in self.entries[from..to].iter().enumerate() {
                     let d2 = dist2_mm2(o.pos, client);
+                    if kth.is_some_and(|k| d2 > k) {
+                        continue;
+                    }
                     if d2 <= r2 || self.grid.cell_of(o.pos) == own {
-                        scratch.push((d2, o.id));
+                        scratch.push((d2, key(from + i)));
                     }
                 }
             };
@@ -267,10 +332,6 @@ impl SpatialIndex {
                 kth = scratch.iter().map(|(d, _)| *d).max();
             }
         }
-        let mut ids: Vec<u64> = scratch.iter().map(|(_, id)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 }
 
@@ -414,7 +475,12 @@ mod tests {
             let want = interest_set(&objs, &g, client, radius_m * 1000, max);
             let idx = SpatialIndex::build(g, bucket_m * 1000, &objs);
             let got = idx.nearest(client, radius_m * 1000, max, &mut Vec::new());
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want);
+            // The objects are sorted by id, so the slots name the same objects.
+            let mut slots = Vec::new();
+            idx.nearest_slots(client, radius_m * 1000, max, &mut Vec::new(), &mut slots);
+            let by_slot: Vec<u64> = slots.iter().map(|&s| objs[s as usize].id).collect();
+            prop_assert_eq!(by_slot, want);
         }
     }
 }
