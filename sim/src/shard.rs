@@ -381,7 +381,17 @@ impl Shard {
     /// Runs the schedule once: the whole tick for this shard. Deterministic given the shard's
     /// state and what `prepare` handed it.
     pub fn step(&mut self) {
+        // bevy_ecs records every removed component (despawns, migrants leaving) for
+        // `RemovedComponents` readers until `clear_trackers`, which only a bevy App calls for
+        // us. Nothing here reads them, so without this the record grew by every despawn and
+        // migration for the life of the server (about 1 MiB a minute in a 1,000-bot soak).
+        self.world.clear_trackers();
         self.schedule.run(&mut self.world);
+    }
+
+    /// Component removals bevy_ecs still holds (bounded to two ticks' worth by [`Shard::step`]).
+    pub fn removals_held(&self) -> usize {
+        self.world.removed_components().iter().map(|(_, m)| m.len()).sum()
     }
 
     pub(crate) fn take_outbox(&mut self) -> Outbox {
