@@ -30,7 +30,7 @@ pub use events::{EventQueue, GameEvent};
 pub use journal::{JournalError, JournalHeader, JournalWriter, Origin, Record, SegmentReader};
 pub use segments::{JournalReader, Retention, SegmentInfo, plan_retention, scan_segment};
 pub use snapshot::{
-    Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff, decode, decode_full,
-    decode_meta, encode_diff, encode_full, recover,
+    MindPatch, ObjectPatch, Recovered, ShardDiff, Snapshot, SnapshotBody, SnapshotError, SnapshotKind, SnapshotMeta, ZoneDiff, apply_diff,
+    decode, decode_full, decode_meta, encode_diff, encode_full, recover,
 };
 pub use store::{BoxFut, Chain, FileStore, PostgresStore, RedisStore, SnapshotStore, StoreError, StoredSnapshot};

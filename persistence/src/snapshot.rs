@@ -6,7 +6,7 @@
 //! bytes: every damaged input is a [`SnapshotError`] naming what is wrong and, where it can, the
 //! byte offset.
 //!
-//! ## Format (version 1, all integers little-endian)
+//! ## Format (version 2, all integers little-endian unless marked varint)
 //! ```text
 //! snapshot = header | body | crc32(header | body) u32
 //! header   = magic "ZSNP" | version u16 | kind u8 (1 full, 2 diff) | reserved u8 (0)
@@ -18,7 +18,18 @@
 //! shard        = index u16 | rng_state u64 | last_npc_id u64 | spawners | mail | n u32 | object*n
 //! diff payload = n u16 | shard_diff*n
 //! shard_diff   = index u16 | rng_state u64 | last_npc_id u64 | spawners | mail
-//!              | n u32 | removed_id u64*n | n u32 | object*n      (created or changed objects)
+//!              | n u32 | ids(removed)                     objects the base shard has and this one not
+//!              | n u32 | object*n                         objects the base shard does not have
+//!              | n u32 | patch*n                          objects both have that differ
+//! ids          = first id varint | (id - previous id - 1) varint ...  (strictly ascending)
+//! patch        = id (as in ids) | fields u8 | the fields set, in bit order:
+//!                  0x01 kind u16 | 0x02 pos - base pos (zigzag varint x, y; wrapping)
+//!                | 0x04 vel (zigzag varint x, y) | 0x08 hp, max (zigzag varint)
+//!                | 0x10 body (whole, as in object) | 0x20 mind | 0x40 rng steps varint
+//!                | 0x80 ready_at - base ready_at (zigzag varint of the wrapping difference)
+//! mind (patch) = 1 u8 | until - tick (zigzag varint)        -- Pause (tick: the diff's tick)
+//!              | 2 u8 | to - home (zigzag varint x, y)      -- Goto
+//!              | 3 u8 | leg u8 | 4 u8 | player varint       -- Patrol, Chase
 //! spawners     = n u32 | (id u32 | n u32 | due u64*n)*n
 //! mail         = n u32 | (1 u8 | target u64 | source u64 | amount i32  -- Damage
 //!                        | 2 u8 | spawner u32)*n                        -- Died
@@ -37,6 +48,15 @@
 //!
 //! A diff always refers to the previous *full* snapshot (not to the previous diff), so recovery
 //! is one full plus at most one diff: [`recover`] picks the newest diff that decodes and fits.
+//!
+//! **Field-level diffs.** An object the base also has is written as an [`ObjectPatch`]: only the
+//! fields that differ, each small where it can be. A moving NPC's position is written as its
+//! distance from the base position (a few bytes, not 8), a walk target relative to the NPC's home,
+//! a pause end relative to the diff's tick, and its generator as the number of draws since the
+//! base: a SplitMix64 state only ever advances by a fixed odd constant, so
+//! `(new - base) × constant⁻¹` is the draw count, exact for any two states (wrapping arithmetic
+//! makes every one of these transforms a bijection, so a diff always rebuilds the state bit for
+//! bit). Version 1 wrote every changed object whole; this build still reads version 1 snapshots.
 
 use zone_sim::object::{Body, Health, Mind, Npc, Obj, Player};
 use zone_sim::rng::DetRng;
@@ -46,7 +66,9 @@ use zone_sim::units::Vec2;
 use zone_sim::{ObjectRecord, ShardState, ZoneState};
 
 pub const MAGIC: &[u8; 4] = b"ZSNP";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build still reads (version 1 diffs hold whole objects only).
+pub const FORMAT_VERSION_MIN: u16 = 1;
 /// Bytes in the header, its checksum included.
 pub const HEADER_BYTES: usize = 72;
 /// Bytes in the trailing checksum.
@@ -111,8 +133,201 @@ pub struct ShardDiff {
     pub mail: Vec<Mail>,
     /// Ids of objects that the base shard has and this one does not, ascending.
     pub removed: Vec<u64>,
-    /// Objects that are new in this shard or differ from the base, sorted by id.
+    /// Objects written whole, sorted by id: new in this shard (or, in a version 1 diff, any that
+    /// differ from the base).
     pub upserted: Vec<ObjectRecord>,
+    /// Objects the base shard also has that differ from it, field by field, sorted by id.
+    pub changed: Vec<ObjectPatch>,
+}
+
+/// The fields of one object that differ from its base version (same id, same shard). `None`
+/// means "as in the base". Values are kept in the form they are encoded in, relative to the base
+/// where that makes them small; [`ObjectPatch::between`] and [`ObjectPatch::apply`] convert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectPatch {
+    pub id: u64,
+    pub kind: Option<u16>,
+    /// New position minus base position (wrapping).
+    pub pos_delta: Option<Vec2>,
+    pub vel: Option<Vec2>,
+    pub health: Option<Health>,
+    /// The whole body, when the NPC-only fields below cannot say the change: a player, a change of
+    /// body variant, or an NPC whose spawner or home changed. The NPC fields are then `None`.
+    pub body: Option<Body>,
+    pub mind: Option<MindPatch>,
+    /// Draws of the NPC's generator since the base: `(new - base) × RNG_GAMMA⁻¹` (wrapping).
+    pub rng_steps: Option<u64>,
+    /// New `ready_at` minus the base's (wrapping).
+    pub ready_at_delta: Option<u64>,
+}
+
+/// An NPC's new [`Mind`], relative to what the diff knows without the base's mind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MindPatch {
+    /// `until - tick` (wrapping), `tick` being the diff's tick.
+    Pause {
+        until_from_tick: u64,
+    },
+    /// `to - home` (wrapping), `home` being the NPC's home.
+    Goto {
+        to_from_home: Vec2,
+    },
+    Patrol {
+        leg: u8,
+    },
+    Chase {
+        player: u64,
+    },
+}
+
+/// The increment of [`zone_sim::rng::DetRng`] per draw (SplitMix64's gamma).
+const RNG_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Its inverse modulo 2^64 (computed at compile time by Newton's iteration).
+const RNG_GAMMA_INV: u64 = {
+    let mut x: u64 = RNG_GAMMA; // correct to 3 bits for an odd number
+    let mut i = 0;
+    while i < 6 {
+        x = x.wrapping_mul(2u64.wrapping_sub(RNG_GAMMA.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+
+const F_KIND: u8 = 0x01;
+const F_POS: u8 = 0x02;
+const F_VEL: u8 = 0x04;
+const F_HEALTH: u8 = 0x08;
+const F_BODY: u8 = 0x10;
+const F_MIND: u8 = 0x20;
+const F_RNG: u8 = 0x40;
+const F_READY: u8 = 0x80;
+
+fn sub2(a: Vec2, b: Vec2) -> Vec2 {
+    Vec2 {
+        x: a.x.wrapping_sub(b.x),
+        y: a.y.wrapping_sub(b.y),
+    }
+}
+fn add2(a: Vec2, b: Vec2) -> Vec2 {
+    Vec2 {
+        x: a.x.wrapping_add(b.x),
+        y: a.y.wrapping_add(b.y),
+    }
+}
+
+impl ObjectPatch {
+    /// The changes from `base` to `new` (same id), or `None` if they are equal. `tick` is the
+    /// tick of the state `new` belongs to.
+    pub fn between(base: &ObjectRecord, new: &ObjectRecord, tick: u64) -> Option<ObjectPatch> {
+        if base == new {
+            return None;
+        }
+        let some_if = |changed: bool| changed.then_some(());
+        let mut p = ObjectPatch {
+            id: new.obj.id,
+            kind: some_if(base.obj.kind != new.obj.kind).map(|_| new.obj.kind),
+            pos_delta: some_if(base.pos != new.pos).map(|_| sub2(new.pos, base.pos)),
+            vel: some_if(base.vel != new.vel).map(|_| new.vel),
+            health: some_if(base.health != new.health).map(|_| new.health),
+            body: None,
+            mind: None,
+            rng_steps: None,
+            ready_at_delta: None,
+        };
+        match (base.body, new.body) {
+            (Body::Npc(b), Body::Npc(n)) if b.spawner == n.spawner && b.home == n.home => {
+                if b.mind != n.mind {
+                    p.mind = Some(match n.mind {
+                        Mind::Pause { until } => MindPatch::Pause {
+                            until_from_tick: until.wrapping_sub(tick),
+                        },
+                        Mind::Goto { to } => MindPatch::Goto {
+                            to_from_home: sub2(to, n.home),
+                        },
+                        Mind::Patrol { leg } => MindPatch::Patrol { leg },
+                        Mind::Chase { player } => MindPatch::Chase { player },
+                    });
+                }
+                if b.rng != n.rng {
+                    p.rng_steps = Some(n.rng.state.wrapping_sub(b.rng.state).wrapping_mul(RNG_GAMMA_INV));
+                }
+                if b.ready_at != n.ready_at {
+                    p.ready_at_delta = Some(n.ready_at.wrapping_sub(b.ready_at));
+                }
+            }
+            (b, n) if b != n => p.body = Some(n),
+            _ => {}
+        }
+        Some(p)
+    }
+
+    /// The object this patch makes of `base` (which must have the patch's id). `tick` is the
+    /// diff's tick. Fails (naming why) if the patch cannot apply to that base.
+    pub fn apply(&self, base: &ObjectRecord, tick: u64) -> Result<ObjectRecord, &'static str> {
+        if base.obj.id != self.id {
+            return Err("the patch is for another object id");
+        }
+        let mut o = *base;
+        if let Some(k) = self.kind {
+            o.obj.kind = k;
+        }
+        if let Some(d) = self.pos_delta {
+            o.pos = add2(o.pos, d);
+        }
+        if let Some(v) = self.vel {
+            o.vel = v;
+        }
+        if let Some(h) = self.health {
+            o.health = h;
+        }
+        if let Some(b) = self.body {
+            o.body = b;
+        }
+        if self.mind.is_some() || self.rng_steps.is_some() || self.ready_at_delta.is_some() {
+            let Body::Npc(n) = &mut o.body else {
+                return Err("NPC fields are patched on an object that is not an NPC");
+            };
+            if let Some(m) = self.mind {
+                n.mind = match m {
+                    MindPatch::Pause { until_from_tick } => Mind::Pause {
+                        until: tick.wrapping_add(until_from_tick),
+                    },
+                    MindPatch::Goto { to_from_home } => Mind::Goto {
+                        to: add2(n.home, to_from_home),
+                    },
+                    MindPatch::Patrol { leg } => Mind::Patrol { leg },
+                    MindPatch::Chase { player } => Mind::Chase { player },
+                };
+            }
+            if let Some(k) = self.rng_steps {
+                n.rng.state = n.rng.state.wrapping_add(k.wrapping_mul(RNG_GAMMA));
+            }
+            if let Some(d) = self.ready_at_delta {
+                n.ready_at = n.ready_at.wrapping_add(d);
+            }
+        }
+        Ok(o)
+    }
+
+    fn fields(&self) -> u8 {
+        let mut f = 0;
+        let bits = [
+            (self.kind.is_some(), F_KIND),
+            (self.pos_delta.is_some(), F_POS),
+            (self.vel.is_some(), F_VEL),
+            (self.health.is_some(), F_HEALTH),
+            (self.body.is_some(), F_BODY),
+            (self.mind.is_some(), F_MIND),
+            (self.rng_steps.is_some(), F_RNG),
+            (self.ready_at_delta.is_some(), F_READY),
+        ];
+        for (set, bit) in bits {
+            if set {
+                f |= bit;
+            }
+        }
+        f
+    }
 }
 
 /// The changes from the state at `base_tick` (a full snapshot) to the state at `tick`.
@@ -145,7 +360,7 @@ pub struct Snapshot {
 pub enum SnapshotError {
     #[error("not a zone snapshot: it does not start with \"ZSNP\"")]
     BadMagic,
-    #[error("snapshot format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error("snapshot format version {found} is not supported (this build reads versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION})")]
     UnsupportedVersion { found: u16 },
     #[error("snapshot is truncated at byte {offset}: {needed} bytes were expected")]
     Truncated { offset: u64, needed: u64 },
@@ -169,6 +384,8 @@ pub enum SnapshotError {
     WrongKind { expected: &'static str, found: &'static str },
     #[error("snapshot is for another zone file (digest differs)")]
     DigestMismatch,
+    #[error("the diff does not fit its base: object {id} in shard {shard}: {reason}")]
+    DiffDoesNotFit { shard: usize, id: u64, reason: &'static str },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +407,39 @@ fn put_vec2(b: &mut Vec<u8>, v: Vec2) {
     put_i32(b, v.x);
     put_i32(b, v.y);
 }
+fn put_varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+fn zigzag32(v: i32) -> u64 {
+    u64::from(((v << 1) ^ (v >> 31)) as u32)
+}
+fn unzigzag32(v: u32) -> i32 {
+    (v >> 1) as i32 ^ -((v & 1) as i32)
+}
+fn zigzag64(v: u64) -> u64 {
+    let v = v as i64;
+    ((v << 1) ^ (v >> 63)) as u64
+}
+fn unzigzag64(v: u64) -> u64 {
+    ((v >> 1) as i64 ^ -((v & 1) as i64)) as u64
+}
+fn put_vec2_small(b: &mut Vec<u8>, v: Vec2) {
+    put_varint(b, zigzag32(v.x));
+    put_varint(b, zigzag32(v.y));
+}
+/// Strictly ascending ids: the first whole, then each one's distance from the one before, less 1.
+fn put_ids(b: &mut Vec<u8>, ids: impl Iterator<Item = u64>) {
+    let mut prev: Option<u64> = None;
+    for id in ids {
+        put_varint(b, prev.map_or(id, |p| id.wrapping_sub(p).wrapping_sub(1)));
+        prev = Some(id);
+    }
+}
+
 /// Counts are `u32` on the wire; a zone is bounded far below that (see the sim's limits).
 fn put_len(b: &mut Vec<u8>, n: usize) {
     put_u32(b, u32::try_from(n).unwrap_or(u32::MAX));
@@ -229,7 +479,11 @@ fn put_object(b: &mut Vec<u8>, o: &ObjectRecord) {
     put_vec2(b, o.vel);
     put_i32(b, o.health.hp);
     put_i32(b, o.health.max);
-    match o.body {
+    put_body(b, &o.body);
+}
+
+fn put_body(b: &mut Vec<u8>, body: &Body) {
+    match *body {
         Body::Npc(n) => {
             b.push(1);
             put_u32(b, n.spawner);
@@ -272,8 +526,57 @@ fn put_object(b: &mut Vec<u8>, o: &ObjectRecord) {
     }
 }
 
+fn put_patch(b: &mut Vec<u8>, p: &ObjectPatch) {
+    let f = p.fields();
+    b.push(f);
+    if let Some(k) = p.kind {
+        put_u16(b, k);
+    }
+    if let Some(d) = p.pos_delta {
+        put_vec2_small(b, d);
+    }
+    if let Some(v) = p.vel {
+        put_vec2_small(b, v);
+    }
+    if let Some(h) = p.health {
+        put_varint(b, zigzag32(h.hp));
+        put_varint(b, zigzag32(h.max));
+    }
+    if let Some(body) = &p.body {
+        put_body(b, body);
+    }
+    if let Some(m) = p.mind {
+        match m {
+            MindPatch::Pause { until_from_tick } => {
+                b.push(1);
+                put_varint(b, zigzag64(until_from_tick));
+            }
+            MindPatch::Goto { to_from_home } => {
+                b.push(2);
+                put_vec2_small(b, to_from_home);
+            }
+            MindPatch::Patrol { leg } => {
+                b.push(3);
+                b.push(leg);
+            }
+            MindPatch::Chase { player } => {
+                b.push(4);
+                put_varint(b, player);
+            }
+        }
+    }
+    if let Some(k) = p.rng_steps {
+        put_varint(b, k);
+    }
+    if let Some(d) = p.ready_at_delta {
+        put_varint(b, zigzag64(d));
+    }
+}
+
 /// Rough bytes per object, to size buffers.
 const OBJECT_BYTES_TYPICAL: usize = 72;
+/// Rough bytes per changed object in a diff, to size buffers.
+const PATCH_BYTES_TYPICAL: usize = 16;
 
 fn put_shard_count(b: &mut Vec<u8>, n: usize) {
     put_u16(b, u16::try_from(n).unwrap_or(u16::MAX));
@@ -295,7 +598,10 @@ fn full_payload(state: &ZoneState) -> Vec<u8> {
 }
 
 fn diff_payload(diff: &ZoneDiff) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16 + diff.shards.iter().map(|s| s.upserted.len()).sum::<usize>() * OBJECT_BYTES_TYPICAL);
+    let mut b = Vec::with_capacity(
+        16 + diff.shards.iter().map(|s| s.upserted.len()).sum::<usize>() * OBJECT_BYTES_TYPICAL
+            + diff.shards.iter().map(|s| s.changed.len()).sum::<usize>() * PATCH_BYTES_TYPICAL,
+    );
     put_shard_count(&mut b, diff.shards.len());
     for s in &diff.shards {
         put_u16(&mut b, s.index);
@@ -304,9 +610,16 @@ fn diff_payload(diff: &ZoneDiff) -> Vec<u8> {
         put_spawners(&mut b, &s.spawners);
         put_mail(&mut b, &s.mail);
         put_len(&mut b, s.removed.len());
-        s.removed.iter().for_each(|&id| put_u64(&mut b, id));
+        put_ids(&mut b, s.removed.iter().copied());
         put_len(&mut b, s.upserted.len());
         s.upserted.iter().for_each(|o| put_object(&mut b, o));
+        put_len(&mut b, s.changed.len());
+        let mut prev: Option<u64> = None;
+        for p in &s.changed {
+            put_varint(&mut b, prev.map_or(p.id, |q| p.id.wrapping_sub(q).wrapping_sub(1)));
+            prev = Some(p.id);
+            put_patch(&mut b, p);
+        }
     }
     b
 }
@@ -386,13 +699,13 @@ fn diff_sorted(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
         .enumerate()
         .map(|(i, n)| {
             let old: &[ObjectRecord] = base.shards.get(i).map_or(&[], |b| &b.objects);
-            let (mut removed, mut upserted) = (Vec::new(), Vec::new());
+            let (mut removed, mut upserted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
             let (mut a, mut b) = (0, 0);
             while a < old.len() || b < n.objects.len() {
                 match (old.get(a), n.objects.get(b)) {
                     (Some(o), Some(x)) if o.obj.id == x.obj.id => {
-                        if o != x {
-                            upserted.push(*x);
+                        if let Some(p) = ObjectPatch::between(o, x, next.tick) {
+                            changed.push(p);
                         }
                         a += 1;
                         b += 1;
@@ -420,6 +733,7 @@ fn diff_sorted(base: &ZoneState, next: &ZoneState) -> ZoneDiff {
                 mail: n.mail.clone(),
                 removed,
                 upserted,
+                changed,
             }
         })
         .collect();
@@ -467,11 +781,12 @@ pub fn apply_diff(base: &ZoneState, d: &ZoneDiff) -> Result<ZoneState, SnapshotE
         .shards
         .iter()
         .enumerate()
-        .map(|(i, sd)| {
+        .map(|(i, sd)| -> Result<ShardState, SnapshotError> {
             let old: &[ObjectRecord] = base.shards.get(i).map_or(&[], |b| &b.objects);
-            // Merge three id-sorted lists: base objects, removed ids, upserted objects.
+            // Merge four id-sorted lists: base objects, removed ids, whole objects, patches.
             let mut objects = Vec::with_capacity(old.len() + sd.upserted.len());
-            let (mut r, mut u) = (0, 0);
+            let (mut r, mut u, mut c) = (0, 0, 0);
+            let misfit = |id: u64, reason: &'static str| SnapshotError::DiffDoesNotFit { shard: i, id, reason };
             for o in old {
                 let id = o.obj.id;
                 while sd.removed.get(r).is_some_and(|&x| x < id) {
@@ -481,28 +796,44 @@ pub fn apply_diff(base: &ZoneState, d: &ZoneDiff) -> Result<ZoneState, SnapshotE
                     objects.push(*x);
                     u += 1;
                 }
+                if let Some(p) = sd.changed.get(c).filter(|p| p.id < id) {
+                    return Err(misfit(p.id, "a patched object is missing from the base"));
+                }
+                let patch = sd.changed.get(c).filter(|p| p.id == id);
+                if patch.is_some() {
+                    c += 1;
+                }
+                let whole = sd.upserted.get(u).filter(|x| x.obj.id == id);
+                if whole.is_some() {
+                    u += 1;
+                }
                 if sd.removed.get(r) == Some(&id) {
+                    if patch.is_some() || whole.is_some() {
+                        return Err(misfit(id, "the object is both removed and changed"));
+                    }
                     continue;
                 }
-                match sd.upserted.get(u) {
-                    Some(x) if x.obj.id == id => {
-                        objects.push(*x);
-                        u += 1;
-                    }
-                    _ => objects.push(*o),
+                match (whole, patch) {
+                    (Some(_), Some(_)) => return Err(misfit(id, "the object is both written whole and patched")),
+                    (Some(x), None) => objects.push(*x),
+                    (None, Some(p)) => objects.push(p.apply(o, d.tick).map_err(|reason| misfit(id, reason))?),
+                    (None, None) => objects.push(*o),
                 }
             }
+            if let Some(p) = sd.changed.get(c) {
+                return Err(misfit(p.id, "a patched object is missing from the base"));
+            }
             objects.extend_from_slice(&sd.upserted[u..]);
-            ShardState {
+            Ok(ShardState {
                 index: sd.index,
                 rng_state: sd.rng_state,
                 last_npc_id: sd.last_npc_id,
                 spawners: sd.spawners.clone(),
                 mail: sd.mail.clone(),
                 objects,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ZoneState {
         tick: d.tick,
         seed: d.seed,
@@ -544,7 +875,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
         return Err(SnapshotError::HeaderChecksum);
     }
     let format_version = le_u16(h, OFF_VERSION);
-    if format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&format_version) {
         return Err(SnapshotError::UnsupportedVersion { found: format_version });
     }
     let kind = match h[OFF_KIND] {
@@ -713,6 +1044,48 @@ impl<'a> Cursor<'a> {
             y: self.i32()?,
         })
     }
+    /// A LEB128 varint of at most 10 bytes whose value fits in 64 bits.
+    fn varint(&mut self) -> Result<u64, SnapshotError> {
+        let at = self.at;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let byte = self.u8()?;
+            if i == 9 && byte > 1 {
+                return Err(self.corrupt(at, "a varint overflows 64 bits".into()));
+            }
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.corrupt(at, "a varint is longer than 10 bytes".into()))
+    }
+    fn varint_u32(&mut self) -> Result<u32, SnapshotError> {
+        let at = self.at;
+        let v = self.varint()?;
+        u32::try_from(v).map_err(|_| self.corrupt(at, format!("varint {v} does not fit in 32 bits")))
+    }
+    fn zigzag_i32(&mut self) -> Result<i32, SnapshotError> {
+        Ok(unzigzag32(self.varint_u32()?))
+    }
+    fn vec2_small(&mut self) -> Result<Vec2, SnapshotError> {
+        Ok(Vec2 {
+            x: self.zigzag_i32()?,
+            y: self.zigzag_i32()?,
+        })
+    }
+    /// The next of a list of strictly ascending ids written by `put_ids`.
+    fn next_id(&mut self, prev: Option<u64>) -> Result<u64, SnapshotError> {
+        let at = self.at;
+        let v = self.varint()?;
+        match prev {
+            None => Ok(v),
+            Some(p) => p
+                .checked_add(v)
+                .and_then(|x| x.checked_add(1))
+                .ok_or_else(|| self.corrupt(at, format!("an id {v} + 1 past {p} overflows"))),
+        }
+    }
     fn bool(&mut self, what: &str) -> Result<bool, SnapshotError> {
         match self.u8()? {
             0 => Ok(false),
@@ -736,6 +1109,7 @@ impl<'a> Cursor<'a> {
 const SPAWNER_BYTES_MIN: usize = 8;
 const MAIL_BYTES_MIN: usize = 5;
 const OBJECT_BYTES_MIN: usize = 8 + 2 + 8 + 8 + 8 + 1 + 8 + 1 + 8 + 8;
+const PATCH_BYTES_MIN: usize = 2;
 
 fn read_spawners(c: &mut Cursor) -> Result<Vec<SpawnerPending>, SnapshotError> {
     let n = c.count(SPAWNER_BYTES_MIN)?;
@@ -778,8 +1152,19 @@ fn read_object(c: &mut Cursor) -> Result<ObjectRecord, SnapshotError> {
         hp: c.i32()?,
         max: c.i32()?,
     };
+    let body = read_body(c)?;
+    Ok(ObjectRecord {
+        obj,
+        pos,
+        vel,
+        health,
+        body,
+    })
+}
+
+fn read_body(c: &mut Cursor) -> Result<Body, SnapshotError> {
     let at = c.at;
-    let body = match c.u8()? {
+    Ok(match c.u8()? {
         1 => {
             let spawner = c.u32()?;
             let home = c.vec2()?;
@@ -814,13 +1199,59 @@ fn read_object(c: &mut Cursor) -> Result<ObjectRecord, SnapshotError> {
             })
         }
         t => return Err(c.corrupt(at, format!("unknown object body tag {t}"))),
+    })
+}
+
+fn read_patch(c: &mut Cursor, id: u64) -> Result<ObjectPatch, SnapshotError> {
+    let at = c.at;
+    let f = c.u8()?;
+    if f == 0 {
+        return Err(c.corrupt(at, format!("object {id} is listed as changed with no field changed")));
+    }
+    if f & F_BODY != 0 && f & (F_MIND | F_RNG | F_READY) != 0 {
+        return Err(c.corrupt(at, format!("object {id} has both a whole body and NPC fields changed")));
+    }
+    let has = |bit: u8| f & bit != 0;
+    let kind = if has(F_KIND) { Some(c.u16()?) } else { None };
+    let pos_delta = if has(F_POS) { Some(c.vec2_small()?) } else { None };
+    let vel = if has(F_VEL) { Some(c.vec2_small()?) } else { None };
+    let health = if has(F_HEALTH) {
+        Some(Health {
+            hp: c.zigzag_i32()?,
+            max: c.zigzag_i32()?,
+        })
+    } else {
+        None
     };
-    Ok(ObjectRecord {
-        obj,
-        pos,
+    let body = if has(F_BODY) { Some(read_body(c)?) } else { None };
+    let mind = if has(F_MIND) {
+        let mind_at = c.at;
+        Some(match c.u8()? {
+            1 => MindPatch::Pause {
+                until_from_tick: unzigzag64(c.varint()?),
+            },
+            2 => MindPatch::Goto {
+                to_from_home: c.vec2_small()?,
+            },
+            3 => MindPatch::Patrol { leg: c.u8()? },
+            4 => MindPatch::Chase { player: c.varint()? },
+            t => return Err(c.corrupt(mind_at, format!("unknown NPC mind tag {t}"))),
+        })
+    } else {
+        None
+    };
+    let rng_steps = if has(F_RNG) { Some(c.varint()?) } else { None };
+    let ready_at_delta = if has(F_READY) { Some(unzigzag64(c.varint()?)) } else { None };
+    Ok(ObjectPatch {
+        id,
+        kind,
+        pos_delta,
         vel,
         health,
         body,
+        mind,
+        rng_steps,
+        ready_at_delta,
     })
 }
 
@@ -899,17 +1330,27 @@ fn read_diff(c: &mut Cursor, meta: &SnapshotMeta) -> Result<ZoneDiff, SnapshotEr
             spawners,
             mail,
         } = read_shard_head(c)?;
-        let k = c.count(8)?;
+        let v1 = meta.format_version == 1;
+        let k = c.count(if v1 { 8 } else { 1 })?;
         let mut removed: Vec<u64> = Vec::with_capacity(k);
         for _ in 0..k {
             let at = c.at;
-            let id = c.u64()?;
+            let id = if v1 { c.u64()? } else { c.next_id(removed.last().copied())? };
             if removed.last().is_some_and(|&p| p >= id) {
                 return Err(c.corrupt(at, format!("removed id {id} is out of order")));
             }
             removed.push(id);
         }
         let upserted = read_objects(c)?;
+        let mut changed: Vec<ObjectPatch> = Vec::new();
+        if !v1 {
+            let k = c.count(PATCH_BYTES_MIN)?;
+            changed.reserve_exact(k);
+            for _ in 0..k {
+                let id = c.next_id(changed.last().map(|p| p.id))?;
+                changed.push(read_patch(c, id)?);
+            }
+        }
         shards.push(ShardDiff {
             index,
             rng_state,
@@ -918,6 +1359,7 @@ fn read_diff(c: &mut Cursor, meta: &SnapshotMeta) -> Result<ZoneDiff, SnapshotEr
             mail,
             removed,
             upserted,
+            changed,
         });
     }
     Ok(ZoneDiff {
@@ -1097,7 +1539,11 @@ mod tests {
             panic!("not a diff")
         };
         assert_eq!(zd.shards[0].removed, vec![2]);
-        assert_eq!(zd.shards[1].upserted.len(), 2);
+        // The migrant is new in shard 1 (whole); the NPC that moved is a position patch.
+        assert_eq!(zd.shards[1].upserted.len(), 1);
+        assert_eq!(zd.shards[1].changed.len(), 1);
+        assert_eq!(zd.shards[1].changed[0].pos_delta, Some(Vec2 { x: 1, y: 0 }));
+        assert_eq!(zd.shards[1].changed[0].fields(), F_POS);
         assert_eq!(apply_diff(&s, &zd).unwrap(), next);
         assert!(matches!(
             apply_diff(&next, &zd),
@@ -1106,6 +1552,102 @@ mod tests {
                 base_tick: 20
             })
         ));
+    }
+
+    #[test]
+    fn rng_steps_count_draws() {
+        assert_eq!(RNG_GAMMA.wrapping_mul(RNG_GAMMA_INV), 1);
+        let mut r = DetRng { state: 0x1234 };
+        let base = r;
+        for _ in 0..5 {
+            r.next_u64();
+        }
+        let mut a = npc(1, Mind::Pause { until: 5 });
+        let mut b = a;
+        if let (Body::Npc(x), Body::Npc(y)) = (&mut a.body, &mut b.body) {
+            x.rng = base;
+            y.rng = r;
+        }
+        let p = ObjectPatch::between(&a, &b, 9).unwrap();
+        assert_eq!(p.rng_steps, Some(5));
+        assert_eq!(p.apply(&a, 9).unwrap(), b);
+    }
+
+    #[test]
+    fn a_moving_npc_costs_a_few_bytes() {
+        let a = npc(
+            1000,
+            Mind::Goto {
+                to: Vec2 { x: 400, y: 40 },
+            },
+        );
+        let mut b = a;
+        b.pos = Vec2 { x: 60, y: 30 };
+        let p = ObjectPatch::between(&a, &b, 60).unwrap();
+        let mut bytes = Vec::new();
+        put_patch(&mut bytes, &p);
+        // The fields byte, then x + 65 (zigzag 130: 2 bytes) and y + 23 (zigzag 46: 1 byte).
+        assert_eq!(bytes.len(), 4);
+    }
+
+    /// A version 1 diff (every changed object whole, removed ids as u64) still decodes and applies.
+    #[test]
+    fn version_1_diffs_are_still_read() {
+        let s = state(10);
+        let mut next = state(20);
+        next.shards[0].objects.remove(1);
+        next.shards[1].objects[0].pos.x += 1;
+        let mut p = Vec::new();
+        put_shard_count(&mut p, next.shards.len());
+        for (i, n) in next.shards.iter().enumerate() {
+            put_u16(&mut p, n.index);
+            put_u64(&mut p, n.rng_state);
+            put_u64(&mut p, n.last_npc_id);
+            put_spawners(&mut p, &n.spawners);
+            put_mail(&mut p, &n.mail);
+            let removed: Vec<u64> = s.shards[i]
+                .objects
+                .iter()
+                .filter(|o| !n.objects.iter().any(|x| x.obj.id == o.obj.id))
+                .map(|o| o.obj.id)
+                .collect();
+            put_len(&mut p, removed.len());
+            removed.iter().for_each(|&id| put_u64(&mut p, id));
+            let up: Vec<&ObjectRecord> = n.objects.iter().filter(|x| !s.shards[i].objects.contains(x)).collect();
+            put_len(&mut p, up.len());
+            up.iter().for_each(|o| put_object(&mut p, o));
+        }
+        let meta = SnapshotMeta {
+            format_version: 1,
+            kind: SnapshotKind::Diff,
+            zone_digest: [1; 32],
+            tick: 20,
+            base_tick: 10,
+            seed: 99,
+        };
+        let snap = decode(&assemble(&meta, &p)).unwrap();
+        assert_eq!(snap.meta.format_version, 1);
+        let SnapshotBody::Diff(zd) = snap.body else { panic!("not a diff") };
+        assert!(zd.shards.iter().all(|s| s.changed.is_empty()));
+        assert_eq!(apply_diff(&s, &zd).unwrap(), next);
+    }
+
+    #[test]
+    fn a_patch_without_its_base_object_is_refused() {
+        let s = state(10);
+        let mut next = state(20);
+        next.shards[1].objects[0].pos.x += 1;
+        let mut d = diff(&s, &next);
+        let mut other = s.clone();
+        other.shards[1].objects.remove(0);
+        assert!(matches!(
+            apply_diff(&other, &d),
+            Err(SnapshotError::DiffDoesNotFit { shard: 1, id: 3, .. })
+        ));
+        // NPC fields patched onto a player.
+        d.shards[1].changed[0].id = next.shards[1].objects[2].obj.id;
+        d.shards[1].changed[0].rng_steps = Some(1);
+        assert!(matches!(apply_diff(&s, &d), Err(SnapshotError::DiffDoesNotFit { shard: 1, .. })));
     }
 
     #[test]

@@ -158,9 +158,10 @@ fn describe(name: &str, s: &zone_persistence::snapshot::Snapshot, bytes: usize) 
         }
         SnapshotBody::Diff(d) => {
             let up: usize = d.shards.iter().map(|s| s.upserted.len()).sum();
+            let ch: usize = d.shards.iter().map(|s| s.changed.len()).sum();
             let rm: usize = d.shards.iter().map(|s| s.removed.len()).sum();
             say!(
-                "  diff from tick {} to {}: {up} objects created or changed, {rm} removed",
+                "  diff from tick {} to {}: {up} objects written whole (new), {ch} changed field by field, {rm} removed",
                 d.base_tick,
                 d.tick
             );
