@@ -122,6 +122,11 @@ fn probe_tcp(what: &str, var: &str, url: &str, default_port: u16) -> Option<Stri
     let mut last = String::from("no address");
     for a in addrs {
         match TcpStream::connect_timeout(&a, PROBE_TIMEOUT) {
+            // A connect to a closed local port in the ephemeral range can be given that very
+            // port as its source and "succeed" by connecting to itself: nothing listens there.
+            Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+                last = "connection refused (the connect reached itself; nothing listens)".into()
+            }
             Ok(_) => return None,
             Err(e) => last = e.to_string(),
         }
