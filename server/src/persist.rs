@@ -1,10 +1,16 @@
 //! The persistence worker: snapshots and game events, written off the tick thread.
 //!
-//! The tick thread captures the zone's state (a copy, measured as
-//! `zone_snapshot_capture_duration_seconds`) and offers it with [`Persister::offer_snapshot`]; if
-//! the worker is still busy with the previous one the new one is skipped and counted, so the tick
-//! never waits. The worker thread runs a small tokio runtime and does everything slow: encoding,
-//! compression, and writing to the stores.
+//! The tick thread captures what changed in the zone since its previous capture
+//! ([`zone_sim::Zone::capture_changes`], measured as `zone_snapshot_capture_duration_seconds`)
+//! and offers it with [`Persister::offer_snapshot`]. The worker applies every capture, in order,
+//! to its [`ZoneMirror`], a whole copy of the zone kept on the worker's thread, and encodes the
+//! mirror's state. Captures queue (up to [`SNAPSHOT_QUEUE_MAX`]) while the worker is busy
+//! writing; it then applies them all and writes only the newest (the others are counted as
+//! skipped). When the queue is full the capture is dropped and counted, the tick never waits,
+//! and the tick thread makes its next capture whole ([`zone_sim::Zone::reset_capture`]); a
+//! mirror that cannot apply a capture asks for a whole one the same way
+//! ([`Persister::resync_wanted`]). The worker thread runs a small tokio runtime and does
+//! everything slow: applying, encoding, compression, and writing to the stores.
 //!
 //! Where snapshots go:
 //! - **hot**: Redis when configured and its breaker lets calls through; otherwise (not configured,
@@ -31,10 +37,11 @@ use zone_persistence::breaker::{Breaker, BreakerConfig, BreakerState, Transition
 use zone_persistence::events::{EventQueue, GameEvent};
 use zone_persistence::snapshot::{SnapshotKind, SnapshotMeta, decode_meta, encode_diff, encode_full};
 use zone_persistence::store::{FileStore, PostgresStore, RedisStore, SnapshotStore};
-use zone_sim::ZoneState;
+use zone_sim::{ZoneCapture, ZoneMirror, ZoneState};
 
-/// Snapshot jobs waiting for the worker (one in progress plus one queued).
-pub const SNAPSHOT_QUEUE_MAX: usize = 1;
+/// Captures waiting for the worker: a capture a second, so about this many seconds of a slow
+/// store before one is dropped (and the next capture is whole).
+pub const SNAPSHOT_QUEUE_MAX: usize = 16;
 /// Event batches waiting for the worker.
 pub const EVENT_BATCHES_MAX: usize = 1024;
 /// Events written to PostgreSQL per insert.
@@ -70,7 +77,7 @@ impl std::fmt::Debug for SnapshotObserver {
 
 enum Job {
     Snapshot {
-        state: ZoneState,
+        capture: ZoneCapture,
         full: bool,
         cold: bool,
     },
@@ -84,8 +91,12 @@ enum Job {
 
 #[derive(Debug, Default)]
 pub struct PersistCounters {
-    /// Snapshots the tick thread skipped because the worker was busy (shown in `/status`).
+    /// Snapshots not written: dropped because the queue was full, or applied to the mirror but
+    /// not written because a newer one was waiting (shown in `/status`).
     pub snapshots_skipped: AtomicU64,
+    /// Set by the worker when its mirror could not apply a capture; the tick thread then makes
+    /// the next capture whole.
+    pub resync: std::sync::atomic::AtomicBool,
     /// What `/status` shows under `snapshot`.
     pub status: std::sync::Mutex<SnapshotStatus>,
 }
@@ -144,10 +155,11 @@ impl Persister {
         })
     }
 
-    /// Offers a snapshot; skipped (and counted) if the worker is still busy. Never blocks.
-    pub fn offer_snapshot(&self, state: ZoneState, full: bool, cold: bool) -> bool {
+    /// Offers a capture; dropped (and counted) if the queue is full. Never blocks. `false` means
+    /// the capture is lost: the caller must make its next capture whole.
+    pub fn offer_snapshot(&self, capture: ZoneCapture, full: bool, cold: bool) -> bool {
         let Some(tx) = &self.snap_tx else { return false };
-        match tx.try_send(Job::Snapshot { state, full, cold }) {
+        match tx.try_send(Job::Snapshot { capture, full, cold }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
@@ -155,6 +167,11 @@ impl Persister {
                 false
             }
         }
+    }
+
+    /// Whether the worker wants the next capture whole (its mirror refused one). Clears the wish.
+    pub fn resync_wanted(&self) -> bool {
+        self.counters.resync.swap(false, Ordering::Relaxed)
     }
 
     /// Hands over player events. Never blocks; a full channel drops the batch (counted).
@@ -330,6 +347,8 @@ struct Worker {
     /// hide each other's failures.
     pg_events: Backend<PostgresStore>,
     last_full: Option<ZoneState>,
+    /// The zone as the captures so far describe it.
+    mirror: ZoneMirror,
     events: EventQueue,
     counters: Arc<PersistCounters>,
     consecutive_file_failures: u32,
@@ -354,6 +373,7 @@ impl Worker {
             pg,
             pg_events,
             last_full: None,
+            mirror: ZoneMirror::new(),
             events,
             counters,
             consecutive_file_failures: 0,
@@ -379,12 +399,13 @@ impl Worker {
                 }
             }
             match snaps.recv_timeout(Duration::from_millis(100)) {
-                Ok(Job::Snapshot { state, full, cold }) => self.snapshot(state, full, cold).await,
-                Ok(Job::Final { state, done }) => {
-                    self.snapshot(state, true, self.cfg.postgres.is_some()).await;
-                    self.flush_events(Flush::All).await;
-                    let _ = done.send(());
+                Ok(Job::Snapshot { capture, full, cold }) => {
+                    let final_job = self.take_captures(capture, full, cold, &snaps).await;
+                    if let Some((state, done)) = final_job {
+                        self.final_snapshot(state, done).await;
+                    }
                 }
+                Ok(Job::Final { state, done }) => self.final_snapshot(state, done).await,
                 Ok(Job::Events(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -411,6 +432,63 @@ impl Worker {
             gauge!("zone_queue_depth", "queue" => "events").set(self.events.len() as f64);
             counter!("zone_events_dropped_total").absolute(self.events.dropped_total());
         }
+    }
+
+    /// Applies `capture` and every capture already queued behind it to the mirror, then writes
+    /// the mirror's state once. Returns a final-snapshot job found in the queue, for the caller
+    /// to run next.
+    async fn take_captures(
+        &mut self,
+        capture: ZoneCapture,
+        mut full: bool,
+        mut cold: bool,
+        snaps: &Receiver<Job>,
+    ) -> Option<(ZoneState, mpsc::Sender<()>)> {
+        let mut applied = self.apply_capture(capture);
+        let mut final_job = None;
+        while let Ok(job) = snaps.try_recv() {
+            match job {
+                Job::Snapshot { capture, full: f, cold: c } => {
+                    if applied {
+                        // Applied but never written: a newer state is already here.
+                        self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    applied = self.apply_capture(capture);
+                    full |= f;
+                    cold |= c;
+                }
+                Job::Final { state, done } => {
+                    final_job = Some((state, done));
+                    break;
+                }
+                Job::Events(_) => {}
+            }
+        }
+        if applied && let Some(state) = self.mirror.state() {
+            self.snapshot(state, full, cold).await;
+        }
+        final_job
+    }
+
+    /// Applies one capture to the mirror; on failure asks the tick thread for a whole capture.
+    /// Whether the mirror now holds the whole zone at the capture's tick.
+    fn apply_capture(&mut self, capture: ZoneCapture) -> bool {
+        let tick = capture.tick;
+        match self.mirror.apply(capture) {
+            Ok(()) => self.mirror.is_complete(),
+            Err(e) => {
+                self.counters.resync.store(true, Ordering::Relaxed);
+                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tick, error = %e, "snapshot capture could not be applied; asking for a whole capture");
+                false
+            }
+        }
+    }
+
+    async fn final_snapshot(&mut self, state: ZoneState, done: mpsc::Sender<()>) {
+        self.snapshot(state, true, self.cfg.postgres.is_some()).await;
+        self.flush_events(Flush::All).await;
+        let _ = done.send(());
     }
 
     async fn snapshot(&mut self, mut state: ZoneState, full: bool, cold: bool) {

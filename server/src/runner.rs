@@ -430,12 +430,18 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 let full = t % cfg.snapshot_full_every.max(1) == 0;
                 let cold = t % cfg.cold_snapshot_every.max(1) == 0;
                 if snapshot_due {
+                    if p.resync_wanted() {
+                        zone.reset_capture();
+                    }
                     let c0 = Instant::now();
-                    let state = zone.capture(&exec);
+                    let capture = zone.capture_changes(&exec);
                     let took = c0.elapsed();
                     capture_hist.record(took.as_secs_f64());
                     capture_samples.push(took);
-                    p.offer_snapshot(state, full, cold);
+                    if !p.offer_snapshot(capture, full, cold) {
+                        // Lost on the way: the mirror can only continue from a whole capture.
+                        zone.reset_capture();
+                    }
                 }
                 p.offer_events(player_events(&events_zone_id, run_id, &batch, &zone));
             }

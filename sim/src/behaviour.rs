@@ -162,7 +162,9 @@ pub(crate) fn npc_ai(
     let grid = &nearby.grid;
     let aggro_possible = !players.is_empty();
     for (obj, pos, mut vel, mut npc, mut due) in &mut npcs {
-        // Nothing reads bevy's change ticks on these; skipping them saves writes.
+        // `Due` is a cache nobody watches. `Vel` and `Npc` are written through
+        // `bypass_change_detection` too, but marked (`set_changed`) wherever they may change: the
+        // capture of changes (`crate::capture`) relies on it.
         let due = due.bypass_change_detection();
         if due.0 > tick && !aggro_possible {
             continue;
@@ -170,7 +172,7 @@ pub(crate) fn npc_ai(
         let k = &spec.kinds[usize::from(obj.kind)];
         let here = pos.0;
         if due.0 == 0 {
-            due.0 = due_tick(k, bounds, &*npc, here, vel.0, tick, tick);
+            due.0 = due_tick(k, bounds, &npc, here, vel.0, tick, tick);
         }
         if k.aggro_radius_mm > 0 && aggro_possible {
             let leash2 = i64::from(k.aggro_radius_mm).pow(2) * 4;
@@ -186,6 +188,8 @@ pub(crate) fn npc_ai(
                 target = grid.nearest(here, k.aggro_radius_mm);
             }
             if let Some(t) = target {
+                vel.set_changed();
+                npc.set_changed();
                 let vel = &mut vel.bypass_change_detection().0;
                 let npc = npc.bypass_change_detection();
                 npc.mind = Mind::Chase { player: t.player };
@@ -208,16 +212,20 @@ pub(crate) fn npc_ai(
                 continue;
             }
         }
+        let chasing = matches!(npc.mind, Mind::Chase { .. });
+        if !chasing && due.0 > tick {
+            continue;
+        }
+        vel.set_changed();
+        npc.set_changed();
         let vel = &mut vel.bypass_change_detection().0;
         let npc = npc.bypass_change_detection();
-        if let Mind::Chase { .. } = npc.mind {
+        if chasing {
             // Lost the player: go home (wander and idle) or resume the round (patrol), now.
             npc.mind = match k.behaviour {
                 Behaviour::Patrol => Mind::Patrol { leg: 0 },
                 Behaviour::Wander | Behaviour::Idle => Mind::Goto { to: npc.home },
             };
-        } else if due.0 > tick {
-            continue;
         }
         due.0 = decide(k, bounds, npc, here, vel, tick);
     }

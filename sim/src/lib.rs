@@ -18,6 +18,7 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod behaviour;
+pub mod capture;
 pub mod input;
 pub mod object;
 pub mod replicate;
@@ -30,6 +31,7 @@ pub mod units;
 pub mod zone;
 pub mod zone_file;
 
+pub use capture::{MirrorError, ShardCapture, ShardChanges, ZoneCapture, ZoneMirror};
 pub use input::{InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 pub use object::ObjectRecord;
 pub use replicate::Replicated;

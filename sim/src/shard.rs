@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{LogLevel, ScheduleBuildError, ScheduleBuildSettings, ScheduleLabel};
 
+use crate::capture::{ShardCapture, ShardChanges};
 use crate::input::{MOVE_AXIS_MAX, PlayerId, PlayerInput};
 use crate::object::{Body, Health, Mind, NPC_ID_SHARD_SHIFT, Npc, Obj, ObjectRecord, Player, Pos, Vel, object_hash, player_object_id};
 use crate::rng::{DetRng, fold, mix64};
@@ -222,6 +223,23 @@ impl PlayerGrid {
 #[derive(Resource, Default)]
 pub(crate) struct Leaving(Vec<Entity>);
 
+/// Ids of the objects that left the shard since its last capture of changes (see
+/// `crate::capture`). Off, and empty, until the first capture: a zone nobody captures keeps
+/// nothing here. Not part of the state or the hash.
+#[derive(Resource, Default)]
+pub(crate) struct Departed {
+    on: bool,
+    ids: Vec<u64>,
+}
+
+impl Departed {
+    fn note(&mut self, id: u64) {
+        if self.on {
+            self.ids.push(id);
+        }
+    }
+}
+
 #[derive(Resource)]
 pub(crate) struct Spawners(pub Vec<SpawnerState>);
 
@@ -244,6 +262,15 @@ type HashQuery = (
     Option<&'static Npc>,
     Option<&'static Player>,
 );
+/// What [`Shard::capture_changes`] reads: the components with their change ticks.
+type ChangeQuery = (
+    &'static Obj,
+    Ref<'static, Pos>,
+    Ref<'static, Vel>,
+    Ref<'static, Health>,
+    Option<Ref<'static, Npc>>,
+    Option<Ref<'static, Player>>,
+);
 type RecordQuery = (
     Entity,
     &'static Obj,
@@ -263,6 +290,9 @@ pub struct Shard {
     npc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Npc)>,
     pc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Player)>,
     player_query: QueryState<(&'static Pos, &'static Player)>,
+    change_query: QueryState<ChangeQuery>,
+    /// The bevy change tick of this shard's last capture (`None`: the next one is whole).
+    captured_at: Option<bevy_ecs::change_detection::Tick>,
 }
 
 impl Shard {
@@ -285,6 +315,7 @@ impl Shard {
         });
         world.insert_resource(Stats::default());
         world.insert_resource(Leaving::default());
+        world.insert_resource(Departed::default());
         world.insert_resource(crate::replicate::Replica::default());
 
         let mut schedule = checked_schedule();
@@ -310,6 +341,7 @@ impl Shard {
         let npc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Npc)>();
         let pc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Player)>();
         let player_query = world.query::<(&Pos, &Player)>();
+        let change_query = world.query::<ChangeQuery>();
         Ok(Shard {
             index: index as u16,
             world,
@@ -318,6 +350,8 @@ impl Shard {
             npc_query,
             pc_query,
             player_query,
+            change_query,
+            captured_at: None,
         })
     }
 
@@ -471,6 +505,64 @@ impl Shard {
 
     /// Copies the shard's whole state out (cheap: a pass over the objects and a few small lists).
     pub fn capture(&mut self) -> ShardState {
+        ShardState {
+            objects: self.objects_unsorted(),
+            ..self.capture_small()
+        }
+    }
+
+    /// Copies what changed since this shard's previous capture (see `crate::capture`); the first
+    /// capture, and the first after [`Shard::reset_capture`], is whole. Reads only: the
+    /// simulation and its hash are unaffected.
+    pub fn capture_changes(&mut self) -> ShardCapture {
+        // A fresh tick: everything written before it is older, everything after is newer.
+        let now = self.world.increment_change_tick();
+        let Some(since) = self.captured_at.replace(now) else {
+            let mut departed = self.world.resource_mut::<Departed>();
+            departed.on = true;
+            departed.ids.clear();
+            return ShardCapture::Full(self.capture());
+        };
+        let departed = std::mem::take(&mut self.world.resource_mut::<Departed>().ids);
+        let ShardState {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+            ..
+        } = self.capture_small();
+        let mut records = Vec::new();
+        let mut moved = Vec::new();
+        for (o, p, v, h, n, pl) in self.change_query.iter(&self.world) {
+            let body_changed =
+                n.as_ref().is_some_and(|n| n.is_changed_after(since)) || pl.as_ref().is_some_and(|pl| pl.is_changed_after(since));
+            if p.is_added_after(since) || v.is_changed_after(since) || h.is_changed_after(since) || body_changed {
+                records.push(record(o, &p, &v, &h, n.as_deref(), pl.as_deref()));
+            } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
+                // `movement` moves objects with a velocity without marking them.
+                moved.push((o.id, p.0));
+            }
+        }
+        ShardCapture::Changes(ShardChanges {
+            index,
+            rng_state,
+            last_npc_id,
+            spawners,
+            mail,
+            departed,
+            records,
+            moved,
+        })
+    }
+
+    /// Makes the next [`Shard::capture_changes`] whole (a capture was lost on the way).
+    pub fn reset_capture(&mut self) {
+        self.captured_at = None;
+    }
+
+    /// The shard's small state, without objects.
+    fn capture_small(&self) -> ShardState {
         let spawners = self
             .world
             .resource::<Spawners>()
@@ -490,7 +582,7 @@ impl Shard {
             last_npc_id: self.world.resource::<IdAlloc>().next,
             spawners,
             mail,
-            objects: self.objects_unsorted(),
+            objects: Vec::new(),
         }
     }
 
@@ -668,8 +760,9 @@ fn apply_joins_leaves(world: &mut World) {
             .map(|(e, p)| (p.player, e))
             .collect();
         gone.sort_unstable_by_key(|g| g.0);
-        for (_, e) in gone {
+        for (player, e) in gone {
             world.despawn(e);
+            world.resource_mut::<Departed>().note(player_object_id(player));
             n_leaves += 1;
         }
     }
@@ -801,6 +894,7 @@ fn player_attacks(
     clock: Res<Clock>,
     mut out: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
+    mut departed: ResMut<Departed>,
 ) {
     let tick = clock.tick;
     let p = &rules.0.player;
@@ -826,10 +920,11 @@ fn player_attacks(
             }
         }
         let Some((_, _, e)) = best else { continue };
-        let Ok((e, _, _, mut h, npc)) = npcs.get_mut(e) else { continue };
+        let Ok((e, o, _, mut h, npc)) = npcs.get_mut(e) else { continue };
         h.hp -= p.damage;
         if h.hp <= 0 {
             commands.entity(e).despawn();
+            departed.note(o.id);
             out.mail.push(Mail::Died { spawner: npc.spawner });
             stats.0.npc_deaths += 1;
             stats.0.despawns += 1;
@@ -900,11 +995,13 @@ fn collect_migrants(
     full: Query<RecordQuery>,
     mut out: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
+    mut departed: ResMut<Departed>,
 ) {
     for &e in &leaving.0 {
         let Ok((e, o, p, v, h, n, pl)) = full.get(e) else { continue };
         out.migrants.push(record(o, p, v, h, n, pl));
         commands.entity(e).despawn();
+        departed.note(o.id);
         stats.0.migrations_out += 1;
     }
 }

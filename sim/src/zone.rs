@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bevy_ecs::schedule::ScheduleBuildError;
 
+use crate::capture::{ShardCapture, ZoneCapture};
 use crate::input::{InputQueue, InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 use crate::object::ObjectRecord;
 use crate::rng::{fold, mix64};
@@ -200,6 +201,35 @@ impl Zone {
             tick: self.tick,
             seed: self.seed,
             shards,
+        }
+    }
+
+    /// Copies what changed since the previous capture, shards in parallel on `exec` (see
+    /// [`crate::capture`]): whole for each shard's first capture and after
+    /// [`Zone::reset_capture`]. Apply the captures, in order and all of them, to a
+    /// [`crate::ZoneMirror`] to get the [`ZoneState`] back.
+    pub fn capture_changes(&mut self, exec: &dyn ShardExecutor) -> ZoneCapture {
+        let slots: Vec<std::sync::Mutex<Option<ShardCapture>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
+        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
+            let c = s.capture_changes();
+            *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        });
+        let shards = slots
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
+            .collect();
+        ZoneCapture {
+            tick: self.tick,
+            seed: self.seed,
+            shards,
+        }
+    }
+
+    /// Makes the next [`Zone::capture_changes`] whole: call it when a capture did not reach the
+    /// mirror (dropped, or refused by it).
+    pub fn reset_capture(&mut self) {
+        for s in &mut self.shards {
+            s.reset_capture();
         }
     }
 

@@ -1,0 +1,219 @@
+//! Captures of only what changed, and the mirror that turns them back into whole states.
+//!
+//! Copying the whole zone on the tick thread for every snapshot costs a pass that copies every
+//! object (about 100 bytes each; 10 MB for the large zone). [`crate::Zone::capture_changes`]
+//! copies instead, per shard, what changed since that shard's previous capture:
+//! - the objects that arrived (spawned, joined, migrated in) or whose velocity, health or body
+//!   changed, whole;
+//! - the objects that only moved, as an id and a position (16 bytes);
+//! - the ids of the objects that left (despawned, left, migrated out);
+//! - the shard's small state (generator, id allocator, pending respawns, mail), always whole.
+//!
+//! The first capture of a shard, and the first after [`crate::Zone::reset_capture`], is whole
+//! ([`ShardCapture::Full`]). A [`ZoneMirror`] on the persistence side applies the captures in
+//! order and gives back the [`ZoneState`] a whole capture would have given, so everything
+//! downstream (encoding, diffs, stores) is unchanged. Captures must reach the mirror in order and
+//! none may be lost: whoever drops one calls [`crate::Zone::reset_capture`] so that the next is
+//! whole, and a mirror that finds a capture it cannot apply says so ([`MirrorError`]) and wants a
+//! whole one too.
+//!
+//! How changes are found: bevy_ecs change ticks on `Vel`, `Health`, `Npc` and `Player` (the
+//! systems that write them mark them, including `npc_ai`, which bypasses detection for speed and
+//! marks explicitly when it decides), and "added" ticks for arrivals. Positions are the
+//! exception: `movement` writes them every tick without marking, so an object's position counts
+//! as changed when its velocity is not zero or changed since the last capture (`movement` only
+//! writes positions of objects with a velocity; every other writer marks). Departures are noted by
+//! the three places that despawn. Nothing here alters the simulation or its hash.
+//!
+//! This module never does IO and never iterates a hash map.
+
+use std::collections::BTreeMap;
+
+use crate::object::ObjectRecord;
+use crate::shard::Mail;
+use crate::state::{ShardState, SpawnerPending, ZoneState};
+use crate::units::Vec2;
+
+/// What one shard's capture holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardCapture {
+    /// The whole shard (a first capture, or after a reset).
+    Full(ShardState),
+    /// What changed since the previous capture of this shard.
+    Changes(ShardChanges),
+}
+
+/// What changed in one shard since its previous capture.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardChanges {
+    pub index: u16,
+    pub rng_state: u64,
+    pub last_npc_id: u64,
+    pub spawners: Vec<SpawnerPending>,
+    pub mail: Vec<Mail>,
+    /// Ids of objects that left this shard (in the order they left; an id may also be in
+    /// `records` if the object came back, or be unknown to the mirror if it arrived and left
+    /// between two captures).
+    pub departed: Vec<u64>,
+    /// Objects that arrived or changed beyond their position, whole (storage order).
+    pub records: Vec<ObjectRecord>,
+    /// Objects that only moved: id and new position (storage order).
+    pub moved: Vec<(u64, Vec2)>,
+}
+
+/// A capture of the whole zone at the end of `tick`: each shard whole or as changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneCapture {
+    pub tick: u64,
+    pub seed: u64,
+    pub shards: Vec<ShardCapture>,
+}
+
+impl ZoneCapture {
+    /// Whether every shard is whole (a capture a fresh mirror can start from).
+    pub fn is_full(&self) -> bool {
+        self.shards.iter().all(|s| matches!(s, ShardCapture::Full(_)))
+    }
+
+    /// Objects copied whole plus objects copied as a position: what this capture cost to copy.
+    pub fn copied(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(r, m), s| match s {
+            ShardCapture::Full(st) => (r + st.objects.len(), m),
+            ShardCapture::Changes(c) => (r + c.records.len(), m + c.moved.len()),
+        })
+    }
+}
+
+/// A capture the mirror cannot apply: the next capture must be whole.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MirrorError {
+    #[error("the mirror has no state for shard {shard} yet, and the capture holds only changes")]
+    NoBase { shard: usize },
+    #[error("the capture has {got} shards but the mirror has {expected}")]
+    ShardCount { expected: usize, got: usize },
+    #[error("shard {shard}: object {id} moved but the mirror does not hold it")]
+    UnknownObject { shard: usize, id: u64 },
+}
+
+/// One shard as the mirror holds it: objects by id.
+#[derive(Clone, Debug, Default)]
+struct MirrorShard {
+    index: u16,
+    rng_state: u64,
+    last_npc_id: u64,
+    spawners: Vec<SpawnerPending>,
+    mail: Vec<Mail>,
+    objects: BTreeMap<u64, ObjectRecord>,
+}
+
+/// The zone's state rebuilt from captures, kept off the tick thread (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct ZoneMirror {
+    tick: u64,
+    seed: u64,
+    /// `None` until the shard's first whole capture.
+    shards: Vec<Option<MirrorShard>>,
+}
+
+impl ZoneMirror {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `capture`. On an error the mirror keeps what it had for the shards before the one
+    /// that failed, forgets that shard and those after it, and needs whole captures of them.
+    pub fn apply(&mut self, capture: ZoneCapture) -> Result<(), MirrorError> {
+        if self.shards.len() != capture.shards.len() {
+            if !capture.is_full() && !self.shards.is_empty() {
+                let expected = self.shards.len();
+                self.shards.clear();
+                return Err(MirrorError::ShardCount {
+                    expected,
+                    got: capture.shards.len(),
+                });
+            }
+            self.shards = vec![None; capture.shards.len()];
+        }
+        self.tick = capture.tick;
+        self.seed = capture.seed;
+        for (i, shard) in capture.shards.into_iter().enumerate() {
+            if let Err(e) = self.apply_shard(i, shard) {
+                for s in &mut self.shards[i..] {
+                    *s = None;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_shard(&mut self, i: usize, capture: ShardCapture) -> Result<(), MirrorError> {
+        match capture {
+            ShardCapture::Full(st) => {
+                self.shards[i] = Some(MirrorShard {
+                    index: st.index,
+                    rng_state: st.rng_state,
+                    last_npc_id: st.last_npc_id,
+                    spawners: st.spawners,
+                    mail: st.mail,
+                    objects: st.objects.into_iter().map(|r| (r.obj.id, r)).collect(),
+                });
+            }
+            ShardCapture::Changes(c) => {
+                let Some(m) = self.shards[i].as_mut() else {
+                    return Err(MirrorError::NoBase { shard: i });
+                };
+                m.index = c.index;
+                m.rng_state = c.rng_state;
+                m.last_npc_id = c.last_npc_id;
+                m.spawners = c.spawners;
+                m.mail = c.mail;
+                for id in c.departed {
+                    m.objects.remove(&id);
+                }
+                for r in c.records {
+                    m.objects.insert(r.obj.id, r);
+                }
+                for (id, pos) in c.moved {
+                    let Some(r) = m.objects.get_mut(&id) else {
+                        return Err(MirrorError::UnknownObject { shard: i, id });
+                    };
+                    r.pos = pos;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every shard has a state (the mirror can give a whole zone).
+    pub fn is_complete(&self) -> bool {
+        !self.shards.is_empty() && self.shards.iter().all(Option::is_some)
+    }
+
+    /// The zone as a whole capture would have given it, normalized (objects sorted by id).
+    /// `None` until [`ZoneMirror::is_complete`].
+    pub fn state(&self) -> Option<ZoneState> {
+        let shards = self
+            .shards
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|m| ShardState {
+                    index: m.index,
+                    rng_state: m.rng_state,
+                    last_npc_id: m.last_npc_id,
+                    spawners: m.spawners.clone(),
+                    mail: m.mail.clone(),
+                    objects: m.objects.values().copied().collect(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        if shards.is_empty() {
+            return None;
+        }
+        Some(ZoneState {
+            tick: self.tick,
+            seed: self.seed,
+            shards,
+        })
+    }
+}
