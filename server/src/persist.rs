@@ -725,3 +725,81 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use zone_sim::{Serial, Zone, ZoneSpec};
+
+    use super::*;
+
+    // A test harness: it may read the zone file.
+    #[allow(clippy::disallowed_methods)]
+    fn demo_zone() -> Zone {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/demo.toml");
+        let text = std::fs::read_to_string(path).expect("assets/zones/demo.toml");
+        Zone::new(Arc::new(ZoneSpec::from_toml_str(path, &text).expect("demo.toml")), 4).expect("zone")
+    }
+
+    fn start(dir: &std::path::Path, seen: Arc<Mutex<Vec<ZoneState>>>) -> Persister {
+        let cfg = PersistConfig {
+            data_dir: dir.to_path_buf(),
+            keep_full: 2,
+            redis: None,
+            postgres: None,
+            instance: "test".into(),
+            redis_ttl: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+            event_queue: 10,
+            observer: Some(SnapshotObserver(Arc::new(move |s: &ZoneState| {
+                seen.lock().unwrap().push(s.clone())
+            }))),
+            journal_notes: None,
+        };
+        Persister::start(cfg, [7; 32], 4).expect("persister")
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_worker_writes_what_a_whole_capture_holds_and_asks_for_one_when_it_lacks_a_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let p = start(dir.path(), seen.clone());
+        let mut zone = demo_zone();
+        zone.step(&Serial);
+        // The worker never saw this whole capture: the changes after it cannot be applied.
+        drop(zone.capture_changes(&Serial));
+        zone.step(&Serial);
+        assert!(p.offer_snapshot(zone.capture_changes(&Serial), true, false));
+        wait_for("the worker to ask for a whole capture", || {
+            p.counters.resync.load(Ordering::Relaxed)
+        });
+        assert!(p.resync_wanted());
+        assert!(!p.resync_wanted(), "asking clears the wish");
+        assert!(seen.lock().unwrap().is_empty(), "nothing is written without a base");
+
+        zone.reset_capture();
+        for i in 0..5 {
+            for _ in 0..30 {
+                zone.step(&Serial);
+            }
+            assert!(p.offer_snapshot(zone.capture_changes(&Serial), i == 0, false));
+        }
+        let mut want = zone.capture(&Serial);
+        want.normalize();
+        wait_for("the last snapshot", || {
+            seen.lock().unwrap().last().is_some_and(|s| s.tick == want.tick)
+        });
+        assert_eq!(seen.lock().unwrap().last(), Some(&want));
+        p.finish();
+    }
+}
