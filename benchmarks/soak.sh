@@ -45,7 +45,9 @@ INSTANCE=soak-$(date -u +%Y%m%d%H%M%S)-$$
 secs() { python3 -c 'import re,sys; m=re.fullmatch(r"([0-9.]+)(ms|s|m|h)?", sys.argv[1]); v=float(m[1]); print(int(v*{None:1,"s":1,"m":60,"h":3600,"ms":0.001}[m[2]]))' "$1"; }
 RUN_S=$(secs "$DURATION")
 
-echo "# soak: $BOTS bots for ${RUN_S}s; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, commit $(git rev-parse --short HEAD), $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
+# The checkout's commit when the run starts (with BIN, the binaries may be older: say so in the write-up).
+COMMIT=$(git rev-parse --short HEAD)
+echo "# soak: $BOTS bots for ${RUN_S}s; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, commit $COMMIT, $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
 
 $BIN/zone-server --zone assets/zones/demo.toml --bind 127.0.0.1:$PORT --admin $ADMIN --threads 2 \
   --persistence on --data-dir "$DATA" --redis "$REDIS_URL" --postgres "$DATABASE_URL" --instance "$INSTANCE" \
@@ -175,7 +177,7 @@ if command -v gnuplot >/dev/null; then
 set datafile separator ","
 set terminal pngcairo size 1200,900 noenhanced
 set output "$OUT/soak.png"
-set multiplot layout 3,1 title "zone-server soak: $BOTS bots, demo zone, Redis + PostgreSQL + journal ($(git rev-parse --short HEAD))"
+set multiplot layout 3,1 title "zone-server soak: $BOTS bots, demo zone, Redis + PostgreSQL + journal ($COMMIT)"
 set key outside right
 set xlabel "minute"
 set ylabel "RSS (MiB)"
