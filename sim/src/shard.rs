@@ -262,14 +262,14 @@ type HashQuery = (
     Option<&'static Npc>,
     Option<&'static Player>,
 );
-/// What [`Shard::capture_changes`] reads: the components with their change ticks.
-type ChangeQuery = (
+/// What [`Shard::capture_changes`] reads: an object's components with their change ticks, `B`
+/// being its body (`Npc` or `Player`; one query each, so that no object pays for an `Option`).
+type ChangeQuery<B> = (
     &'static Obj,
     Ref<'static, Pos>,
     Ref<'static, Vel>,
     Ref<'static, Health>,
-    Option<Ref<'static, Npc>>,
-    Option<Ref<'static, Player>>,
+    Ref<'static, B>,
 );
 type RecordQuery = (
     Entity,
@@ -290,9 +290,13 @@ pub struct Shard {
     npc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Npc)>,
     pc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Player)>,
     player_query: QueryState<(&'static Pos, &'static Player)>,
-    change_query: QueryState<ChangeQuery>,
+    npc_changes: QueryState<ChangeQuery<Npc>>,
+    pc_changes: QueryState<ChangeQuery<Player>>,
     /// The bevy change tick of this shard's last capture (`None`: the next one is whole).
     captured_at: Option<bevy_ecs::change_detection::Tick>,
+    /// How many whole records and positions the last capture of changes copied: the next one
+    /// reserves about as much, so that it does not grow its lists on the tick thread.
+    captured_sizes: (usize, usize),
 }
 
 impl Shard {
@@ -341,7 +345,8 @@ impl Shard {
         let npc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Npc)>();
         let pc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Player)>();
         let player_query = world.query::<(&Pos, &Player)>();
-        let change_query = world.query::<ChangeQuery>();
+        let npc_changes = world.query::<ChangeQuery<Npc>>();
+        let pc_changes = world.query::<ChangeQuery<Player>>();
         Ok(Shard {
             index: index as u16,
             world,
@@ -350,8 +355,10 @@ impl Shard {
             npc_query,
             pc_query,
             player_query,
-            change_query,
+            npc_changes,
+            pc_changes,
             captured_at: None,
+            captured_sizes: (0, 0),
         })
     }
 
@@ -532,18 +539,38 @@ impl Shard {
             mail,
             ..
         } = self.capture_small();
-        let mut records = Vec::new();
-        let mut moved = Vec::new();
-        for (o, p, v, h, n, pl) in self.change_query.iter(&self.world) {
-            let body_changed =
-                n.as_ref().is_some_and(|n| n.is_changed_after(since)) || pl.as_ref().is_some_and(|pl| pl.is_changed_after(since));
-            if p.is_added_after(since) || v.is_changed_after(since) || h.is_changed_after(since) || body_changed {
-                records.push(record(o, &p, &v, &h, n.as_deref(), pl.as_deref()));
+        let reserve = |n: usize| n + n / 4 + 16;
+        let mut records = Vec::with_capacity(reserve(self.captured_sizes.0));
+        let mut moved = Vec::with_capacity(reserve(self.captured_sizes.1));
+        for (o, p, v, h, n) in self.npc_changes.iter(&self.world) {
+            // `|`, not `||`: every tick is read anyway, and a branch per test costs more.
+            if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | n.is_changed_after(since) {
+                records.push(ObjectRecord {
+                    obj: *o,
+                    pos: p.0,
+                    vel: v.0,
+                    health: *h,
+                    body: Body::Npc(*n),
+                });
             } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
                 // `movement` moves objects with a velocity without marking them.
                 moved.push((o.id, p.0));
             }
         }
+        for (o, p, v, h, pl) in self.pc_changes.iter(&self.world) {
+            if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | pl.is_changed_after(since) {
+                records.push(ObjectRecord {
+                    obj: *o,
+                    pos: p.0,
+                    vel: v.0,
+                    health: *h,
+                    body: Body::Player(*pl),
+                });
+            } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
+                moved.push((o.id, p.0));
+            }
+        }
+        self.captured_sizes = (records.len(), moved.len());
         ShardCapture::Changes(ShardChanges {
             index,
             rng_state,

@@ -1,0 +1,99 @@
+//! Snapshot capture cost on the large zone (100,000 NPCs, 16 shards), serially: a whole capture
+//! (`Zone::capture`) against a capture of changes only (`Zone::capture_changes`), both taken
+//! every 60 ticks (a second of zone time, the server's diff cadence) after a 120-tick warm-up,
+//! in alternating order. Prints p50/p99/max of each and what the captures copied.
+//!
+//! Run: `cargo run --release -p zone-sim --example capture_large -- 60 2` (the number of captures,
+//! then the threads the captures run on: 1, or 2 for the shards split in two halves, each on a
+//! thread of its own, as the server's pool of two does).
+//! With `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='capture_large::whole'`
+//! (or `'capture_large::changes'`) it counts the instructions of one kind alone.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zone_sim::{Phase, Serial, Shard, ShardExecutor, Zone, ZoneCapture, ZoneSpec, ZoneState};
+
+/// Two threads, half the shards each (threads started per call: a harness, not the server's pool).
+struct Halves;
+
+impl ShardExecutor for Halves {
+    fn run(&self, _phase: Phase, shards: &mut [Shard], f: &(dyn Fn(&mut Shard) + Sync)) {
+        let (a, b) = shards.split_at_mut(shards.len() / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| a.iter_mut().for_each(f));
+            b.iter_mut().for_each(f);
+        });
+    }
+}
+
+// A harness, not the simulation: it may read the zone file and the clock.
+#[allow(clippy::disallowed_methods)]
+fn main() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/large.toml");
+    let text = std::fs::read_to_string(path).expect("assets/zones/large.toml");
+    let spec = Arc::new(ZoneSpec::from_toml_str(path, &text).expect("large.toml is valid"));
+    let n: usize = std::env::args().nth(1).map_or(60, |a| a.parse().expect("N: a number of captures"));
+    let threads: usize = std::env::args().nth(2).map_or(1, |a| a.parse().expect("threads: 1 or 2"));
+    let exec: &dyn ShardExecutor = if threads == 2 { &Halves } else { &Serial };
+    let mut zone = Zone::new(spec, 1).expect("zone");
+    for _ in 0..120 {
+        zone.step(&Serial);
+    }
+    // The first capture of changes is whole; take it before measuring, as a server does at start.
+    drop(changes(&mut zone, exec));
+    let (mut tw, mut tc) = (Vec::new(), Vec::new());
+    let (mut records, mut moved) = (0, 0);
+    for i in 0..n {
+        for _ in 0..60 {
+            zone.step(&Serial);
+        }
+        let mut time_whole = |zone: &mut Zone| {
+            let t0 = Instant::now();
+            let s = whole(zone, exec);
+            tw.push(t0.elapsed());
+            drop(black_box(s));
+        };
+        if i % 2 == 0 {
+            time_whole(&mut zone);
+        }
+        let t0 = Instant::now();
+        let c = changes(&mut zone, exec);
+        tc.push(t0.elapsed());
+        let (r, m) = c.copied();
+        records += r;
+        moved += m;
+        drop(black_box(c));
+        if i % 2 == 1 {
+            time_whole(&mut zone);
+        }
+    }
+    let objects = zone.object_count();
+    println!("large zone, {n} captures a second apart, {threads} thread(s), {objects} objects");
+    println!("whole:   {}", summary(&mut tw));
+    println!("changes: {}", summary(&mut tc));
+    println!(
+        "changes copied per capture: {:.0} whole records + {:.0} positions ({:.1}% and {:.1}% of the objects)",
+        records as f64 / n as f64,
+        moved as f64 / n as f64,
+        100.0 * records as f64 / n as f64 / objects as f64,
+        100.0 * moved as f64 / n as f64 / objects as f64
+    );
+}
+
+#[inline(never)]
+fn whole(zone: &mut Zone, exec: &dyn ShardExecutor) -> ZoneState {
+    zone.capture(exec)
+}
+
+#[inline(never)]
+fn changes(zone: &mut Zone, exec: &dyn ShardExecutor) -> ZoneCapture {
+    zone.capture_changes(exec)
+}
+
+fn summary(t: &mut [Duration]) -> String {
+    t.sort_unstable();
+    let q = |p: f64| t[((t.len() - 1) as f64 * p).round() as usize].as_micros();
+    format!("p50 {} us, p99 {} us, max {} us ({} samples)", q(0.5), q(0.99), q(1.0), t.len())
+}
