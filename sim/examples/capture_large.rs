@@ -8,6 +8,8 @@
 //! thread of its own, as the server's pool of two does).
 //! With `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='capture_large::whole'`
 //! (or `'capture_large::changes'`) it counts the instructions of one kind alone.
+// A harness, not the simulation: it reads the zone file and the clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,8 +30,6 @@ impl ShardExecutor for Halves {
     }
 }
 
-// A harness, not the simulation: it may read the zone file and the clock.
-#[allow(clippy::disallowed_methods)]
 fn main() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/large.toml");
     let text = std::fs::read_to_string(path).expect("assets/zones/large.toml");

@@ -542,34 +542,8 @@ impl Shard {
         let reserve = |n: usize| n + n / 4 + 16;
         let mut records = Vec::with_capacity(reserve(self.captured_sizes.0));
         let mut moved = Vec::with_capacity(reserve(self.captured_sizes.1));
-        for (o, p, v, h, n) in self.npc_changes.iter(&self.world) {
-            // `|`, not `||`: every tick is read anyway, and a branch per test costs more.
-            if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | n.is_changed_after(since) {
-                records.push(ObjectRecord {
-                    obj: *o,
-                    pos: p.0,
-                    vel: v.0,
-                    health: *h,
-                    body: Body::Npc(*n),
-                });
-            } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
-                // `movement` moves objects with a velocity without marking them.
-                moved.push((o.id, p.0));
-            }
-        }
-        for (o, p, v, h, pl) in self.pc_changes.iter(&self.world) {
-            if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | pl.is_changed_after(since) {
-                records.push(ObjectRecord {
-                    obj: *o,
-                    pos: p.0,
-                    vel: v.0,
-                    health: *h,
-                    body: Body::Player(*pl),
-                });
-            } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
-                moved.push((o.id, p.0));
-            }
-        }
+        collect_changes(&mut self.npc_changes, &self.world, since, Body::Npc, &mut records, &mut moved);
+        collect_changes(&mut self.pc_changes, &self.world, since, Body::Player, &mut records, &mut moved);
         self.captured_sizes = (records.len(), moved.len());
         ShardCapture::Changes(ShardChanges {
             index,
@@ -714,6 +688,33 @@ impl Shard {
     /// stages, and for tests.
     pub fn world_mut(&mut self) -> &mut World {
         &mut self.world
+    }
+}
+
+/// Sorts the objects of one body type into those to copy whole (arrived, or velocity, health or
+/// body changed since `since`) and those that only moved (see `crate::capture`).
+fn collect_changes<B: Component + Copy>(
+    query: &mut QueryState<ChangeQuery<B>>,
+    world: &World,
+    since: bevy_ecs::change_detection::Tick,
+    body: impl Fn(B) -> Body,
+    records: &mut Vec<ObjectRecord>,
+    moved: &mut Vec<(u64, Vec2)>,
+) {
+    for (o, p, v, h, b) in query.iter(world) {
+        // `|`, not `||`: every tick is read anyway, and a branch per test costs more.
+        if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | b.is_changed_after(since) {
+            records.push(ObjectRecord {
+                obj: *o,
+                pos: p.0,
+                vel: v.0,
+                health: *h,
+                body: body(*b),
+            });
+        } else if v.0 != Vec2::ZERO || p.is_changed_after(since) {
+            // `movement` moves objects with a velocity without marking them.
+            moved.push((o.id, p.0));
+        }
     }
 }
 

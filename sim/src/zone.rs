@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use bevy_ecs::schedule::ScheduleBuildError;
 
-use crate::capture::{ShardCapture, ZoneCapture};
+use crate::capture::ZoneCapture;
 use crate::input::{InputQueue, InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 use crate::object::ObjectRecord;
 use crate::rng::{fold, mix64};
 use crate::shard::{Mail, PlayerView, Shard, SpawnerState, player_spawn_point};
-use crate::state::{RestoreError, ShardState, ZoneState};
+use crate::state::{RestoreError, ZoneState};
 use crate::stats::ShardStats;
 use crate::zone_file::ZoneSpec;
 
@@ -188,19 +188,10 @@ impl Zone {
     /// Copies the whole state out, shards in parallel on `exec`. Cheap enough for the tick thread;
     /// encoding it is not (do that elsewhere).
     pub fn capture(&mut self, exec: &dyn ShardExecutor) -> ZoneState {
-        let slots: Vec<std::sync::Mutex<Option<ShardState>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
-        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
-            let st = s.capture();
-            *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
-        });
-        let shards = slots
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
-            .collect();
         ZoneState {
             tick: self.tick,
             seed: self.seed,
-            shards,
+            shards: self.capture_each(exec, Shard::capture),
         }
     }
 
@@ -209,20 +200,24 @@ impl Zone {
     /// [`Zone::reset_capture`]. Apply the captures, in order and all of them, to a
     /// [`crate::ZoneMirror`] to get the [`ZoneState`] back.
     pub fn capture_changes(&mut self, exec: &dyn ShardExecutor) -> ZoneCapture {
-        let slots: Vec<std::sync::Mutex<Option<ShardCapture>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
-        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
-            let c = s.capture_changes();
-            *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-        });
-        let shards = slots
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
-            .collect();
         ZoneCapture {
             tick: self.tick,
             seed: self.seed,
-            shards,
+            shards: self.capture_each(exec, Shard::capture_changes),
         }
+    }
+
+    /// Runs `capture` on every shard (in parallel on `exec`); the results in shard order.
+    fn capture_each<T: Send>(&mut self, exec: &dyn ShardExecutor, capture: fn(&mut Shard) -> T) -> Vec<T> {
+        let slots: Vec<std::sync::Mutex<Option<T>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
+        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
+            let c = capture(s);
+            *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        });
+        slots
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
+            .collect()
     }
 
     /// Makes the next [`Zone::capture_changes`] whole: call it when a capture did not reach the
