@@ -6,8 +6,9 @@
 //! to its [`ZoneMirror`], a whole copy of the zone kept on the worker's thread, and encodes the
 //! mirror's state. Captures queue (up to [`SNAPSHOT_QUEUE_MAX`]) while the worker is busy
 //! writing; it then applies them all and writes only the newest (the others are counted as
-//! skipped). When the queue is full the capture is dropped and counted, the tick never waits,
-//! and the tick thread makes its next capture whole ([`zone_sim::Zone::reset_capture`]); a
+//! skipped). When the queue is full the tick thread does not capture at all
+//! ([`Persister::has_room`]; counted as dropped), the tick never waits, and its next capture is
+//! whole ([`zone_sim::Zone::reset_capture`]); a
 //! mirror that cannot apply a capture asks for a whole one the same way
 //! ([`Persister::resync_wanted`]). The worker thread runs a small tokio runtime and does
 //! everything slow: applying, encoding, compression, and writing to the stores.
@@ -37,7 +38,7 @@ use zone_persistence::breaker::{Breaker, BreakerConfig, BreakerState, Transition
 use zone_persistence::events::{EventQueue, GameEvent};
 use zone_persistence::snapshot::{SnapshotKind, SnapshotMeta, decode_meta, encode_diff, encode_full};
 use zone_persistence::store::{FileStore, PostgresStore, RedisStore, SnapshotStore};
-use zone_sim::{ZoneCapture, ZoneMirror, ZoneState};
+use zone_sim::{MirrorError, ZoneCapture, ZoneMirror, ZoneState};
 
 /// Captures waiting for the worker: a capture a second, so about this many seconds of a slow
 /// store before one is dropped (and the next capture is whole).
@@ -91,9 +92,12 @@ enum Job {
 
 #[derive(Debug, Default)]
 pub struct PersistCounters {
-    /// Snapshots not written: dropped because the queue was full, or applied to the mirror but
-    /// not written because a newer one was waiting (shown in `/status`).
+    /// Snapshots not written: not captured or dropped because the queue was full, refused by the
+    /// mirror, or applied to the mirror but not written because a newer one was waiting (shown
+    /// in `/status`).
     pub snapshots_skipped: AtomicU64,
+    /// Captures in the queue (exported as `zone_queue_depth{queue="snapshot"}`).
+    pub snapshots_queued: std::sync::atomic::AtomicUsize,
     /// Set by the worker when its mirror could not apply a capture; the tick thread then makes
     /// the next capture whole.
     pub resync: std::sync::atomic::AtomicBool,
@@ -159,14 +163,28 @@ impl Persister {
     /// the capture is lost: the caller must make its next capture whole.
     pub fn offer_snapshot(&self, capture: ZoneCapture, full: bool, cold: bool) -> bool {
         let Some(tx) = &self.snap_tx else { return false };
+        // Counted before the send, so that the worker never takes one off before it was counted.
+        self.counters.snapshots_queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(Job::Snapshot { capture, full, cold }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
-                counter!("zone_queue_dropped_total", "queue" => "snapshot").increment(1);
+                self.counters.snapshots_queued.fetch_sub(1, Ordering::Relaxed);
+                self.drop_snapshot();
                 false
             }
         }
+    }
+
+    /// Whether the queue has room for a capture. When it has none, the tick thread does not
+    /// capture at all ([`Persister::drop_snapshot`] instead): the capture would be dropped.
+    pub fn has_room(&self) -> bool {
+        self.snap_tx.is_some() && self.counters.snapshots_queued.load(Ordering::Relaxed) < SNAPSHOT_QUEUE_MAX
+    }
+
+    /// Counts a snapshot lost to a full queue (the caller makes its next capture whole).
+    pub fn drop_snapshot(&self) {
+        self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+        counter!("zone_queue_dropped_total", "queue" => "snapshot").increment(1);
     }
 
     /// Whether the worker wants the next capture whole (its mirror refused one). Clears the wish.
@@ -349,6 +367,9 @@ struct Worker {
     last_full: Option<ZoneState>,
     /// The zone as the captures so far describe it.
     mirror: ZoneMirror,
+    /// A whole capture was asked for and has not come yet: captures of changes are refused
+    /// quietly until it does.
+    awaiting_whole: bool,
     events: EventQueue,
     counters: Arc<PersistCounters>,
     consecutive_file_failures: u32,
@@ -374,6 +395,7 @@ impl Worker {
             pg_events,
             last_full: None,
             mirror: ZoneMirror::new(),
+            awaiting_whole: false,
             events,
             counters,
             consecutive_file_failures: 0,
@@ -400,6 +422,7 @@ impl Worker {
             }
             match snaps.recv_timeout(Duration::from_millis(100)) {
                 Ok(Job::Snapshot { capture, full, cold }) => {
+                    self.counters.snapshots_queued.fetch_sub(1, Ordering::Relaxed);
                     let final_job = self.take_captures(capture, full, cold, &snaps).await;
                     if let Some((state, done)) = final_job {
                         self.final_snapshot(state, done).await;
@@ -430,6 +453,7 @@ impl Worker {
                 last_flush = Instant::now();
             }
             gauge!("zone_queue_depth", "queue" => "events").set(self.events.len() as f64);
+            gauge!("zone_queue_depth", "queue" => "snapshot").set(self.counters.snapshots_queued.load(Ordering::Relaxed) as f64);
             counter!("zone_events_dropped_total").absolute(self.events.dropped_total());
         }
     }
@@ -449,6 +473,7 @@ impl Worker {
         while let Ok(job) = snaps.try_recv() {
             match job {
                 Job::Snapshot { capture, full: f, cold: c } => {
+                    self.counters.snapshots_queued.fetch_sub(1, Ordering::Relaxed);
                     if applied {
                         // Applied but never written: a newer state is already here.
                         self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
@@ -464,7 +489,12 @@ impl Worker {
                 Job::Events(_) => {}
             }
         }
-        if applied && let Some(state) = self.mirror.state() {
+        if final_job.is_some() {
+            // The final snapshot comes next and supersedes this one: spend no time on it.
+            if applied {
+                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if applied && let Some(state) = self.mirror.state() {
             self.snapshot(state, full, cold).await;
         }
         final_job
@@ -475,11 +505,19 @@ impl Worker {
     fn apply_capture(&mut self, capture: ZoneCapture) -> bool {
         let tick = capture.tick;
         match self.mirror.apply(capture) {
-            Ok(()) => self.mirror.is_complete(),
+            Ok(()) => {
+                let complete = self.mirror.is_complete();
+                self.awaiting_whole &= !complete;
+                complete
+            }
             Err(e) => {
-                self.counters.resync.store(true, Ordering::Relaxed);
                 self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(tick, error = %e, "snapshot capture could not be applied; asking for a whole capture");
+                // Captures of changes queued behind the one that failed fail too: ask once.
+                if !(self.awaiting_whole && matches!(e, MirrorError::NoBase { .. })) {
+                    self.awaiting_whole = true;
+                    self.counters.resync.store(true, Ordering::Relaxed);
+                    tracing::warn!(tick, error = %e, "snapshot capture could not be applied; asking for a whole capture");
+                }
                 false
             }
         }
@@ -800,6 +838,8 @@ mod tests {
             seen.lock().unwrap().last().is_some_and(|s| s.tick == want.tick)
         });
         assert_eq!(seen.lock().unwrap().last(), Some(&want));
+        wait_for("the queue to empty", || p.counters.snapshots_queued.load(Ordering::Relaxed) == 0);
+        assert!(p.has_room());
         p.finish();
     }
 }

@@ -429,7 +429,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             if let Some(p) = &persister {
                 let full = t % cfg.snapshot_full_every.max(1) == 0;
                 let cold = t % cfg.cold_snapshot_every.max(1) == 0;
-                if snapshot_due {
+                if snapshot_due && !p.has_room() {
+                    // It would be dropped: do not pay for it. The next one must be whole.
+                    p.drop_snapshot();
+                    zone.reset_capture();
+                } else if snapshot_due {
                     if p.resync_wanted() {
                         zone.reset_capture();
                     }

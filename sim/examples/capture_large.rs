@@ -36,6 +36,10 @@ fn main() {
     let spec = Arc::new(ZoneSpec::from_toml_str(path, &text).expect("large.toml is valid"));
     let n: usize = std::env::args().nth(1).map_or(60, |a| a.parse().expect("N: a number of captures"));
     let threads: usize = std::env::args().nth(2).map_or(1, |a| a.parse().expect("threads: 1 or 2"));
+    assert!(
+        n > 0 && (threads == 1 || threads == 2),
+        "usage: capture_large N (> 0) [THREADS (1 or 2)]"
+    );
     let exec: &dyn ShardExecutor = if threads == 2 { &Halves } else { &Serial };
     let mut zone = Zone::new(spec, 1).expect("zone");
     for _ in 0..120 {

@@ -5,7 +5,8 @@
 //! copies instead, per shard, what changed since that shard's previous capture:
 //! - the objects that arrived (spawned, joined, migrated in) or whose velocity, health or body
 //!   changed, whole;
-//! - the objects that only moved, as an id and a position (16 bytes);
+//! - the objects that only moved, as an id and a position (16 bytes; players never qualify: the
+//!   Input stage writes every player's velocity and attack flag every tick, so they go whole);
 //! - the ids of the objects that left (despawned, left, migrated out);
 //! - the shard's small state (generator, id allocator, pending respawns, mail), always whole.
 //!

@@ -223,6 +223,10 @@ impl PlayerGrid {
 #[derive(Resource, Default)]
 pub(crate) struct Leaving(Vec<Entity>);
 
+/// The most world ticks between two captures of changes that bevy's change ticks are trusted
+/// across (`bevy_ecs::change_detection::CHECK_TICK_THRESHOLD`, about 518 million).
+const CAPTURE_GAP_MAX: u32 = bevy_ecs::change_detection::CHECK_TICK_THRESHOLD;
+
 /// Ids of the objects that left the shard since its last capture of changes (see
 /// `crate::capture`). Off, and empty, until the first capture: a zone nobody captures keeps
 /// nothing here. Not part of the state or the hash.
@@ -524,7 +528,10 @@ impl Shard {
     pub fn capture_changes(&mut self) -> ShardCapture {
         // A fresh tick: everything written before it is older, everything after is newer.
         let now = self.world.increment_change_tick();
-        let Some(since) = self.captured_at.replace(now) else {
+        // bevy's change ticks compare correctly only within about 2^32 world ticks (weeks without
+        // a capture); past that, copy everything rather than trust them.
+        let too_old = |since: bevy_ecs::change_detection::Tick| now.get().wrapping_sub(since.get()) > CAPTURE_GAP_MAX;
+        let Some(since) = self.captured_at.replace(now).filter(|&since| !too_old(since)) else {
             let mut departed = self.world.resource_mut::<Departed>();
             departed.on = true;
             departed.ids.clear();
@@ -560,6 +567,7 @@ impl Shard {
     /// Makes the next [`Shard::capture_changes`] whole (a capture was lost on the way).
     pub fn reset_capture(&mut self) {
         self.captured_at = None;
+        self.world.resource_mut::<Departed>().ids.clear();
     }
 
     /// The shard's small state, without objects.
@@ -1002,7 +1010,9 @@ fn movement(
     leaving.clear();
     let by_kind = &mut stats.0.objects_by_kind;
     for (e, obj, mut pos, vel) in &mut q {
-        // Nothing reads bevy's change ticks; skipping them saves a write per moving object.
+        // Unmarked, to save a write per moving object: `capture_changes` counts every object with
+        // a velocity as moved, so this is safe only because positions change here only when the
+        // velocity is not zero. Any other writer of `Pos` or `Vel` must mark what it writes.
         let pos = pos.bypass_change_detection();
         if vel.0 != Vec2::ZERO {
             pos.0 = bounds.clamp(pos.0.saturating_add(vel.0));

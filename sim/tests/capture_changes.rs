@@ -122,3 +122,48 @@ fn changes_without_a_base_are_refused() {
     );
     assert!(!mirror.is_complete());
 }
+
+#[test]
+fn a_player_who_leaves_and_rejoins_between_two_captures_is_in_both_lists_and_the_mirror_agrees() {
+    let mut zone = Zone::new(demo(), 2).unwrap();
+    let mut mirror = ZoneMirror::new();
+    zone.join(7).unwrap();
+    zone.step(&Serial);
+    mirror.apply(zone.capture_changes(&Serial)).unwrap();
+    // Leave, then rejoin the next tick: one interval between captures holds both.
+    zone.leave(7).unwrap();
+    zone.step(&Serial);
+    zone.join(7).unwrap();
+    zone.step(&Serial);
+    zone.step(&Serial);
+    let c = zone.capture_changes(&Serial);
+    let id = zone_sim::object::player_object_id(7);
+    let departed = c
+        .shards
+        .iter()
+        .any(|s| matches!(s, ShardCapture::Changes(ch) if ch.departed.contains(&id)));
+    let arrived = c
+        .shards
+        .iter()
+        .any(|s| matches!(s, ShardCapture::Changes(ch) if ch.records.iter().any(|r| r.obj.id == id)));
+    assert!(
+        departed && arrived,
+        "the capture must hold the player as departed ({departed}) and arrived ({arrived})"
+    );
+    mirror.apply(c).unwrap();
+    assert_eq!(mirror.state().as_ref(), Some(&whole(&mut zone)));
+    // And one who joins and leaves between two captures leaves no trace.
+    zone.join(8).unwrap();
+    zone.step(&Serial);
+    zone.leave(8).unwrap();
+    zone.step(&Serial);
+    mirror.apply(zone.capture_changes(&Serial)).unwrap();
+    let state = mirror.state().unwrap();
+    assert!(
+        state
+            .shards
+            .iter()
+            .all(|s| s.objects.iter().all(|r| r.obj.id != zone_sim::object::player_object_id(8)))
+    );
+    assert_eq!(Some(state), Some(whole(&mut zone)));
+}

@@ -124,7 +124,7 @@ fn probe_tcp(what: &str, var: &str, url: &str, default_port: u16) -> Option<Stri
         match TcpStream::connect_timeout(&a, PROBE_TIMEOUT) {
             // A connect to a closed local port in the ephemeral range can be given that very
             // port as its source and "succeed" by connecting to itself: nothing listens there.
-            Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+            Ok(s) if matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p) => {
                 last = "connection refused (the connect reached itself; nothing listens)".into()
             }
             Ok(_) => return None,
