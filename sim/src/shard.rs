@@ -268,13 +268,33 @@ type HashQuery = (
 );
 /// What [`Shard::capture_changes`] reads: an object's components with their change ticks, `B`
 /// being its body (`Npc` or `Player`; one query each, so that no object pays for an `Option`).
-type ChangeQuery<B> = (
+type ChangeQuery<B, D> = (
     &'static Obj,
     Ref<'static, Pos>,
     Ref<'static, Vel>,
     Ref<'static, Health>,
     Ref<'static, B>,
+    &'static D,
 );
+
+/// Whether a body's velocity or itself was written, unmarked, after a given tick.
+trait WrittenUnmarked: Component {
+    fn written_after(&self, tick: u64) -> bool;
+}
+
+/// `npc_ai` notes in `Due` the tick it last wrote an NPC (see `crate::behaviour::Due`).
+impl WrittenUnmarked for crate::behaviour::Due {
+    fn written_after(&self, tick: u64) -> bool {
+        self.1 > tick
+    }
+}
+
+/// Every write to a player is marked.
+impl WrittenUnmarked for Player {
+    fn written_after(&self, _tick: u64) -> bool {
+        false
+    }
+}
 type RecordQuery = (
     Entity,
     &'static Obj,
@@ -294,10 +314,11 @@ pub struct Shard {
     npc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Npc)>,
     pc_query: QueryState<(&'static Obj, &'static Pos, &'static Vel, &'static Health, &'static Player)>,
     player_query: QueryState<(&'static Pos, &'static Player)>,
-    npc_changes: QueryState<ChangeQuery<Npc>>,
-    pc_changes: QueryState<ChangeQuery<Player>>,
-    /// The bevy change tick of this shard's last capture (`None`: the next one is whole).
-    captured_at: Option<bevy_ecs::change_detection::Tick>,
+    npc_changes: QueryState<ChangeQuery<Npc, crate::behaviour::Due>>,
+    pc_changes: QueryState<ChangeQuery<Player, Player>>,
+    /// The bevy change tick and the zone tick of this shard's last capture (`None`: the next one
+    /// is whole).
+    captured_at: Option<(bevy_ecs::change_detection::Tick, u64)>,
     /// How many whole records and positions the last capture of changes copied: the next one
     /// reserves about as much, so that it does not grow its lists on the tick thread.
     captured_sizes: (usize, usize),
@@ -349,8 +370,8 @@ impl Shard {
         let npc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Npc)>();
         let pc_query = world.query::<(&Obj, &Pos, &Vel, &Health, &Player)>();
         let player_query = world.query::<(&Pos, &Player)>();
-        let npc_changes = world.query::<ChangeQuery<Npc>>();
-        let pc_changes = world.query::<ChangeQuery<Player>>();
+        let npc_changes = world.query::<ChangeQuery<Npc, crate::behaviour::Due>>();
+        let pc_changes = world.query::<ChangeQuery<Player, Player>>();
         Ok(Shard {
             index: index as u16,
             world,
@@ -531,7 +552,8 @@ impl Shard {
         // bevy's change ticks compare correctly only within about 2^32 world ticks (weeks without
         // a capture); past that, copy everything rather than trust them.
         let too_old = |since: bevy_ecs::change_detection::Tick| now.get().wrapping_sub(since.get()) > CAPTURE_GAP_MAX;
-        let Some(since) = self.captured_at.replace(now).filter(|&since| !too_old(since)) else {
+        let tick = self.world.resource::<Clock>().tick;
+        let Some((since, since_tick)) = self.captured_at.replace((now, tick)).filter(|&(since, _)| !too_old(since)) else {
             let mut departed = self.world.resource_mut::<Departed>();
             departed.on = true;
             departed.ids.clear();
@@ -549,8 +571,22 @@ impl Shard {
         let reserve = |n: usize| n + n / 4 + 16;
         let mut records = Vec::with_capacity(reserve(self.captured_sizes.0));
         let mut moved = Vec::with_capacity(reserve(self.captured_sizes.1));
-        collect_changes(&mut self.npc_changes, &self.world, since, Body::Npc, &mut records, &mut moved);
-        collect_changes(&mut self.pc_changes, &self.world, since, Body::Player, &mut records, &mut moved);
+        collect_changes(
+            &mut self.npc_changes,
+            &self.world,
+            (since, since_tick),
+            Body::Npc,
+            &mut records,
+            &mut moved,
+        );
+        collect_changes(
+            &mut self.pc_changes,
+            &self.world,
+            (since, since_tick),
+            Body::Player,
+            &mut records,
+            &mut moved,
+        );
         self.captured_sizes = (records.len(), moved.len());
         ShardCapture::Changes(ShardChanges {
             index,
@@ -701,17 +737,23 @@ impl Shard {
 
 /// Sorts the objects of one body type into those to copy whole (arrived, or velocity, health or
 /// body changed since `since`) and those that only moved (see `crate::capture`).
-fn collect_changes<B: Component + Copy>(
-    query: &mut QueryState<ChangeQuery<B>>,
+/// `since` is the bevy change tick and the zone tick of the previous capture.
+fn collect_changes<B: Component + Copy, D: WrittenUnmarked>(
+    query: &mut QueryState<ChangeQuery<B, D>>,
     world: &World,
-    since: bevy_ecs::change_detection::Tick,
+    (since, since_tick): (bevy_ecs::change_detection::Tick, u64),
     body: impl Fn(B) -> Body,
     records: &mut Vec<ObjectRecord>,
     moved: &mut Vec<(u64, Vec2)>,
 ) {
-    for (o, p, v, h, b) in query.iter(world) {
+    for (o, p, v, h, b, d) in query.iter(world) {
         // `|`, not `||`: every tick is read anyway, and a branch per test costs more.
-        if p.is_added_after(since) | v.is_changed_after(since) | h.is_changed_after(since) | b.is_changed_after(since) {
+        if p.is_added_after(since)
+            | v.is_changed_after(since)
+            | h.is_changed_after(since)
+            | b.is_changed_after(since)
+            | d.written_after(since_tick)
+        {
             records.push(ObjectRecord {
                 obj: *o,
                 pos: p.0,
