@@ -19,11 +19,12 @@
 //! whole one too.
 //!
 //! How changes are found: bevy_ecs change ticks on `Vel`, `Health`, `Npc` and `Player` (the
-//! systems that write them mark them, including `npc_ai`, which bypasses detection for speed and
-//! marks explicitly when it decides), and "added" ticks for arrivals. Positions are the
-//! exception: `movement` writes them every tick without marking, so an object's position counts
-//! as changed when its velocity is not zero or changed since the last capture (`movement` only
-//! writes positions of objects with a velocity; every other writer marks). Departures are noted by
+//! systems that write them through `Mut` mark them), "added" ticks for arrivals, and two
+//! exceptions that write without marking, for speed: `npc_ai` notes in the NPC's `Due` the tick
+//! at which it wrote its velocity or `Npc` (marking would cost the tick 8% of its instructions),
+//! and `movement` writes positions every tick, so an object's position counts as changed when
+//! its velocity is not zero or changed since the last capture (`movement` only writes positions
+//! of objects with a velocity; every other writer of a position marks). Departures are noted by
 //! the three places that despawn. Nothing here alters the simulation or its hash.
 //!
 //! This module never does IO and never iterates a hash map.

@@ -1054,7 +1054,8 @@ fn movement(
     for (e, obj, mut pos, vel) in &mut q {
         // Unmarked, to save a write per moving object: `capture_changes` counts every object with
         // a velocity as moved, so this is safe only because positions change here only when the
-        // velocity is not zero. Any other writer of `Pos` or `Vel` must mark what it writes.
+        // velocity is not zero. Any other writer of `Pos` or `Vel` must mark what it writes (or,
+        // like `npc_ai`, note it where `capture_changes` looks).
         let pos = pos.bypass_change_detection();
         if vel.0 != Vec2::ZERO {
             pos.0 = bounds.clamp(pos.0.saturating_add(vel.0));
