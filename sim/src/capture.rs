@@ -32,8 +32,7 @@
 use std::collections::BTreeMap;
 
 use crate::object::ObjectRecord;
-use crate::shard::Mail;
-use crate::state::{ShardState, SpawnerPending, ZoneState};
+use crate::state::{ShardState, ZoneState};
 use crate::units::Vec2;
 
 /// What one shard's capture holds.
@@ -46,13 +45,10 @@ pub enum ShardCapture {
 }
 
 /// What changed in one shard since its previous capture.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardChanges {
-    pub index: u16,
-    pub rng_state: u64,
-    pub last_npc_id: u64,
-    pub spawners: Vec<SpawnerPending>,
-    pub mail: Vec<Mail>,
+    /// The shard's small state, whole (its `objects` are empty: they are the lists below).
+    pub shard: ShardState,
     /// Ids of objects that left this shard (in the order they left; an id may also be in
     /// `records` if the object came back, or be unknown to the mirror if it arrived and left
     /// between two captures).
@@ -97,14 +93,11 @@ pub enum MirrorError {
     UnknownObject { shard: usize, id: u64 },
 }
 
-/// One shard as the mirror holds it: objects by id.
-#[derive(Clone, Debug, Default)]
+/// One shard as the mirror holds it: the small state, and the objects by id.
+#[derive(Clone, Debug)]
 struct MirrorShard {
-    index: u16,
-    rng_state: u64,
-    last_npc_id: u64,
-    spawners: Vec<SpawnerPending>,
-    mail: Vec<Mail>,
+    /// Its `objects` stay empty: they are in `objects` here.
+    shard: ShardState,
     objects: BTreeMap<u64, ObjectRecord>,
 }
 
@@ -151,25 +144,15 @@ impl ZoneMirror {
 
     fn apply_shard(&mut self, i: usize, capture: ShardCapture) -> Result<(), MirrorError> {
         match capture {
-            ShardCapture::Full(st) => {
-                self.shards[i] = Some(MirrorShard {
-                    index: st.index,
-                    rng_state: st.rng_state,
-                    last_npc_id: st.last_npc_id,
-                    spawners: st.spawners,
-                    mail: st.mail,
-                    objects: st.objects.into_iter().map(|r| (r.obj.id, r)).collect(),
-                });
+            ShardCapture::Full(mut shard) => {
+                let objects = std::mem::take(&mut shard.objects).into_iter().map(|r| (r.obj.id, r)).collect();
+                self.shards[i] = Some(MirrorShard { shard, objects });
             }
             ShardCapture::Changes(c) => {
                 let Some(m) = self.shards[i].as_mut() else {
                     return Err(MirrorError::NoBase { shard: i });
                 };
-                m.index = c.index;
-                m.rng_state = c.rng_state;
-                m.last_npc_id = c.last_npc_id;
-                m.spawners = c.spawners;
-                m.mail = c.mail;
+                m.shard = c.shard;
                 for id in c.departed {
                     m.objects.remove(&id);
                 }
@@ -200,12 +183,8 @@ impl ZoneMirror {
             .iter()
             .map(|s| {
                 s.as_ref().map(|m| ShardState {
-                    index: m.index,
-                    rng_state: m.rng_state,
-                    last_npc_id: m.last_npc_id,
-                    spawners: m.spawners.clone(),
-                    mail: m.mail.clone(),
                     objects: m.objects.values().copied().collect(),
+                    ..m.shard.clone()
                 })
             })
             .collect::<Option<Vec<_>>>()?;

@@ -560,14 +560,6 @@ impl Shard {
             return ShardCapture::Full(self.capture());
         };
         let departed = std::mem::take(&mut self.world.resource_mut::<Departed>().ids);
-        let ShardState {
-            index,
-            rng_state,
-            last_npc_id,
-            spawners,
-            mail,
-            ..
-        } = self.capture_small();
         let reserve = |n: usize| n + n / 4 + 16;
         let mut records = Vec::with_capacity(reserve(self.captured_sizes.0));
         let mut moved = Vec::with_capacity(reserve(self.captured_sizes.1));
@@ -589,11 +581,7 @@ impl Shard {
         );
         self.captured_sizes = (records.len(), moved.len());
         ShardCapture::Changes(ShardChanges {
-            index,
-            rng_state,
-            last_npc_id,
-            spawners,
-            mail,
+            shard: self.capture_small(),
             departed,
             records,
             moved,
