@@ -112,11 +112,17 @@ impl Brain {
         }
     }
 
+    /// Whether a wander heading has expired: [`Brain::decide`] would choose anew even on the same
+    /// view.
+    pub fn heading_due(&self, now_us: u64) -> bool {
+        self.wandering && now_us >= self.change_at_us
+    }
+
     /// The input to send now. `me` is the bot's own object id in the view. Recomputes only when
     /// the view's tick changed or the wander heading is due to change.
     pub fn decide(&mut self, now_us: u64, view: Option<&View>, me: Option<u64>) -> Move {
         let tick = view.map_or(0, View::tick);
-        let heading_due = self.wandering && now_us >= self.change_at_us;
+        let heading_due = self.heading_due(now_us);
         if self.decided_for == Some(tick) && !heading_due {
             return self.current;
         }

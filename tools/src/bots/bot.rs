@@ -116,7 +116,7 @@ impl Tracker {
 
     /// Notes the join; once joined, adds the new counters and RTT samples to `live` (at most
     /// every [`PUBLISH_EVERY`] unless `force`).
-    fn publish(&mut self, s: &mut ClientSession, live: &Live, force: bool) {
+    fn publish(&mut self, s: &mut ClientSession, live: &Live, now: Instant, force: bool) {
         if s.is_joined() && !self.stint_joined {
             self.stint_joined = true;
             self.joined_at.get_or_insert_with(Instant::now);
@@ -128,10 +128,10 @@ impl Tracker {
             self.published = *s.stats();
             return;
         }
-        if !force && self.published_at.elapsed() < PUBLISH_EVERY {
+        if !force && now.saturating_duration_since(self.published_at) < PUBLISH_EVERY {
             return;
         }
-        self.published_at = Instant::now();
+        self.published_at = now;
         let (now, old) = (*s.stats(), self.published);
         Live::add(&live.snapshots, now.snapshots_completed - old.snapshots_completed);
         Live::add(&live.bytes_in, now.bytes_in - old.bytes_in);
@@ -143,7 +143,7 @@ impl Tracker {
 
     /// The session on one server is over: its counters are carried into the bot's totals.
     fn end_stint(&mut self, s: &mut ClientSession, live: &Live) {
-        self.publish(s, live, true);
+        self.publish(s, live, Instant::now(), true);
         if self.stint_joined {
             live.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let (end, start) = (*s.stats(), self.at_join);
@@ -489,10 +489,20 @@ pub async fn run_bot(
             }
         };
         let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
+        // One timer for the whole stint, moved only when the wake time changes: a new `Sleep`
+        // per pass registered and removed a timer entry for every datagram received.
+        let mut wake_at = cfg.deadline;
+        let sleep = tokio::time::sleep_until(wake_at.into());
+        tokio::pin!(sleep);
+        // Snapshots completed when the brain last decided: it decides again only on a new view
+        // or when its heading is due (not on every pass, which read the newest view each time).
+        let mut decided_at_snapshots = u64::MAX;
         let stop_reason = loop {
-            let now = cfg.now_us();
+            // One clock read per pass.
+            let now_i = Instant::now();
+            let now = u64::try_from(now_i.saturating_duration_since(cfg.epoch).as_micros()).unwrap_or(u64::MAX);
             send_all(&socket, session.poll(now)).await;
-            tracker.publish(&mut session, &live, false);
+            tracker.publish(&mut session, &live, now_i, false);
             if let (Some(t), true) = (moving, session.is_joined()) {
                 // Moved: from the drain notice to the new server's Welcome.
                 live.record_move(t.elapsed());
@@ -507,28 +517,44 @@ pub async fn run_bot(
             if session.leave_notice().is_some() {
                 break Stop::Notice;
             }
-            if Instant::now() >= cfg.deadline {
+            if now_i >= cfg.deadline {
                 break Stop::Deadline;
             }
-            if session.is_joined() {
+            // Ctrl-C: seen within one pass (a pass waits at most POLL_MAX_WAIT).
+            if *stop.borrow() {
+                break Stop::Interrupted;
+            }
+            let completed = session.stats().snapshots_completed;
+            if session.is_joined() && (completed != decided_at_snapshots || brain.heading_due(now)) {
+                decided_at_snapshots = completed;
                 let m = brain.decide(now, session.view(), session.player_object_id());
                 session.set_input(m.x, m.y, m.attack);
             }
             let wake_us = session.next_poll_us().unwrap_or(now).max(now);
             let wake = (cfg.epoch + Duration::from_micros(wake_us))
-                .min(Instant::now() + POLL_MAX_WAIT)
+                .min(now_i + POLL_MAX_WAIT)
                 .min(cfg.deadline);
+            if wake != wake_at {
+                wake_at = wake;
+                sleep.as_mut().reset(wake.into());
+            }
             tokio::select! {
+                biased;
                 r = socket.recv(&mut buf) => {
                     // Errors (an ICMP "port unreachable" while the server is down) are left to the
                     // join timeout.
                     if let Ok(n) = r {
-                        let replies = session.receive(&buf[..n], cfg.now_us());
+                        let now = cfg.now_us();
+                        let replies = session.receive(&buf[..n], now);
                         send_all(&socket, replies).await;
+                        // The rest of a snapshot's datagrams, without another pass.
+                        while let Ok(n) = socket.try_recv(&mut buf) {
+                            let replies = session.receive(&buf[..n], now);
+                            send_all(&socket, replies).await;
+                        }
                     }
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = stopped(&mut stop) => break Stop::Interrupted,
+                _ = &mut sleep => {}
             }
         };
         if matches!(stop_reason, Stop::Deadline | Stop::Interrupted | Stop::Notice) {
