@@ -13,6 +13,7 @@
 //! ```text
 //! cargo build --release -p zone-net --example endpoint_cost
 //! target/release/examples/endpoint_cost 200 3        # clients, simulated seconds; wall time
+//! target/release/examples/endpoint_cost 200 3 4      # ... and the interest refresh (frames; 1 by default)
 //! for s in 2 4; do valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*server_frame*' \
 //!   --callgrind-out-file=/tmp/cg.frame.$s target/release/examples/endpoint_cost 200 $s; done
 //! ```
@@ -82,13 +83,14 @@ fn step(o: &mut Obj, rng: &mut Lcg) {
     }
 }
 
-fn config(clients: usize) -> EndpointConfig {
+fn config(clients: usize, interest_refresh_frames: u32) -> EndpointConfig {
     EndpointConfig {
         max_clients: clients + 16,
         idle_timeout_us: 5_000_000,
         snapshot_rate_hz: 20,
         interest_radius_mm: 150_000,
         interest_max: 128,
+        interest_refresh_frames,
         datagrams_per_snapshot_max: 4,
         welcome: Welcome {
             tick_rate_hz: 60,
@@ -173,7 +175,8 @@ fn main() {
     let clients: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let seconds: u64 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let mut rng = Lcg(7);
-    let mut ep: Endpoint<u32> = Endpoint::new(config(clients as usize));
+    let refresh: u32 = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let mut ep: Endpoint<u32> = Endpoint::new(config(clients as usize, refresh));
     let mut objs: Vec<Obj> = (1..=NPCS)
         .map(|id| Obj {
             id,

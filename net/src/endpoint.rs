@@ -84,6 +84,12 @@ pub struct EndpointConfig {
     pub snapshot_rate_hz: u32,
     pub interest_radius_mm: u32,
     pub interest_max: usize,
+    /// A client's nearest objects are searched for at one frame in this many (1: every frame).
+    /// In between its snapshot holds the same objects at their new states: an object that comes
+    /// into range shows up at most this many frames late, one that leaves range stays as long,
+    /// and one that is gone from the zone leaves at once. A client that moved more than an
+    /// eighth of the radius since the search is searched for again.
+    pub interest_refresh_frames: u32,
     /// Datagrams one snapshot may take per client; the rest of a large view follows later.
     pub datagrams_per_snapshot_max: usize,
     /// What every Welcome says about the zone (bounds, kinds, rates, input window); the player,
@@ -251,6 +257,12 @@ pub struct Session {
     rtt_us: Option<u64>,
     /// The snapshot encoded for the current frame: datagrams, bytes, whether it was full.
     outbox: Option<(Vec<Vec<u8>>, usize, bool)>,
+    /// What the last interest search chose: ids ascending, each with its index in that frame's
+    /// objects (a hint: the index usually stays the same from frame to frame).
+    interest: Vec<(u64, u32)>,
+    /// Where the player was at that search, and frames encoded since.
+    interest_at: PosMm,
+    interest_age: u32,
     /// Seals what the server sends, opens what the client sends.
     sealer: Sealer,
     opener: Opener,
@@ -283,6 +295,9 @@ impl Session {
             last_ping_us: now_us,
             rtt_us: None,
             outbox: None,
+            interest: Vec::new(),
+            interest_at: PosMm { x_mm: 0, y_mm: 0 },
+            interest_age: 0,
         }
     }
 
@@ -400,19 +415,7 @@ impl Session {
         let Some(&pos) = enc.players.get(&(self.player | PLAYER_OBJECT_BIT)) else {
             return;
         };
-        let mut scratch = Vec::with_capacity(enc.objects_max.min(1_024) * 4);
-        let mut slots = Vec::with_capacity(enc.objects_max.min(1_024));
-        enc.index
-            .nearest_slots(pos, enc.radius_mm, enc.objects_max, &mut scratch, &mut slots);
-        // Slots ascend with ids (the located objects are sorted by id), so the view is too.
-        let mut objects: Vec<QObject> = slots
-            .iter()
-            .filter_map(|&s| match enc.slot_objects.get(s as usize) {
-                Some(&i) if i != NO_OBJECT => Some(enc.objects[i as usize]),
-                _ => None,
-            })
-            .collect();
-        objects.dedup_by_key(|o| o.id);
+        let objects = self.interest_objects(enc, pos);
         let Ok(view) = View::new(enc.tick, objects) else { return };
         let focus = (quantize_pos(pos.x_mm, enc.origin.0), quantize_pos(pos.y_mm, enc.origin.1));
         let frame = SnapshotFrame {
@@ -432,6 +435,57 @@ impl Session {
     }
 }
 
+impl Session {
+    /// This frame's objects for the client at `pos`, ascending by id: the nearest ones, searched
+    /// for anew when due (see [`EndpointConfig::interest_refresh_frames`]), else those of the
+    /// last search that are still in the frame.
+    fn interest_objects(&mut self, enc: &Encoder<'_>, pos: PosMm) -> Vec<QObject> {
+        let drift = u64::from(enc.radius_mm / 8);
+        let near =
+            u64::from(pos.x_mm.abs_diff(self.interest_at.x_mm)) <= drift && u64::from(pos.y_mm.abs_diff(self.interest_at.y_mm)) <= drift;
+        if self.interest_age + 1 < enc.refresh_frames && !self.interest.is_empty() && near {
+            self.interest_age += 1;
+            let mut objects = Vec::with_capacity(self.interest.len());
+            let mut from = 0;
+            self.interest.retain_mut(|(id, hint)| {
+                let h = *hint as usize;
+                let i = match enc.objects.get(h) {
+                    Some(o) if o.id == *id && h >= from => h,
+                    _ => {
+                        let i = from + enc.objects[from..].partition_point(|o| o.id < *id);
+                        match enc.objects.get(i) {
+                            Some(o) if o.id == *id => i,
+                            // Gone from the zone: out of the view and of the choice.
+                            _ => return false,
+                        }
+                    }
+                };
+                objects.push(enc.objects[i]);
+                *hint = i as u32;
+                from = i + 1;
+                true
+            });
+            return objects;
+        }
+        let mut scratch = Vec::with_capacity(enc.objects_max.min(1_024) * 4);
+        let mut slots = Vec::with_capacity(enc.objects_max.min(1_024));
+        enc.index
+            .nearest_slots(pos, enc.radius_mm, enc.objects_max, &mut scratch, &mut slots);
+        // Slots ascend with ids (the located objects are sorted by id), so the indices and the
+        // view do too.
+        let mut chosen: Vec<u32> = slots
+            .iter()
+            .filter_map(|&s| enc.slot_objects.get(s as usize).copied().filter(|&i| i != NO_OBJECT))
+            .collect();
+        chosen.dedup();
+        self.interest.clear();
+        self.interest.extend(chosen.iter().map(|&i| (enc.objects[i as usize].id, i)));
+        self.interest_at = pos;
+        self.interest_age = 0;
+        chosen.iter().map(|&i| enc.objects[i as usize]).collect()
+    }
+}
+
 /// A located object with no quantized object in the frame (see [`FrameJob::slot_objects`]).
 const NO_OBJECT: u32 = u32::MAX;
 
@@ -445,6 +499,7 @@ struct Encoder<'a> {
     origin: (i32, i32),
     radius_mm: u32,
     objects_max: usize,
+    refresh_frames: u32,
     datagrams_max: usize,
     history: usize,
     interval_ticks: u64,
@@ -856,7 +911,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
     /// whose join began at or before `before_us` is kicked, so a fresh reconnect is not.
     pub fn handle_kick(&mut self, player: PlayerId, before_us: u64) {
         let Some(peer) = self.by_player.get(&player).copied() else { return };
-        if !self.sessions.get(&peer).is_some_and(|s| s.join_asked_us <= before_us) {
+        if self.sessions.get(&peer).is_none_or(|s| s.join_asked_us > before_us) {
             return;
         }
         for _ in 0..2 {
@@ -1036,6 +1091,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
             origin: self.origin,
             radius_mm: self.cfg.interest_radius_mm,
             objects_max: self.cfg.interest_max,
+            refresh_frames: self.cfg.interest_refresh_frames,
             datagrams_max: self.cfg.datagrams_per_snapshot_max,
             history: self.history,
             interval_ticks: self.interval_ticks,
@@ -1158,6 +1214,7 @@ mod tests {
             snapshot_rate_hz: 20,
             interest_radius_mm: 150_000,
             interest_max: 128,
+            interest_refresh_frames: 1,
             datagrams_per_snapshot_max: 4,
             welcome: Welcome {
                 tick_rate_hz: 60,
@@ -1203,8 +1260,12 @@ mod tests {
 
     impl World {
         fn new() -> World {
+            World::with(config())
+        }
+
+        fn with(cfg: EndpointConfig) -> World {
             World {
-                ep: Endpoint::new(config()),
+                ep: Endpoint::new(cfg),
                 clients: BTreeMap::new(),
                 in_zone: BTreeMap::new(),
                 left: Vec::new(),
@@ -1356,6 +1417,52 @@ mod tests {
         into.snapshots_delta += c.snapshots_delta;
         into.events_queued += c.events_queued;
         into.events_acked += c.events_acked;
+    }
+
+    /// Frames (one every 3 ticks) until client `who` sees player `p`, at most `max`.
+    fn frames_until_seen(w: &mut World, who: u32, p: PlayerId, max: u32) -> Option<u32> {
+        (1..=max).find(|_| {
+            w.run(3 * TICK_US);
+            w.client(who).view().is_some_and(|v| v.get(p | PLAYER_OBJECT_BIT).is_some())
+        })
+    }
+
+    #[test]
+    fn a_kept_interest_drops_what_left_the_zone_at_once_and_finds_arrivals_within_the_refresh() {
+        for refresh in [1, 4] {
+            let mut cfg = config();
+            cfg.interest_refresh_frames = refresh;
+            let mut w = World::with(cfg);
+            w.add(1, 7);
+            w.add(2, 8);
+            w.run(1_000_000);
+            let sees = |w: &World, p: PlayerId| w.client(1).view().is_some_and(|v| v.get(p | PLAYER_OBJECT_BIT).is_some());
+            assert!(sees(&w, 8), "refresh {refresh}: client 1 sees player 8");
+            let mut slowest = 0;
+            for round in 0..6u64 {
+                // Player 8's object leaves the zone (its client stays): gone from the next view.
+                w.in_zone.remove(&8);
+                w.run(3 * TICK_US);
+                assert!(
+                    !sees(&w, 8),
+                    "refresh {refresh}, round {round}: a departed object leaves the view at once"
+                );
+                // Back in the zone: seen within `refresh` frames (whatever the client's phase
+                // in its refresh cycle: the rounds shift it).
+                let t = w.tick();
+                w.in_zone.insert(8, t);
+                let seen = frames_until_seen(&mut w, 1, 8, refresh + 1);
+                assert!(
+                    seen.is_some_and(|f| f <= refresh),
+                    "refresh {refresh}, round {round}: seen after {seen:?} frames"
+                );
+                slowest = slowest.max(seen.unwrap_or(0));
+                w.run(round * 3 * TICK_US);
+            }
+            // With a kept interest the arrival waits for the next search at least once.
+            assert_eq!(slowest > 1, refresh > 1, "refresh {refresh}: slowest arrival {slowest} frames");
+            assert_eq!(w.counts.snapshots_full, 2, "refresh {refresh}: deltas throughout, {:?}", w.counts);
+        }
     }
 
     #[test]

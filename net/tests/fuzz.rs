@@ -146,6 +146,7 @@ fn endpoint() -> Endpoint<u8> {
         snapshot_rate_hz: 20,
         interest_radius_mm: 100_000,
         interest_max: 64,
+        interest_refresh_frames: 1,
         datagrams_per_snapshot_max: 4,
         welcome: Welcome::default(),
         grid: ShardGrid {

@@ -190,6 +190,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "ZONE_INTEREST_MAX")]
     pub interest_max: Option<usize>,
 
+    /// Search each client's nearest objects at one snapshot in N; in between its snapshot keeps
+    /// the same objects (new arrivals show up at most N snapshots late). 1 searches every
+    /// snapshot. [default: 4]
+    #[arg(long, value_name = "N", env = "ZONE_INTEREST_REFRESH")]
+    pub interest_refresh: Option<u32>,
+
     /// Most connected clients; further joins are refused with ZONE_FULL. [default: the zone's max_players]
     #[arg(long, value_name = "N", env = "ZONE_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
@@ -311,6 +317,7 @@ struct FileConfig {
     snapshot_rate: Option<u32>,
     interest_radius_m: Option<f64>,
     interest_max: Option<usize>,
+    interest_refresh: Option<u32>,
     max_clients: Option<usize>,
     handshake_rate_per_ip: Option<f64>,
     peer_packet_rate: Option<f64>,
@@ -370,6 +377,7 @@ pub struct ServerConfig {
     pub snapshot_rate: u32,
     pub interest_radius_m: f64,
     pub interest_max: usize,
+    pub interest_refresh: u32,
     /// None: the zone's max_players.
     pub max_clients: Option<usize>,
     pub handshake_rate_per_ip: f64,
@@ -526,6 +534,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         snapshot_rate: cli.snapshot_rate.or(file.snapshot_rate).unwrap_or(20),
         interest_radius_m: cli.interest_radius_m.or(file.interest_radius_m).unwrap_or(150.0),
         interest_max: cli.interest_max.or(file.interest_max).unwrap_or(128),
+        interest_refresh: cli.interest_refresh.or(file.interest_refresh).unwrap_or(4),
         max_clients: cli.max_clients.or(file.max_clients),
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
@@ -652,6 +661,13 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             src("interest_max"),
             cfg.interest_max,
             zone_net::view::VIEW_OBJECTS_MAX
+        );
+    }
+    if !(1..=60).contains(&cfg.interest_refresh) {
+        anyhow::bail!(
+            "{}: {} must be between 1 (search every snapshot) and 60",
+            src("interest_refresh"),
+            cfg.interest_refresh
         );
     }
     for (name, v) in [
@@ -787,6 +803,14 @@ mod tests {
         std::fs::write(&f, "lifecycle = \"agones\"\n").unwrap();
         let c = resolve(&cli).unwrap();
         assert_eq!((c.lifecycle.as_str(), c.overload().budget_us), ("agones", 16_700));
+
+        assert_eq!(c.interest_refresh, 4, "default");
+        std::fs::write(&f, "interest_refresh = 0\n").unwrap();
+        let err = resolve(&cli).unwrap_err().to_string();
+        assert!(
+            err.contains("server.toml") && err.contains("interest_refresh") && err.contains("between 1"),
+            "{err}"
+        );
 
         std::fs::write(&f, "seed = 7\nhash_intervl = 5\n").unwrap();
         let err = resolve(&cli).unwrap_err().to_string();

@@ -178,6 +178,7 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
             n.snapshot_rate_hz = cfg.snapshot_rate;
             n.interest_radius_mm = (cfg.interest_radius_m * 1000.0).round() as u32;
             n.interest_max = cfg.interest_max;
+            n.interest_refresh_frames = cfg.interest_refresh;
             n.handshake_rate_per_ip = cfg.handshake_rate_per_ip;
             n.peer_packet_rate = cfg.peer_packet_rate;
             n

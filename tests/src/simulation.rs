@@ -190,6 +190,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
         snapshot_rate_hz: 20,
         interest_radius_mm: 60_000,
         interest_max: 96,
+        interest_refresh_frames: 1,
         datagrams_per_snapshot_max: 4,
         welcome: Welcome {
             tick_rate_hz: 60,

@@ -49,6 +49,8 @@ pub struct NetConfig {
     pub snapshot_rate_hz: u32,
     pub interest_radius_mm: u32,
     pub interest_max: usize,
+    /// Interest searched for at one frame in this many (see `EndpointConfig`).
+    pub interest_refresh_frames: u32,
     pub max_clients: usize,
     pub handshake_rate_per_ip: f64,
     pub peer_packet_rate: f64,
@@ -66,6 +68,7 @@ impl NetConfig {
             snapshot_rate_hz: 20,
             interest_radius_mm: 150_000,
             interest_max: 128,
+            interest_refresh_frames: 4,
             max_clients,
             handshake_rate_per_ip: 100.0,
             peer_packet_rate: 240.0,

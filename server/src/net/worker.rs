@@ -72,6 +72,7 @@ pub fn endpoint_config(cfg: &NetConfig, spec: &ZoneSpec) -> EndpointConfig {
         snapshot_rate_hz: cfg.snapshot_rate_hz,
         interest_radius_mm: cfg.interest_radius_mm,
         interest_max: cfg.interest_max,
+        interest_refresh_frames: cfg.interest_refresh_frames,
         datagrams_per_snapshot_max: cfg.datagrams_per_snapshot_max,
         welcome: welcome_template(spec, cfg.snapshot_rate_hz),
         grid: ShardGrid {
