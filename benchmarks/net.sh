@@ -11,6 +11,8 @@
 # per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# INPUT_BATCH_TICKS=2 makes the bots send one input datagram every other tick (30 Hz) instead of
+# every tick (zone-bots --input-batch-ticks); the report prints it.
 # BIN=DIR runs the zone-server and zone-bots found there (e.g. an older build kept aside, for a
 # before/after pair in one sitting) instead of building them.
 if [ -z "${BIN:-}" ]; then
@@ -39,6 +41,7 @@ for N in ${@:-100 500 1000}; do
   RSS0=$(rss_kb $SP)
   START=$(date +%s)
   $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior wander --ramp-per-s 500 \
+     --input-batch-ticks "${INPUT_BATCH_TICKS:-1}" \
      --report "$T/bots-$N.json" 2> "$T/bots-$N.log" &
   BP=$!
   # Ramp (N/500 s) plus settling, then a steady window of half the duration.
@@ -71,7 +74,7 @@ cpu = (int(c1) - int(c0)) / 100 / (float(w1) - float(w0))
 r = json.load(open(report))
 print(f"N={n} tick_p99_ms_worst={max(steady)/1000:.2f} tick_p99_ms_windows={[round(x/1000,2) for x in steady]} overrun_ticks={overruns} "
       f"server_cpu_cores={cpu:.2f} frame_encode_ms_mean={enc} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
-keys = ["joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
+keys = ["input_batch_ticks", "joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
         "decode_errors", "missing_baselines", "wall_s", "cpu_s", "peak_rss_mib"]
 print("   bots: " + " ".join(f"{k}={r[k]}" for k in keys if k in r))
 PY

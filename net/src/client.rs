@@ -40,8 +40,11 @@ pub const HELLO_INTERVAL_US_DEFAULT: u64 = 250_000;
 pub const HELLO_BACKOFF_US_DEFAULT: u64 = 500_000;
 /// Ping interval once joined.
 pub const PING_INTERVAL_US_DEFAULT: u64 = 250_000;
-/// Inputs carried by each `InputBatch` (the newest ones, oldest first).
+/// Inputs carried by each `InputBatch` (the newest ones, oldest first), at one tick per batch;
+/// with [`ClientConfig::input_batch_ticks`] = k it carries max(4, 2k).
 pub const INPUTS_PER_BATCH: usize = 4;
+/// The most ticks of input one batch may plan ([`ClientConfig::input_batch_ticks`]).
+pub const INPUT_BATCH_TICKS_MAX: u32 = 4;
 /// Lead, in ticks, of an input over the estimated server tick, on top of half the RTT.
 pub const INPUT_LEAD_TICKS_MIN: u64 = 2;
 /// How far past the wanted tick the newest input may be before new inputs are held back.
@@ -76,6 +79,12 @@ pub struct ClientConfig {
     /// A joined session that hears nothing from the server for this long ends
     /// ([`EndReason::ServerSilent`]); the server pings every second, so this means it is gone.
     pub server_silence_timeout_us: u64,
+    /// Ticks of input per `InputBatch` datagram, 1 to [`INPUT_BATCH_TICKS_MAX`] (1 by default:
+    /// one batch per tick, 60 Hz). With k, a batch goes every k ticks and carries an input for
+    /// each of its k ticks, all from the intent set when it is sent (the first for the same tick
+    /// as with 1, so no added delay), plus the previous batch's inputs as redundancy. It divides
+    /// the client's sends and the server's receives by k; the intent is sampled k times less often.
+    pub input_batch_ticks: u32,
 }
 
 impl ClientConfig {
@@ -100,6 +109,7 @@ impl ClientConfig {
             hello_backoff_us: HELLO_BACKOFF_US_DEFAULT,
             ping_interval_us: PING_INTERVAL_US_DEFAULT,
             server_silence_timeout_us: 10 * US_PER_S,
+            input_batch_ticks: 1,
         }
     }
 }
@@ -578,14 +588,28 @@ impl ClientSession {
         self.input_epoch_us.saturating_add(u64::try_from(offset).unwrap_or(u64::MAX))
     }
 
-    /// One input per tick elapsed since the last batch (at most [`INPUTS_PER_BATCH`]; after a
-    /// longer stall the schedule restarts from now), and the batch carrying the newest ones.
+    /// Ticks of input per batch (the config's, within 1..=[`INPUT_BATCH_TICKS_MAX`]).
+    fn batch_ticks(&self) -> u64 {
+        u64::from(self.config.input_batch_ticks.clamp(1, INPUT_BATCH_TICKS_MAX))
+    }
+
+    /// Inputs kept for the next batch: the newest batch's and the previous one's.
+    fn inputs_kept(&self) -> usize {
+        INPUTS_PER_BATCH.max(2 * self.batch_ticks() as usize)
+    }
+
+    /// One input per tick elapsed since the last batch, a batch's k ticks at a time (catching up
+    /// at most [`INPUTS_PER_BATCH`] ticks, or one batch; after a longer stall the schedule
+    /// restarts from now), and the batch carrying the newest ones.
     fn due_input_batch(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        let k = self.batch_ticks();
         let mut new = 0;
-        while new < INPUTS_PER_BATCH && self.input_due_us(self.inputs_scheduled) <= now_us {
-            self.push_input(now_us);
-            self.inputs_scheduled += 1;
-            new += 1;
+        while new < INPUTS_PER_BATCH.max(k as usize) && self.input_due_us(self.inputs_scheduled) <= now_us {
+            for _ in 0..k {
+                self.push_input(now_us);
+            }
+            self.inputs_scheduled += k;
+            new += k as usize;
         }
         if self.input_due_us(self.inputs_scheduled) <= now_us {
             self.input_epoch_us = now_us;
@@ -618,7 +642,7 @@ impl ClientSession {
             Some(prev) => wanted.max(prev.tick.saturating_add(1)),
             None => wanted,
         };
-        if self.inputs.len() == INPUTS_PER_BATCH {
+        if self.inputs.len() >= self.inputs_kept() {
             self.inputs.pop_front();
         }
         self.inputs.push_back(Input {

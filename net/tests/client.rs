@@ -75,7 +75,12 @@ fn batches(datagrams: &[Vec<u8>]) -> Vec<InputBatch> {
 
 /// A session joined at time 0.
 fn joined() -> ClientSession {
-    let mut s = ClientSession::new(ClientConfig::new("tok"), 0);
+    joined_with(ClientConfig::new("tok"))
+}
+
+/// A session with `config` joined at time 0.
+fn joined_with(config: ClientConfig) -> ClientSession {
+    let mut s = ClientSession::new(config, 0);
     assert_eq!(s.poll(0).len(), 1);
     assert!(s.receive(&welcome(), 0).is_empty());
     s
@@ -232,6 +237,42 @@ fn inputs_are_redundant_consecutive_and_lead_the_server() {
     assert!(after[0].inputs.windows(2).all(|w| w[1].tick == w[0].tick + 1));
     assert!(batches(&s.poll(now + 1)).is_empty());
     assert_eq!(batches(&s.poll(now + TICK_US)).len(), 1);
+}
+
+#[test]
+fn batches_of_two_ticks_go_every_other_tick_and_cover_every_tick_once_with_redundancy() {
+    let mut config = ClientConfig::new("tok");
+    config.input_batch_ticks = 2;
+    let mut s = joined_with(config);
+    s.set_input(100, -50, true);
+    let first = batches(&s.poll(0));
+    assert_eq!(first.len(), 1);
+    let ticks: Vec<u64> = first[0].inputs.iter().map(|i| i.tick).collect();
+    // The first input is for the same tick as with one tick per batch; the second plans ahead.
+    assert_eq!(
+        ticks,
+        vec![WELCOME_TICK + INPUT_LEAD_TICKS_MIN, WELCOME_TICK + INPUT_LEAD_TICKS_MIN + 1]
+    );
+    assert!(first[0].inputs.iter().all(|i| (i.move_x, i.move_y, i.attack) == (100, -50, true)));
+    assert_eq!(s.next_poll_us(), Some(2_000_000 / 60), "the next batch is two ticks later");
+    // One second: 30 batches (the first above and 29 more), each with the previous one's inputs.
+    let mut sent = Vec::new();
+    for k in 1..60u64 {
+        let b = batches(&s.poll(k * TICK_US));
+        assert_eq!(b.len(), usize::from(k % 2 == 0), "tick {k}");
+        sent.extend(b);
+    }
+    assert_eq!(sent.len(), 29);
+    for b in &sent {
+        assert_eq!(b.inputs.len(), 4, "two new inputs and the previous batch's two");
+        assert!(b.inputs.windows(2).all(|w| w[1].tick == w[0].tick + 1), "{:?}", b.inputs);
+    }
+    let mut covered: Vec<u64> = first.iter().chain(&sent).flat_map(|b| b.inputs.iter().map(|i| i.tick)).collect();
+    covered.sort_unstable();
+    covered.dedup();
+    assert!(covered.windows(2).all(|w| w[1] == w[0] + 1), "every tick has an input");
+    assert_eq!(covered.len(), 60);
+    assert_eq!(s.stats().input_batches_sent, 30);
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub struct SwarmConfig {
     pub token_secret: Vec<u8>,
     pub token_ttl: Duration,
     pub behavior: Behavior,
+    /// Ticks of input per input datagram ([`ClientConfig::input_batch_ticks`]).
+    pub input_batch_ticks: u32,
     pub seed: u64,
     /// The run's time origin (`now_us` is measured from it).
     pub epoch: Instant,
@@ -488,7 +490,9 @@ pub async fn run_bot(
                 );
             }
         };
-        let mut session = ClientSession::new(ClientConfig::sealed(&grant), cfg.now_us());
+        let mut config = ClientConfig::sealed(&grant);
+        config.input_batch_ticks = cfg.input_batch_ticks;
+        let mut session = ClientSession::new(config, cfg.now_us());
         // One timer for the whole stint, moved only when the wake time changes: a new `Sleep`
         // per pass registered and removed a timer entry for every datagram received.
         let mut wake_at = cfg.deadline;

@@ -273,6 +273,8 @@ pub struct Report {
     pub server: String,
     pub zone_id: String,
     pub behavior: Behavior,
+    /// Ticks of input per input datagram (`--input-batch-ticks`).
+    pub input_batch_ticks: u32,
     pub count: u32,
     pub duration_s: f64,
     pub wall_s: f64,
@@ -336,6 +338,8 @@ pub struct RunFacts {
     pub server: String,
     pub zone_id: String,
     pub behavior: Behavior,
+    /// Ticks of input per input datagram (`--input-batch-ticks`).
+    pub input_batch_ticks: u32,
     pub count: u32,
     pub duration_s: f64,
     pub wall_s: f64,
@@ -377,6 +381,7 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         server: facts.server,
         zone_id: facts.zone_id,
         behavior: facts.behavior,
+        input_batch_ticks: facts.input_batch_ticks,
         count: facts.count,
         duration_s: facts.duration_s,
         wall_s: facts.wall_s,
@@ -483,6 +488,7 @@ mod tests {
             server: "127.0.0.1:7777".into(),
             zone_id: "demo".into(),
             behavior: Behavior::Idle,
+            input_batch_ticks: 1,
             count: 5,
             duration_s: 40.0,
             wall_s: 41.0,
