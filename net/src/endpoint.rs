@@ -447,14 +447,20 @@ impl Session {
             self.interest_age += 1;
             let mut objects = Vec::with_capacity(self.interest.len());
             let mut from = 0;
+            // How far the last object found had moved in the frame's list: an object added or
+            // removed before it moves every later one by as much.
+            let mut shift = 0isize;
             self.interest.retain_mut(|(id, hint)| {
-                let h = *hint as usize;
+                let h = hint.wrapping_add_signed(shift as i32) as usize;
                 let i = match enc.objects.get(h) {
                     Some(o) if o.id == *id && h >= from => h,
                     _ => {
                         let i = from + enc.objects[from..].partition_point(|o| o.id < *id);
                         match enc.objects.get(i) {
-                            Some(o) if o.id == *id => i,
+                            Some(o) if o.id == *id => {
+                                shift = i as isize - *hint as isize;
+                                i
+                            }
                             // Gone from the zone: out of the view and of the choice.
                             _ => return false,
                         }
