@@ -41,7 +41,7 @@ for N in ${@:-100 500 1000}; do
   RSS0=$(rss_kb $SP)
   START=$(date +%s)
   $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior wander --ramp-per-s 500 \
-     --input-batch-ticks "${INPUT_BATCH_TICKS:-1}" \
+     ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} \
      --report "$T/bots-$N.json" 2> "$T/bots-$N.log" &
   BP=$!
   # Ramp (N/500 s) plus settling, then a steady window of half the duration.

@@ -20,6 +20,11 @@ use zone_server::viz::{Mode, Viz};
 use zone_server::zone_load::load_zone;
 use zone_telemetry::logs::{self, LogFormat};
 
+/// mimalloc instead of the system allocator: the snapshot encoders and the network thread
+/// allocate and free small buffers on different threads at a high rate (benchmarks/2026-11-29-net.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();

@@ -37,6 +37,11 @@ use crate::bot::{SwarmConfig, run_bot};
 use crate::cli::Cli;
 use crate::report::{BotOutcome, Histogram, Live, ProcessUsage, Report, RunFacts, build_report, progress_line};
 
+/// mimalloc instead of the system allocator: the snapshot encoders and the network thread
+/// allocate and free small buffers on different threads at a high rate (benchmarks/2026-11-29-net.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runtime worker threads: the bots are cheap; two workers keep the swarm off the server's cores
 /// as much as a 2-core test machine allows.
 const WORKER_THREADS: usize = 2;
