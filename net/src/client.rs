@@ -1,5 +1,6 @@
 //! [`ClientSession`]: one player's side of the zone protocol as a pure state machine: the join
-//! handshake (Hello retries, Welcome, Reject), 60 Hz input batches with redundancy and the
+//! handshake (Hello retries, Welcome, Reject), 60 Hz input batches with redundancy (or one per k
+//! ticks, [`ClientConfig::input_batch_ticks`]) and the
 //! client's acknowledgements, Ping/Pong round-trip times, per-tick snapshot reassembly onto acked
 //! baselines (see [`crate::delta`]), and the reliable, ordered event stream.
 //!
