@@ -86,9 +86,9 @@ pub struct EndpointConfig {
     pub interest_max: usize,
     /// A client's nearest objects are searched for at one frame in this many (1: every frame).
     /// In between its snapshot holds the same objects at their new states: an object that comes
-    /// into range shows up at most this many frames late, one that leaves range stays as long,
-    /// and one that is gone from the zone leaves at once. A client that moved more than an
-    /// eighth of the radius since the search is searched for again.
+    /// into range shows up at most this many frames less one late, and one that leaves range
+    /// stays as long; one that is gone from the zone leaves at once. A client that moved more
+    /// than an eighth of the radius since the search is searched for again.
     pub interest_refresh_frames: u32,
     /// Datagrams one snapshot may take per client; the rest of a large view follows later.
     pub datagrams_per_snapshot_max: usize,
@@ -433,9 +433,7 @@ impl Session {
         let datagrams = datagrams.iter().map(|d| self.sealer.seal(d)).collect();
         self.outbox = Some((datagrams, stats.bytes, full));
     }
-}
 
-impl Session {
     /// This frame's objects for the client at `pos`, ascending by id: the nearest ones, searched
     /// for anew when due (see [`EndpointConfig::interest_refresh_frames`]), else those of the
     /// last search that are still in the frame.
@@ -447,20 +445,14 @@ impl Session {
             self.interest_age += 1;
             let mut objects = Vec::with_capacity(self.interest.len());
             let mut from = 0;
-            // How far the last object found had moved in the frame's list: an object added or
-            // removed before it moves every later one by as much.
-            let mut shift = 0isize;
             self.interest.retain_mut(|(id, hint)| {
-                let h = hint.wrapping_add_signed(shift as i32) as usize;
+                let h = *hint as usize;
                 let i = match enc.objects.get(h) {
                     Some(o) if o.id == *id && h >= from => h,
                     _ => {
                         let i = from + enc.objects[from..].partition_point(|o| o.id < *id);
                         match enc.objects.get(i) {
-                            Some(o) if o.id == *id => {
-                                shift = i as isize - *hint as isize;
-                                i
-                            }
+                            Some(o) if o.id == *id => i,
                             // Gone from the zone: out of the view and of the choice.
                             _ => return false,
                         }
