@@ -21,9 +21,9 @@
 use bevy_ecs::prelude::*;
 
 use crate::object::{Mind, Npc, Obj, Pos, Vel};
-use crate::shard::{Clock, Inbox, Mail, Nearby, Outbox, Rules, ShardInfo, Stats};
+use crate::shard::{Clock, Inbox, Mail, Nearby, Outbox, PlayerGrid, PlayerView, Rules, ShardInfo, Stats};
 use crate::units::{Rect, Vec2};
-use crate::zone_file::{Behaviour, KindParams};
+use crate::zone_file::{Behaviour, KindParams, ZoneSpec};
 
 /// The tick at which an NPC next has to decide; a cache of [`due_tick`] of its state, not state.
 /// `Due(0)` (what every NPC spawns with, see `Npc`'s required components) means "not known yet".
@@ -138,10 +138,22 @@ fn decide(k: &KindParams, bounds: Rect, npc: &mut Npc, here: Vec2, vel: &mut Vec
     due_tick(k, bounds, npc, here, *vel, now, now + 1)
 }
 
+/// The NPCs' components `npc_ai` reads and writes.
+type NpcParts = (&'static Obj, &'static Pos, &'static mut Vel, &'static mut Npc, &'static mut Due);
+/// The same NPCs, for the narrow pass that only reads when each is due.
+type NpcDue = Query<'static, 'static, (Entity, &'static Due), (With<Obj>, With<Pos>, With<Vel>, With<Npc>)>;
+
 /// NPC behaviour: chase and attack a player in aggro range, else wander, patrol or stand, deciding
 /// only at due ticks (see the module doc). Attacks go out as mail.
+///
+/// With no living player in the watch area, one narrow pass over `Due` alone finds the NPCs due
+/// this tick (a few in a hundred), and only those are fetched whole: a pass over every NPC's five
+/// components costs the tick more than everything those few decisions do. Either way NPCs are
+/// visited in storage order.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn npc_ai(
-    mut npcs: Query<(&Obj, &Pos, &mut Vel, &mut Npc, &mut Due)>,
+    mut npcs: ParamSet<(NpcDue, Query<NpcParts>)>,
+    mut due_now: Local<Vec<Entity>>,
     mut nearby: ResMut<Nearby>,
     inbox: Res<Inbox>,
     info: Res<ShardInfo>,
@@ -151,7 +163,6 @@ pub(crate) fn npc_ai(
     mut stats: ResMut<Stats>,
 ) {
     let spec = &rules.0;
-    let bounds = spec.bounds;
     let tick = clock.tick;
     let nearby = &mut *nearby;
     nearby.players.clear();
@@ -161,16 +172,58 @@ pub(crate) fn npc_ai(
     if !nearby.players.is_empty() {
         nearby.grid.build(info.watch, spec.player_awareness_mm() / 2, &nearby.players);
     }
-    let players = &nearby.players;
-    let grid = &nearby.grid;
-    let aggro_possible = !players.is_empty();
-    for (obj, pos, mut vel, mut npc, mut due) in &mut npcs {
+    let mut think = Think {
+        spec,
+        tick,
+        players: &nearby.players,
+        grid: &nearby.grid,
+        out: &mut out,
+        stats: &mut stats,
+    };
+    if think.players.is_empty() {
+        due_now.clear();
+        npcs.p0().iter().for_each(|(e, due)| {
+            if due.0 <= tick {
+                due_now.push(e);
+            }
+        });
+        let mut q = npcs.p1();
+        for &e in due_now.iter() {
+            let Ok((obj, pos, vel, npc, due)) = q.get_mut(e) else {
+                unreachable!("the narrow query holds only NPCs")
+            };
+            think.npc(obj, pos, vel, npc, due);
+        }
+    } else {
+        for (obj, pos, vel, npc, due) in &mut npcs.p1() {
+            think.npc(obj, pos, vel, npc, due);
+        }
+    }
+}
+
+/// What one `npc_ai` run decides with: the rules, the tick, the players nearby, and where attacks
+/// and counts go.
+struct Think<'a> {
+    spec: &'a ZoneSpec,
+    tick: u64,
+    players: &'a [PlayerView],
+    grid: &'a PlayerGrid,
+    out: &'a mut Outbox,
+    stats: &'a mut Stats,
+}
+
+impl Think<'_> {
+    /// One NPC's turn: chase or attack a player in range, else decide if due.
+    fn npc(&mut self, obj: &Obj, pos: &Pos, mut vel: Mut<Vel>, mut npc: Mut<Npc>, mut due: Mut<Due>) {
+        let (spec, tick, players) = (self.spec, self.tick, self.players);
+        let bounds = spec.bounds;
+        let aggro_possible = !players.is_empty();
         // `Due` is a cache nobody watches. `Vel` and `Npc` are written through
         // `bypass_change_detection` too; wherever they may change, `due.1` notes the tick: the
         // capture of changes (`crate::capture`) relies on it.
         let due = due.bypass_change_detection();
         if due.0 > tick && !aggro_possible {
-            continue;
+            return;
         }
         let k = &spec.kinds[usize::from(obj.kind)];
         let here = pos.0;
@@ -188,7 +241,7 @@ pub(crate) fn npc_ai(
                 _ => None,
             };
             if target.is_none() {
-                target = grid.nearest(here, k.aggro_radius_mm);
+                target = self.grid.nearest(here, k.aggro_radius_mm);
             }
             if let Some(t) = target {
                 due.1 = tick;
@@ -199,24 +252,24 @@ pub(crate) fn npc_ai(
                 if t.pos.dist2(here) <= range2 {
                     *vel = Vec2::ZERO;
                     if npc.ready_at <= tick && k.damage > 0 {
-                        out.mail.push(Mail::Damage {
+                        self.out.mail.push(Mail::Damage {
                             target: t.player,
                             source: obj.id,
                             amount: k.damage,
                         });
                         npc.ready_at = tick + u64::from(k.attack_cooldown_ticks);
-                        stats.0.attacks += 1;
+                        self.stats.0.attacks += 1;
                     }
                 } else {
                     *vel = here.step_towards(t.pos, k.speed_mm_per_tick);
                 }
                 due.0 = tick + 1;
-                continue;
+                return;
             }
         }
         let chasing = matches!(npc.mind, Mind::Chase { .. });
         if !chasing && due.0 > tick {
-            continue;
+            return;
         }
         due.1 = tick;
         let vel = &mut vel.bypass_change_detection().0;

@@ -1039,21 +1039,32 @@ fn movement(
     let leaving = &mut leaving.0;
     leaving.clear();
     let by_kind = &mut stats.0.objects_by_kind;
-    for (e, obj, mut pos, vel) in &mut q {
+    // `for_each`, not a `for` loop: bevy's fold walks each table without a per-item check.
+    q.iter_mut().for_each(|(e, obj, mut pos, vel)| {
         // Unmarked, to save a write per moving object: `capture_changes` counts every object with
         // a velocity as moved, so this is safe only because positions change here only when the
         // velocity is not zero. Any other writer of `Pos` or `Vel` must mark what it writes (or,
         // like `npc_ai`, note it where `capture_changes` looks).
         let pos = pos.bypass_change_detection();
-        if vel.0 != Vec2::ZERO {
-            pos.0 = bounds.clamp(pos.0.saturating_add(vel.0));
-        }
-        if cell.contains(pos.0) {
+        let stays = if vel.0 == Vec2::ZERO {
+            cell.contains(pos.0)
+        } else {
+            let to = pos.0.saturating_add(vel.0);
+            if cell.contains(to) {
+                // The cell lies inside the zone: nothing to clamp (the common case).
+                pos.0 = to;
+                true
+            } else {
+                pos.0 = bounds.clamp(to);
+                cell.contains(pos.0)
+            }
+        };
+        if stays {
             by_kind[usize::from(obj.kind)] += 1;
         } else {
             leaving.push(e);
         }
-    }
+    });
 }
 
 /// Objects now outside this shard's cell (found by `movement`, in storage order) leave the world

@@ -97,12 +97,15 @@ pub struct Rect {
 
 impl Rect {
     pub fn contains(&self, p: Vec2) -> bool {
-        p.x >= self.min.x && p.x < self.max.x && p.y >= self.min.y && p.y < self.max.y
+        // `&`, not `&&`: four compares and no branch (movement asks this of every object).
+        (p.x >= self.min.x) & (p.x < self.max.x) & (p.y >= self.min.y) & (p.y < self.max.y)
     }
 
     /// The nearest point inside the rectangle (max is exclusive, so it clamps to `max - 1`).
     pub fn clamp(&self, p: Vec2) -> Vec2 {
-        Vec2::new(p.x.clamp(self.min.x, self.max.x - 1), p.y.clamp(self.min.y, self.max.y - 1))
+        // `max` then `min` rather than `clamp`, whose check that min <= max costs movement a branch
+        // per object; the same answer for any rectangle that holds a point.
+        Vec2::new(p.x.max(self.min.x).min(self.max.x - 1), p.y.max(self.min.y).min(self.max.y - 1))
     }
 
     pub fn width(&self) -> i64 {

@@ -382,7 +382,7 @@ impl ZoneSpec {
         let mut player_spawns = Vec::with_capacity(raw.player_spawn.len());
         for (i, p) in raw.player_spawn.iter().enumerate() {
             let v = Vec2::new(metres_to_mm(p.x_m) as i32, metres_to_mm(p.y_m) as i32);
-            if !(p.x_m.is_finite() && p.y_m.is_finite()) || !bounds.contains(v) {
+            if !(p.x_m.is_finite() && p.y_m.is_finite() && bounds.contains(v)) {
                 return Err(err(
                     &format!("player_spawn[{i}]"),
                     format!("({}, {}) m is outside the zone", p.x_m, p.y_m),
