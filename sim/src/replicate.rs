@@ -40,11 +40,14 @@ pub(crate) fn replicate_objects(mut replica: ResMut<Replica>, objects: Query<(&O
     let out = &mut replica.objects;
     out.clear();
     out.reserve(objects.iter().len());
-    out.extend(objects.iter().map(|(o, p, v, h)| Replicated {
-        id: o.id,
-        kind: o.kind,
-        pos: p.0,
-        vel: v.0,
-        hp: h.hp,
-    }));
+    // `for_each` rather than `extend`: bevy's fold walks each table without a per-item check.
+    objects.iter().for_each(|(o, p, v, h)| {
+        out.push(Replicated {
+            id: o.id,
+            kind: o.kind,
+            pos: p.0,
+            vel: v.0,
+            hp: h.hp,
+        })
+    });
 }

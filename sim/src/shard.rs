@@ -513,9 +513,9 @@ impl Shard {
     /// own state (generator, id allocator, spawners, pending mail).
     pub fn state_hash(&mut self) -> u64 {
         let mut sum: u64 = 0;
-        for (o, p, v, h, n, pl) in self.hash_query.iter(&self.world) {
+        self.hash_query.iter(&self.world).for_each(|(o, p, v, h, n, pl)| {
             sum = sum.wrapping_add(object_hash(o, p, v, h, n, pl));
-        }
+        });
         let mut h = fold(mix64(u64::from(self.index)), sum);
         h = fold(h, self.world.resource::<ShardRng>().0.state);
         h = fold(h, self.world.resource::<IdAlloc>().next);
@@ -671,7 +671,8 @@ impl Shard {
     /// the tick thread; sorting is left to whoever encodes).
     pub fn objects_unsorted(&mut self) -> Vec<ObjectRecord> {
         let mut v = Vec::with_capacity(self.object_count() + 16);
-        for (o, p, vel, h, n) in self.npc_query.iter(&self.world) {
+        // `for_each` rather than `for`: bevy's fold walks each table without a per-item check.
+        self.npc_query.iter(&self.world).for_each(|(o, p, vel, h, n)| {
             v.push(ObjectRecord {
                 obj: *o,
                 pos: p.0,
@@ -679,8 +680,8 @@ impl Shard {
                 health: *h,
                 body: Body::Npc(*n),
             });
-        }
-        for (o, p, vel, h, pl) in self.pc_query.iter(&self.world) {
+        });
+        self.pc_query.iter(&self.world).for_each(|(o, p, vel, h, pl)| {
             v.push(ObjectRecord {
                 obj: *o,
                 pos: p.0,
@@ -688,7 +689,7 @@ impl Shard {
                 health: *h,
                 body: Body::Player(*pl),
             });
-        }
+        });
         v
     }
 
@@ -979,12 +980,12 @@ fn player_attacks(
     for (_, from) in attackers {
         stats.0.attacks += 1;
         let mut best: Option<(i64, u64, Entity)> = None;
-        for (e, o, pos, h, _) in &npcs {
+        npcs.iter().for_each(|(e, o, pos, h, _)| {
             let d2 = pos.0.dist2(from);
             if h.hp > 0 && d2 <= range2 && best.is_none_or(|(bd, bid, _)| (d2, o.id) < (bd, bid)) {
                 best = Some((d2, o.id, e));
             }
-        }
+        });
         let Some((_, _, e)) = best else { continue };
         let Ok((e, o, _, mut h, npc)) = npcs.get_mut(e) else { continue };
         h.hp -= p.damage;
