@@ -147,8 +147,9 @@ type NpcDue = Query<'static, 'static, (Entity, &'static Due), (With<Obj>, With<P
 /// only at due ticks (see the module doc). Attacks go out as mail.
 ///
 /// With no living player in the watch area, one narrow pass over `Due` alone finds the NPCs due
-/// this tick (a few in a hundred), and only those are fetched whole: a pass over every NPC's five
-/// components costs the tick more than everything those few decisions do. Either way NPCs are
+/// this tick (a walker decides a few times a leg, a paused NPC once a pause), and only those are
+/// fetched whole: fetching every NPC's five components to compare one number cost the tick more
+/// than the decisions did (`benchmarks/2026-11-29-tick.md`, "Third step"). Either way NPCs are
 /// visited in storage order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn npc_ai(
