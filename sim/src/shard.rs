@@ -1052,7 +1052,8 @@ fn movement(
         } else {
             let to = pos.0.saturating_add(vel.0);
             if cell.contains(to) {
-                // The cell lies inside the zone: nothing to clamp (the common case).
+                // The cell lies inside the zone (`ZoneSpec::shard_rect` cuts the zone in cells):
+                // nothing to clamp (the common case).
                 pos.0 = to;
                 true
             } else {
