@@ -138,9 +138,7 @@ fn decide(k: &KindParams, bounds: Rect, npc: &mut Npc, here: Vec2, vel: &mut Vec
     due_tick(k, bounds, npc, here, *vel, now, now + 1)
 }
 
-/// The NPCs' components `npc_ai` reads and writes.
-type NpcParts = (&'static Obj, &'static Pos, &'static mut Vel, &'static mut Npc, &'static mut Due);
-/// The same NPCs, for the narrow pass that only reads when each is due.
+/// The NPCs, for `npc_ai`'s narrow pass that only reads when each is due.
 type NpcDue = Query<'static, 'static, (Entity, &'static Due), (With<Obj>, With<Pos>, With<Vel>, With<Npc>)>;
 
 /// NPC behaviour: chase and attack a player in aggro range, else wander, patrol or stand, deciding
@@ -151,9 +149,11 @@ type NpcDue = Query<'static, 'static, (Entity, &'static Due), (With<Obj>, With<P
 /// fetched whole: fetching every NPC's five components to compare one number cost the tick more
 /// than the decisions did (`benchmarks/2026-11-29-tick.md`, "Third step"). Either way NPCs are
 /// visited in storage order.
-#[allow(clippy::too_many_arguments)]
+// A bevy system: its parameters are its data access (an alias for the full query would have to
+// spell `&'static mut`, which `tests/tests/guard.rs` reads as a `static mut`).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn npc_ai(
-    mut npcs: ParamSet<(NpcDue, Query<NpcParts>)>,
+    mut npcs: ParamSet<(NpcDue, Query<(&Obj, &Pos, &mut Vel, &mut Npc, &mut Due)>)>,
     mut due_now: Local<Vec<Entity>>,
     mut nearby: ResMut<Nearby>,
     inbox: Res<Inbox>,
