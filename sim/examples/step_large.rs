@@ -20,23 +20,17 @@ fn main() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/zones/large.toml");
     let text = std::fs::read_to_string(path).expect("assets/zones/large.toml");
     let spec = Arc::new(ZoneSpec::from_toml_str(path, &text).expect("large.toml is valid"));
-    let n: u32 = std::env::args().nth(1).map_or(0, |a| a.parse().expect("N: a number of ticks"));
+    let n: u64 = std::env::args().nth(1).map_or(0, |a| a.parse().expect("N: a number of ticks"));
     let players: u32 = std::env::args().nth(2).map_or(0, |a| a.parse().expect("P: a number of players"));
     let mut bots = ScriptedPlayers::new(1, players);
     let mut zone = Zone::new(spec, 1).expect("zone");
-    for _ in 0..120 {
-        bots.drive(&mut zone);
-        zone.step(&Serial);
-    }
+    bots.play(&mut zone, 120);
     measured(&mut zone, &mut bots, n);
     println!("tick {} hash {}", zone.tick(), zone.hash(&Serial).hex());
 }
 
 /// The N measured ticks (a function of its own, for callgrind's `--toggle-collect`).
 #[inline(never)]
-fn measured(zone: &mut Zone, bots: &mut ScriptedPlayers, n: u32) {
-    for _ in 0..n {
-        bots.drive(zone);
-        zone.step(&Serial);
-    }
+fn measured(zone: &mut Zone, bots: &mut ScriptedPlayers, n: u64) {
+    bots.play(zone, n);
 }

@@ -21,9 +21,6 @@ fn main() {
     let mut zone = Zone::new(spec, 1).expect("zone");
     let mut bots = ScriptedPlayers::new(1, players);
     bots.adopt(&zone);
-    for _ in 0..ticks {
-        bots.drive(&mut zone);
-        zone.step(&Serial);
-    }
+    bots.play(&mut zone, ticks);
     println!("{path} ticks {ticks} players {players} hash {}", zone.hash(&Serial).hex());
 }

@@ -7,7 +7,7 @@
 
 use crate::input::{PlayerId, PlayerInput};
 use crate::rng::DetRng;
-use crate::zone::Zone;
+use crate::zone::{Serial, Zone};
 
 /// Scripted player ids start here, far from ids a token service would hand out in tests.
 pub const SCRIPTED_PLAYER_ID_BASE: PlayerId = 1_000_000;
@@ -63,6 +63,15 @@ impl ScriptedPlayers {
 
     pub fn is_empty(&self) -> bool {
         self.bots.is_empty()
+    }
+
+    /// Drives and steps the zone `ticks` times, serially: what a harness that wants "this zone
+    /// with these players after N ticks" does.
+    pub fn play(&mut self, zone: &mut Zone, ticks: u64) {
+        for _ in 0..ticks {
+            self.drive(zone);
+            zone.step(&Serial);
+        }
     }
 
     /// Submits this tick's joins, leaves and inputs for the zone's next tick. Refusals (a full

@@ -18,12 +18,7 @@ fn zone_hash(file: &str, ticks: u64, players: u32) -> String {
     let text = std::fs::read_to_string(&path).expect("a shipped zone file");
     let spec = Arc::new(ZoneSpec::from_toml_str(&path, &text).expect("a valid zone file"));
     let mut zone = Zone::new(spec, 1).expect("zone");
-    let mut bots = ScriptedPlayers::new(1, players);
-    bots.adopt(&zone);
-    for _ in 0..ticks {
-        bots.drive(&mut zone);
-        zone.step(&Serial);
-    }
+    ScriptedPlayers::new(1, players).play(&mut zone, ticks);
     zone.hash(&Serial).hex()
 }
 
