@@ -27,11 +27,28 @@ use crate::zone_file::{Behaviour, KindParams, ZoneSpec};
 
 /// The tick at which an NPC next has to decide; a cache of [`due_tick`] of its state, not state.
 /// `Due(0)` (what every NPC spawns with, see `Npc`'s required components) means "not known yet".
-/// The second field is the last tick at which `npc_ai` wrote the NPC's velocity or `Npc` (0:
-/// never): the capture of changes (`crate::capture`) reads it instead of bevy's change ticks,
-/// which would cost `npc_ai` a tick pointer per NPC visited (7% of the tick's instructions).
+/// The second field is the NPC's **write note**: the last tick at which it arrived in its shard
+/// (spawned, migrated in) or anything wrote it beyond its position (`npc_ai` its velocity or
+/// `Npc`, `player_attacks` its health). The capture of changes (`crate::capture`) reads this one
+/// number per NPC instead of four components' bevy change ticks, and `npc_ai` writes through
+/// `bypass_change_detection`, which saves it a tick pointer per NPC visited (7% of the tick's
+/// instructions). Every writer of an NPC must note it; debug builds check that every write bevy
+/// marked was noted.
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Due(pub(crate) u64, pub(crate) u64);
+
+impl Due {
+    /// What an NPC arriving in a shard at `tick` carries: no decision tick known yet, and the
+    /// arrival noted for the capture of changes.
+    pub(crate) fn arrived(tick: u64) -> Due {
+        Due(0, tick)
+    }
+
+    /// Whether the NPC arrived or was written after `tick` (see the type's doc).
+    pub(crate) fn written_after(&self, tick: u64) -> bool {
+        self.1 > tick
+    }
+}
 
 /// No decision is ever due (an idle NPC standing at home).
 const NEVER: u64 = u64::MAX;

@@ -18,14 +18,23 @@
 //! whole, and a mirror that finds a capture it cannot apply says so ([`MirrorError`]) and wants a
 //! whole one too.
 //!
-//! How changes are found: bevy_ecs change ticks on `Vel`, `Health`, `Npc` and `Player` (the
-//! systems that write them through `Mut` mark them), "added" ticks for arrivals, and two
-//! exceptions that write without marking, for speed: `npc_ai` notes in the NPC's `Due` the tick
-//! at which it wrote its velocity or `Npc` (marking would cost the tick 8% of its instructions),
-//! and `movement` writes positions every tick, so an object's position counts as changed when
-//! its velocity is not zero or changed since the last capture (`movement` only writes positions
-//! of objects with a velocity; every other writer of a position marks). Departures are noted by
-//! the three places that despawn. Nothing here alters the simulation or its hash.
+//! How changes are found:
+//! - **NPCs** (nearly all objects) by their write note alone, the second field of their
+//!   [`crate::behaviour::Due`]: the tick at which the NPC arrived (spawned, migrated in) or anything
+//!   wrote it beyond its position (`npc_ai` its velocity or `Npc`, `player_attacks` its health).
+//!   One number per NPC instead of four components' bevy change ticks: the capture reads four
+//!   components of each NPC (id, position, velocity, note) and the rest only of those it copies
+//!   whole. Every writer of an NPC must note it; debug builds (the tests) check that every write
+//!   bevy marked on an NPC was noted.
+//! - **Players** by bevy change ticks on `Vel`, `Health` and `Player` and "added" ticks for
+//!   arrivals.
+//! - **Positions:** `movement` writes them every tick without marking, so an object's position
+//!   counts as changed when its velocity is not zero (or, for a player, changed since the last
+//!   capture): `movement` only writes positions of objects with a velocity, and every other writer
+//!   of a position marks it (and, for an NPC, notes it).
+//!
+//! Departures are noted by the three places that despawn. Nothing here alters the simulation or
+//! its hash.
 //!
 //! This module never does IO and never iterates a hash map.
 

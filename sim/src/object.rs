@@ -6,6 +6,7 @@
 
 use bevy_ecs::prelude::*;
 
+use crate::behaviour::Due;
 use crate::input::PlayerId;
 use crate::rng::{DetRng, mix64};
 use crate::units::Vec2;
@@ -99,20 +100,21 @@ pub struct ObjectRecord {
 }
 
 impl ObjectRecord {
-    /// Spawns the record into a world.
-    pub fn spawn(self, world: &mut World) -> Entity {
+    /// Spawns the record into a world, arriving at `tick` (an NPC notes it in its
+    /// [`crate::behaviour::Due`] for the capture of changes).
+    pub(crate) fn spawn(self, world: &mut World, tick: u64) -> Entity {
         let base = (self.obj, Pos(self.pos), Vel(self.vel), self.health);
         match self.body {
-            Body::Npc(n) => world.spawn((base, n)).id(),
+            Body::Npc(n) => world.spawn((base, n, Due::arrived(tick))).id(),
             Body::Player(p) => world.spawn((base, p)).id(),
         }
     }
 
-    /// Spawns the record through commands (inside a system).
-    pub fn spawn_cmd(self, commands: &mut Commands) {
+    /// Spawns the record through commands (inside a system), arriving at `tick`.
+    pub(crate) fn spawn_cmd(self, commands: &mut Commands, tick: u64) {
         let base = (self.obj, Pos(self.pos), Vel(self.vel), self.health);
         match self.body {
-            Body::Npc(n) => commands.spawn((base, n)),
+            Body::Npc(n) => commands.spawn((base, n, Due::arrived(tick))),
             Body::Player(p) => commands.spawn((base, p)),
         };
     }
