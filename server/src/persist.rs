@@ -38,11 +38,14 @@ use zone_persistence::breaker::{Breaker, BreakerConfig, BreakerState, Transition
 use zone_persistence::events::{EventQueue, GameEvent};
 use zone_persistence::snapshot::{SnapshotKind, SnapshotMeta, decode_meta, encode_diff, encode_full};
 use zone_persistence::store::{FileStore, PostgresStore, RedisStore, SnapshotStore};
-use zone_sim::{MirrorError, ZoneCapture, ZoneMirror, ZoneState};
+use zone_sim::{MirrorError, SpareLists, ZoneCapture, ZoneMirror, ZoneState};
 
 /// Captures waiting for the worker: a capture a second, so about this many seconds of a slow
 /// store before one is dropped (and the next capture is whole).
 pub const SNAPSHOT_QUEUE_MAX: usize = 16;
+/// Applied captures' lists waiting to go back to the tick thread: it takes one set per capture,
+/// so two are enough to never wait for one.
+const SPARE_LISTS_MAX: usize = 2;
 /// Event batches waiting for the worker.
 pub const EVENT_BATCHES_MAX: usize = 1024;
 /// Events written to PostgreSQL per insert.
@@ -124,6 +127,9 @@ pub struct SnapshotStatus {
 pub struct Persister {
     snap_tx: Option<SyncSender<Job>>,
     event_tx: Option<SyncSender<Job>>,
+    /// The emptied lists of applied captures, coming back for the tick thread to fill again
+    /// ([`Persister::take_spare_lists`]).
+    spare_rx: Receiver<SpareLists>,
     thread: Option<JoinHandle<()>>,
     pub counters: Arc<PersistCounters>,
 }
@@ -134,6 +140,8 @@ impl Persister {
             .with_context(|| format!("cannot use {} for snapshots", cfg.data_dir.join("snapshots").display()))?;
         let (snap_tx, snap_rx) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
         let (event_tx, event_rx) = mpsc::sync_channel(EVENT_BATCHES_MAX);
+        // Lists waiting to go back: a full channel frees the newest instead.
+        let (spare_tx, spare_rx) = mpsc::sync_channel(SPARE_LISTS_MAX);
         let counters = Arc::new(PersistCounters::default());
         let c = counters.clone();
         gauge!("zone_queue_capacity", "queue" => "events").set(cfg.event_queue as f64);
@@ -148,15 +156,23 @@ impl Persister {
                     return;
                 }
             };
-            let mut w = Worker::new(cfg, files, zone_digest, seed, c);
+            let mut w = Worker::new(cfg, files, zone_digest, seed, c, spare_tx);
             rt.block_on(w.run(snap_rx, event_rx));
         })?;
         Ok(Persister {
             snap_tx: Some(snap_tx),
             event_tx: Some(event_tx),
+            spare_rx,
             thread: Some(thread),
             counters,
         })
+    }
+
+    /// The emptied lists of captures the worker has applied, if any came back since the last
+    /// call: give them to [`zone_sim::Zone::recycle_lists`] before the next capture, so that it
+    /// fills memory the process already has (see [`SpareLists`]). Never blocks.
+    pub fn take_spare_lists(&self) -> Option<SpareLists> {
+        self.spare_rx.try_recv().ok()
     }
 
     /// Offers a capture; dropped (and counted) if the queue is full. Never blocks. `false` means
@@ -367,6 +383,8 @@ struct Worker {
     last_full: Option<ZoneState>,
     /// The zone as the captures so far describe it.
     mirror: ZoneMirror,
+    /// Where applied captures' emptied lists go back to the tick thread.
+    spare_tx: SyncSender<SpareLists>,
     /// A whole capture was asked for and has not come yet: captures of changes are refused
     /// quietly until it does.
     awaiting_whole: bool,
@@ -379,7 +397,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(cfg: PersistConfig, files: FileStore, digest: [u8; 32], seed: u64, counters: Arc<PersistCounters>) -> Self {
+    fn new(
+        cfg: PersistConfig,
+        files: FileStore,
+        digest: [u8; 32],
+        seed: u64,
+        counters: Arc<PersistCounters>,
+        spare_tx: SyncSender<SpareLists>,
+    ) -> Self {
         let redis = Backend::new("redis", true, cfg.breaker);
         let pg = Backend::new("postgres", true, cfg.breaker);
         let pg_events = Backend::new("postgres_events", false, cfg.breaker);
@@ -395,6 +420,7 @@ impl Worker {
             pg_events,
             last_full: None,
             mirror: ZoneMirror::new(),
+            spare_tx,
             awaiting_whole: false,
             events,
             counters,
@@ -504,7 +530,13 @@ impl Worker {
     /// Whether the mirror now holds the whole zone at the capture's tick.
     fn apply_capture(&mut self, capture: ZoneCapture) -> bool {
         let tick = capture.tick;
-        match self.mirror.apply(capture) {
+        let mut spare = SpareLists::default();
+        let applied = self.mirror.apply_keeping_lists(capture, &mut spare);
+        if !spare.is_empty() {
+            // Full: the tick thread has lists enough; these are freed here.
+            let _ = self.spare_tx.try_send(spare);
+        }
+        match applied {
             Ok(()) => {
                 let complete = self.mirror.is_complete();
                 self.awaiting_whole &= !complete;

@@ -437,6 +437,9 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     if p.resync_wanted() {
                         zone.reset_capture();
                     }
+                    if let Some(lists) = p.take_spare_lists() {
+                        zone.recycle_lists(lists);
+                    }
                     let c0 = Instant::now();
                     let capture = zone.capture_changes(&exec);
                     let took = c0.elapsed();

@@ -3,9 +3,13 @@
 //! every 60 ticks (a second of zone time, the server's diff cadence) after a 120-tick warm-up,
 //! in alternating order. Prints p50/p99/max of each and what the captures copied.
 //!
+//! Each capture of changes is applied to a `ZoneMirror` (untimed), whose emptied lists go back to
+//! the zone for the next capture, as the server's persistence worker does.
+//!
 //! Run: `cargo run --release -p zone-sim --example capture_large -- 60 2` (the number of captures,
 //! then the threads the captures run on: 1, or 2 for the shards split in two halves, each on a
-//! thread of its own, as the server's pool of two does).
+//! thread of its own, as the server's pool of two does). A third argument `0` drops the lists
+//! instead of recycling them (every capture of changes then fills fresh memory).
 //! With `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='capture_large::whole'`
 //! (or `'capture_large::changes'`) it counts the instructions of one kind alone.
 // A harness, not the simulation: it reads the zone file and the clock.
@@ -15,7 +19,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zone_sim::{Phase, Serial, Shard, ShardExecutor, Zone, ZoneCapture, ZoneSpec, ZoneState};
+use zone_sim::{Phase, Serial, Shard, ShardExecutor, SpareLists, Zone, ZoneCapture, ZoneMirror, ZoneSpec, ZoneState};
 
 /// Two threads, half the shards each (threads started per call: a harness, not the server's pool).
 struct Halves;
@@ -36,9 +40,10 @@ fn main() {
     let spec = Arc::new(ZoneSpec::from_toml_str(path, &text).expect("large.toml is valid"));
     let n: usize = std::env::args().nth(1).map_or(60, |a| a.parse().expect("N: a number of captures"));
     let threads: usize = std::env::args().nth(2).map_or(1, |a| a.parse().expect("threads: 1 or 2"));
+    let recycle = std::env::args().nth(3).is_none_or(|a| a != "0");
     assert!(
         n > 0 && (threads == 1 || threads == 2),
-        "usage: capture_large N (> 0) [THREADS (1 or 2)]"
+        "usage: capture_large N (> 0) [THREADS (1 or 2)] [RECYCLE (1 or 0)]"
     );
     let exec: &dyn ShardExecutor = if threads == 2 { &Halves } else { &Serial };
     let mut zone = Zone::new(spec, 1).expect("zone");
@@ -46,7 +51,16 @@ fn main() {
         zone.step(&Serial);
     }
     // The first capture of changes is whole; take it before measuring, as a server does at start.
-    drop(changes(&mut zone, exec));
+    let mut mirror = ZoneMirror::new();
+    let mut apply = |zone: &mut Zone, c: ZoneCapture| {
+        let mut spare = SpareLists::default();
+        mirror.apply_keeping_lists(c, &mut spare).expect("captures apply in order");
+        if recycle {
+            zone.recycle_lists(spare);
+        }
+    };
+    let first = changes(&mut zone, exec);
+    apply(&mut zone, first);
     let (mut tw, mut tc) = (Vec::new(), Vec::new());
     let (mut records, mut moved) = (0, 0);
     for i in 0..n {
@@ -68,13 +82,14 @@ fn main() {
         let (r, m) = c.copied();
         records += r;
         moved += m;
-        drop(black_box(c));
+        apply(&mut zone, black_box(c));
         if i % 2 == 1 {
             time_whole(&mut zone);
         }
     }
     let objects = zone.object_count();
-    println!("large zone, {n} captures a second apart, {threads} thread(s), {objects} objects");
+    let lists = if recycle { "recycled" } else { "fresh" };
+    println!("large zone, {n} captures a second apart, {threads} thread(s), {objects} objects, {lists} lists");
     println!("whole:   {}", summary(&mut tw));
     println!("changes: {}", summary(&mut tc));
     println!(

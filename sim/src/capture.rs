@@ -91,6 +91,32 @@ impl ZoneCapture {
     }
 }
 
+/// The emptied lists of applied captures of changes ([`ZoneMirror::apply_keeping_lists`]), to hand
+/// back to the zone ([`crate::Zone::recycle_lists`]) for its next capture of changes.
+///
+/// Why: a capture of the large zone fills about 2 MB of lists on the tick thread, once a second.
+/// Fresh from the allocator, that memory is often fresh from the OS too, since allocators hand
+/// freed memory back (mimalloc after a second, glibc when the top of its heap is free), and every
+/// page then faults on first touch: in `capture_large` that doubled the capture's time. Reused
+/// lists are already the process's.
+#[derive(Debug, Default)]
+pub struct SpareLists {
+    pub(crate) records: Vec<Vec<ObjectRecord>>,
+    pub(crate) moved: Vec<Vec<(u64, Vec2)>>,
+}
+
+impl SpareLists {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.moved.is_empty()
+    }
+
+    /// The bytes the lists hold (their capacity).
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(|v| v.capacity() * size_of::<ObjectRecord>()).sum::<usize>()
+            + self.moved.iter().map(|v| v.capacity() * size_of::<(u64, Vec2)>()).sum::<usize>()
+    }
+}
+
 /// A capture the mirror cannot apply: the next capture must be whole.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MirrorError {
@@ -127,6 +153,11 @@ impl ZoneMirror {
     /// Applies `capture`. On an error the mirror keeps what it had for the shards before the one
     /// that failed, forgets that shard and those after it, and needs whole captures of them.
     pub fn apply(&mut self, capture: ZoneCapture) -> Result<(), MirrorError> {
+        self.apply_keeping_lists(capture, &mut SpareLists::default())
+    }
+
+    /// [`ZoneMirror::apply`], keeping the capture's emptied lists in `spare` (see [`SpareLists`]).
+    pub fn apply_keeping_lists(&mut self, capture: ZoneCapture, spare: &mut SpareLists) -> Result<(), MirrorError> {
         if self.shards.len() != capture.shards.len() {
             if !capture.is_full() && !self.shards.is_empty() {
                 let expected = self.shards.len();
@@ -141,7 +172,7 @@ impl ZoneMirror {
         self.tick = capture.tick;
         self.seed = capture.seed;
         for (i, shard) in capture.shards.into_iter().enumerate() {
-            if let Err(e) = self.apply_shard(i, shard) {
+            if let Err(e) = self.apply_shard(i, shard, spare) {
                 for s in &mut self.shards[i..] {
                     *s = None;
                 }
@@ -151,13 +182,13 @@ impl ZoneMirror {
         Ok(())
     }
 
-    fn apply_shard(&mut self, i: usize, capture: ShardCapture) -> Result<(), MirrorError> {
+    fn apply_shard(&mut self, i: usize, capture: ShardCapture, spare: &mut SpareLists) -> Result<(), MirrorError> {
         match capture {
             ShardCapture::Full(mut shard) => {
                 let objects = std::mem::take(&mut shard.objects).into_iter().map(|r| (r.obj.id, r)).collect();
                 self.shards[i] = Some(MirrorShard { shard, objects });
             }
-            ShardCapture::Changes(c) => {
+            ShardCapture::Changes(mut c) => {
                 let Some(m) = self.shards[i].as_mut() else {
                     return Err(MirrorError::NoBase { shard: i });
                 };
@@ -165,15 +196,18 @@ impl ZoneMirror {
                 for id in c.departed {
                     m.objects.remove(&id);
                 }
-                for r in c.records {
+                for r in c.records.drain(..) {
                     m.objects.insert(r.obj.id, r);
                 }
-                for (id, pos) in c.moved {
+                spare.records.push(c.records);
+                for &(id, pos) in &c.moved {
                     let Some(r) = m.objects.get_mut(&id) else {
                         return Err(MirrorError::UnknownObject { shard: i, id });
                     };
                     r.pos = pos;
                 }
+                c.moved.clear();
+                spare.moved.push(c.moved);
             }
         }
         Ok(())

@@ -31,7 +31,7 @@ pub mod units;
 pub mod zone;
 pub mod zone_file;
 
-pub use capture::{MirrorError, ShardCapture, ShardChanges, ZoneCapture, ZoneMirror};
+pub use capture::{MirrorError, ShardCapture, ShardChanges, SpareLists, ZoneCapture, ZoneMirror};
 pub use input::{InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 pub use object::ObjectRecord;
 pub use replicate::Replicated;

@@ -16,7 +16,7 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{LogLevel, ScheduleBuildError, ScheduleBuildSettings, ScheduleLabel};
 
 use crate::behaviour::Due;
-use crate::capture::{ShardCapture, ShardChanges};
+use crate::capture::{ShardCapture, ShardChanges, SpareLists};
 use crate::input::{MOVE_AXIS_MAX, PlayerId, PlayerInput};
 use crate::object::{Body, Health, Mind, NPC_ID_SHARD_SHIFT, Npc, Obj, ObjectRecord, Player, Pos, Vel, object_hash, player_object_id};
 use crate::rng::{DetRng, fold, mix64};
@@ -323,6 +323,9 @@ pub struct Shard {
     /// How many whole records and positions the last capture of changes copied: the next one
     /// reserves about as much, so that it does not grow its lists on the tick thread.
     captured_sizes: (usize, usize),
+    /// Emptied lists of an applied capture, for the next capture of changes to fill (empty and
+    /// without capacity when there are none; see [`crate::capture::SpareLists`]).
+    spare_lists: (Vec<ObjectRecord>, Vec<(u64, Vec2)>),
 }
 
 impl Shard {
@@ -385,6 +388,7 @@ impl Shard {
             pc_changes,
             captured_at: None,
             captured_sizes: (0, 0),
+            spare_lists: (Vec::new(), Vec::new()),
         })
     }
 
@@ -563,8 +567,13 @@ impl Shard {
         };
         let departed = std::mem::take(&mut self.world.resource_mut::<Departed>().ids);
         let reserve = |n: usize| n + n / 4 + 16;
-        let mut records = Vec::with_capacity(reserve(self.captured_sizes.0));
-        let mut moved = Vec::with_capacity(reserve(self.captured_sizes.1));
+        // The spare lists handed back, if any (see `crate::capture::SpareLists`), else new ones.
+        let mut records = std::mem::take(&mut self.spare_lists.0);
+        records.clear();
+        records.reserve(reserve(self.captured_sizes.0));
+        let mut moved = std::mem::take(&mut self.spare_lists.1);
+        moved.clear();
+        moved.reserve(reserve(self.captured_sizes.1));
         #[cfg(debug_assertions)]
         check_npc_marks_noted(&self.world, (since, since_tick));
         collect_npc_changes(&mut self.npc_changes, &self.world, since_tick, &mut records, &mut moved);
@@ -576,6 +585,17 @@ impl Shard {
             records,
             moved,
         })
+    }
+
+    /// Takes a spare pair of lists from `spare` for the next capture of changes, unless it holds
+    /// one already.
+    pub(crate) fn take_spare_lists(&mut self, spare: &mut SpareLists) {
+        if self.spare_lists.0.capacity() == 0 {
+            self.spare_lists.0 = spare.records.pop().unwrap_or_default();
+        }
+        if self.spare_lists.1.capacity() == 0 {
+            self.spare_lists.1 = spare.moved.pop().unwrap_or_default();
+        }
     }
 
     /// Makes the next [`Shard::capture_changes`] whole (a capture was lost on the way).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bevy_ecs::schedule::ScheduleBuildError;
 
-use crate::capture::ZoneCapture;
+use crate::capture::{SpareLists, ZoneCapture};
 use crate::input::{InputQueue, InputRefusal, PlayerId, PlayerInput, RefusalCounts, TickBatch};
 use crate::object::ObjectRecord;
 use crate::rng::{fold, mix64};
@@ -88,6 +88,8 @@ pub struct Zone {
     players: Arc<[PlayerView]>,
     queue: InputQueue,
     last_stats_total: TotalStats,
+    /// Lists of applied captures, to be filled again (see [`Zone::recycle_lists`]).
+    spare_lists: SpareLists,
     /// Refuse new joins (the server is draining for shutdown). Not game state: refused joins never
     /// reach a batch, so replay does not need it.
     draining: bool,
@@ -199,7 +201,14 @@ impl Zone {
     /// [`crate::capture`]): whole for each shard's first capture and after
     /// [`Zone::reset_capture`]. Apply the captures, in order and all of them, to a
     /// [`crate::ZoneMirror`] to get the [`ZoneState`] back.
+    ///
+    /// Lists handed back with [`Zone::recycle_lists`] are filled again here instead of fresh ones.
     pub fn capture_changes(&mut self, exec: &dyn ShardExecutor) -> ZoneCapture {
+        // In reverse: lists come back in shard order and are taken from the end, so each shard
+        // gets its own lists back (sized for it) when a whole set came back.
+        for s in self.shards.iter_mut().rev() {
+            s.take_spare_lists(&mut self.spare_lists);
+        }
         ZoneCapture {
             tick: self.tick,
             seed: self.seed,
@@ -218,6 +227,18 @@ impl Zone {
             .into_iter()
             .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every shard captured"))
             .collect()
+    }
+
+    /// Takes back the emptied lists of applied captures ([`crate::ZoneMirror::apply_keeping_lists`])
+    /// for the next [`Zone::capture_changes`] to fill (see [`SpareLists`]). Keeps at most one pair
+    /// per shard; the rest is freed.
+    pub fn recycle_lists(&mut self, lists: SpareLists) {
+        let n = self.shards.len();
+        let spare = &mut self.spare_lists;
+        spare.records.extend(lists.records.into_iter().filter(|v| v.capacity() > 0));
+        spare.records.truncate(n);
+        spare.moved.extend(lists.moved.into_iter().filter(|v| v.capacity() > 0));
+        spare.moved.truncate(n);
     }
 
     /// Makes the next [`Zone::capture_changes`] whole: call it when a capture did not reach the
@@ -260,6 +281,7 @@ impl Zone {
             players: Arc::from([]),
             queue: InputQueue::default(),
             last_stats_total: TotalStats::default(),
+            spare_lists: SpareLists::default(),
             draining: false,
         })
     }

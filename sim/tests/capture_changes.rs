@@ -1,10 +1,11 @@
 //! Captures of changes only (`Zone::capture_changes`), applied in order to a `ZoneMirror`, give
 //! exactly the state a whole capture gives, whatever the interval between captures, through
-//! joins, fights, deaths, respawns and migrations; and capturing never alters the simulation.
+//! joins, fights, deaths, respawns and migrations, with the lists of applied captures recycled
+//! into the next ones; and capturing never alters the simulation.
 
 use std::sync::Arc;
 
-use zone_sim::{ScriptedPlayers, Serial, ShardCapture, Zone, ZoneMirror, ZoneSpec, ZoneState};
+use zone_sim::{ScriptedPlayers, Serial, ShardCapture, SpareLists, Zone, ZoneMirror, ZoneSpec, ZoneState};
 
 // A test harness, not the simulation: it may read the zone file.
 #[allow(clippy::disallowed_methods)]
@@ -34,7 +35,12 @@ fn run_checked(seed: u64, ticks: u64, every: u64) -> (Zone, (usize, usize)) {
         if t % every == 0 {
             let c = zone.capture_changes(&Serial);
             last = c.copied();
-            mirror.apply(c).expect("the mirror applies every capture in order");
+            // As the server does: the applied capture's emptied lists go back to the zone.
+            let mut spare = SpareLists::default();
+            mirror
+                .apply_keeping_lists(c, &mut spare)
+                .expect("the mirror applies every capture in order");
+            zone.recycle_lists(spare);
             assert_eq!(
                 mirror.state().as_ref(),
                 Some(&whole(&mut zone)),
@@ -166,4 +172,27 @@ fn a_player_who_leaves_and_rejoins_between_two_captures_is_in_both_lists_and_the
             .all(|s| s.objects.iter().all(|r| r.obj.id != zone_sim::object::player_object_id(8)))
     );
     assert_eq!(Some(state), Some(whole(&mut zone)));
+}
+
+#[test]
+fn applied_captures_hand_back_their_lists_and_the_next_capture_fills_them() {
+    let mut zone = Zone::new(demo(), 4).unwrap();
+    let mut mirror = ZoneMirror::new();
+    zone.step(&Serial);
+    mirror.apply(zone.capture_changes(&Serial)).unwrap();
+    let mut held = 0;
+    for t in 0..4 {
+        for _ in 0..30 {
+            zone.step(&Serial);
+        }
+        let mut spare = SpareLists::default();
+        mirror.apply_keeping_lists(zone.capture_changes(&Serial), &mut spare).unwrap();
+        assert!(!spare.is_empty(), "a capture of changes hands back its lists");
+        // Each shard filled the lists handed back last time (growing them if it needed more),
+        // not fresh ones sized to its last capture.
+        assert!(spare.bytes() >= held, "capture {t}: {} bytes after {held}", spare.bytes());
+        held = spare.bytes();
+        zone.recycle_lists(spare);
+        assert_eq!(mirror.state().as_ref(), Some(&whole(&mut zone)), "capture {t}");
+    }
 }
