@@ -97,8 +97,8 @@ impl ZoneCapture {
 /// Why: a capture of the large zone fills about 2 MB of lists on the tick thread, once a second.
 /// Fresh from the allocator, that memory is often fresh from the OS too, since allocators hand
 /// freed memory back (mimalloc after a second, glibc when the top of its heap is free), and every
-/// page then faults on first touch: in `capture_large` that doubled the capture's time. Reused
-/// lists are already the process's.
+/// page then faults on first touch: that made the capture 1.4–1.6× slower in `capture_large` and
+/// in the server (`benchmarks/2026-11-30-capture.md`). Reused lists are already the process's.
 #[derive(Debug, Default)]
 pub struct SpareLists {
     pub(crate) records: Vec<Vec<ObjectRecord>>,
@@ -239,5 +239,73 @@ impl ZoneMirror {
             seed: self.seed,
             shards,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Serial, Zone, ZoneSpec};
+
+    fn demo() -> Zone {
+        let text = include_str!("../../assets/zones/demo.toml");
+        let spec = ZoneSpec::from_toml_str("assets/zones/demo.toml", text).expect("demo.toml is valid");
+        Zone::new(Arc::new(spec), 5).expect("demo zone")
+    }
+
+    /// The capacity of each shard's lists in a capture of changes.
+    fn capacities(c: &ZoneCapture) -> Vec<(usize, usize)> {
+        c.shards
+            .iter()
+            .map(|s| match s {
+                ShardCapture::Changes(c) => (c.records.capacity(), c.moved.capacity()),
+                ShardCapture::Full(_) => panic!("a capture of changes was expected"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_capture_of_changes_fills_the_lists_handed_back_and_the_mirror_hands_them_back() {
+        let mut zone = demo();
+        let mut mirror = ZoneMirror::new();
+        zone.step(&Serial);
+        let first = zone.capture_changes(&Serial);
+        assert!(first.is_full());
+        let shards = first.shards.len();
+        mirror.apply(first).unwrap();
+        // Lists far larger than the demo zone's shards need: only recycling gives a capture these.
+        const BIG: usize = 50_000;
+        let big = SpareLists {
+            records: (0..shards).map(|_| Vec::with_capacity(BIG)).collect(),
+            moved: (0..shards).map(|_| Vec::with_capacity(BIG)).collect(),
+        };
+        zone.recycle_lists(big);
+        zone.step(&Serial);
+        let c = zone.capture_changes(&Serial);
+        assert!(
+            capacities(&c).iter().all(|&(r, m)| r >= BIG && m >= BIG),
+            "every shard filled the lists handed back: {:?}",
+            capacities(&c)
+        );
+        let mut spare = SpareLists::default();
+        mirror.apply_keeping_lists(c, &mut spare).unwrap();
+        assert_eq!(
+            (spare.records.len(), spare.moved.len()),
+            (shards, shards),
+            "the mirror hands every list back"
+        );
+        assert!(spare.records.iter().all(|v| v.is_empty() && v.capacity() >= BIG));
+        assert!(spare.moved.iter().all(|v| v.is_empty() && v.capacity() >= BIG));
+        assert!(spare.bytes() >= shards * BIG * (size_of::<ObjectRecord>() + size_of::<(u64, Vec2)>()));
+        // Not handed back: the next capture makes lists sized for what the shard holds.
+        zone.step(&Serial);
+        let fresh = zone.capture_changes(&Serial);
+        assert!(
+            capacities(&fresh).iter().all(|&(r, m)| r < BIG && m < BIG),
+            "{:?}",
+            capacities(&fresh)
+        );
     }
 }
