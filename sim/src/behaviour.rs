@@ -8,7 +8,7 @@
 //! does. So between decisions nothing about an NPC changes but its position, which `movement`
 //! advances, and the decision tick can be computed from the state alone ([`due_tick`]): that is
 //! what makes [`Due`] a cache and not state. It is rebuilt from the state for every newcomer
-//! (spawned, migrated, restored: `Due(0)`), so a restored or migrated NPC behaves exactly as if
+//! (spawned, migrated, restored: first field 0), so a restored or migrated NPC behaves exactly as if
 //! nothing had happened, and it is never hashed, captured or sent.
 //!
 //! Players break the schedule: while a shard's watch area holds a living player, every NPC that can
@@ -26,7 +26,7 @@ use crate::units::{Rect, Vec2};
 use crate::zone_file::{Behaviour, KindParams, ZoneSpec};
 
 /// The tick at which an NPC next has to decide; a cache of [`due_tick`] of its state, not state.
-/// `Due(0)` (what every NPC spawns with, see `Npc`'s required components) means "not known yet".
+/// A first field of 0 (what every NPC spawns with: `Due::arrived`) means "not known yet".
 /// The second field is the NPC's **write note**: the last tick at which it arrived in its shard
 /// (spawned, migrated in) or anything wrote it beyond its position (`npc_ai` its velocity or
 /// `Npc`, `player_attacks` its health). The capture of changes (`crate::capture`) reads this one
