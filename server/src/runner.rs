@@ -164,7 +164,15 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     // The run (timeline) this process continues, or a new one: it names the journal's segments
     // and keys the game events.
     let run_id = restored_run.flatten().unwrap_or_else(new_run_id);
-    let exec = PoolExecutor::new(cfg.threads, spec.shard_count()).context("cannot start the shard thread pool")?;
+    let paced = cfg.realtime || cfg.ticks.is_none();
+    // In real time a small step stays on this thread (see `crate::executor`); headless, the
+    // ticks run back to back and always fan out.
+    let exec = if paced {
+        PoolExecutor::adaptive(cfg.threads, spec.shard_count())
+    } else {
+        PoolExecutor::new(cfg.threads, spec.shard_count())
+    }
+    .context("cannot start the shard thread pool")?;
     let kind_names: Vec<String> = spec.kinds.iter().map(|k| k.name.clone()).collect();
     let mut metrics = hooks.metrics.then(|| ZoneMetrics::new(&kind_names, spec.shard_count()));
     let mut queue_metrics = hooks.metrics.then(|| {
@@ -301,7 +309,6 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let mut replicas = crate::replica::Replicas::default();
     let mut scripted = ScriptedPlayers::new(cfg.seed, cfg.sim_players);
     scripted.adopt(&zone);
-    let paced = cfg.realtime || cfg.ticks.is_none();
     let mut pacer = FixedStep::new(zone_sim::units::TICK_RATE_HZ, CATCH_UP_TICKS_MAX);
     let mut windows: Vec<ShardWindow> = vec![ShardWindow::default(); spec.shard_count()];
     let mut tick_all = Samples::default();
@@ -580,6 +587,7 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 tick_p99_us = tick_window.quantile_us(0.99),
                 players = zone.players().len(),
                 objects = zone.object_count(),
+                step_on_tick_thread = exec.step_inline(),
                 overrun_ticks,
                 input_refusals = r.total(),
                 journal_dropped = journal.as_ref().map_or(0, |j| j.counters().dropped.load(Ordering::Relaxed)),
