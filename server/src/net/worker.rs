@@ -90,13 +90,38 @@ pub fn endpoint_config(cfg: &NetConfig, spec: &ZoneSpec) -> EndpointConfig {
     }
 }
 
-/// Snapshot encoding spread over the encode pool.
-struct Pool<'a>(&'a rayon::ThreadPool);
+/// Sessions a thread takes at a time from a chunk being encoded.
+const ENCODE_BATCH: usize = 8;
+
+/// Snapshot encoding shared between the network thread and the encode pool (one thread fewer
+/// than the cores): the network thread encodes too instead of sleeping until the pool is done,
+/// and both take sessions from one queue, [`ENCODE_BATCH`] at a time, so neither waits on the
+/// other's share when the scheduler runs one of them late.
+struct Pool<'a>(Option<&'a rayon::ThreadPool>);
 
 impl Parallel for Pool<'_> {
     fn for_each(&self, sessions: &mut [Session], f: &(dyn Fn(&mut Session) + Sync)) {
-        use rayon::prelude::*;
-        self.0.install(|| sessions.par_iter_mut().for_each(f));
+        let Some(pool) = self.0.filter(|_| sessions.len() > ENCODE_BATCH) else {
+            sessions.iter_mut().for_each(f);
+            return;
+        };
+        let queue = std::sync::Mutex::new(sessions.chunks_mut(ENCODE_BATCH));
+        let drain = || {
+            loop {
+                // A poisoned lock means a helper panicked while encoding; the rest still go out.
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                match next {
+                    Some(batch) => batch.iter_mut().for_each(f),
+                    None => break,
+                }
+            }
+        };
+        pool.in_place_scope(|scope| {
+            for _ in 0..pool.current_num_threads() {
+                scope.spawn(|_| drain());
+            }
+            drain();
+        });
     }
 }
 
@@ -112,12 +137,28 @@ pub struct Worker {
     inputs: SyncSender<PlayerInput>,
     endpoint: Endpoint<SocketAddr>,
     epoch: Instant,
-    /// Snapshot encoding runs on this pool (one thread per core).
-    pool: rayon::ThreadPool,
+    /// Snapshot encoding runs on this thread and this pool (one thread fewer than the cores;
+    /// none on one core).
+    pool: Option<rayon::ThreadPool>,
     encode_hist: metrics::Histogram,
     slow_logged: Instant,
     rtt_hist: metrics::Histogram,
     size_hist: metrics::Histogram,
+}
+
+/// The encode pool: one thread fewer than the cores, none on one core (or if the threads cannot
+/// be started: the network thread then encodes alone).
+fn encode_pool() -> Option<rayon::ThreadPool> {
+    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1);
+    if helpers == 0 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(helpers)
+        .thread_name(|i| format!("zone-net-encode-{i}"))
+        .build()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot start the snapshot encode threads; the network thread encodes alone"))
+        .ok()
 }
 
 impl Worker {
@@ -157,11 +198,7 @@ impl Worker {
             inputs,
             endpoint,
             epoch: Instant::now(),
-            pool: rayon::ThreadPoolBuilder::new()
-                .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .thread_name(|i| format!("zone-net-encode-{i}"))
-                .build()
-                .expect("a thread pool of available_parallelism threads"),
+            pool: encode_pool(),
             encode_hist: metrics::histogram!("zone_net_frame_encode_seconds"),
             slow_logged: Instant::now() - Duration::from_secs(60),
             rtt_hist: metrics::histogram!("zone_rtt_seconds"),
@@ -366,7 +403,7 @@ impl Worker {
         // Keep reading between chunks: acknowledgements and inputs must not wait for a whole
         // frame of encoding (late acknowledgements would turn deltas into full snapshots).
         loop {
-            let more = self.endpoint.encode_frame(ENCODE_CHUNK, &Pool(&self.pool));
+            let more = self.endpoint.encode_frame(ENCODE_CHUNK, &Pool(self.pool.as_ref()));
             self.flush();
             if !more {
                 break;
