@@ -76,7 +76,15 @@ pub struct ConnectionManager<TSocket: DatagramSocket, TConnection: Connection> {
     event_receiver: Receiver<TConnection::ReceiveEvent>,
     user_event_sender: Sender<TConnection::SendEvent>,
     max_unestablished_connections: u16,
+    /// zone-server patch: when every connection was last visited (see `SWEEP_INTERVAL`).
+    last_sweep: Option<Instant>,
 }
+
+/// zone-server patch: `manual_poll` visits every connection (resends, heartbeats, drops) at most
+/// this often, not on every poll. The server polls every 2 ms with thousands of connections and
+/// sends unreliable packets only, so the visits found nothing to do (see PATCHES.md); idle drops
+/// now come up to this much later.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket, TConnection> {
     /// Creates an instance of `ConnectionManager` by passing a socket and config.
@@ -93,6 +101,7 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
             user_event_sender,
             event_receiver,
             max_unestablished_connections,
+            last_sweep: None,
         }
     }
 
@@ -155,6 +164,15 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
                 unestablished_connections -= 1;
             }
         }
+
+        // zone-server patch: the sweep below runs at most every SWEEP_INTERVAL.
+        if self
+            .last_sweep
+            .is_some_and(|t| time.saturating_duration_since(t) < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.last_sweep = Some(time);
 
         // update all connections
         for conn in self.connections.values_mut() {
