@@ -43,10 +43,12 @@ pub struct Cli {
     #[arg(long, env = "ZONE_SEED")]
     pub seed: Option<u64>,
 
-    /// Threads that tick shards in parallel. Results do not depend on it. In real time a tick
-    /// whose shards take under 2 ms of work in all runs on the tick thread alone, and spreads
-    /// over the threads from 4 ms (handing small steps to other threads costs more than it
-    /// saves when the cores are busy); `--ticks` runs always spread. [default: one per CPU]
+    /// Threads that tick shards in parallel. Results do not depend on it. In real time a small
+    /// tick (its shards' work adds up to under 4 ms) runs on the tick thread alone, since
+    /// handing it to other threads costs more than it saves when the cores are busy; it spreads
+    /// over the threads once half a second of ticks all took 4 ms or more, and comes back when
+    /// one takes under 2 ms. Headless runs (`--ticks` without `--realtime`) always spread.
+    /// [default: one per CPU]
     #[arg(long, env = "ZONE_THREADS")]
     pub threads: Option<usize>,
 

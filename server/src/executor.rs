@@ -6,27 +6,76 @@
 //! In real time ([`PoolExecutor::adaptive`]) a small step runs on the tick thread alone: handing
 //! shards to the pool and waiting for it costs two thread wake-ups, and when the cores are busy
 //! (the network encoding for a thousand clients) each can wait for a scheduler slice of a few
-//! milliseconds, which is more than a small step takes. The step fans out again once the shards'
-//! work adds up to [`FANOUT_ABOVE`]. Headless runs ([`PoolExecutor::new`]) always fan out: there
-//! the ticks run back to back, the pool never sleeps, and only throughput counts.
+//! milliseconds, which is more than a small step takes. [`FanoutRule`] decides from the shards'
+//! step times. Headless runs ([`PoolExecutor::new`]: `--ticks` without `--realtime`) always fan
+//! out: there the ticks run back to back, the pool never sleeps, and only throughput counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use zone_sim::{Phase, Shard, ShardExecutor};
 
-/// In real time, the step fans out to the pool when the shards' step times of the last tick add
-/// up to this or more (a quarter of a 60 Hz tick).
+/// The step fans out when the shards' step times add up to this or more in every step of a
+/// window (a quarter of a 60 Hz tick) ...
 pub const FANOUT_ABOVE: Duration = Duration::from_millis(4);
-/// ... and goes back to the tick thread alone when they add up to less than this (half of the
-/// above, so that a step near the line does not switch every tick).
+/// ... and goes back to the tick thread alone when they add up to less than this in some step of
+/// a window (half the above, so that a step near the line does not switch back and forth).
 pub const INLINE_BELOW: Duration = Duration::from_millis(2);
+/// One step this long (half a tick) fans out at once, without waiting for the window's end.
+pub const FANOUT_AT_ONCE: Duration = Duration::from_millis(8);
+/// Steps in a window (half a second at 60 Hz). A step's times are wall-clock: a shard the
+/// scheduler set aside reads longer than its work, never shorter, so the window's smallest sum
+/// is the work, and one slow step does not switch.
+pub const WINDOW_STEPS: u32 = 30;
 
-/// Whether the next step runs on the calling thread alone, given whether this one did and the
-/// sum of this step's shard times. Pure, so the rule is testable without clocks.
-pub fn next_step_inline(inline: bool, serial: Duration) -> bool {
-    if inline { serial < FANOUT_ABOVE } else { serial < INLINE_BELOW }
+/// Whether the step runs on the calling thread alone, from the shards' step times. Pure, so the
+/// rule is testable without clocks.
+#[derive(Clone, Debug)]
+pub struct FanoutRule {
+    inline: bool,
+    window_min: Duration,
+    steps: u32,
+}
+
+impl Default for FanoutRule {
+    fn default() -> Self {
+        FanoutRule {
+            inline: true,
+            window_min: Duration::MAX,
+            steps: 0,
+        }
+    }
+}
+
+impl FanoutRule {
+    /// Whether the next step runs on the calling thread alone.
+    pub fn inline(&self) -> bool {
+        self.inline
+    }
+
+    /// Notes a step whose shards' step times add up to `serial`.
+    pub fn observe(&mut self, serial: Duration) {
+        if self.inline && serial >= FANOUT_AT_ONCE {
+            *self = FanoutRule {
+                inline: false,
+                ..FanoutRule::default()
+            };
+            return;
+        }
+        self.window_min = self.window_min.min(serial);
+        self.steps += 1;
+        if self.steps >= WINDOW_STEPS {
+            self.inline = if self.inline {
+                self.window_min < FANOUT_ABOVE
+            } else {
+                self.window_min < INLINE_BELOW
+            };
+            self.window_min = Duration::MAX;
+            self.steps = 0;
+        }
+    }
 }
 
 /// Runs shards on a rayon pool of a fixed size and records how long each shard's step took.
@@ -34,10 +83,9 @@ pub struct PoolExecutor {
     pool: rayon::ThreadPool,
     threads: usize,
     step_nanos: Vec<AtomicU64>,
-    /// Whether small steps run on the calling thread ([`PoolExecutor::adaptive`]).
-    adaptive: bool,
-    /// Whether the next step runs on the calling thread alone (adaptive only).
-    step_inline: AtomicBool,
+    /// Whether small steps run on the calling thread ([`PoolExecutor::adaptive`]), and the rule
+    /// that says when (only the stepping thread takes the lock).
+    fanout: Option<Mutex<FanoutRule>>,
 }
 
 impl PoolExecutor {
@@ -52,17 +100,15 @@ impl PoolExecutor {
             pool,
             threads,
             step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect(),
-            adaptive: false,
-            step_inline: AtomicBool::new(false),
+            fanout: None,
         })
     }
 
     /// A pool for a server ticking in real time: the step runs on the calling thread while the
-    /// shards' work is small ([`next_step_inline`]); captures and hashes always fan out.
+    /// shards' work is small ([`FanoutRule`]); captures and hashes always fan out.
     pub fn adaptive(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let mut exec = PoolExecutor::new(threads, shards)?;
-        exec.adaptive = true;
-        exec.step_inline = AtomicBool::new(true);
+        exec.fanout = Some(Mutex::new(FanoutRule::default()));
         Ok(exec)
     }
 
@@ -75,9 +121,14 @@ impl PoolExecutor {
         Duration::from_nanos(self.step_nanos.get(i).map_or(0, |a| a.load(Ordering::Relaxed)))
     }
 
-    /// Whether the next step runs on the calling thread alone (always true with one thread).
+    /// Whether the next step runs on the calling thread alone (always with one thread, never
+    /// when not adaptive).
     pub fn step_inline(&self) -> bool {
-        self.threads == 1 || self.step_inline.load(Ordering::Relaxed)
+        self.threads == 1
+            || self
+                .fanout
+                .as_ref()
+                .is_some_and(|r| r.lock().unwrap_or_else(|e| e.into_inner()).inline())
     }
 }
 
@@ -100,10 +151,9 @@ impl ShardExecutor for PoolExecutor {
             // One shard per task: shards are few and coarse, so let every idle thread steal.
             self.pool.install(|| shards.par_iter_mut().with_max_len(1).for_each(timed));
         }
-        if self.adaptive && phase == Phase::Step {
+        if let (Some(rule), Phase::Step) = (&self.fanout, phase) {
             let serial = shards.iter().map(|s| self.step_duration(s.index())).sum();
-            self.step_inline
-                .store(next_step_inline(self.step_inline(), serial), Ordering::Relaxed);
+            rule.lock().unwrap_or_else(|e| e.into_inner()).observe(serial);
         }
     }
 }
@@ -112,16 +162,43 @@ impl ShardExecutor for PoolExecutor {
 mod tests {
     use super::*;
 
+    fn window(rule: &mut FanoutRule, serial: impl Fn(u32) -> Duration) {
+        for i in 0..WINDOW_STEPS {
+            rule.observe(serial(i));
+        }
+    }
+
     #[test]
-    fn a_step_fans_out_from_four_ms_of_shard_work_and_comes_back_under_two() {
+    fn a_step_fans_out_after_a_window_of_four_ms_steps_and_comes_back_after_one_under_two() {
         let ms = Duration::from_millis;
-        // Inline stays inline below the upper line, fans out at it.
-        assert!(next_step_inline(true, ms(0)));
-        assert!(next_step_inline(true, ms(3)));
-        assert!(!next_step_inline(true, ms(4)));
-        // Fanned out stays out down to the lower line, and comes back below it.
-        assert!(!next_step_inline(false, ms(3)));
-        assert!(!next_step_inline(false, ms(2)));
-        assert!(next_step_inline(false, Duration::from_micros(1_999)));
+        let mut rule = FanoutRule::default();
+        assert!(rule.inline());
+        // One quick step in the window keeps it inline: the slow ones were the scheduler.
+        window(&mut rule, |i| if i == 17 { ms(3) } else { ms(7) });
+        assert!(rule.inline());
+        // A whole window at or over the line fans out, at the window's end only.
+        for _ in 0..WINDOW_STEPS - 1 {
+            rule.observe(ms(4));
+        }
+        assert!(rule.inline());
+        rule.observe(ms(4));
+        assert!(!rule.inline());
+        // Fanned out, 2 to 4 ms stays fanned out ...
+        window(&mut rule, |_| ms(2));
+        assert!(!rule.inline());
+        // ... and one step under 2 ms in a window brings it back.
+        window(&mut rule, |i| if i == 3 { Duration::from_micros(1_999) } else { ms(6) });
+        assert!(rule.inline());
+    }
+
+    #[test]
+    fn one_step_of_half_a_tick_fans_out_at_once() {
+        let mut rule = FanoutRule::default();
+        rule.observe(Duration::from_millis(1));
+        rule.observe(FANOUT_AT_ONCE);
+        assert!(!rule.inline());
+        // And it comes back only after a window that shows a small step.
+        window(&mut rule, |_| Duration::from_millis(1));
+        assert!(rule.inline());
     }
 }

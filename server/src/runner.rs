@@ -6,8 +6,9 @@
 //! 2. drain: a signal or `POST /drain` stops new joins; the loop ends when the zone is empty or
 //!    the drain timeout passes;
 //! 3. input: scripted players submit their inputs through the zone's input API;
-//! 4. the step: `Zone::step` runs every shard's schedule on the pool (Input → Simulate →
-//!    Replicate → Persist → Telemetry) and the boundary exchange; each shard and stage is timed;
+//! 4. the step: `Zone::step` runs every shard's schedule (Input → Simulate → Replicate → Persist
+//!    → Telemetry), on the pool or, while small, on this thread (`crate::executor`), and the
+//!    boundary exchange; each shard and stage is timed;
 //!    the Replicate stage copies the objects only when the game socket or the visualizer asked
 //!    for this tick, and its copies go to both (`replica.rs`, `net/`, `viz/`);
 //! 5. hashing, every `hash_interval` ticks;

@@ -81,6 +81,9 @@ proptest! {
             let (par, _) = run(seed, &sched, &pool);
             prop_assert_eq!(&serial, &par, "{} threads differ from serial", threads);
         }
+        // The real-time executor, which steps small zones on the calling thread.
+        let (adaptive, _) = run(seed, &sched, &PoolExecutor::adaptive(2, 16).unwrap());
+        prop_assert_eq!(&serial, &adaptive, "the adaptive executor differs from serial");
         let (rev, _) = run(seed, &sched, &Reversed);
         prop_assert_eq!(&serial, &rev, "reversed shard order differs");
         let (shuf, _) = run(seed, &sched, &Shuffled(Default::default()));

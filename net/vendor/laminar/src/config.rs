@@ -59,6 +59,11 @@ pub struct Config {
     /// The maximum number of unestablished connections that laminar will track internally. This is
     /// used to prevent malicious packet flooding from consuming an unbounded amount of memory.
     pub max_unestablished_connections: u16,
+
+    /// zone-server patch: `ConnectionManager::manual_poll` visits every connection (resends,
+    /// heartbeats, drops) at most this often; packets are received and sent on every poll
+    /// regardless. Zero, the default, visits them on every poll, as upstream does.
+    pub sweep_interval: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +83,7 @@ impl Default for Config {
             socket_polling_timeout: Some(Duration::from_millis(1)),
             max_packets_in_flight: 512,
             max_unestablished_connections: 50,
+            sweep_interval: Duration::ZERO,
         }
     }
 }

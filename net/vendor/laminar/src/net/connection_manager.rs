@@ -76,15 +76,9 @@ pub struct ConnectionManager<TSocket: DatagramSocket, TConnection: Connection> {
     event_receiver: Receiver<TConnection::ReceiveEvent>,
     user_event_sender: Sender<TConnection::SendEvent>,
     max_unestablished_connections: u16,
-    /// zone-server patch: when every connection was last visited (see `SWEEP_INTERVAL`).
+    /// zone-server patch: when every connection was last visited (see `Config::sweep_interval`).
     last_sweep: Option<Instant>,
 }
-
-/// zone-server patch: `manual_poll` visits every connection (resends, heartbeats, drops) at most
-/// this often, not on every poll. The server polls every 2 ms with thousands of connections and
-/// sends unreliable packets only, so the visits found nothing to do (see PATCHES.md); idle drops
-/// now come up to this much later.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket, TConnection> {
     /// Creates an instance of `ConnectionManager` by passing a socket and config.
@@ -165,10 +159,11 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
             }
         }
 
-        // zone-server patch: the sweep below runs at most every SWEEP_INTERVAL.
+        // zone-server patch: the sweep below runs at most every `Config::sweep_interval`.
+        let sweep_interval = messenger.config.sweep_interval;
         if self
             .last_sweep
-            .is_some_and(|t| time.saturating_duration_since(t) < SWEEP_INTERVAL)
+            .is_some_and(|t| time.saturating_duration_since(t) < sweep_interval)
         {
             return;
         }
