@@ -102,29 +102,37 @@ struct Pool<'a>(Option<&'a rayon::ThreadPool>);
 
 impl Parallel for Pool<'_> {
     fn for_each(&self, sessions: &mut [Session], f: &(dyn Fn(&mut Session) + Sync)) {
-        let Some(pool) = self.0.filter(|_| sessions.len() > ENCODE_BATCH) else {
-            sessions.iter_mut().for_each(f);
-            return;
-        };
-        let queue = std::sync::Mutex::new(sessions.chunks_mut(ENCODE_BATCH));
-        let drain = || {
-            loop {
-                // The lock is held only to take a batch, never while encoding, so it cannot be
-                // poisoned by an encoder's panic (that reaches the caller from `in_place_scope`).
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                match next {
-                    Some(batch) => batch.iter_mut().for_each(f),
-                    None => break,
-                }
-            }
-        };
-        pool.in_place_scope(|scope| {
-            for _ in 0..pool.current_num_threads() {
-                scope.spawn(|_| drain());
-            }
-            drain();
-        });
+        share_out(self.0, sessions, ENCODE_BATCH, f);
     }
+}
+
+/// Runs `f` once on every item: on the calling thread and every thread of `pool`, each taking
+/// `batch` items at a time from one queue until none are left (all on the calling thread when
+/// there is no pool or at most one batch).
+fn share_out<T: Send>(pool: Option<&rayon::ThreadPool>, items: &mut [T], batch: usize, f: &(dyn Fn(&mut T) + Sync)) {
+    let batch = batch.max(1);
+    let Some(pool) = pool.filter(|_| items.len() > batch) else {
+        items.iter_mut().for_each(f);
+        return;
+    };
+    let queue = std::sync::Mutex::new(items.chunks_mut(batch));
+    let drain = || {
+        loop {
+            // The lock is held only to take a batch, never while working on it, so it cannot be
+            // poisoned by a panic in `f` (that reaches the caller from `in_place_scope`).
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            match next {
+                Some(taken) => taken.iter_mut().for_each(f),
+                None => break,
+            }
+        }
+    };
+    pool.in_place_scope(|scope| {
+        for _ in 0..pool.current_num_threads() {
+            scope.spawn(|_| drain());
+        }
+        drain();
+    });
 }
 
 pub struct Worker {
@@ -424,6 +432,27 @@ impl Worker {
         while let Some(t) = self.endpoint.poll_transmit() {
             let d = zone_net::wire::frame(&t.payload);
             self.manager.socket_mut().send_raw(&t.peer, &d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_out_work_reaches_every_item_exactly_once() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for (pool, n) in [
+            (Some(&pool), 1_000),
+            (Some(&pool), 8),
+            (Some(&pool), 9),
+            (None, 100),
+            (Some(&pool), 0),
+        ] {
+            let mut items = vec![0u32; n];
+            share_out(pool, &mut items, ENCODE_BATCH, &|x: &mut u32| *x += 1);
+            assert!(items.iter().all(|&x| x == 1), "{n} items, pool {}: {:?}", pool.is_some(), items);
         }
     }
 }
