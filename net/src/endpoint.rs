@@ -430,7 +430,7 @@ impl Session {
         };
         self.unreliable_seq = self.unreliable_seq.wrapping_add(datagrams.len() as u32);
         self.record_sent(held, enc.history);
-        let datagrams = datagrams.iter().map(|d| self.sealer.seal(d)).collect();
+        let datagrams = datagrams.into_iter().map(|d| self.sealer.seal_vec(d)).collect();
         self.outbox = Some((datagrams, stats.bytes, full));
     }
 

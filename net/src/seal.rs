@@ -87,12 +87,29 @@ impl Sealer {
 
     /// Seals an envelope into a payload (laminar's header not included).
     pub fn seal(&mut self, envelope: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(envelope.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&[0; 9]);
+        out.extend_from_slice(envelope);
+        self.seal_after_header(out)
+    }
+
+    /// [`Sealer::seal`] in the envelope's own buffer: it moves up 9 bytes and gains the tag, so
+    /// no new buffer is needed when its capacity has room for [`SEAL_OVERHEAD`] more bytes (the
+    /// snapshot encoder leaves that room).
+    pub fn seal_vec(&mut self, mut envelope: Vec<u8>) -> Vec<u8> {
+        let len = envelope.len();
+        envelope.reserve(SEAL_OVERHEAD);
+        envelope.resize(len + 9, 0);
+        envelope.copy_within(..len, 9);
+        self.seal_after_header(envelope)
+    }
+
+    /// Seals `out`, whose first 9 bytes are room for the magic and the counter.
+    fn seal_after_header(&mut self, mut out: Vec<u8>) -> Vec<u8> {
         let counter = self.next;
         self.next = self.next.wrapping_add(1);
-        let mut out = Vec::with_capacity(envelope.len() + SEAL_OVERHEAD);
-        out.push(SEAL_MAGIC);
-        out.extend_from_slice(&counter.to_le_bytes());
-        out.extend_from_slice(envelope);
+        out[0] = SEAL_MAGIC;
+        out[1..9].copy_from_slice(&counter.to_le_bytes());
         let (aad, body) = out.split_at_mut(9);
         // Encryption fails only past ChaCha20's 256 GiB per-message limit, far above a datagram.
         let tag = self
@@ -189,6 +206,25 @@ mod tests {
     use super::*;
 
     const KEY: [u8; 32] = [9; 32];
+
+    #[test]
+    fn sealing_in_the_envelopes_buffer_gives_the_same_bytes() {
+        let (mut a, mut b) = (
+            Sealer::new(&KEY, Direction::ServerToClient),
+            Sealer::new(&KEY, Direction::ServerToClient),
+        );
+        for len in [0usize, 1, 9, 10, 300, 1_200] {
+            let envelope: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            // With the room the snapshot encoder leaves, and with none.
+            let mut roomy = Vec::with_capacity(len + SEAL_OVERHEAD);
+            roomy.extend_from_slice(&envelope);
+            let room = roomy.as_ptr();
+            let sealed = b.seal_vec(roomy);
+            assert_eq!(sealed.as_ptr(), room, "sealed in place");
+            assert_eq!(sealed, a.seal(&envelope));
+            assert_eq!(b.seal_vec(envelope.clone()), a.seal(&envelope));
+        }
+    }
 
     #[test]
     fn round_trip_replay_and_forgery() {
