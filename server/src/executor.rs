@@ -7,8 +7,12 @@
 //! shards to the pool and waiting for it costs two thread wake-ups, and when the cores are busy
 //! (the network encoding for a thousand clients) each can wait for a scheduler slice of a few
 //! milliseconds, which is more than a small step takes. [`FanoutRule`] decides from the shards'
-//! step times. Headless runs ([`PoolExecutor::new`]: `--ticks` without `--realtime`) always fan
-//! out: there the ticks run back to back, the pool never sleeps, and only throughput counts.
+//! step times. The zone hash, once a second, follows [`HashRule`] from its own last run: under
+//! load, a hash that fanned out waited up to 8 ms for the pool's threads, and at one tick in 60
+//! that set the tick p99. Captures always fan out: on the idle large zone that is the lower median
+//! (one run: 950 µs fanned out, 1,114 µs on the tick thread). Headless runs
+//! ([`PoolExecutor::new`]: `--ticks` without `--realtime`) always fan out: there the ticks run
+//! back to back, the pool never sleeps, and only throughput counts.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +82,31 @@ impl FanoutRule {
     }
 }
 
+/// Whether the zone hash runs on the calling thread alone, from its last run: too rare (once a
+/// second) for [`FanoutRule`]'s window. After a hash whose shards' times add up to under
+/// [`INLINE_BELOW`] the next one stays on the calling thread; after one of [`FANOUT_ABOVE`] or
+/// more it fans out; in between it does as it did. The first hash fans out. Pure, so the rule is
+/// testable without clocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashRule {
+    inline: bool,
+}
+
+impl HashRule {
+    pub fn inline(&self) -> bool {
+        self.inline
+    }
+
+    /// Notes a run whose shards' times add up to `serial`.
+    pub fn observe(&mut self, serial: Duration) {
+        if serial < INLINE_BELOW {
+            self.inline = true;
+        } else if serial >= FANOUT_ABOVE {
+            self.inline = false;
+        }
+    }
+}
+
 /// Runs shards on a rayon pool of a fixed size and records how long each shard's step took.
 pub struct PoolExecutor {
     pool: rayon::ThreadPool,
@@ -86,6 +115,10 @@ pub struct PoolExecutor {
     /// Whether small steps run on the calling thread ([`PoolExecutor::adaptive`]), and the rule
     /// that says when (only the stepping thread takes the lock).
     fanout: Option<Mutex<FanoutRule>>,
+    /// The same for hashes ([`HashRule`]; adaptive only), and their shards' times summed over
+    /// the hash in progress.
+    hash: Option<Mutex<HashRule>>,
+    hash_nanos: AtomicU64,
 }
 
 impl PoolExecutor {
@@ -101,15 +134,25 @@ impl PoolExecutor {
             threads,
             step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             fanout: None,
+            hash: None,
+            hash_nanos: AtomicU64::new(0),
         })
     }
 
     /// A pool for a server ticking in real time: the step runs on the calling thread while the
-    /// shards' work is small ([`FanoutRule`]); captures and hashes always fan out.
+    /// shards' work is small ([`FanoutRule`]), and so does the hash ([`HashRule`]); captures
+    /// always fan out.
     pub fn adaptive(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let mut exec = PoolExecutor::new(threads, shards)?;
         exec.fanout = Some(Mutex::new(FanoutRule::default()));
+        exec.hash = Some(Mutex::new(HashRule::default()));
         Ok(exec)
+    }
+
+    /// The [`HashRule`] when `phase` is a hash and the executor adaptive.
+    fn hash_rule(&self, phase: Phase) -> Option<std::sync::MutexGuard<'_, HashRule>> {
+        let rule = self.hash.as_ref().filter(|_| phase == Phase::Hash)?;
+        Some(rule.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn threads(&self) -> usize {
@@ -141,11 +184,20 @@ impl ShardExecutor for PoolExecutor {
                 if let Some(slot) = self.step_nanos.get(s.index()) {
                     slot.store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
+            } else if phase == Phase::Hash && self.hash.is_some() {
+                let t0 = Instant::now();
+                f(s);
+                self.hash_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             } else {
                 f(s);
             }
         };
-        if self.threads == 1 || (phase == Phase::Step && self.step_inline()) {
+        let inline = self.threads == 1
+            || match phase {
+                Phase::Step => self.step_inline(),
+                _ => self.hash_rule(phase).is_some_and(|r| r.inline()),
+            };
+        if inline {
             shards.iter_mut().for_each(timed);
         } else {
             // One shard per task: shards are few and coarse, so let every idle thread steal.
@@ -154,6 +206,9 @@ impl ShardExecutor for PoolExecutor {
         if let (Some(rule), Phase::Step) = (&self.fanout, phase) {
             let serial = shards.iter().map(|s| self.step_duration(s.index())).sum();
             rule.lock().unwrap_or_else(|e| e.into_inner()).observe(serial);
+        }
+        if let Some(mut rule) = self.hash_rule(phase) {
+            rule.observe(Duration::from_nanos(self.hash_nanos.swap(0, Ordering::Relaxed)));
         }
     }
 }
@@ -189,6 +244,20 @@ mod tests {
         // ... and one step under 2 ms in a window brings it back.
         window(&mut rule, |i| if i == 3 { Duration::from_micros(1_999) } else { ms(6) });
         assert!(rule.inline());
+    }
+
+    #[test]
+    fn a_hash_stays_on_the_calling_thread_after_a_small_one_and_fans_out_after_a_large_one() {
+        let mut r = HashRule::default();
+        assert!(!r.inline(), "the first run fans out");
+        r.observe(Duration::from_millis(3));
+        assert!(!r.inline(), "between the lines: as it was");
+        r.observe(Duration::from_micros(1_900));
+        assert!(r.inline());
+        r.observe(Duration::from_millis(3));
+        assert!(r.inline(), "between the lines: as it was");
+        r.observe(FANOUT_ABOVE);
+        assert!(!r.inline());
     }
 
     #[test]
