@@ -75,7 +75,8 @@ fn snapshots() -> Vec<(u64, Vec<QObject>)> {
 }
 
 /// One client's snapshot: its view, the delta against `base`, each datagram sealed. Returns the
-/// bytes sealed and the view to hold as the next baseline.
+/// bytes sealed and the view the server would hold (the bench always deltas against the previous
+/// snapshot's view instead, as a client that acked it).
 fn snapshot(base: &View, tick: u64, objects: &[QObject], sealer: &mut Sealer) -> (usize, View) {
     let view = View::new(tick, objects.to_vec()).expect("unique ids");
     let frame = SnapshotFrame {

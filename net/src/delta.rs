@@ -28,7 +28,7 @@
 //!   the baseline on its own, and applying all of them (in any order) gives the next view. The
 //!   envelope's sequence number is `frame.sequence + part`.
 //!
-//! Proto messages are used rather than a hand-rolled bit format so that parsing is prost's
+//! The format is protobuf rather than a hand-rolled bit format so that parsing is prost's
 //! (hardened, bounded); the columns and delta coding above keep the size close to a hand-rolled
 //! format. (One `ObjectDelta` message per update with `optional` fields measured about twice the
 //! bytes per moving object: 20.9% of full instead of the figure in `tests/bandwidth.rs`.)
@@ -627,14 +627,16 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     // id order unless an earlier datagram split them. (Every change takes at least a byte, so
     // more changes than budget bytes cannot fit: skip the trial for huge views.)
     let mut sorted: Vec<Change> = Vec::new();
-    let rest: &[Change] = if lo.by_distance {
+    let rest: &[Change] = if lo.len() > budget_bytes {
+        &[]
+    } else if lo.by_distance {
         sorted.extend_from_slice(&lo.changes[start..]);
         sorted.sort_unstable_by_key(Change::id);
         &sorted
     } else {
         &lo.changes[start..]
     };
-    let whole = (rest.len() <= budget_bytes).then(|| measure(rest));
+    let whole = (lo.len() <= budget_bytes).then(|| measure(rest));
     let (bytes, totals) = match whole {
         Some(totals) if envelope_bytes(lo, header_len(lo, false) + totals.lists_len()) <= budget_bytes => {
             let bytes = datagram(lo, rest, false, &totals);
@@ -1024,11 +1026,11 @@ mod tests {
         #[test]
         fn written_snapshot_is_what_prost_encodes(
             changes in arb_changes(),
-            tick in prop_oneof![Just(0u64), any::<u64>()],
-            baseline_tick in prop_oneof![Just(0u64), any::<u64>()],
-            ack_input_tick in prop_oneof![Just(0u64), any::<u64>()],
-            sequence in any::<u32>(),
-            part in prop_oneof![Just(0u32), any::<u32>()],
+            tick in arb_u64(),
+            baseline_tick in arb_u64(),
+            ack_input_tick in arb_u64(),
+            sequence in prop_oneof![Just(0u32), 1u32..300, any::<u32>()],
+            part in prop_oneof![Just(0u32), 1u32..300, any::<u32>()],
             more_follow in any::<bool>(),
         ) {
             let lo = Leftover {
@@ -1038,11 +1040,76 @@ mod tests {
                 part,
                 ..Leftover::default()
             };
-            let expected = envelope(&lo, build(&lo, &mut changes.clone(), more_follow)).encode_to_vec();
-            let totals = measure(&changes);
-            prop_assert_eq!(envelope_bytes(&lo, header_len(&lo, more_follow) + totals.lists_len()), expected.len());
-            let written = datagram(&lo, &changes, more_follow, &totals);
-            prop_assert_eq!(written, expected);
+            check(&lo, &changes, more_follow);
+        }
+    }
+
+    /// Zero, and varints of every length from one byte to ten.
+    fn arb_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            (0u32..64).prop_flat_map(|bits| (1u64 << bits)..=(1u64 << bits).saturating_mul(2).saturating_sub(1))
+        ]
+    }
+
+    fn check(lo: &Leftover, changes: &[Change], more_follow: bool) {
+        let expected = envelope(lo, build(lo, &mut changes.to_vec(), more_follow)).encode_to_vec();
+        let totals = measure(changes);
+        assert_eq!(envelope_bytes(lo, header_len(lo, more_follow) + totals.lists_len()), expected.len());
+        assert_eq!(datagram(lo, changes, more_follow, &totals), expected);
+    }
+
+    #[test]
+    fn written_snapshot_edge_cases() {
+        let o = |id: u64| QObject {
+            id,
+            kind: 1,
+            x: 2,
+            y: 3,
+            vx: -1,
+            vy: 0,
+            hp: 0,
+        };
+        let moved = |id: u64| QObject { x: 9, ..o(id) };
+        let lists: [Vec<Change>; 6] = [
+            vec![],
+            vec![Change::Remove(o(0)), Change::Remove(o(u64::MAX))],
+            vec![Change::Create(o(0)), Change::Create(o(u64::MAX))],
+            vec![
+                Change::Update {
+                    base: o(0),
+                    next: moved(0),
+                },
+                Change::Update {
+                    base: o(u64::MAX),
+                    next: moved(u64::MAX),
+                },
+            ],
+            // An update whose fields are all equal: mask 0, no values.
+            vec![Change::Update { base: o(7), next: o(7) }],
+            vec![
+                Change::Create(o(1)),
+                Change::Update {
+                    base: o(2),
+                    next: moved(2),
+                },
+                Change::Remove(o(3)),
+            ],
+        ];
+        for changes in &lists {
+            for (part, more_follow, tick) in [(0, true, 0), (0, false, 1), (3, true, u64::MAX)] {
+                let lo = Leftover {
+                    tick,
+                    baseline_tick: tick / 2,
+                    frame: SnapshotFrame {
+                        ack_input_tick: tick,
+                        sequence: u32::MAX,
+                    },
+                    part,
+                    ..Leftover::default()
+                };
+                check(&lo, changes, more_follow);
+            }
         }
     }
 }

@@ -195,7 +195,8 @@ impl ShardExecutor for PoolExecutor {
         let inline = self.threads == 1
             || match phase {
                 Phase::Step => self.step_inline(),
-                _ => self.hash_rule(phase).is_some_and(|r| r.inline()),
+                Phase::Hash => self.hash_rule(phase).is_some_and(|r| r.inline()),
+                Phase::Capture => false,
             };
         if inline {
             shards.iter_mut().for_each(timed);
