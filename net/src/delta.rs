@@ -36,7 +36,8 @@
 //! The server writes those bytes itself (`write_snapshot`), straight from the changes, rather
 //! than building the prost messages and encoding them: it is the same protobuf, byte for byte (a
 //! property test holds it to prost's encoding), at about a quarter fewer instructions for a
-//! client's snapshot (`benches/snapshot.rs`, `benchmarks/2026-11-30-snapshot-writer.md`). Decoding is prost's.
+//! client's snapshot (`benches/snapshot.rs`, `benchmarks/2026-11-30-snapshot-writer.md`).
+//! Decoding is prost's.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
