@@ -281,7 +281,7 @@ fn delta(base: &QObject, next: &QObject) -> (u32, impl Iterator<Item = i64>) {
 }
 
 fn zigzag_len(v: i64) -> usize {
-    varint_len(((v << 1) ^ (v >> 63)) as u64)
+    varint_len(zigzag(v))
 }
 
 fn varint_len(v: u64) -> usize {
@@ -528,6 +528,7 @@ fn varint_field(out: &mut Vec<u8>, field: u8, v: u64) {
     }
 }
 
+/// A `sint64`'s varint value (protobuf's zigzag: 0, -1, 1, -2 .. as 0, 1, 2, 3 ..).
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }

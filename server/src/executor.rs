@@ -107,17 +107,22 @@ impl HashRule {
     }
 }
 
+/// The real-time executor's two rules. Only the thread that runs the zone's phases takes their
+/// lock, so it is never contended.
+#[derive(Clone, Debug, Default)]
+struct Rules {
+    step: FanoutRule,
+    hash: HashRule,
+}
+
 /// Runs shards on a rayon pool of a fixed size and records how long each shard's step took.
 pub struct PoolExecutor {
     pool: rayon::ThreadPool,
     threads: usize,
     step_nanos: Vec<AtomicU64>,
-    /// Whether small steps run on the calling thread ([`PoolExecutor::adaptive`]), and the rule
-    /// that says when (only the stepping thread takes the lock).
-    fanout: Option<Mutex<FanoutRule>>,
-    /// The same for hashes ([`HashRule`]; adaptive only), and their shards' times summed over
-    /// the hash in progress.
-    hash: Option<Mutex<HashRule>>,
+    /// Whether small steps and hashes run on the calling thread ([`PoolExecutor::adaptive`]
+    /// only), and the hash in progress's shard times, summed.
+    rules: Option<Mutex<Rules>>,
     hash_nanos: AtomicU64,
 }
 
@@ -133,8 +138,7 @@ impl PoolExecutor {
             pool,
             threads,
             step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect(),
-            fanout: None,
-            hash: None,
+            rules: None,
             hash_nanos: AtomicU64::new(0),
         })
     }
@@ -144,15 +148,13 @@ impl PoolExecutor {
     /// always fan out.
     pub fn adaptive(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let mut exec = PoolExecutor::new(threads, shards)?;
-        exec.fanout = Some(Mutex::new(FanoutRule::default()));
-        exec.hash = Some(Mutex::new(HashRule::default()));
+        exec.rules = Some(Mutex::new(Rules::default()));
         Ok(exec)
     }
 
-    /// The [`HashRule`] when `phase` is a hash and the executor adaptive.
-    fn hash_rule(&self, phase: Phase) -> Option<std::sync::MutexGuard<'_, HashRule>> {
-        let rule = self.hash.as_ref().filter(|_| phase == Phase::Hash)?;
-        Some(rule.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The rules, when adaptive.
+    fn rules(&self) -> Option<std::sync::MutexGuard<'_, Rules>> {
+        Some(self.rules.as_ref()?.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn threads(&self) -> usize {
@@ -167,11 +169,7 @@ impl PoolExecutor {
     /// Whether the next step runs on the calling thread alone (always with one thread, never
     /// when not adaptive).
     pub fn step_inline(&self) -> bool {
-        self.threads == 1
-            || self
-                .fanout
-                .as_ref()
-                .is_some_and(|r| r.lock().unwrap_or_else(|e| e.into_inner()).inline())
+        self.threads == 1 || self.rules().is_some_and(|r| r.step.inline())
     }
 }
 
@@ -184,7 +182,7 @@ impl ShardExecutor for PoolExecutor {
                 if let Some(slot) = self.step_nanos.get(s.index()) {
                     slot.store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
-            } else if phase == Phase::Hash && self.hash.is_some() {
+            } else if phase == Phase::Hash && self.rules.is_some() {
                 let t0 = Instant::now();
                 f(s);
                 self.hash_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -193,23 +191,23 @@ impl ShardExecutor for PoolExecutor {
             }
         };
         let inline = self.threads == 1
-            || match phase {
-                Phase::Step => self.step_inline(),
-                Phase::Hash => self.hash_rule(phase).is_some_and(|r| r.inline()),
+            || self.rules().is_some_and(|r| match phase {
+                Phase::Step => r.step.inline(),
+                Phase::Hash => r.hash.inline(),
                 Phase::Capture => false,
-            };
+            });
         if inline {
             shards.iter_mut().for_each(timed);
         } else {
             // One shard per task: shards are few and coarse, so let every idle thread steal.
             self.pool.install(|| shards.par_iter_mut().with_max_len(1).for_each(timed));
         }
-        if let (Some(rule), Phase::Step) = (&self.fanout, phase) {
-            let serial = shards.iter().map(|s| self.step_duration(s.index())).sum();
-            rule.lock().unwrap_or_else(|e| e.into_inner()).observe(serial);
-        }
-        if let Some(mut rule) = self.hash_rule(phase) {
-            rule.observe(Duration::from_nanos(self.hash_nanos.swap(0, Ordering::Relaxed)));
+        if let Some(mut rules) = self.rules() {
+            match phase {
+                Phase::Step => rules.step.observe(shards.iter().map(|s| self.step_duration(s.index())).sum()),
+                Phase::Hash => rules.hash.observe(Duration::from_nanos(self.hash_nanos.swap(0, Ordering::Relaxed))),
+                Phase::Capture => {}
+            }
         }
     }
 }
