@@ -5,8 +5,11 @@
 //! copies instead, per shard, what changed since that shard's previous capture:
 //! - the objects that arrived (spawned, joined, migrated in) or whose velocity, health or body
 //!   changed, whole;
-//! - the objects that only moved, as an id and a position (16 bytes; players never qualify: the
-//!   Input stage writes every player's velocity and attack flag every tick, so they go whole);
+//! - nothing for an NPC that only moved: its velocity has not changed since the mirror last saw
+//!   it, so the mirror moves it as `movement` did ([`advance`]; the capture says how many ticks
+//!   passed and the zone's bounds);
+//! - the players that only moved, as an id and a position (16 bytes; in practice none: the Input
+//!   stage writes every player's velocity and attack flag every tick, so they go whole);
 //! - the ids of the objects that left (despawned, left, migrated out);
 //! - the shard's small state (generator, id allocator, pending respawns, mail), always whole.
 //!
@@ -22,16 +25,16 @@
 //! - **NPCs** (nearly all objects) by their write note alone, the second field of their
 //!   [`crate::behaviour::Due`]: the tick at which the NPC arrived (spawned, migrated in) or anything
 //!   wrote it beyond its position (`npc_ai` its velocity or `Npc`, `player_attacks` its health).
-//!   One number per NPC instead of four components' bevy change ticks: the capture reads four
-//!   components of each NPC (id, position, velocity, note) and the rest only of those it copies
+//!   The capture reads one component of each NPC (the note), and the rest only of those it copies
 //!   whole. Every writer of an NPC must note it; debug builds (the tests) check that every write
 //!   bevy marked on an NPC was noted.
 //! - **Players** by bevy change ticks on `Vel`, `Health` and `Player` and "added" ticks for
 //!   arrivals.
-//! - **Positions:** `movement` writes them every tick without marking, so an object's position
-//!   counts as changed when its velocity is not zero (or, for a player, changed since the last
-//!   capture): `movement` only writes positions of objects with a velocity, and every other writer
-//!   of a position marks it (and, for an NPC, notes it).
+//! - **Positions:** `movement` writes them every tick without marking, and only for objects with
+//!   a velocity: each tick it sets the position to `bounds.clamp(pos.saturating_add(vel))` (or
+//!   the object leaves the shard, and the capture lists it as departed). Every other writer of a
+//!   position marks it (and, for an NPC, notes it). So an unnoted NPC kept its velocity since the
+//!   previous capture, and [`advance`] gives its position exactly, from the previous one.
 //!
 //! Departures are noted by the three places that despawn. Nothing here alters the simulation or
 //! its hash.
@@ -42,7 +45,7 @@ use std::collections::BTreeMap;
 
 use crate::object::ObjectRecord;
 use crate::state::{ShardState, ZoneState};
-use crate::units::Vec2;
+use crate::units::{Rect, Vec2};
 
 /// What one shard's capture holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,8 +67,36 @@ pub struct ShardChanges {
     pub departed: Vec<u64>,
     /// Objects that arrived or changed beyond their position, whole (storage order).
     pub records: Vec<ObjectRecord>,
-    /// Objects that only moved: id and new position (storage order).
+    /// Players that only moved: id and new position (storage order). NPCs that only moved are
+    /// in no list: the mirror moves them ([`advance`]).
     pub moved: Vec<(u64, Vec2)>,
+    /// Zone ticks since this shard's previous capture: how far the mirror moves every object in
+    /// no list.
+    pub ticks: u64,
+    /// The zone's bounds, which `movement` clamps positions to.
+    pub bounds: Rect,
+}
+
+/// Where `movement` puts an object at `pos` with velocity `vel` after `ticks` ticks, the velocity
+/// unchanged throughout and the object never leaving its shard: each tick sets the position to
+/// `bounds.clamp(pos.saturating_add(vel))`, and a zero velocity leaves it alone. Exact for any
+/// start, bounds and count, in constant time: after the first step the position is inside the
+/// bounds, and from there each axis moves one way until it meets the bound it moves towards.
+pub fn advance(pos: Vec2, vel: Vec2, ticks: u64, bounds: Rect) -> Vec2 {
+    if ticks == 0 || vel == Vec2::ZERO {
+        return pos;
+    }
+    let first = bounds.clamp(pos.saturating_add(vel));
+    let rest = i64::try_from(ticks - 1).unwrap_or(i64::MAX);
+    let axis = |x: i32, v: i32, lo: i32, max: i32| -> i32 {
+        let to = i64::from(x).saturating_add(rest.saturating_mul(i64::from(v)));
+        // The same `max` then `min` as `Rect::clamp`; the result lies between x and a bound.
+        to.max(i64::from(lo)).min(i64::from(max) - 1) as i32
+    };
+    Vec2::new(
+        axis(first.x, vel.x, bounds.min.x, bounds.max.x),
+        axis(first.y, vel.y, bounds.min.y, bounds.max.y),
+    )
 }
 
 /// A capture of the whole zone at the end of `tick`: each shard whole or as changes.
@@ -193,6 +224,10 @@ impl ZoneMirror {
                     return Err(MirrorError::NoBase { shard: i });
                 };
                 m.shard = c.shard;
+                // Every object moves first; those the capture lists are then overwritten.
+                for r in m.objects.values_mut() {
+                    r.pos = advance(r.pos, r.vel, c.ticks, c.bounds);
+                }
                 for id in c.departed {
                     m.objects.remove(&id);
                 }
@@ -246,6 +281,8 @@ impl ZoneMirror {
 mod tests {
     use std::sync::Arc;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::{Serial, Zone, ZoneSpec};
 
@@ -264,6 +301,69 @@ mod tests {
                 ShardCapture::Full(_) => panic!("a capture of changes was expected"),
             })
             .collect()
+    }
+
+    /// One tick of `movement` for an object that stays in its shard, spelled out.
+    fn step(pos: Vec2, vel: Vec2, bounds: Rect) -> Vec2 {
+        if vel == Vec2::ZERO {
+            pos
+        } else {
+            bounds.clamp(pos.saturating_add(vel))
+        }
+    }
+
+    fn arb_rect() -> impl Strategy<Value = Rect> {
+        (any::<i32>(), any::<i32>(), 1..=u32::MAX, 1..=u32::MAX).prop_map(|(x, y, w, h)| {
+            let end = |a: i32, d: u32| i32::try_from(i64::from(a) + i64::from(d)).unwrap_or(i32::MAX);
+            let (x, y) = (x.min(i32::MAX - 1), y.min(i32::MAX - 1));
+            Rect {
+                min: Vec2::new(x, y),
+                max: Vec2::new(end(x, w), end(y, h)),
+            }
+        })
+    }
+
+    proptest! {
+        /// `advance` is `ticks` steps of `movement`, from anywhere (inside the bounds or not),
+        /// at any velocity, in bounds of any size (small ones and near the ends of `i32` too).
+        #[test]
+        fn advance_is_movement_tick_after_tick(
+            bounds in prop_oneof![
+                arb_rect(),
+                (-1000i32..1000, -1000i32..1000, 1i32..300, 1i32..300)
+                    .prop_map(|(x, y, w, h)| Rect { min: Vec2::new(x, y), max: Vec2::new(x + w, y + h) }),
+            ],
+            pos in prop_oneof![
+                (any::<i32>(), any::<i32>()).prop_map(|(x, y)| Vec2::new(x, y)),
+                (-1500i32..1500, -1500i32..1500).prop_map(|(x, y)| Vec2::new(x, y)),
+            ],
+            vel in prop_oneof![
+                (any::<i32>(), any::<i32>()).prop_map(|(x, y)| Vec2::new(x, y)),
+                (-40i32..40, -40i32..40).prop_map(|(x, y)| Vec2::new(x, y)),
+            ],
+            ticks in 0u64..200,
+        ) {
+            let mut p = pos;
+            for t in 0..=ticks {
+                prop_assert_eq!(advance(pos, vel, t, bounds), p, "after {} ticks", t);
+                p = step(p, vel, bounds);
+            }
+        }
+    }
+
+    #[test]
+    fn advance_over_many_ticks_stops_at_the_bound_it_moves_towards() {
+        let bounds = Rect {
+            min: Vec2::new(-10, 0),
+            max: Vec2::new(100, 50),
+        };
+        let from = Vec2::new(5, 5);
+        assert_eq!(advance(from, Vec2::new(3, -1), u64::MAX, bounds), Vec2::new(99, 0));
+        assert_eq!(advance(from, Vec2::new(i32::MIN, i32::MAX), u64::MAX, bounds), Vec2::new(-10, 49));
+        assert_eq!(advance(from, Vec2::new(0, 1), 1 << 40, bounds), Vec2::new(5, 49));
+        assert_eq!(advance(from, Vec2::new(2, 0), 10, bounds), Vec2::new(25, 5));
+        // A zero velocity leaves even a position outside the bounds alone, as `movement` does.
+        assert_eq!(advance(Vec2::new(500, -5), Vec2::ZERO, 9, bounds), Vec2::new(500, -5));
     }
 
     #[test]

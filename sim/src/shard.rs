@@ -576,7 +576,7 @@ impl Shard {
         moved.reserve(reserve(self.captured_sizes.1));
         #[cfg(debug_assertions)]
         check_npc_marks_noted(&self.world, (since, since_tick));
-        collect_npc_changes(&mut self.npc_changes, &self.world, since_tick, &mut records, &mut moved);
+        collect_npc_changes(&mut self.npc_changes, &self.world, since_tick, &mut records);
         collect_player_changes(&mut self.pc_changes, &self.world, since, &mut records, &mut moved);
         self.captured_sizes = (records.len(), moved.len());
         ShardCapture::Changes(ShardChanges {
@@ -584,6 +584,8 @@ impl Shard {
             departed,
             records,
             moved,
+            ticks: tick.saturating_sub(since_tick),
+            bounds: self.world.resource::<Rules>().0.bounds,
         })
     }
 
@@ -737,17 +739,11 @@ impl Shard {
 }
 
 /// NPCs for a capture of changes: whole if they arrived or were written since the last capture
-/// (their `Due` note, see `crate::capture`), else a position if they have a velocity (`movement`
-/// moves them without marking). Reads four components per NPC, a fifth and sixth only for the
-/// ones copied whole. `for_each`: with this loop body bevy's fold costs a third fewer
-/// instructions than a `for` loop (`capture_large` under callgrind).
-fn collect_npc_changes(
-    query: &mut QueryState<NpcCaptureQuery>,
-    world: &World,
-    since_tick: u64,
-    records: &mut Vec<ObjectRecord>,
-    moved: &mut Vec<(u64, Vec2)>,
-) {
+/// (their `Due` note, see `crate::capture`), else nothing (the mirror moves them). Reads one
+/// component per NPC, the five others only for the ones copied whole. `for_each`: bevy's fold
+/// walks each table without a per-item check (a third fewer instructions than a `for` loop, in
+/// `capture_large` under callgrind).
+fn collect_npc_changes(query: &mut QueryState<NpcCaptureQuery>, world: &World, since_tick: u64, records: &mut Vec<ObjectRecord>) {
     query.iter(world).for_each(|(o, p, v, h, n, d)| {
         if d.written_after(since_tick) {
             records.push(ObjectRecord {
@@ -757,8 +753,6 @@ fn collect_npc_changes(
                 health: *h,
                 body: Body::Npc(*n),
             });
-        } else if v.0 != Vec2::ZERO {
-            moved.push((o.id, p.0));
         }
     });
 }
