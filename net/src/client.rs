@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
-use crate::delta::decode_snapshot;
+use crate::delta::apply_snapshot;
 use crate::envelope::{PROTOCOL_VERSION, Stamp, decode_server, encode_client};
 use crate::proto::{
     Channel, Event, EventBatch, Goodbye, Hello, Input, InputBatch, NoticeKind, Ping, Pong, Reject, RejectReason, Snapshot, Welcome,
@@ -408,7 +408,7 @@ impl ClientSession {
             },
             _ => payload,
         };
-        let Ok((_stamp, body)) = decode_server(payload) else {
+        let Ok((stamp, body)) = decode_server(payload) else {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
@@ -433,7 +433,7 @@ impl ClientSession {
                 return self.poll(now_us);
             }
             server_envelope::Body::Reject(r) => self.on_reject(r, now_us),
-            server_envelope::Body::Snapshot(s) if joined => self.on_snapshot(&s, payload, now_us),
+            server_envelope::Body::Snapshot(s) if joined => self.on_snapshot(stamp.sequence, s, now_us),
             server_envelope::Body::Events(b) if joined => self.on_events(b),
             server_envelope::Body::Ping(p) if joined => {
                 return vec![self.send(Channel::Unreliable, client_envelope::Body::Pong(Pong { echo_us: p.sent_us }))];
@@ -728,7 +728,7 @@ impl ClientSession {
 
     /// Applies one snapshot part (`s` is its already decoded body, `payload` its envelope bytes)
     /// to its tick in progress; completes the tick when every part is in.
-    fn on_snapshot(&mut self, s: &Snapshot, payload: &[u8], now_us: u64) {
+    fn on_snapshot(&mut self, sequence: u32, s: Snapshot, now_us: u64) {
         self.stats.snapshot_datagrams += 1;
         let (tick, baseline_tick, part) = (s.tick, s.baseline_tick, s.part);
         if tick <= self.snapshot_ack {
@@ -758,7 +758,7 @@ impl ClientSession {
                 }
             },
         };
-        let decoded = match decode_snapshot(base, payload) {
+        let decoded = match apply_snapshot(base, sequence, s) {
             Ok(d) => d,
             Err(_) => {
                 self.stats.decode_errors += 1;

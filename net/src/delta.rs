@@ -45,9 +45,9 @@ use std::ops::Bound;
 use prost::Message;
 
 use crate::envelope::{EnvelopeError, PROTOCOL_VERSION, decode_server};
-use crate::proto::{Channel, ObjectState, server_envelope};
+use crate::proto::{Channel, ObjectState, Snapshot, server_envelope};
 #[cfg(test)]
-use crate::proto::{ObjectDeltas, ServerEnvelope, Snapshot};
+use crate::proto::{ObjectDeltas, ServerEnvelope};
 use crate::quantize::{POS_STEP_MM, VEL_STEP_MM_PER_TICK};
 use crate::view::{QObject, VIEW_OBJECTS_MAX, View};
 
@@ -873,6 +873,12 @@ pub fn decode_snapshot(base: Option<&View>, bytes: &[u8]) -> Result<DecodedSnaps
     let server_envelope::Body::Snapshot(snap) = body else {
         return Err(DecodeError::NotASnapshot);
     };
+    apply_snapshot(base, stamp.sequence, snap)
+}
+
+/// [`decode_snapshot`] for a snapshot already decoded from its envelope (whose stamp carried
+/// `sequence`): a client that decoded the envelope to learn what it holds does not decode it twice.
+pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Result<DecodedSnapshot, DecodeError> {
     if base.is_none() && snap.baseline_tick != 0 {
         return Err(DecodeError::MissingBaseline {
             baseline_tick: snap.baseline_tick,
@@ -973,7 +979,7 @@ pub fn decode_snapshot(base: Option<&View>, bytes: &[u8]) -> Result<DecodedSnaps
         merged.extend(next);
     }
     Ok(DecodedSnapshot {
-        sequence: stamp.sequence,
+        sequence,
         tick: snap.tick,
         baseline_tick: snap.baseline_tick,
         ack_input_tick: snap.ack_input_tick,
