@@ -7,10 +7,11 @@
 //! shards to the pool and waiting for it costs two thread wake-ups, and when the cores are busy
 //! (the network encoding for a thousand clients) each can wait for a scheduler slice of a few
 //! milliseconds, which is more than a small step takes. [`FanoutRule`] decides from the shards'
-//! step times. The zone hash, once a second, follows [`HashRule`] from its own last run: under
-//! load, a hash that fanned out waited up to 8 ms for the pool's threads, and at one tick in 60
-//! that set the tick p99. Captures always fan out: on the idle large zone that is the lower median
-//! (one run: 950 µs fanned out, 1,114 µs on the tick thread). Headless runs
+//! step times. The zone hash and the snapshot capture, once a second each, follow an
+//! [`OccasionalRule`] each, from their own last run: under load, a hash that fanned out waited up
+//! to 8 ms for the pool's threads, and at one tick in 60 that set the tick p99. A capture of
+//! changes is as small (about 0.35 ms on the idle large zone), while the first capture, whole,
+//! takes several milliseconds and fans out. Headless runs
 //! ([`PoolExecutor::new`]: `--ticks` without `--realtime`) always fan out: there the ticks run
 //! back to back, the pool never sleeps, and only throughput counts.
 
@@ -82,17 +83,17 @@ impl FanoutRule {
     }
 }
 
-/// Whether the zone hash runs on the calling thread alone, from its last run: too rare (once a
-/// second) for [`FanoutRule`]'s window. After a hash whose shards' times add up to under
-/// [`INLINE_BELOW`] the next one stays on the calling thread; after one of [`FANOUT_ABOVE`] or
-/// more it fans out; in between it does as it did. The first hash fans out. Pure, so the rule is
-/// testable without clocks.
+/// Whether an occasional phase (the zone hash, the snapshot capture) runs on the calling thread
+/// alone, from its last run: too rare (once a second) for [`FanoutRule`]'s window. After a run
+/// whose shards' times add up to under [`INLINE_BELOW`] the next one stays on the calling thread;
+/// after one of [`FANOUT_ABOVE`] or more it fans out; in between it does as it did. The first run
+/// fans out. Pure, so the rule is testable without clocks.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HashRule {
+pub struct OccasionalRule {
     inline: bool,
 }
 
-impl HashRule {
+impl OccasionalRule {
     pub fn inline(&self) -> bool {
         self.inline
     }
@@ -107,12 +108,13 @@ impl HashRule {
     }
 }
 
-/// The real-time executor's two rules. Only the thread that runs the zone's phases takes their
-/// lock, so it is never contended.
+/// The real-time executor's rules. Only the thread that runs the zone's phases takes their lock,
+/// so it is never contended.
 #[derive(Clone, Debug, Default)]
 struct Rules {
     step: FanoutRule,
-    hash: HashRule,
+    hash: OccasionalRule,
+    capture: OccasionalRule,
 }
 
 /// Runs shards on a rayon pool of a fixed size and records how long each shard's step took.
@@ -120,10 +122,11 @@ pub struct PoolExecutor {
     pool: rayon::ThreadPool,
     threads: usize,
     step_nanos: Vec<AtomicU64>,
-    /// Whether small steps and hashes run on the calling thread ([`PoolExecutor::adaptive`]
-    /// only), and the hash in progress's shard times, summed.
+    /// Whether small steps, hashes and captures run on the calling thread
+    /// ([`PoolExecutor::adaptive`] only), and the shard times of the hash or capture in
+    /// progress, summed (phases run one at a time).
     rules: Option<Mutex<Rules>>,
-    hash_nanos: AtomicU64,
+    occasional_nanos: AtomicU64,
 }
 
 impl PoolExecutor {
@@ -139,13 +142,13 @@ impl PoolExecutor {
             threads,
             step_nanos: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             rules: None,
-            hash_nanos: AtomicU64::new(0),
+            occasional_nanos: AtomicU64::new(0),
         })
     }
 
     /// A pool for a server ticking in real time: the step runs on the calling thread while the
-    /// shards' work is small ([`FanoutRule`]), and so does the hash ([`HashRule`]); captures
-    /// always fan out.
+    /// shards' work is small ([`FanoutRule`]), and so do the hash and the capture after a small
+    /// run of their own ([`OccasionalRule`]).
     pub fn adaptive(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let mut exec = PoolExecutor::new(threads, shards)?;
         exec.rules = Some(Mutex::new(Rules::default()));
@@ -182,10 +185,10 @@ impl ShardExecutor for PoolExecutor {
                 if let Some(slot) = self.step_nanos.get(s.index()) {
                     slot.store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
-            } else if phase == Phase::Hash && self.rules.is_some() {
+            } else if self.rules.is_some() {
                 let t0 = Instant::now();
                 f(s);
-                self.hash_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.occasional_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             } else {
                 f(s);
             }
@@ -194,7 +197,7 @@ impl ShardExecutor for PoolExecutor {
             || self.rules().is_some_and(|r| match phase {
                 Phase::Step => r.step.inline(),
                 Phase::Hash => r.hash.inline(),
-                Phase::Capture => false,
+                Phase::Capture => r.capture.inline(),
             });
         if inline {
             shards.iter_mut().for_each(timed);
@@ -203,10 +206,11 @@ impl ShardExecutor for PoolExecutor {
             self.pool.install(|| shards.par_iter_mut().with_max_len(1).for_each(timed));
         }
         if let Some(mut rules) = self.rules() {
+            let occasional = || Duration::from_nanos(self.occasional_nanos.swap(0, Ordering::Relaxed));
             match phase {
                 Phase::Step => rules.step.observe(shards.iter().map(|s| self.step_duration(s.index())).sum()),
-                Phase::Hash => rules.hash.observe(Duration::from_nanos(self.hash_nanos.swap(0, Ordering::Relaxed))),
-                Phase::Capture => {}
+                Phase::Hash => rules.hash.observe(occasional()),
+                Phase::Capture => rules.capture.observe(occasional()),
             }
         }
     }
@@ -246,8 +250,8 @@ mod tests {
     }
 
     #[test]
-    fn a_hash_stays_on_the_calling_thread_after_a_small_one_and_fans_out_after_a_large_one() {
-        let mut r = HashRule::default();
+    fn a_hash_or_capture_stays_on_the_calling_thread_after_a_small_one_and_fans_out_after_a_large_one() {
+        let mut r = OccasionalRule::default();
         assert!(!r.inline(), "the first run fans out");
         r.observe(Duration::from_millis(3));
         assert!(!r.inline(), "between the lines: as it was");
