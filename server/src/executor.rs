@@ -10,8 +10,9 @@
 //! step times. The zone hash and the snapshot capture, once a second each, follow an
 //! [`OccasionalRule`] each, from their own last run: under load, a hash that fanned out waited up
 //! to 8 ms for the pool's threads, and at one tick in 60 that set the tick p99. A capture of
-//! changes is as small (about 0.35 ms on the idle large zone), while the first capture, whole,
-//! takes several milliseconds and fans out. Headless runs
+//! changes is as small (about 0.35 ms on the idle large zone). A whole capture
+//! ([`Phase::CaptureWhole`]: the first, one after a reset, the last at shutdown) copies every
+//! object, several times the work, and always fans out. Headless runs
 //! ([`PoolExecutor::new`]: `--ticks` without `--realtime`) always fan out: there the ticks run
 //! back to back, the pool never sleeps, and only throughput counts.
 
@@ -147,8 +148,8 @@ impl PoolExecutor {
     }
 
     /// A pool for a server ticking in real time: the step runs on the calling thread while the
-    /// shards' work is small ([`FanoutRule`]), and so do the hash and the capture after a small
-    /// run of their own ([`OccasionalRule`]).
+    /// shards' work is small ([`FanoutRule`]), and so do the hash and the capture of changes
+    /// after a small run of their own ([`OccasionalRule`]); whole captures always fan out.
     pub fn adaptive(threads: usize, shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let mut exec = PoolExecutor::new(threads, shards)?;
         exec.rules = Some(Mutex::new(Rules::default()));
@@ -198,6 +199,7 @@ impl ShardExecutor for PoolExecutor {
                 Phase::Step => r.step.inline(),
                 Phase::Hash => r.hash.inline(),
                 Phase::Capture => r.capture.inline(),
+                Phase::CaptureWhole => false,
             });
         if inline {
             shards.iter_mut().for_each(timed);
@@ -211,6 +213,10 @@ impl ShardExecutor for PoolExecutor {
                 Phase::Step => rules.step.observe(shards.iter().map(|s| self.step_duration(s.index())).sum()),
                 Phase::Hash => rules.hash.observe(occasional()),
                 Phase::Capture => rules.capture.observe(occasional()),
+                // Large by nature; it says nothing of the next capture of changes.
+                Phase::CaptureWhole => {
+                    occasional();
+                }
             }
         }
     }

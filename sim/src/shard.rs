@@ -589,6 +589,13 @@ impl Shard {
         })
     }
 
+    /// Whether the next [`Shard::capture_changes`] copies everything: the shard's first, or the
+    /// first after [`Shard::reset_capture`]. (It also does after about 2^32 world ticks without a
+    /// capture, which this does not foresee: weeks of a zone nobody captures.)
+    pub(crate) fn next_capture_whole(&self) -> bool {
+        self.captured_at.is_none()
+    }
+
     /// Takes a spare pair of lists from `spare` for the next capture of changes, unless it holds
     /// one already.
     pub(crate) fn take_spare_lists(&mut self, spare: &mut SpareLists) {
@@ -672,6 +679,13 @@ impl Shard {
         stats.players = stats.objects_by_kind[usize::from(PLAYER_KIND)];
         self.world.resource_mut::<Stats>().0 = stats;
         Ok(())
+    }
+
+    /// Sets the shard's clock to the tick its restored state is at (the next step's `prepare`
+    /// sets it anyway): a capture before that step must know it, or the captures of changes
+    /// after it would count the ticks since 0 and the mirror would move NPCs too far.
+    pub(crate) fn restored_at(&mut self, tick: u64) {
+        self.world.resource_mut::<Clock>().tick = tick;
     }
 
     /// Every object in the shard as plain data, sorted by id.

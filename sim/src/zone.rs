@@ -28,8 +28,11 @@ pub enum Phase {
     Step,
     /// `Shard::state_hash`.
     Hash,
-    /// `Shard::capture` (snapshots).
+    /// A capture of changes (`Shard::capture_changes`, snapshots): small.
     Capture,
+    /// A capture in which every shard, or some, copies everything (`Zone::capture`, and a capture
+    /// of changes that is a shard's first or follows a reset): several milliseconds of work.
+    CaptureWhole,
 }
 
 /// Runs a function over every shard, in any order and on any threads. The simulation is
@@ -178,6 +181,9 @@ impl Zone {
             zone.shards[i].restore(s)?;
         }
         zone.tick = state.tick;
+        for shard in &mut zone.shards {
+            shard.restored_at(state.tick);
+        }
         let mut players = Vec::new();
         for shard in &mut zone.shards {
             shard.players(&mut players);
@@ -193,7 +199,7 @@ impl Zone {
         ZoneState {
             tick: self.tick,
             seed: self.seed,
-            shards: self.capture_each(exec, Shard::capture),
+            shards: self.capture_each(exec, Phase::CaptureWhole, Shard::capture),
         }
     }
 
@@ -209,17 +215,22 @@ impl Zone {
         for s in self.shards.iter_mut().rev() {
             s.take_spare_lists(&mut self.spare_lists);
         }
+        let phase = if self.shards.iter().any(Shard::next_capture_whole) {
+            Phase::CaptureWhole
+        } else {
+            Phase::Capture
+        };
         ZoneCapture {
             tick: self.tick,
             seed: self.seed,
-            shards: self.capture_each(exec, Shard::capture_changes),
+            shards: self.capture_each(exec, phase, Shard::capture_changes),
         }
     }
 
     /// Runs `capture` on every shard (in parallel on `exec`); the results in shard order.
-    fn capture_each<T: Send>(&mut self, exec: &dyn ShardExecutor, capture: fn(&mut Shard) -> T) -> Vec<T> {
+    fn capture_each<T: Send>(&mut self, exec: &dyn ShardExecutor, phase: Phase, capture: fn(&mut Shard) -> T) -> Vec<T> {
         let slots: Vec<std::sync::Mutex<Option<T>>> = (0..self.shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
-        exec.run(Phase::Capture, &mut self.shards, &|s: &mut Shard| {
+        exec.run(phase, &mut self.shards, &|s: &mut Shard| {
             let c = capture(s);
             *slots[s.index()].lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
         });

@@ -174,3 +174,26 @@ fn a_player_who_leaves_and_rejoins_between_two_captures_is_in_both_lists_and_the
     );
     assert_eq!(Some(state), Some(whole(&mut zone)));
 }
+
+/// A restored zone captured before its first step: the mirror starts from that whole capture, and
+/// the captures of changes after it move the NPCs by the ticks stepped since, not since tick 0.
+#[test]
+fn a_zone_captured_right_after_a_restore_moves_its_npcs_from_the_restored_tick() {
+    let (mut original, _) = run_checked(5, 240, 60);
+    let mut state = whole(&mut original);
+    state.tick = original.tick();
+    let mut zone = Zone::restore(demo(), state).unwrap();
+    let mut mirror = ZoneMirror::new();
+    let first = zone.capture_changes(&Serial);
+    assert!(first.is_full(), "a restored zone's first capture is whole");
+    mirror.apply(first).unwrap();
+    for t in 1..=120u64 {
+        zone.step(&Serial);
+        if t % 30 == 0 {
+            let c = zone.capture_changes(&Serial);
+            assert!(!c.is_full());
+            mirror.apply(c).unwrap();
+            assert_eq!(mirror.state().as_ref(), Some(&whole(&mut zone)), "{t} ticks after the restore");
+        }
+    }
+}
