@@ -726,8 +726,8 @@ impl ClientSession {
         }
     }
 
-    /// Applies one snapshot part (`s` is its already decoded body, `payload` its envelope bytes)
-    /// to its tick in progress; completes the tick when every part is in.
+    /// Applies one snapshot part (`s`, already decoded from the envelope whose stamp carried
+    /// `sequence`) to its tick in progress; completes the tick when every part is in.
     fn on_snapshot(&mut self, sequence: u32, s: Snapshot, now_us: u64) {
         self.stats.snapshot_datagrams += 1;
         let (tick, baseline_tick, part) = (s.tick, s.baseline_tick, s.part);
