@@ -228,6 +228,12 @@ pub(crate) struct Leaving(Vec<Entity>);
 /// across (`bevy_ecs::change_detection::CHECK_TICK_THRESHOLD`, about 518 million).
 const CAPTURE_GAP_MAX: u32 = bevy_ecs::change_detection::CHECK_TICK_THRESHOLD;
 
+/// Whether a capture at world tick `now` is too far from the previous one, at `since`, to trust
+/// bevy's change ticks across: then it copies everything.
+fn too_old(now: bevy_ecs::change_detection::Tick, since: bevy_ecs::change_detection::Tick) -> bool {
+    now.get().wrapping_sub(since.get()) > CAPTURE_GAP_MAX
+}
+
 /// Ids of the objects that left the shard since its last capture of changes (see
 /// `crate::capture`). Off, and empty, until the first capture: a zone nobody captures keeps
 /// nothing here. Not part of the state or the hash.
@@ -557,9 +563,8 @@ impl Shard {
         let now = self.world.increment_change_tick();
         // bevy's change ticks compare correctly only within about 2^32 world ticks (weeks without
         // a capture); past that, copy everything rather than trust them.
-        let too_old = |since: bevy_ecs::change_detection::Tick| now.get().wrapping_sub(since.get()) > CAPTURE_GAP_MAX;
         let tick = self.world.resource::<Clock>().tick;
-        let Some((since, since_tick)) = self.captured_at.replace((now, tick)).filter(|&(since, _)| !too_old(since)) else {
+        let Some((since, since_tick)) = self.captured_at.replace((now, tick)).filter(|&(since, _)| !too_old(now, since)) else {
             let mut departed = self.world.resource_mut::<Departed>();
             departed.on = true;
             departed.ids.clear();
@@ -589,11 +594,12 @@ impl Shard {
         })
     }
 
-    /// Whether the next [`Shard::capture_changes`] copies everything: the shard's first, or the
-    /// first after [`Shard::reset_capture`]. (It also does after about 2^32 world ticks without a
-    /// capture, which this does not foresee: weeks of a zone nobody captures.)
+    /// Whether the next [`Shard::capture_changes`] copies everything: the shard's first, the
+    /// first after [`Shard::reset_capture`], or one after bevy's change ticks stopped comparing.
     pub(crate) fn next_capture_whole(&self) -> bool {
-        self.captured_at.is_none()
+        // `increment_change_tick` hands the capture the current change tick.
+        let now = self.world.read_change_tick();
+        self.captured_at.is_none_or(|(since, _)| too_old(now, since))
     }
 
     /// Takes a spare pair of lists from `spare` for the next capture of changes, unless it holds
@@ -1161,4 +1167,39 @@ fn count_objects(mut stats: ResMut<Stats>) {
     let s = &mut stats.0;
     s.objects = s.objects_by_kind.iter().sum();
     s.players = s.objects_by_kind[usize::from(PLAYER_KIND)];
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Serial, Zone};
+
+    /// `next_capture_whole` foresees what `capture_changes` does: whole at first, after a reset,
+    /// and once bevy's change ticks no longer compare, to the tick.
+    #[test]
+    fn the_next_capture_is_whole_first_after_a_reset_and_once_change_ticks_stop_comparing() {
+        let spec = ZoneSpec::from_toml_str("assets/zones/demo.toml", include_str!("../../assets/zones/demo.toml")).unwrap();
+        let mut zone = Zone::new(Arc::new(spec), 3).unwrap();
+        zone.step(&Serial);
+        let shard = &mut zone.shards_mut()[0];
+        let whole = |c: ShardCapture| matches!(c, ShardCapture::Full(_));
+        assert!(shard.next_capture_whole());
+        assert!(whole(shard.capture_changes()));
+        assert!(!shard.next_capture_whole());
+        assert!(!whole(shard.capture_changes()));
+        shard.reset_capture();
+        assert!(shard.next_capture_whole());
+        assert!(whole(shard.capture_changes()));
+        // The capture took one change tick; this many more is the most bevy compares across.
+        for _ in 1..CAPTURE_GAP_MAX {
+            shard.world.increment_change_tick();
+        }
+        assert!(!shard.next_capture_whole());
+        shard.world.increment_change_tick();
+        assert!(shard.next_capture_whole());
+        assert!(whole(shard.capture_changes()));
+        assert!(!shard.next_capture_whole());
+    }
 }

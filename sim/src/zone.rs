@@ -31,7 +31,8 @@ pub enum Phase {
     /// A capture of changes (`Shard::capture_changes`, snapshots): small.
     Capture,
     /// A capture in which every shard, or some, copies everything (`Zone::capture`, and a capture
-    /// of changes that is a shard's first or follows a reset): several milliseconds of work.
+    /// of changes that is a shard's first, follows a reset, or comes after bevy's change ticks
+    /// stopped comparing): several milliseconds of work.
     CaptureWhole,
 }
 
