@@ -628,8 +628,9 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     // The common case (a delta): everything left fits in this datagram. The changes are still in
     // id order unless an earlier datagram split them. (Every change takes at least a byte, so
     // more changes than budget bytes cannot fit: skip the trial for huge views.)
+    let may_fit = lo.len() <= budget_bytes;
     let mut sorted: Vec<Change> = Vec::new();
-    let rest: &[Change] = if lo.len() > budget_bytes {
+    let rest: &[Change] = if !may_fit {
         &[]
     } else if lo.by_distance {
         sorted.extend_from_slice(&lo.changes[start..]);
@@ -638,7 +639,7 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     } else {
         &lo.changes[start..]
     };
-    let whole = (lo.len() <= budget_bytes).then(|| measure(rest));
+    let whole = may_fit.then(|| measure(rest));
     let (bytes, totals) = match whole {
         Some(totals) if envelope_bytes(lo, header_len(lo, false) + totals.lists_len()) <= budget_bytes => {
             let bytes = datagram(lo, rest, false, &totals);
