@@ -22,10 +22,13 @@ use zone_telemetry::logs::{self, LogFormat};
 
 /// mimalloc instead of the system allocator: the snapshot encoders and the network thread
 /// allocate and free small buffers on different threads at a high rate (benchmarks/2026-11-29-net.md).
+/// It keeps the memory it frees (see `zone_alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: zone_alloc::Allocator = zone_alloc::Allocator;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread (see zone_alloc).
+    let freed_memory = zone_alloc::keep_freed_memory();
     let process_start = Instant::now();
     let cli = Cli::parse();
     let cfg = match resolve(&cli) {
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
         LogFormat::Text
     };
     let log_guard = logs::init(format, &cfg.log_filter);
-    let result = real_main(&cfg, &log_guard, process_start);
+    let result = real_main(&cfg, &log_guard, process_start, &freed_memory);
     let code = match result {
         Ok(code) => code,
         Err(e) => {
@@ -59,7 +62,12 @@ fn main() -> ExitCode {
     code
 }
 
-fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard, process_start: Instant) -> anyhow::Result<ExitCode> {
+fn real_main(
+    cfg: &zone_server::config::ServerConfig,
+    log_guard: &logs::LogGuard,
+    process_start: Instant,
+    freed_memory: &zone_alloc::FreedMemory,
+) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The first signal starts a drain; a second one while draining exits at once.
@@ -67,6 +75,11 @@ fn real_main(cfg: &zone_server::config::ServerConfig, log_guard: &logs::LogGuard
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let loaded = load_zone(&cfg.zone)?;
+    tracing::info!(
+        zone = %loaded.spec.id,
+        purge_delay_ms = zone_alloc::purge_delay_ms(),
+        "allocator: {freed_memory}"
+    );
     let (admin, shared, viz) = if cfg.telemetry_on() {
         let handle = zone_telemetry::install_prometheus(&loaded.spec.id)?;
         let shared = AdminShared::new(Some(handle));
