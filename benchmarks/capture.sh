@@ -6,7 +6,8 @@
 # hits both alike), on the zone in real time with no players (--bind off), 2 threads, file
 # persistence in a temp dir (a capture every second: a full every 10 s, a diff between), for
 # SECS seconds; then stops it (SIGTERM) and prints the server's own exit line: the number of
-# captures and their p50 and p99 on the tick thread, plus the tick p50/p99 of its last 30 s stats window.
+# captures of changes and their p50 and p99 on the tick thread (whole captures, the first one and
+# any after a dropped snapshot, apart), plus the tick p50/p99 of its last 30 s stats window.
 # A capture a second: with SECS=60 the "p99" of 59 captures is their maximum (a new build's first
 # capture is whole); use SECS=240 or more for a p99 worth the name.
 # Environment: ROUNDS (default 2), SECS (default 90). Admin port 127.0.0.1:29300.
@@ -47,7 +48,9 @@ if cap is None:
     print(f"round {round_} {binary}: no capture line in the log")
     sys.exit(0)
 t = f", tick p50 {tick['tick_p50_us']} us p99 {tick['tick_p99_us']} us" if tick else ""
-print(f"round {round_} {binary}: {cap['captures']} captures, p50 {cap['capture_p50_us']} us, p99 {cap['capture_p99_us']} us{t}")
+# Builds since the allocator change report captures of changes and whole captures apart.
+whole = f", whole {cap['captures_whole']} (max {cap['capture_whole_max_us']} us), changes max {cap['capture_max_us']} us" if "captures_whole" in cap else " (whole ones included)"
+print(f"round {round_} {binary}: {cap['captures']} captures, p50 {cap['capture_p50_us']} us, p99 {cap['capture_p99_us']} us{whole}{t}")
 EOF
   done
 done

@@ -40,7 +40,7 @@ for z in demo large; do
   rm -rf "$T/d-$z"
   $S --zone assets/zones/$z.toml --ticks 1200 --threads 2 --telemetry off --persistence on --data-dir "$T/d-$z" \
      --snapshot-full-interval 10 --snapshot-diff-interval 1 --sim-players 100 2>&1 \
-     | sed 's/\x1b\[[0-9;]*m//g' | grep -E "capture cost" | grep -oE "(captures|capture_p50_us|capture_p99_us)=[^ ]+" | tr '\n' ' '
+     | sed 's/\x1b\[[0-9;]*m//g' | grep -E "capture cost" | grep -oE "(captures|capture_p50_us|capture_p99_us|captures_whole|capture_whole_max_us)=[^ ]+" | tr '\n' ' '
   echo " ($z.toml)"
   ./target/release/zone-snapshot list "$T/d-$z/snapshots" | head -4
 done

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use zone_persistence::{JournalHeader, Origin, Record};
-use zone_sim::{ScriptedPlayers, Zone, ZoneHash};
+use zone_sim::{ScriptedPlayers, ShardCapture, Zone, ZoneHash};
 use zone_telemetry::{QueueMetrics, StageHistograms, ZoneMetrics};
 
 use crate::admin::AdminShared;
@@ -301,10 +301,14 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         None => None,
     };
-    let capture_hist = metrics::histogram!("zone_snapshot_capture_duration_seconds");
+    // Whole captures (the first, the first after a dropped snapshot) copy every object; captures
+    // of changes only what changed. Each kind has its own series.
+    let capture_hist_changes = metrics::histogram!("zone_snapshot_capture_duration_seconds", "kind" => "changes");
+    let capture_hist_whole = metrics::histogram!("zone_snapshot_capture_duration_seconds", "kind" => "whole");
     // Events are filed under the instance name, like the snapshots.
     let events_zone_id = cfg.persist.as_ref().map_or_else(|| spec.id.clone(), |p| p.instance.clone());
     let mut capture_samples = Samples::default();
+    let mut capture_samples_whole = Samples::default();
 
     // The Replicate stage's copies, shared by the game socket and the visualizer.
     let mut replicas = crate::replica::Replicas::default();
@@ -451,8 +455,13 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     let c0 = Instant::now();
                     let capture = zone.capture_changes(&exec);
                     let took = c0.elapsed();
-                    capture_hist.record(took.as_secs_f64());
-                    capture_samples.push(took);
+                    if capture.shards.iter().any(|s| matches!(s, ShardCapture::Full(_))) {
+                        capture_hist_whole.record(took.as_secs_f64());
+                        capture_samples_whole.push(took);
+                    } else {
+                        capture_hist_changes.record(took.as_secs_f64());
+                        capture_samples.push(took);
+                    }
                     if !p.offer_snapshot(capture, full, cold) {
                         // Lost on the way: the mirror can only continue from a whole capture.
                         zone.reset_capture();
@@ -619,12 +628,15 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         p.final_snapshot(state, Duration::from_secs(10));
         p.finish();
     }
-    if !capture_samples.is_empty() {
+    if !capture_samples.is_empty() || !capture_samples_whole.is_empty() {
         tracing::info!(
             captures = capture_samples.len(),
             capture_p50_us = capture_samples.quantile_us(0.5),
             capture_p99_us = capture_samples.quantile_us(0.99),
-            "snapshot capture cost on the tick thread"
+            capture_max_us = capture_samples.quantile_us(1.0),
+            captures_whole = capture_samples_whole.len(),
+            capture_whole_max_us = capture_samples_whole.quantile_us(1.0),
+            "snapshot capture cost on the tick thread (captures of changes; whole ones apart)"
         );
     }
     if let Some(mut j) = journal.take() {
