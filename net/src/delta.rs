@@ -961,11 +961,31 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
             hp: narrow(s.hp.into(), id, "hp")?,
         });
     }
-    let kept = objects.iter().zip(&gone).filter(|(_, g)| !**g).map(|(o, _)| *o);
-    let count = gone.iter().filter(|g| !**g).count() + creates.len();
+    let removed = gone.iter().filter(|g| **g).count();
+    let count = objects.len() - removed + creates.len();
     if count > VIEW_OBJECTS_MAX {
         return Err(DecodeError::TooManyObjects);
     }
+    // Nothing removed or created (most deltas): the updated objects are the view as they are.
+    let merged = if removed == 0 && creates.is_empty() {
+        objects
+    } else {
+        merge(&objects, &gone, creates, count)
+    };
+    Ok(DecodedSnapshot {
+        sequence,
+        tick: snap.tick,
+        baseline_tick: snap.baseline_tick,
+        ack_input_tick: snap.ack_input_tick,
+        part: snap.part,
+        more_follow: snap.more_follow,
+        view: View::from_sorted(snap.tick, merged),
+    })
+}
+
+/// The objects not `gone`, and `creates`, in id order (both lists ascend, and no id is in both).
+fn merge(objects: &[QObject], gone: &[bool], creates: Vec<QObject>, count: usize) -> Vec<QObject> {
+    let kept = objects.iter().zip(gone).filter(|(_, g)| !**g).map(|(o, _)| *o);
     let mut merged = Vec::with_capacity(count);
     let mut kept = kept.peekable();
     let mut created = creates.into_iter().peekable();
@@ -979,15 +999,7 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
         let next = if take_kept { kept.next() } else { created.next() };
         merged.extend(next);
     }
-    Ok(DecodedSnapshot {
-        sequence,
-        tick: snap.tick,
-        baseline_tick: snap.baseline_tick,
-        ack_input_tick: snap.ack_input_tick,
-        part: snap.part,
-        more_follow: snap.more_follow,
-        view: View::from_sorted(snap.tick, merged),
-    })
+    merged
 }
 
 /// [`decode_snapshot`], keeping only the resulting view.
