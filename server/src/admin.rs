@@ -144,10 +144,10 @@ impl AdminServer {
                         every.tick().await;
                         zone_telemetry::record_process(&zone_telemetry::process::sample(), upkeep.uptime());
                         n += 1;
-                        if n % 5 == 0 {
-                            if let Some(h) = &upkeep.prometheus {
-                                h.run_upkeep();
-                            }
+                        if n.is_multiple_of(5)
+                            && let Some(h) = &upkeep.prometheus
+                        {
+                            h.run_upkeep();
                         }
                     }
                 });

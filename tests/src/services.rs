@@ -77,9 +77,12 @@ pub fn host_port(url: &str, default_port: u16) -> Option<String> {
     })
 }
 
+/// Each service probed so far, and why it is missing (`None`: it is there).
+type Probed = Mutex<Vec<(Need, Option<String>)>>;
+
 /// Why `need` is missing, or `None` when it is there. Probed once per process.
 pub fn missing(need: Need) -> Option<String> {
-    static CACHE: OnceLock<Mutex<Vec<(Need, Option<String>)>>> = OnceLock::new();
+    static CACHE: OnceLock<Probed> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     if let Some((_, why)) = cache.lock().unwrap().iter().find(|(n, _)| *n == need) {
         return why.clone();
