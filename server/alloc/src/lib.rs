@@ -1,18 +1,25 @@
 //! The process allocator of `zone-server`: mimalloc ([`Allocator`]), plus the one setting the
 //! server changes, [`keep_freed_memory`]. (`zone-bots` uses mimalloc as it comes.)
 //!
-//! Why keep freed memory: mimalloc hands pages freed for a while back to the OS (its
-//! `purge_delay`, 1 s by default), and the next allocation that reuses them faults on every page
-//! again. In the zone server that lands on the tick thread: a snapshot capture of the large zone
-//! every second took 300–400 page faults, and 1–2.5 ms instead of 0.2–0.5 ms, whenever its lists
-//! outgrew the spare ones (`benchmarks/2026-11-30-allocator.md`). With purging off, the process
-//! keeps the memory it has freed (its RSS stays at its high-water mark) and reuses it without
-//! faults.
+//! Why keep freed memory a while: mimalloc hands pages that stayed free for its `purge_delay`
+//! (1 s by default) back to the OS, and the next allocation that reuses them faults on every page
+//! again (and the purge itself is system calls, made by whichever thread allocates or frees).
+//! The zone server frees and allocates the same large buffers about once a second (snapshot
+//! captures, their lists and their encoding), just past that delay. On the large zone, in 240 s
+//! (`benchmarks/2026-11-30-allocator.md`):
+//! - with mimalloc's 1 s, the process took about 470,000 page faults, and 5 of 476 captures of
+//!   changes took 1.9–7.2 ms (on the tick thread, or on the pool threads when fanned out);
+//! - with [`KEEP_FREED_MS`] (10 s), about 100,000;
+//! - never purging, about 500, but the server's RSS at 500 and 2,000 bots was 5–40% higher,
+//!   since nothing it ever freed went back.
+//!
+//! So memory freed and not reused within 10 s still goes back to the OS, and a buffer reused
+//! every second does not fault.
 //!
 //! The operator's word wins: with `MIMALLOC_PURGE_DELAY` set in the environment (milliseconds,
 //! or -1 for never), mimalloc reads it at start-up and this crate leaves it alone.
 //!
-//! Must never: allocate, or call into mimalloc for anything but its option setter. Call
+//! Must never: allocate, or call into mimalloc for anything but its option table. Call
 //! [`keep_freed_memory`] first thing in `main`, before any thread starts (mimalloc's option
 //! setter is not thread-safe).
 
@@ -35,17 +42,22 @@ unsafe extern "C" {
     fn mi_option_get(option: i32) -> c_long;
 }
 
+/// How long freed memory stays with the process before mimalloc hands it back to the OS, unless
+/// [`PURGE_DELAY_ENV`] says otherwise: ten times the longest period at which the tick thread
+/// reuses large buffers (captures, once a second).
+pub const KEEP_FREED_MS: i64 = 10_000;
+
 /// What [`keep_freed_memory`] found or did, for the start-up log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FreedMemory {
-    /// Purging is off: freed memory stays with the process.
-    Kept,
+    /// Freed memory goes back to the OS after [`KEEP_FREED_MS`].
+    KeptAWhile,
     /// The environment set the purge delay (milliseconds; -1 is never), so it was left as is.
     OperatorSet { purge_delay_ms: i64 },
 }
 
-/// Turns mimalloc's purging off (freed memory stays with the process, see the module doc)
-/// unless [`PURGE_DELAY_ENV`] is set. Call it first thing in `main`, before any thread starts.
+/// Sets mimalloc's purge delay to [`KEEP_FREED_MS`] (see the module doc) unless
+/// [`PURGE_DELAY_ENV`] is set. Call it first thing in `main`, before any thread starts.
 pub fn keep_freed_memory() -> FreedMemory {
     if std::env::var_os(PURGE_DELAY_ENV).is_some() {
         return FreedMemory::OperatorSet {
@@ -53,13 +65,13 @@ pub fn keep_freed_memory() -> FreedMemory {
         };
     }
     // SAFETY: a plain setter of mimalloc's option table, with a valid option index and a value
-    // mimalloc documents (-1: never purge). It is not thread-safe, which is why it runs first
-    // thing in `main`, before any other thread exists.
+    // in milliseconds (which fits any `c_long`). It is not thread-safe, which is why it runs
+    // first thing in `main`, before any other thread exists.
     #[allow(unsafe_code)]
     unsafe {
-        mi_option_set(MI_OPTION_PURGE_DELAY, -1)
+        mi_option_set(MI_OPTION_PURGE_DELAY, KEEP_FREED_MS as c_long)
     };
-    FreedMemory::Kept
+    FreedMemory::KeptAWhile
 }
 
 /// mimalloc's purge delay in force (milliseconds; -1 is never).
@@ -75,13 +87,18 @@ pub fn purge_delay_ms() -> i64 {
 impl std::fmt::Display for FreedMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FreedMemory::Kept => write!(
+            FreedMemory::KeptAWhile => write!(
                 f,
-                "freed memory is kept for reuse (set {PURGE_DELAY_ENV}=<ms> to return it to the OS)"
+                "freed memory goes back to the OS after {KEEP_FREED_MS} ms unused (set {PURGE_DELAY_ENV}=<ms> to change it, -1 never)"
             ),
-            FreedMemory::OperatorSet { purge_delay_ms: -1 } => write!(f, "freed memory is kept for reuse ({PURGE_DELAY_ENV}=-1)"),
+            FreedMemory::OperatorSet { purge_delay_ms: -1 } => {
+                write!(f, "freed memory is never given back to the OS ({PURGE_DELAY_ENV}=-1)")
+            }
             FreedMemory::OperatorSet { purge_delay_ms } => {
-                write!(f, "freed memory goes back to the OS after {purge_delay_ms} ms ({PURGE_DELAY_ENV})")
+                write!(
+                    f,
+                    "freed memory goes back to the OS after {purge_delay_ms} ms unused ({PURGE_DELAY_ENV})"
+                )
             }
         }
     }
@@ -96,10 +113,10 @@ mod tests {
 
     /// The option index is mimalloc's purge delay: it reads mimalloc's documented default for
     /// that option (1,000 ms in v3, the only option of the table with that default) until
-    /// `keep_freed_memory` sets it to -1. One test, since the option table is process-wide and
+    /// `keep_freed_memory` sets it. One test, since the option table is process-wide and
     /// its setter is not thread-safe.
     #[test]
-    fn keep_freed_memory_turns_off_mimallocs_purge_delay_unless_the_environment_sets_it() {
+    fn keep_freed_memory_sets_mimallocs_purge_delay_unless_the_environment_does() {
         if std::env::var_os(PURGE_DELAY_ENV).is_some() {
             let set = purge_delay_ms();
             assert_eq!(keep_freed_memory(), FreedMemory::OperatorSet { purge_delay_ms: set });
@@ -112,8 +129,8 @@ mod tests {
             1_000,
             "mimalloc's default purge delay (is the option index right?)"
         );
-        assert_eq!(keep_freed_memory(), FreedMemory::Kept);
-        assert_eq!(purge_delay_ms(), -1);
-        assert!(FreedMemory::Kept.to_string().contains(PURGE_DELAY_ENV));
+        assert_eq!(keep_freed_memory(), FreedMemory::KeptAWhile);
+        assert_eq!(purge_delay_ms(), KEEP_FREED_MS);
+        assert!(FreedMemory::KeptAWhile.to_string().contains(PURGE_DELAY_ENV));
     }
 }
