@@ -25,7 +25,9 @@ for line in open(sys.argv[2]):
     except ValueError: continue
     if "capture_p99_us" in e: cap=e
     if "tick_p99_us" in e and "tick_p50_us" in e: tick=e
-print(sys.argv[1], cap and {k:cap[k] for k in ("captures","capture_p50_us","capture_p99_us")}, tick and {k:tick[k] for k in ("tick_p50_us","tick_p99_us")})
+# Since 0108654 the capture fields are of captures of changes, with the whole ones apart.
+keys = ("captures","capture_p50_us","capture_p99_us","capture_max_us","captures_whole","capture_whole_max_us")
+print(sys.argv[1], cap and {k:cap[k] for k in keys if k in cap}, tick and {k:tick[k] for k in ("tick_p50_us","tick_p99_us")})
 PY
   rm -rf $D
 done

@@ -22,7 +22,7 @@ use zone_telemetry::logs::{self, LogFormat};
 
 /// mimalloc instead of the system allocator: the snapshot encoders and the network thread
 /// allocate and free small buffers on different threads at a high rate (benchmarks/2026-11-29-net.md).
-/// It keeps the memory it frees (see `zone_alloc`).
+/// It keeps the memory it frees for 10 s before handing it back to the OS (see `zone_alloc`).
 #[global_allocator]
 static ALLOCATOR: zone_alloc::Allocator = zone_alloc::Allocator;
 

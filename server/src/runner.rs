@@ -301,8 +301,8 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         }
         None => None,
     };
-    // Whole captures (the first, the first after a dropped snapshot) copy every object; captures
-    // of changes only what changed. Each kind has its own series.
+    // Whole captures (the first, and the first after a dropped snapshot or a resync) copy every
+    // object; captures of changes only what changed. Each kind has its own series.
     let capture_hist_changes = metrics::histogram!("zone_snapshot_capture_duration_seconds", "kind" => "changes");
     let capture_hist_whole = metrics::histogram!("zone_snapshot_capture_duration_seconds", "kind" => "whole");
     // Events are filed under the instance name, like the snapshots.

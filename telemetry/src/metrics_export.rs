@@ -182,7 +182,7 @@ fn describe_all() {
     describe_histogram!(
         "zone_snapshot_capture_duration_seconds",
         Unit::Seconds,
-        "Time the tick thread spends copying the zone's state for a snapshot, by kind: changes (only what changed since the last capture) or whole (the first, the first after a dropped snapshot)."
+        "Time the tick thread spends copying the zone's state for a snapshot, by kind: changes (only what changed since the last capture) or whole (the first, and the first after a dropped snapshot or a resync)."
     );
     describe_counter!("zone_snapshots_total", "Snapshots written, by store and kind.");
     describe_counter!("zone_snapshot_failures_total", "Snapshot writes that failed, by store.");

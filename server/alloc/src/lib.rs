@@ -9,19 +9,21 @@
 //! (`benchmarks/2026-11-30-allocator.md`):
 //! - with mimalloc's 1 s, the process took about 470,000 page faults, and 5 of 476 captures of
 //!   changes took 1.9–7.2 ms (on the tick thread, or on the pool threads when fanned out);
-//! - with [`KEEP_FREED_MS`] (10 s), about 100,000;
-//! - never purging, about 500, but the server's RSS at 500 and 2,000 bots was 5–40% higher,
-//!   since nothing it ever freed went back.
+//! - with [`KEEP_FREED_MS`] (10 s), about 100,000, and in each of three runs at most one capture
+//!   of changes over 1 ms (4.9 ms once, the first capture of changes, fanned out; 1.2 ms once);
+//! - never purging, about 500, but the server's RSS at 500 and 2,000 bots was about 10–40%
+//!   higher, run for run, since nothing it ever freed went back.
 //!
-//! So memory freed and not reused within 10 s still goes back to the OS, and a buffer reused
-//! every second does not fault.
+//! So memory freed and not reused within 10 s still goes back to the OS, and the capture's
+//! buffers, reused every second, stay. (Full snapshots are encoded every 10 s by default, on the
+//! persistence thread, right at that delay: their buffers may still fault there.)
 //!
-//! The operator's word wins: with `MIMALLOC_PURGE_DELAY` set in the environment (milliseconds,
-//! or -1 for never), mimalloc reads it at start-up and this crate leaves it alone.
+//! The operator's word wins: with `MIMALLOC_PURGE_DELAY` (or its legacy name
+//! `MIMALLOC_RESET_DELAY`, in any case, as mimalloc reads them) set in the environment
+//! (milliseconds; negative: never), mimalloc reads it at start-up and this crate leaves it alone.
 //!
-//! Must never: allocate, or call into mimalloc for anything but its option table. Call
-//! [`keep_freed_memory`] first thing in `main`, before any thread starts (mimalloc's option
-//! setter is not thread-safe).
+//! Must never: call into mimalloc for anything but its option table. Call [`keep_freed_memory`]
+//! first thing in `main`, before any thread starts (mimalloc's option setter is not thread-safe).
 
 use std::ffi::c_long;
 
@@ -30,6 +32,8 @@ pub use mimalloc::MiMalloc as Allocator;
 
 /// The environment variable mimalloc reads its purge delay from.
 pub const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
+/// Its legacy name, which mimalloc reads when the first is not set.
+const PURGE_DELAY_ENV_LEGACY: &str = "MIMALLOC_RESET_DELAY";
 
 /// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, `mimalloc.h` of the v3 sources
 /// that `libmimalloc-sys` 0.1.49 builds by default).
@@ -52,15 +56,32 @@ pub const KEEP_FREED_MS: i64 = 10_000;
 pub enum FreedMemory {
     /// Freed memory goes back to the OS after [`KEEP_FREED_MS`].
     KeptAWhile,
-    /// The environment set the purge delay (milliseconds; -1 is never), so it was left as is.
-    OperatorSet { purge_delay_ms: i64 },
+    /// The environment set the purge delay, so it was left as is: the variable as set, and the
+    /// delay mimalloc took from it (milliseconds; negative is never).
+    OperatorSet {
+        variable: String,
+        value: String,
+        purge_delay_ms: i64,
+    },
+}
+
+/// The purge-delay variable mimalloc reads, if set: its name as set, and its value. mimalloc
+/// matches the names without regard to case.
+fn operator_setting() -> Option<(String, String)> {
+    std::env::vars_os().find_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        (k.eq_ignore_ascii_case(PURGE_DELAY_ENV) || k.eq_ignore_ascii_case(PURGE_DELAY_ENV_LEGACY))
+            .then(|| (k, v.to_string_lossy().into_owned()))
+    })
 }
 
 /// Sets mimalloc's purge delay to [`KEEP_FREED_MS`] (see the module doc) unless
 /// [`PURGE_DELAY_ENV`] is set. Call it first thing in `main`, before any thread starts.
 pub fn keep_freed_memory() -> FreedMemory {
-    if std::env::var_os(PURGE_DELAY_ENV).is_some() {
+    if let Some((variable, value)) = operator_setting() {
         return FreedMemory::OperatorSet {
+            variable,
+            value,
             purge_delay_ms: purge_delay_ms(),
         };
     }
@@ -74,7 +95,7 @@ pub fn keep_freed_memory() -> FreedMemory {
     FreedMemory::KeptAWhile
 }
 
-/// mimalloc's purge delay in force (milliseconds; -1 is never).
+/// mimalloc's purge delay in force (milliseconds; negative is never).
 pub fn purge_delay_ms() -> i64 {
     // SAFETY: a plain getter of mimalloc's option table, with a valid option index.
     #[allow(unsafe_code)]
@@ -91,15 +112,20 @@ impl std::fmt::Display for FreedMemory {
                 f,
                 "freed memory goes back to the OS after {KEEP_FREED_MS} ms unused (set {PURGE_DELAY_ENV}=<ms> to change it, -1 never)"
             ),
-            FreedMemory::OperatorSet { purge_delay_ms: -1 } => {
-                write!(f, "freed memory is never given back to the OS ({PURGE_DELAY_ENV}=-1)")
-            }
-            FreedMemory::OperatorSet { purge_delay_ms } => {
-                write!(
-                    f,
-                    "freed memory goes back to the OS after {purge_delay_ms} ms unused ({PURGE_DELAY_ENV})"
-                )
-            }
+            // mimalloc's reading of the value is the delay in force (it ignores one it cannot read).
+            FreedMemory::OperatorSet {
+                variable,
+                value,
+                purge_delay_ms,
+            } if *purge_delay_ms < 0 => write!(f, "freed memory is never given back to the OS ({variable}={value})"),
+            FreedMemory::OperatorSet {
+                variable,
+                value,
+                purge_delay_ms,
+            } => write!(
+                f,
+                "freed memory goes back to the OS after {purge_delay_ms} ms unused ({variable}={value})"
+            ),
         }
     }
 }
@@ -117,11 +143,20 @@ mod tests {
     /// its setter is not thread-safe.
     #[test]
     fn keep_freed_memory_sets_mimallocs_purge_delay_unless_the_environment_does() {
-        if std::env::var_os(PURGE_DELAY_ENV).is_some() {
+        if let Some((variable, value)) = operator_setting() {
             let set = purge_delay_ms();
-            assert_eq!(keep_freed_memory(), FreedMemory::OperatorSet { purge_delay_ms: set });
+            let found = keep_freed_memory();
+            assert_eq!(
+                found,
+                FreedMemory::OperatorSet {
+                    variable: variable.clone(),
+                    value: value.clone(),
+                    purge_delay_ms: set
+                }
+            );
             assert_eq!(purge_delay_ms(), set);
-            eprintln!("{PURGE_DELAY_ENV} is set: checked only that it is left alone");
+            assert!(found.to_string().contains(&format!("{variable}={value}")));
+            eprintln!("{variable} is set: checked only that it is left alone");
             return;
         }
         assert_eq!(
