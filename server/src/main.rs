@@ -163,10 +163,10 @@ fn real_main(
         if cfg.persistence_on() && snaps.read_dir().is_ok_and(|mut d| d.next().is_some()) {
             move_aside(&snaps, "the previous run's file snapshots")?;
         }
-        if let Some(j) = journal.as_deref().filter(|j| j.is_dir()) {
-            if j.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-                move_aside(j, "the previous journal")?;
-            }
+        if let Some(j) = journal.as_deref().filter(|j| j.is_dir())
+            && j.read_dir().is_ok_and(|mut d| d.next().is_some())
+        {
+            move_aside(j, "the previous journal")?;
         }
     }
 

@@ -668,29 +668,28 @@ impl Worker {
             }
         }
         // Cold: PostgreSQL fulls.
-        if cold {
-            if let Some(url) = self.cfg.postgres.clone() {
-                if self.pg.admit() {
-                    match connect_pg(&mut self.pg, &url, &self.cfg).await {
+        if cold
+            && let Some(url) = self.cfg.postgres.clone()
+            && self.pg.admit()
+        {
+            match connect_pg(&mut self.pg, &url, &self.cfg).await {
+                Ok(()) => {
+                    let fb = full_bytes.clone().unwrap_or_else(|| encode_full(&state, self.digest));
+                    let store = self.pg.store.as_ref().expect("connected");
+                    match store.put(&meta(SnapshotKind::Full), &fb).await {
                         Ok(()) => {
-                            let fb = full_bytes.clone().unwrap_or_else(|| encode_full(&state, self.digest));
-                            let store = self.pg.store.as_ref().expect("connected");
-                            match store.put(&meta(SnapshotKind::Full), &fb).await {
-                                Ok(()) => {
-                                    self.pg.succeeded();
-                                    counter!("zone_snapshots_total", "store" => "postgres", "kind" => "full").increment(1);
-                                }
-                                Err(e) => {
-                                    self.last_error = Some(format!("postgres: {e}"));
-                                    self.pg.failed("snapshot", &e)
-                                }
-                            }
+                            self.pg.succeeded();
+                            counter!("zone_snapshots_total", "store" => "postgres", "kind" => "full").increment(1);
                         }
                         Err(e) => {
                             self.last_error = Some(format!("postgres: {e}"));
                             self.pg.failed("snapshot", &e)
                         }
                     }
+                }
+                Err(e) => {
+                    self.last_error = Some(format!("postgres: {e}"));
+                    self.pg.failed("snapshot", &e)
                 }
             }
         }
@@ -729,10 +728,10 @@ impl Worker {
     /// Connects to the configured backends right away, so PostgreSQL migrations run at start and
     /// a backend that is down is reported at once (and bypassed, through its breaker).
     async fn connect_at_start(&mut self) {
-        if let Some(url) = self.cfg.redis.clone() {
-            if let Err(e) = self.ensure_redis(&url).await {
-                self.redis.failed("connect", &e);
-            }
+        if let Some(url) = self.cfg.redis.clone()
+            && let Err(e) = self.ensure_redis(&url).await
+        {
+            self.redis.failed("connect", &e);
         }
         if let Some(url) = self.cfg.postgres.clone() {
             if let Err(e) = connect_pg(&mut self.pg, &url, &self.cfg).await {

@@ -223,7 +223,7 @@ pub fn continue_from_journal(
                 exec,
             )
             .expect("the next tick is always accepted");
-            if next % 1000 == 0 {
+            if next.is_multiple_of(1000) {
                 progress(next);
             }
         }

@@ -567,25 +567,25 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                 }
             }
         }
-        if let Some(a) = &hooks.admin {
-            if last_status.elapsed() >= STATUS_INTERVAL {
-                let mut doc = status_doc(
-                    &zone,
-                    &kind_names,
-                    &windows,
-                    &tick_window,
-                    tick_rate_hz,
-                    overrun_ticks,
-                    drain_started.is_some(),
-                    journal.as_ref(),
-                );
-                if let (Some(p), Some(obj)) = (&persister, doc.as_object_mut()) {
-                    let st = p.counters.status.lock().map(|s| s.clone()).unwrap_or_default();
-                    obj.insert("snapshot".into(), serde_json::to_value(st).unwrap_or_default());
-                }
-                a.publish_status(doc);
-                last_status = Instant::now();
+        if let Some(a) = &hooks.admin
+            && last_status.elapsed() >= STATUS_INTERVAL
+        {
+            let mut doc = status_doc(
+                &zone,
+                &kind_names,
+                &windows,
+                &tick_window,
+                tick_rate_hz,
+                overrun_ticks,
+                drain_started.is_some(),
+                journal.as_ref(),
+            );
+            if let (Some(p), Some(obj)) = (&persister, doc.as_object_mut()) {
+                let st = p.counters.status.lock().map(|s| s.clone()).unwrap_or_default();
+                obj.insert("snapshot".into(), serde_json::to_value(st).unwrap_or_default());
             }
+            a.publish_status(doc);
+            last_status = Instant::now();
         }
         if last_report.elapsed() >= cfg.stats_interval {
             let secs = last_report.elapsed().as_secs_f64();

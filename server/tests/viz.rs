@@ -142,7 +142,7 @@ fn stream_history_limits_and_bad_requests() {
         assert_eq!(ev, "diff");
         let next = frame::apply_diff(&f, &b64.decode(diff).unwrap()).unwrap();
         assert!(
-            next.tick > f.tick && next.tick % 6 == 0,
+            next.tick > f.tick && next.tick.is_multiple_of(6),
             "10 frames per second: every 6th tick ({})",
             next.tick
         );

@@ -53,6 +53,8 @@ fn bad_request(msg: impl Into<String>) -> Response {
 }
 
 /// Parses `a=1&b=2`, allowing only `allowed` keys, each at most once.
+// The error is the answer itself (an axum Response); a query is parsed once per request.
+#[allow(clippy::result_large_err)]
 fn params(q: Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String>, Response> {
     let mut out = BTreeMap::new();
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
@@ -74,6 +76,8 @@ fn params(q: Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String
     Ok(out)
 }
 
+// The error is the answer itself (an axum Response); a query is parsed once per request.
+#[allow(clippy::result_large_err)]
 fn number<T: std::str::FromStr>(p: &BTreeMap<String, String>, key: &str, what: &str) -> Result<Option<T>, Response> {
     match p.get(key) {
         None => Ok(None),

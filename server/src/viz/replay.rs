@@ -280,10 +280,10 @@ impl Driver {
                 // zone that cannot keep up still shows progress.
                 let chunk = ((60.0 * self.speed * self.frame_every.as_secs_f64()).ceil() as u64).max(1);
                 let target = due.min(self.zone.tick() + chunk).min(self.journal.end_tick);
-                if target > self.zone.tick() {
-                    if let Err(e) = self.journal.advance(&mut self.zone, target, &self.exec) {
-                        self.fail(e);
-                    }
+                if target > self.zone.tick()
+                    && let Err(e) = self.journal.advance(&mut self.zone, target, &self.exec)
+                {
+                    self.fail(e);
                 }
                 if self.zone.tick() >= self.journal.end_tick {
                     self.playing = None;

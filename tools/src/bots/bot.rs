@@ -414,10 +414,10 @@ async fn rejoin(
             }
             Err("lobby_login") | Err("lobby_unauthorized") => {
                 // The session lapsed: log in again.
-                if let Some(url) = &cfg.lobby {
-                    if let Ok(l) = lobby_login(cfg, url, live, n).await {
-                        *login = l;
-                    }
+                if let Some(url) = &cfg.lobby
+                    && let Ok(l) = lobby_login(cfg, url, live, n).await
+                {
+                    *login = l;
                 }
                 last = "lobby_session_lapsed";
             }
