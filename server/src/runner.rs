@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use zone_persistence::{JournalHeader, Origin, Record};
-use zone_sim::{ScriptedPlayers, ShardCapture, Zone, ZoneHash};
+use zone_sim::{ScriptedPlayers, Zone, ZoneHash};
 use zone_telemetry::{QueueMetrics, StageHistograms, ZoneMetrics};
 
 use crate::admin::AdminShared;
@@ -455,7 +455,7 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
                     let c0 = Instant::now();
                     let capture = zone.capture_changes(&exec);
                     let took = c0.elapsed();
-                    if capture.shards.iter().any(|s| matches!(s, ShardCapture::Full(_))) {
+                    if capture.has_whole_shards() {
                         capture_hist_whole.record(took.as_secs_f64());
                         capture_samples_whole.push(took);
                     } else {

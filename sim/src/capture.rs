@@ -113,6 +113,12 @@ impl ZoneCapture {
         self.shards.iter().all(|s| matches!(s, ShardCapture::Full(_)))
     }
 
+    /// Whether any shard was copied whole (the zone's first capture, or the first after a reset
+    /// or a resync): not a capture of changes only.
+    pub fn has_whole_shards(&self) -> bool {
+        self.shards.iter().any(|s| matches!(s, ShardCapture::Full(_)))
+    }
+
     /// Objects copied whole plus objects copied as a position: what this capture cost to copy.
     pub fn copied(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(r, m), s| match s {
@@ -374,6 +380,7 @@ mod tests {
         zone.step(&Serial);
         let first = zone.capture_changes(&Serial);
         assert!(first.is_full());
+        assert!(first.has_whole_shards());
         let shards = first.shards.len();
         mirror.apply(first).unwrap();
         // Lists far larger than the demo zone's shards need: only recycling gives a capture these.
@@ -385,6 +392,7 @@ mod tests {
         zone.recycle_lists(big);
         zone.step(&Serial);
         let c = zone.capture_changes(&Serial);
+        assert!(!c.has_whole_shards());
         assert!(
             capacities(&c).iter().all(|&(r, m)| r >= BIG && m >= BIG),
             "every shard filled the lists handed back: {:?}",
