@@ -312,7 +312,8 @@ struct Totals {
     update_masks: usize,
     update_values: usize,
     removes: usize,
-    /// How many creates and removes (only [`measure`] counts them; the updates are counted above).
+    /// How many creates and removes (only [`Lists::totals`] counts them; the updates are counted
+    /// above).
     create_count: usize,
     remove_count: usize,
 }
@@ -473,35 +474,6 @@ fn envelope_bytes(lo: &Leftover, snapshot_bytes: usize) -> usize {
         + field_len(snapshot_bytes)
 }
 
-/// The sizes of the lists of `chosen` (sorted by id), as [`Sizer`] would have summed them.
-fn measure(chosen: &[Change]) -> Totals {
-    let mut t = Totals::default();
-    let (mut prev_create, mut prev_update, mut prev_remove) = (0u64, 0u64, 0u64);
-    for c in chosen {
-        match c {
-            Change::Create(o) => {
-                t.creates += field_len(state(o, o.id - prev_create).encoded_len());
-                t.create_count += 1;
-                prev_create = o.id;
-            }
-            Change::Update { base, next } => {
-                let (mask, values) = delta(base, next);
-                t.update_gaps += varint_len(next.id - prev_update);
-                t.update_masks += varint_len(mask.into());
-                t.update_values += values.map(zigzag_len).sum::<usize>();
-                t.updates += 1;
-                prev_update = next.id;
-            }
-            Change::Remove(o) => {
-                t.removes += varint_len(o.id - prev_remove);
-                t.remove_count += 1;
-                prev_remove = o.id;
-            }
-        }
-    }
-    t
-}
-
 /// Protobuf wire types.
 const VARINT: u8 = 0;
 const LEN: u8 = 2;
@@ -533,11 +505,97 @@ fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-/// Appends the envelope of one snapshot datagram holding `chosen` (sorted by id; `totals` from
-/// [`measure`]): byte for byte what prost encodes for the `ServerEnvelope` (the tests check it
-/// against prost), without building the messages first. The snapshot is most of the server's
-/// encoding work, once per client and frame; decoding stays with prost.
-fn write_snapshot(lo: &Leftover, chosen: &[Change], more_follow: bool, totals: &Totals, out: &mut Vec<u8>) {
+/// The three lists of one datagram's snapshot, encoded in one pass over its changes (sorted by
+/// id): each create as a whole `creates` field (key, length, `ObjectState`), and the contents of
+/// the packed update columns and of `remove_id_gaps`. Their lengths are the exact sizes [`Sizer`]
+/// sums, and [`write_snapshot`] only frames and copies them.
+#[derive(Default)]
+struct Lists {
+    creates: Vec<u8>,
+    update_gaps: Vec<u8>,
+    update_masks: Vec<u8>,
+    update_values: Vec<u8>,
+    removes: Vec<u8>,
+    create_count: usize,
+    update_count: usize,
+    remove_count: usize,
+}
+
+impl Lists {
+    fn encode(chosen: &[Change]) -> Lists {
+        // Most changes are updates of one byte of id gap, one of mask and two of values.
+        let mut l = Lists {
+            update_gaps: Vec::with_capacity(chosen.len()),
+            update_masks: Vec::with_capacity(chosen.len()),
+            update_values: Vec::with_capacity(chosen.len() * 3),
+            ..Lists::default()
+        };
+        let (mut prev_create, mut prev_update, mut prev_remove) = (0u64, 0u64, 0u64);
+        for c in chosen {
+            match c {
+                Change::Create(o) => {
+                    key(&mut l.creates, 4, LEN);
+                    // Encoding into a Vec cannot run out of room.
+                    let _ = state(o, o.id - prev_create).encode_length_delimited(&mut l.creates);
+                    l.create_count += 1;
+                    prev_create = o.id;
+                }
+                Change::Update { base, next } => {
+                    varint(&mut l.update_gaps, next.id - prev_update);
+                    let mask = write_delta(base, next, &mut l.update_values);
+                    varint(&mut l.update_masks, mask.into());
+                    l.update_count += 1;
+                    prev_update = next.id;
+                }
+                Change::Remove(o) => {
+                    varint(&mut l.removes, o.id - prev_remove);
+                    l.remove_count += 1;
+                    prev_remove = o.id;
+                }
+            }
+        }
+        l
+    }
+
+    /// The sizes, as [`Sizer`] would have summed them.
+    fn totals(&self) -> Totals {
+        Totals {
+            creates: self.creates.len(),
+            updates: self.update_count,
+            update_gaps: self.update_gaps.len(),
+            update_masks: self.update_masks.len(),
+            update_values: self.update_values.len(),
+            removes: self.removes.len(),
+            create_count: self.create_count,
+            remove_count: self.remove_count,
+        }
+    }
+}
+
+/// Appends an update's values ([`delta`]'s, as zigzag varints) to `out` and returns its mask.
+fn write_delta(base: &QObject, next: &QObject, out: &mut Vec<u8>) -> u32 {
+    let mut mask = 0;
+    let mut field = |bit: u32, a: i64, b: i64| {
+        if a != b {
+            mask |= bit;
+            varint(out, zigzag(b - a));
+        }
+    };
+    field(MASK_X, base.x.into(), next.x.into());
+    field(MASK_Y, base.y.into(), next.y.into());
+    field(MASK_VX, base.vx.into(), next.vx.into());
+    field(MASK_VY, base.vy.into(), next.vy.into());
+    field(MASK_HP, base.hp.into(), next.hp.into());
+    field(MASK_KIND, base.kind.into(), next.kind.into());
+    mask
+}
+
+/// Appends the envelope of one snapshot datagram holding `lists`: byte for byte what prost
+/// encodes for the `ServerEnvelope` (the tests check it against prost), without building the
+/// messages first. The snapshot is most of the server's encoding work, once per client and
+/// frame; decoding stays with prost.
+fn write_snapshot(lo: &Leftover, lists: &Lists, more_follow: bool, out: &mut Vec<u8>) {
+    let totals = lists.totals();
     // ServerEnvelope
     varint_field(out, 1, PROTOCOL_VERSION.into());
     varint_field(out, 2, Channel::Unreliable as u64);
@@ -548,72 +606,36 @@ fn write_snapshot(lo: &Leftover, chosen: &[Change], more_follow: bool, totals: &
     varint_field(out, 1, lo.tick);
     varint_field(out, 2, lo.baseline_tick);
     varint_field(out, 3, lo.frame.ack_input_tick);
-    let mut prev = 0u64;
-    for o in chosen.iter().filter_map(|c| if let Change::Create(o) = c { Some(o) } else { None }) {
-        key(out, 4, LEN);
-        // Encoding into a Vec cannot run out of room.
-        let _ = state(o, o.id - prev).encode_length_delimited(out);
-        prev = o.id;
-    }
-    if totals.updates > 0 {
+    out.extend_from_slice(&lists.creates);
+    if lists.update_count > 0 {
         key(out, 5, LEN);
         varint(
             out,
             (packed_len(totals.update_gaps) + packed_len(totals.update_masks) + packed_len(totals.update_values)) as u64,
         );
-        let updates = || {
-            chosen.iter().filter_map(|c| {
-                if let Change::Update { base, next } = c {
-                    Some((base, next))
-                } else {
-                    None
-                }
-            })
-        };
-        let column = |out: &mut Vec<u8>, field: u8, len: usize| {
-            if len > 0 {
+        for (field, column) in [(1, &lists.update_gaps), (2, &lists.update_masks), (3, &lists.update_values)] {
+            if !column.is_empty() {
                 key(out, field, LEN);
-                varint(out, len as u64);
-            }
-        };
-        column(out, 1, totals.update_gaps);
-        let mut prev = 0u64;
-        for (_, next) in updates() {
-            varint(out, next.id - prev);
-            prev = next.id;
-        }
-        column(out, 2, totals.update_masks);
-        for (base, next) in updates() {
-            varint(out, delta(base, next).0.into());
-        }
-        column(out, 3, totals.update_values);
-        for (base, next) in updates() {
-            for v in delta(base, next).1 {
-                varint(out, zigzag(v));
+                varint(out, column.len() as u64);
+                out.extend_from_slice(column);
             }
         }
     }
-    if totals.removes > 0 {
+    if !lists.removes.is_empty() {
         key(out, 6, LEN);
-        varint(out, totals.removes as u64);
-        let mut prev = 0u64;
-        for c in chosen {
-            if let Change::Remove(o) = c {
-                varint(out, o.id - prev);
-                prev = o.id;
-            }
-        }
+        varint(out, lists.removes.len() as u64);
+        out.extend_from_slice(&lists.removes);
     }
     varint_field(out, 7, lo.part.into());
     varint_field(out, 8, more_follow.into());
 }
 
-/// The datagram for `chosen` (sorted by id), with room for the seal after it
-/// ([`crate::seal::SEAL_OVERHEAD`]), so sealing does not grow it.
-fn datagram(lo: &Leftover, chosen: &[Change], more_follow: bool, totals: &Totals) -> Vec<u8> {
-    let len = envelope_bytes(lo, header_len(lo, more_follow) + totals.lists_len());
+/// The datagram for `lists`, with room for the seal after it ([`crate::seal::SEAL_OVERHEAD`]),
+/// so sealing does not grow it.
+fn datagram(lo: &Leftover, lists: &Lists, more_follow: bool) -> Vec<u8> {
+    let len = envelope_bytes(lo, header_len(lo, more_follow) + lists.totals().lists_len());
     let mut out = Vec::with_capacity(len + crate::seal::SEAL_OVERHEAD);
-    write_snapshot(lo, chosen, more_follow, totals, &mut out);
+    write_snapshot(lo, lists, more_follow, &mut out);
     debug_assert_eq!(out.len(), len, "size model is off");
     out
 }
@@ -639,12 +661,12 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     } else {
         &lo.changes[start..]
     };
-    let whole = may_fit.then(|| measure(rest));
+    let whole = may_fit.then(|| Lists::encode(rest));
     let (bytes, totals) = match whole {
-        Some(totals) if envelope_bytes(lo, header_len(lo, false) + totals.lists_len()) <= budget_bytes => {
-            let bytes = datagram(lo, rest, false, &totals);
+        Some(lists) if envelope_bytes(lo, header_len(lo, false) + lists.totals().lists_len()) <= budget_bytes => {
+            let bytes = datagram(lo, &lists, false);
             lo.at = lo.changes.len();
-            (bytes, totals)
+            (bytes, lists.totals())
         }
         _ => {
             // Otherwise the nearest changes while the exact size, with `more_follow` set, fits.
@@ -670,13 +692,14 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
             sorted.extend_from_slice(&lo.changes[start..lo.at]);
             sorted.sort_unstable_by_key(Change::id);
             let more_follow = lo.at < lo.changes.len() && !lo.final_part;
-            let totals = measure(&sorted);
+            let lists = Lists::encode(&sorted);
+            let totals = lists.totals();
             debug_assert_eq!(
                 header_len(lo, more_follow) + totals.lists_len(),
                 header + sizer.totals.lists_len(),
                 "size model is off"
             );
-            (datagram(lo, &sorted, more_follow, &totals), totals)
+            (datagram(lo, &lists, more_follow), totals)
         }
     };
     // The size model is exact, so this cannot fail; a datagram over the budget would be dropped
@@ -1075,9 +1098,12 @@ mod tests {
 
     fn check(lo: &Leftover, changes: &[Change], more_follow: bool) {
         let expected = envelope(lo, build(lo, &mut changes.to_vec(), more_follow)).encode_to_vec();
-        let totals = measure(changes);
-        assert_eq!(envelope_bytes(lo, header_len(lo, more_follow) + totals.lists_len()), expected.len());
-        assert_eq!(datagram(lo, changes, more_follow, &totals), expected);
+        let lists = Lists::encode(changes);
+        assert_eq!(
+            envelope_bytes(lo, header_len(lo, more_follow) + lists.totals().lists_len()),
+            expected.len()
+        );
+        assert_eq!(datagram(lo, &lists, more_follow), expected);
     }
 
     #[test]
