@@ -37,6 +37,8 @@ pub struct NetCounters {
     pub snapshots_full: AtomicU64,
     pub snapshots_delta: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Datagrams the kernel refused to send (a full socket buffer, an unreachable address).
+    pub send_failures: AtomicU64,
     pub clients: AtomicU64,
 }
 
@@ -48,6 +50,12 @@ impl NetCounters {
 
     pub fn sent(&self, bytes: usize) {
         self.datagrams_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `datagrams` sent, `bytes` in all (one batch).
+    pub fn sent_many(&self, datagrams: usize, bytes: usize) {
+        self.datagrams_out.fetch_add(datagrams as u64, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
@@ -107,6 +115,7 @@ impl NetCounters {
         metrics::counter!("zone_net_snapshots_total", "kind" => "full").absolute(g(&self.snapshots_full));
         metrics::counter!("zone_net_snapshots_total", "kind" => "delta").absolute(g(&self.snapshots_delta));
         metrics::counter!("zone_net_frames_dropped_total").absolute(g(&self.frames_dropped));
+        metrics::counter!("zone_net_send_failures_total").absolute(g(&self.send_failures));
         metrics::gauge!("zone_net_clients").set(g(&self.clients) as f64);
     }
 }

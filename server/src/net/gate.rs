@@ -4,7 +4,9 @@
 //! socket. It owns the UDP
 //! socket (with a large receive buffer), counts every datagram and byte both ways, and lets a
 //! datagram through to laminar only if its source address has been admitted, or if it is a
-//! well-formed `Hello` whose join token verifies (which admits the address).
+//! well-formed `Hello` whose join token verifies (which admits the address). It reads and sends
+//! in batches (`zone-udp-batch`: `recvmmsg` and `sendmmsg`): what laminar sends during a poll is
+//! queued and goes out when the network thread calls [`GateSocket::flush_sends`] after the poll.
 //!
 //! A Hello whose token verifies must also carry the cookie of the gate's `Challenge` (a stateless
 //! hash of the source address and the time), which proves the client receives at that address:
@@ -27,6 +29,7 @@ use sha2::{Digest, Sha256};
 use zone_net::endpoint::Admission;
 use zone_net::gate::{Bucket, ScreenContext, Verdict, cookie, cookie_ok, cookie_period, screen};
 use zone_net::wire;
+use zone_udp_batch::{Receiver, Sender};
 
 use super::counters::{NetCounters, Rejection};
 
@@ -37,6 +40,10 @@ pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 2_400;
 pub const SOCKET_RECV_BUFFER_BYTES: usize = 4 << 20;
 /// Datagrams passed to laminar per poll at most (about 4 ms of 1,000 clients' traffic).
 pub const DATAGRAMS_PER_POLL_MAX: usize = 4_096;
+/// Datagrams read per system call at most.
+pub const RECV_BATCH: usize = 32;
+/// Datagrams sent per system call at most.
+pub const SEND_BATCH: usize = 64;
 
 /// 32 random bytes from the OS (`/dev/urandom`); if that fails, a hash of the time and process
 /// id, which still differs per process.
@@ -78,6 +85,11 @@ pub struct GateSocket {
     per_ip: HashMap<IpAddr, Bucket>,
     last_sweep: Instant,
     buf: Vec<u8>,
+    /// Reads [`RECV_BATCH`] datagrams per call; each is cut one byte past the largest accepted,
+    /// so a longer one is still seen as too long.
+    recv: Receiver,
+    /// What laminar sent since the last [`GateSocket::flush_sends`].
+    send: Sender,
     counters: Arc<NetCounters>,
     /// Random per process: cookies from another process (or an earlier run) are not valid.
     cookie_key: [u8; 32],
@@ -106,6 +118,8 @@ impl GateSocket {
             per_ip: HashMap::new(),
             last_sweep: Instant::now(),
             buf: vec![0; 65_536],
+            recv: Receiver::new(RECV_BATCH, CLIENT_DATAGRAM_BYTES_MAX + 1),
+            send: Sender::new(SEND_BATCH),
             counters,
             cookie_key: random_key(),
             started: Instant::now(),
@@ -127,6 +141,23 @@ impl GateSocket {
     /// Forgets an address: its datagrams are a stranger's again.
     pub fn revoke(&mut self, addr: &SocketAddr) {
         self.admitted.remove(addr);
+    }
+
+    /// Sends what laminar queued since the last call ([`SEND_BATCH`] datagrams per system call).
+    /// The network thread calls it after every poll. A datagram the kernel refuses is counted
+    /// (`zone_net_send_failures_total`) and dropped, as laminar dropped it after logging.
+    pub fn flush_sends(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let f = self.send.flush(&self.socket);
+        self.counters.sent_many(f.sent, f.bytes);
+        if f.failed > 0 {
+            self.counters.send_failures.fetch_add(f.failed as u64, Ordering::Relaxed);
+            if let Some(e) = f.last_error {
+                tracing::debug!(failed = f.failed, error = %e, "datagrams refused by the kernel");
+            }
+        }
     }
 
     /// Sends a datagram outside laminar (refusals to strangers, notices at shutdown).
@@ -213,10 +244,13 @@ impl GateSocket {
 }
 
 impl DatagramSocket for GateSocket {
+    /// Queues the datagram; it is sent by [`GateSocket::flush_sends`] (or here, once a whole
+    /// batch is queued).
     fn send_packet(&mut self, addr: &SocketAddr, payload: &[u8]) -> io::Result<usize> {
-        let n = self.socket.send_to(payload, addr)?;
-        self.counters.sent(n);
-        Ok(n)
+        if self.send.queue(*addr, payload) {
+            self.flush_sends();
+        }
+        Ok(payload.len())
     }
 
     fn receive_packet<'a>(&mut self, buffer: &'a mut [u8]) -> io::Result<(&'a [u8], SocketAddr)> {
@@ -224,7 +258,7 @@ impl DatagramSocket for GateSocket {
             if self.passed_this_poll >= DATAGRAMS_PER_POLL_MAX {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let (len, addr) = self.socket.recv_from(&mut self.buf)?;
+            let (len, addr) = self.recv.recv_from(&self.socket, &mut self.buf)?;
             self.counters.received(len);
             if len > CLIENT_DATAGRAM_BYTES_MAX || len > buffer.len() {
                 self.counters.reject(Rejection::Oversized);

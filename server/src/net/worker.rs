@@ -266,6 +266,7 @@ impl Worker {
     fn poll_socket(&mut self, now: Instant) {
         self.manager.socket_mut().begin_poll();
         self.manager.manual_poll(now);
+        self.manager.socket_mut().flush_sends();
         self.endpoint.set_zone_tick(self.shared.tick.load(Ordering::Relaxed));
         let now_us = self.now_us(now);
         while let Ok(ev) = self.events.try_recv() {
