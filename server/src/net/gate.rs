@@ -85,8 +85,8 @@ pub struct GateSocket {
     per_ip: HashMap<IpAddr, Bucket>,
     last_sweep: Instant,
     buf: Vec<u8>,
-    /// Reads [`RECV_BATCH`] datagrams per call; each is cut one byte past the largest accepted,
-    /// so a longer one is still seen as too long.
+    /// Reads [`RECV_BATCH`] datagrams per call, each cut one byte past the largest accepted; a
+    /// longer one still tells its whole length (counted as received, refused as oversized).
     recv: Receiver,
     /// What laminar sent since the last [`GateSocket::flush_sends`].
     send: Sender,

@@ -35,8 +35,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver reading up to `slots` datagrams per call, each cut at `slot_bytes` (a longer
-    /// datagram is truncated, as `recv_from` truncates to its buffer).
+    /// A receiver reading up to `slots` datagrams per call, each cut at `slot_bytes` (the rest of
+    /// a longer datagram is lost, as `recv_from` loses what does not fit its buffer).
     pub fn new(slots: usize, slot_bytes: usize) -> Receiver {
         let (slots, slot_bytes) = (slots.max(1), slot_bytes.max(1));
         Receiver {
@@ -48,10 +48,12 @@ impl Receiver {
         }
     }
 
-    /// The next datagram, copied into `buf` (truncated to it): its length and source, as
-    /// [`UdpSocket::recv_from`] gives them. When none of the last batch is left it reads a new
-    /// batch; with nothing to read it returns the socket's error (`WouldBlock` on a non-blocking
-    /// socket, which `socket` must be).
+    /// The next datagram, copied into `buf` as far as it and the slot hold: its whole length
+    /// (on Linux even when it was cut, so a caller can tell a datagram too long for it; elsewhere
+    /// the length read, as [`UdpSocket::recv_from`] gives it) and its source. Only
+    /// `min(length, slot_bytes, buf.len())` bytes of `buf` are written. When none of the last
+    /// batch is left it reads a new batch; with nothing to read it returns the socket's error
+    /// (`WouldBlock` on a non-blocking socket, which `socket` must be).
     pub fn recv_from(&mut self, socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         if self.next == self.got.len() {
             self.got.clear();
@@ -62,9 +64,9 @@ impl Receiver {
         let (len, addr) = self.got[self.next];
         let from = self.next * self.slot_bytes;
         self.next += 1;
-        let n = len.min(buf.len());
+        let n = len.min(self.slot_bytes).min(buf.len());
         buf[..n].copy_from_slice(&self.data[from..from + n]);
-        Ok((n, addr))
+        Ok((len, addr))
     }
 
     /// Datagrams read from the socket and not yet handed out.
@@ -193,7 +195,7 @@ mod tests {
         let mut buf = [0u8; 2048];
         for _ in 0..2_000 {
             match rx.recv_from(s, &mut buf) {
-                Ok((n, a)) => got.push((buf[..n].to_vec(), a)),
+                Ok((n, a)) => got.push((buf[..n.min(buf.len())].to_vec(), a)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if got.len() >= want {
                         break;
@@ -262,19 +264,24 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_read_is_would_block_and_a_long_datagram_is_cut_as_recv_from_cuts_it() {
+    fn nothing_to_read_is_would_block_and_a_long_datagram_is_cut_but_tells_its_length() {
         let (a, b) = (bound("127.0.0.1:0").unwrap(), bound("127.0.0.1:0").unwrap());
         let mut rx = Receiver::new(8, 16);
         let mut buf = [0u8; 64];
         assert_eq!(rx.recv_from(&b, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         a.send_to(&[7u8; 40], b.local_addr().unwrap()).unwrap();
-        let got = read_all(&mut rx, &b, 1);
-        assert_eq!(got[0].0, vec![7u8; 16], "cut at the slot");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (len, _) = rx.recv_from(&b, &mut buf).unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(len, 40, "the whole length");
+        }
+        assert_eq!(buf[..16], [7u8; 16], "the slot's bytes");
+        assert_eq!(buf[16..], [0u8; 48], "nothing past the slot");
         // A caller's buffer shorter than the datagram cuts it too.
         a.send_to(&[9u8; 12], b.local_addr().unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut small = [0u8; 5];
-        assert_eq!(rx.recv_from(&b, &mut small).unwrap().0, 5);
+        assert_eq!(rx.recv_from(&b, &mut small).unwrap().0, 12);
         assert_eq!(small, [9u8; 5]);
     }
 

@@ -8,8 +8,9 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-/// Reads up to `data.len() / slot_bytes` datagrams, one per slot of `data`, appending each one's
-/// length (cut at the slot) and source to `got`. Returns how many; `Err` when none could be read.
+/// Reads up to `data.len() / slot_bytes` datagrams, one per slot of `data` (cut at the slot),
+/// appending each one's whole length (`MSG_TRUNC`: even when cut) and source to `got`. Returns
+/// how many; `Err` when none could be read.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub fn recv_batch(socket: &UdpSocket, data: &mut [u8], slot_bytes: usize, got: &mut Vec<(usize, SocketAddr)>) -> io::Result<usize> {
@@ -40,13 +41,14 @@ pub fn recv_batch(socket: &UdpSocket, data: &mut [u8], slot_bytes: usize, got: &
     let count = libc::c_uint::try_from(hdrs.len()).unwrap_or(libc::c_uint::MAX);
     // SAFETY: every header points into `iovs`, `names` and `data`, which outlive the call and
     // are not otherwise touched during it; the kernel writes at most `iov_len` bytes per slot
-    // and `msg_namelen` bytes per name, and `count` is at most the number of headers.
+    // (`MSG_TRUNC` only makes it report a longer datagram's whole length) and `msg_namelen`
+    // bytes per name, and `count` is at most the number of headers.
     let n = unsafe {
         libc::recvmmsg(
             socket.as_raw_fd(),
             hdrs.as_mut_ptr(),
             count,
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
             std::ptr::null_mut(),
         )
     };
@@ -55,7 +57,7 @@ pub fn recv_batch(socket: &UdpSocket, data: &mut [u8], slot_bytes: usize, got: &
     }
     let n = usize::try_from(n).unwrap_or(0).min(hdrs.len());
     for (h, name) in hdrs.iter().zip(&names).take(n) {
-        let len = (h.msg_len as usize).min(slot_bytes);
+        let len = h.msg_len as usize;
         // A datagram whose source the kernel did not give (not on a UDP socket) is skipped.
         if let Some(addr) = from_sockaddr(name, h.msg_hdr.msg_namelen) {
             got.push((len, addr));
