@@ -129,6 +129,10 @@ fn describe_all() {
         "Snapshot bytes sent to clients (envelopes, no laminar header)."
     );
     describe_counter!(
+        "zone_net_send_failures_total",
+        "Datagrams the kernel refused to send (a full socket buffer, an unreachable address); each is dropped."
+    );
+    describe_counter!(
         "zone_net_frames_dropped_total",
         "Replicate-stage frames (or join results) dropped because the network thread's queue was full."
     );

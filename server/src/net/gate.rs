@@ -117,7 +117,7 @@ impl GateSocket {
             passed_this_poll: 0,
             per_ip: HashMap::new(),
             last_sweep: Instant::now(),
-            buf: vec![0; 65_536],
+            buf: vec![0; CLIENT_DATAGRAM_BYTES_MAX + 1],
             recv: Receiver::new(RECV_BATCH, CLIENT_DATAGRAM_BYTES_MAX + 1),
             send: Sender::new(SEND_BATCH),
             counters,
@@ -132,8 +132,9 @@ impl GateSocket {
     }
 
     /// Starts a poll: at most [`DATAGRAMS_PER_POLL_MAX`] datagrams reach laminar in one poll, so
-    /// a flood cannot keep the network thread in its receive loop (the rest wait in the kernel's
-    /// buffer, which drops what does not fit).
+    /// a flood cannot keep the network thread in its receive loop (the rest wait for the next
+    /// poll: up to [`RECV_BATCH`] already read, the others in the kernel's buffer, which drops
+    /// what does not fit).
     pub fn begin_poll(&mut self) {
         self.passed_this_poll = 0;
     }
@@ -164,6 +165,8 @@ impl GateSocket {
     pub fn send_raw(&mut self, addr: &SocketAddr, datagram: &[u8]) {
         if self.socket.send_to(datagram, addr).is_ok() {
             self.counters.sent(datagram.len());
+        } else {
+            self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 

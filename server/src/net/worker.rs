@@ -29,7 +29,7 @@ use super::{Control, Frame, NetConfig, NetShared, ToNet};
 /// The thread polls the socket at most this often: each poll has a fixed cost (a system call
 /// that finds the socket empty, laminar's and the endpoint's bookkeeping), so polling back to
 /// back under load would spend the thread on it. Datagrams wait in
-/// the kernel's 4 MiB buffer meanwhile (at most this long).
+/// the kernel's 4 MiB buffer meanwhile (at most this long; see also `gate::RECV_BATCH`).
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Clients encoded between two socket polls.
 const ENCODE_CHUNK: usize = 200;

@@ -1,7 +1,8 @@
 //! Batched UDP for the game socket: [`Receiver`] reads up to a batch of datagrams with one
 //! `recvmmsg` call and hands them out one at a time, as `UdpSocket::recv_from` would; [`Sender`]
-//! queues datagrams and sends them with one `sendmmsg` call per batch. On other systems both fall
-//! back to one `recv_from` / `send_to` per datagram, with the same results.
+//! queues datagrams and sends them with one `sendmmsg` call per batch. Linux is the target; on
+//! other systems both fall back to one `recv_from` / `send_to` per datagram (the length of a
+//! datagram cut at its slot is then the cut length, and on Windows such a datagram is an error).
 //!
 //! Why: at 500 bots the zone server's network thread makes about 80 system calls a second per
 //! client (60 inputs in, 20 snapshots out), and a third of its time is in the kernel. A batch
@@ -11,7 +12,8 @@
 //! `sendmmsg` in batches of 64 (`examples/send_cost.rs`, two runs; the server's own figures are
 //! in `benchmarks/2026-11-30-udp-batch.md`).
 //!
-//! Must never: block (every call passes `MSG_DONTWAIT`), panic on what the kernel returns, or
+//! Must never: block (on Linux every call passes `MSG_DONTWAIT`; elsewhere the socket must be
+//! non-blocking), panic on what the kernel returns, or
 //! hold a datagram back past [`Sender::flush`]. The caller decides when to flush: a queued
 //! datagram is not on the wire until then.
 
