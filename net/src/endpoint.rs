@@ -444,25 +444,29 @@ impl Session {
         if self.interest_age + 1 < enc.refresh_frames && !self.interest.is_empty() && near {
             self.interest_age += 1;
             let mut objects = Vec::with_capacity(self.interest.len());
-            let mut from = 0;
-            self.interest.retain_mut(|(id, hint)| {
-                let h = *hint as usize;
+            // Each kept object where its hint says (its index in the last frame; the common
+            // case), else searched for after the previous one; gone from the zone, it leaves the
+            // view and the choice.
+            let (mut from, mut kept) = (0, 0);
+            for k in 0..self.interest.len() {
+                let (id, hint) = self.interest[k];
+                let h = hint as usize;
                 let i = match enc.objects.get(h) {
-                    Some(o) if o.id == *id && h >= from => h,
+                    Some(o) if o.id == id && h >= from => h,
                     _ => {
-                        let i = from + enc.objects[from..].partition_point(|o| o.id < *id);
+                        let i = from + enc.objects[from..].partition_point(|o| o.id < id);
                         match enc.objects.get(i) {
-                            Some(o) if o.id == *id => i,
-                            // Gone from the zone: out of the view and of the choice.
-                            _ => return false,
+                            Some(o) if o.id == id => i,
+                            _ => continue,
                         }
                     }
                 };
                 objects.push(enc.objects[i]);
-                *hint = i as u32;
+                self.interest[kept] = (id, i as u32);
+                kept += 1;
                 from = i + 1;
-                true
-            });
+            }
+            self.interest.truncate(kept);
             return objects;
         }
         let mut scratch = Vec::with_capacity(enc.objects_max.min(1_024) * 4);
