@@ -260,6 +260,7 @@ const MASK_KIND: u32 = 32;
 const MASK_ALL: u32 = 63;
 
 /// An update's field mask and values (new minus base, for each changed field, in bit order).
+/// The reference for [`write_delta`], which the writer uses.
 fn delta(base: &QObject, next: &QObject) -> (u32, impl Iterator<Item = i64>) {
     let fields = [
         (MASK_X, i64::from(base.x), i64::from(next.x)),
@@ -584,6 +585,9 @@ fn write_create(out: &mut Vec<u8>, o: &QObject, gap: u64) {
 }
 
 /// Appends an update's values ([`delta`]'s, as zigzag varints) to `out` and returns its mask.
+/// It spells out `delta`'s field list rather than share it: sharing the array cost 1.6% more
+/// instructions per client-frame (`endpoint_cost` under callgrind, 59,269 against 60,191). The
+/// writer's property test holds the two together: `Sizer` and the prost reference use `delta`.
 fn write_delta(base: &QObject, next: &QObject, out: &mut Vec<u8>) -> u32 {
     let mut mask = 0;
     let mut field = |bit: u32, a: i64, b: i64| {
