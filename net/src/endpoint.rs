@@ -539,6 +539,8 @@ pub struct Endpoint<P> {
     /// Player positions at the previous frame (for the events of players who just left).
     prev_players: BTreeMap<u64, PosMm>,
     frame: Option<FrameJob<P>>,
+    /// The opened envelope of the datagram being handled (kept to reuse its room).
+    opened: Vec<u8>,
 }
 
 impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
@@ -560,6 +562,7 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
             rtt_samples: VecDeque::new(),
             prev_players: BTreeMap::new(),
             frame: None,
+            opened: Vec::new(),
         }
     }
 
@@ -686,13 +689,9 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
             return;
         };
         let sealed = is_sealed(payload);
-        let opened: Vec<u8>;
         let envelope: &[u8] = if sealed {
-            match s.opener.open(payload) {
-                Ok(e) => {
-                    opened = e;
-                    &opened
-                }
+            match s.opener.open_into(payload, &mut self.opened) {
+                Ok(()) => &self.opened,
                 Err(SealError::Replayed) => {
                     self.counts.reject(Rejection::Replayed);
                     return;

@@ -105,7 +105,11 @@ pub fn decode_server(bytes: &[u8]) -> Result<(Stamp, server_envelope::Body), Env
 /// can answer `Reject { BAD_VERSION }`.
 pub fn decode_client(bytes: &[u8]) -> Result<(Stamp, client_envelope::Body), EnvelopeError> {
     check_common(bytes.len())?;
-    let env = ClientEnvelope::decode(bytes)?;
+    // Input batches, most of what arrives, are read by hand; anything else by prost.
+    let env = match crate::input_decode::decode_input_envelope(bytes) {
+        Some(env) => env,
+        None => ClientEnvelope::decode(bytes)?,
+    };
     let stamp = stamp(env.protocol_version, env.channel, env.sequence)?;
     let body = env.body.ok_or(EnvelopeError::Empty)?;
     match &body {

@@ -37,6 +37,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod envelope;
 pub mod gate;
+mod input_decode;
 pub mod interest;
 pub mod proto;
 pub mod quantize;

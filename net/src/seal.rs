@@ -181,6 +181,15 @@ impl Opener {
     /// The envelope inside a sealed payload. The replay window moves only for payloads that
     /// authenticate, so forgeries cannot push genuine datagrams out of it.
     pub fn open(&mut self, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut body = Vec::new();
+        self.open_into(payload, &mut body)?;
+        Ok(body)
+    }
+
+    /// [`Opener::open`] into `body` (cleared first; its room is reused, so a caller that keeps
+    /// one buffer allocates nothing per datagram). On an error `body` holds nothing to trust.
+    pub fn open_into(&mut self, payload: &[u8], body: &mut Vec<u8>) -> Result<(), SealError> {
+        body.clear();
         if !is_sealed(payload) {
             return Err(SealError::NotSealed);
         }
@@ -192,12 +201,12 @@ impl Opener {
         }
         let (aad, rest) = payload.split_at(9);
         let (ct, tag) = rest.split_at(rest.len() - 16);
-        let mut body = ct.to_vec();
+        body.extend_from_slice(ct);
         self.cipher
-            .decrypt_in_place_detached(&nonce(self.direction, counter), aad, &mut body, Tag::from_slice(tag))
+            .decrypt_in_place_detached(&nonce(self.direction, counter), aad, body, Tag::from_slice(tag))
             .map_err(|_| SealError::Forged)?;
         self.mark(counter);
-        Ok(body)
+        Ok(())
     }
 }
 
