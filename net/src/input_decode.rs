@@ -8,7 +8,8 @@
 //! the schema gives. On anything else (another body, an unknown or repeated field, a bad varint,
 //! a length past the end) it returns `None` and [`crate::envelope::decode_client`] hands the
 //! bytes to prost, which decides. So whatever this returns is exactly what prost would: the
-//! property tests below hold it to that on encoded batches and on arbitrary and mutated bytes.
+//! property tests below hold it to that on prost's encodings, on batches written by hand (any
+//! field order, zeros written out, padded varints) and on mutations of both.
 //!
 //! Never panics and never reads past the slice; allocates only the batch's input list.
 
@@ -37,7 +38,9 @@ impl<'a> Reader<'a> {
         self.at >= self.bytes.len()
     }
 
-    /// A varint as prost reads one: at most 10 bytes, the tenth at most 1.
+    /// A varint as prost reads one: at most 10 bytes, the tenth at most 1. Not prost's own
+    /// `encoding::decode_varint`: called through its `Buf` on this reader's bytes, that made the
+    /// datagram 5,237 instructions against this one's 4,490 (`endpoint_cost`, callgrind).
     fn varint(&mut self) -> Option<u64> {
         // Keys and most values are a single byte.
         let b = *self.bytes.get(self.at)?;
