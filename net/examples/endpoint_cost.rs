@@ -137,7 +137,7 @@ struct Tally {
 fn server_inputs(ep: &mut Endpoint<u32>, peer: u32, datagrams: &[Vec<u8>], admission: Admission, now: u64) {
     for d in datagrams {
         let payload = wire::unframe(d).expect("framed");
-        ep.handle_datagram(peer, black_box(payload), Some(admission), now);
+        ep.handle_datagram(peer, black_box(payload), || Some(admission), now);
     }
 }
 
@@ -147,7 +147,9 @@ fn server_frame(ep: &mut Endpoint<u32>, tick: u64, shards: &[Obj], joins: Vec<(P
     let mut objects: Vec<QObject> = Vec::with_capacity(shards.len());
     let mut located: Vec<Located> = Vec::with_capacity(shards.len());
     let mut players: BTreeMap<u64, PosMm> = BTreeMap::new();
-    for r in shards {
+    let mut order: Vec<(u64, u32)> = shards.iter().enumerate().map(|(i, r)| (r.id, i as u32)).collect();
+    order.sort_unstable_by_key(|&(id, _)| id);
+    for r in order.iter().map(|&(_, i)| &shards[i as usize]) {
         objects.push(QObject::quantize(r.id, r.kind, r.pos, r.vel, r.hp, (0, 0)));
         let pos = PosMm {
             x_mm: r.pos.0,
@@ -158,7 +160,6 @@ fn server_frame(ep: &mut Endpoint<u32>, tick: u64, shards: &[Obj], joins: Vec<(P
             players.insert(r.id, pos);
         }
     }
-    objects.sort_unstable_by_key(|o| o.id);
     let input = FrameInput {
         tick,
         objects,

@@ -204,7 +204,7 @@ pub struct FrameInput {
 
 /// Runs one closure over many sessions, maybe on several threads (the server uses rayon).
 pub trait Parallel {
-    fn for_each(&self, sessions: &mut [Session], f: &(dyn Fn(&mut Session) + Sync));
+    fn for_each(&self, sessions: &mut [&mut Session], f: &(dyn Fn(&mut Session) + Sync));
 }
 
 /// [`Parallel`] on the calling thread.
@@ -212,8 +212,8 @@ pub trait Parallel {
 pub struct Sequential;
 
 impl Parallel for Sequential {
-    fn for_each(&self, sessions: &mut [Session], f: &(dyn Fn(&mut Session) + Sync)) {
-        sessions.iter_mut().for_each(f);
+    fn for_each(&self, sessions: &mut [&mut Session], f: &(dyn Fn(&mut Session) + Sync)) {
+        sessions.iter_mut().for_each(|s| f(s));
     }
 }
 
@@ -674,14 +674,14 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
         self.push(peer, payload);
     }
 
-    /// One datagram's payload (laminar's header already stripped) from `peer`. `admitted` is
+    /// One datagram's payload (laminar's header already stripped) from `peer`. `admitted` tells
     /// what the gate admitted the address with, if it did: a Hello from an address without a
-    /// session starts one only then. A session's datagrams must be sealed, except a repeated
-    /// Hello.
-    pub fn handle_datagram(&mut self, peer: P, payload: &[u8], admitted: Option<Admission>, now_us: u64) {
+    /// session starts one only then. It is asked only for such a Hello (a lookup saved on every
+    /// other datagram). A session's datagrams must be sealed, except a repeated Hello.
+    pub fn handle_datagram(&mut self, peer: P, payload: &[u8], admitted: impl FnOnce() -> Option<Admission>, now_us: u64) {
         let Some(s) = self.sessions.get_mut(&peer) else {
             match decode_client(payload) {
-                Ok((_, client_envelope::Body::Hello(_))) => self.on_hello(peer, admitted, now_us),
+                Ok((_, client_envelope::Body::Hello(_))) => self.on_hello(peer, admitted(), now_us),
                 Ok(_) => self.counts.reject(Rejection::NotJoined),
                 Err(_) if is_sealed(payload) => self.counts.reject(Rejection::NotJoined),
                 Err(_) => self.counts.reject(Rejection::Malformed),
@@ -1074,15 +1074,8 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
     pub fn encode_frame(&mut self, max_clients: usize, par: &dyn Parallel) -> bool {
         let Some(mut job) = self.frame.take() else { return false };
         let n = max_clients.min(job.pending.len());
+        // `pending` descends, so its last `n` reversed are the chunk's peers in ascending order.
         let chunk: Vec<P> = job.pending.split_off(job.pending.len() - n).into_iter().rev().collect();
-        let mut peers = Vec::with_capacity(chunk.len());
-        let mut taken = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            if let Some(s) = self.sessions.remove(&p) {
-                peers.push(p);
-                taken.push(s);
-            }
-        }
         let enc = Encoder {
             tick: job.tick,
             objects: &job.objects,
@@ -1097,12 +1090,27 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
             history: self.history,
             interval_ticks: self.interval_ticks,
         };
+        // The chunk's sessions, borrowed in place: one walk of the map's range, merged with the
+        // chunk (a peer gone since `begin_frame` is skipped), instead of a removal and an
+        // insertion per session.
+        let mut peers = Vec::with_capacity(chunk.len());
+        let mut taken: Vec<&mut Session> = Vec::with_capacity(chunk.len());
+        if let (Some(&first), Some(&last)) = (chunk.first(), chunk.last()) {
+            let mut wanted = chunk.iter().peekable();
+            for (p, s) in self.sessions.range_mut(first..=last) {
+                while wanted.next_if(|&w| w < p).is_some() {}
+                if wanted.next_if(|&w| w == p).is_some() {
+                    peers.push(*p);
+                    taken.push(s);
+                }
+            }
+        }
         par.for_each(&mut taken, &|s: &mut Session| {
             if s.phase == Phase::Joined {
                 s.encode(&enc);
             }
         });
-        for (p, mut s) in peers.into_iter().zip(taken) {
+        for (p, s) in peers.into_iter().zip(taken) {
             if let Some((datagrams, bytes, full)) = s.outbox.take() {
                 if full {
                     self.counts.snapshots_full += 1;
@@ -1114,7 +1122,6 @@ impl<P: Copy + Ord + Debug + Send> Endpoint<P> {
                     self.transmits.push_back(Transmit { peer: p, payload: d });
                 }
             }
-            self.sessions.insert(p, s);
         }
         if job.pending.is_empty() {
             self.prev_players = job.players;
@@ -1307,7 +1314,7 @@ mod tests {
             };
             for d in datagrams {
                 let payload = wire::unframe(&d).expect("framed");
-                self.ep.handle_datagram(peer, payload, Some(admission), self.now);
+                self.ep.handle_datagram(peer, payload, || Some(admission), self.now);
             }
         }
 
@@ -1464,6 +1471,52 @@ mod tests {
             assert_eq!(slowest > 1, refresh > 1, "refresh {refresh}: slowest arrival {slowest} frames");
             assert_eq!(w.counts.snapshots_full, 2, "refresh {refresh}: deltas throughout, {:?}", w.counts);
         }
+    }
+
+    #[test]
+    fn a_frame_encoded_in_chunks_reaches_each_client_once_and_skips_one_gone_between_chunks() {
+        let mut w = World::new();
+        for peer in 1..=6 {
+            w.add(peer, 10 + PlayerId::from(peer));
+        }
+        w.run(1_000_000);
+        assert_eq!(w.ep.joined(), 6);
+        // The next frame by hand: two clients, then peer 4 is lost, then the rest.
+        let tick = w.tick();
+        let players: BTreeMap<u64, PosMm> = w
+            .in_zone
+            .keys()
+            .map(|&p| {
+                (
+                    p | PLAYER_OBJECT_BIT,
+                    PosMm {
+                        x_mm: 500_000,
+                        y_mm: 500_000,
+                    },
+                )
+            })
+            .collect();
+        let objects: Vec<QObject> = players
+            .iter()
+            .map(|(&id, pos)| QObject::quantize(id, 0, (pos.x_mm, pos.y_mm), (0, 0), 100, (0, 0)))
+            .collect();
+        let located = players.iter().map(|(&id, &pos)| Located { id, pos }).collect();
+        let input = FrameInput {
+            tick,
+            objects,
+            located,
+            players,
+            ..FrameInput::default()
+        };
+        w.ep.begin_frame(input, w.now);
+        assert!(w.ep.encode_frame(2, &Sequential), "four clients are left");
+        w.ep.handle_peer_lost(4);
+        while w.ep.encode_frame(2, &Sequential) {}
+        let mut snapshots: BTreeMap<u32, usize> = BTreeMap::new();
+        while let Some(t) = w.ep.poll_transmit() {
+            *snapshots.entry(t.peer).or_default() += 1;
+        }
+        assert_eq!(snapshots, [(1, 1), (2, 1), (3, 1), (5, 1), (6, 1)].into_iter().collect());
     }
 
     #[test]
@@ -1626,8 +1679,8 @@ mod tests {
         assert_eq!(w.ep.sessions(), 8);
         assert_eq!(w.client(8).end_reason().map(EndReason::label), Some("zone_full"));
         // A datagram from an address the gate did not admit.
-        w.ep.handle_datagram(99, b"\x08\x01", None, w.now);
-        w.ep.handle_datagram(99, &[0xff; 8], None, w.now);
+        w.ep.handle_datagram(99, b"\x08\x01", || None, w.now);
+        w.ep.handle_datagram(99, &[0xff; 8], || None, w.now);
         let c = w.ep.take_counts();
         assert_eq!(
             c.rejected[Rejection::NotJoined as usize] + c.rejected[Rejection::Malformed as usize],
@@ -1652,8 +1705,8 @@ mod tests {
             .pop()
             .expect("an input batch");
         let payload = wire::unframe(&d).unwrap().to_vec();
-        w.ep.handle_datagram(1, &payload, Some(admission), now);
-        w.ep.handle_datagram(1, &payload, Some(admission), now);
+        w.ep.handle_datagram(1, &payload, || Some(admission), now);
+        w.ep.handle_datagram(1, &payload, || Some(admission), now);
         // A fresh one, altered on the way.
         let d = w
             .clients
@@ -1665,7 +1718,7 @@ mod tests {
             .expect("an input batch");
         let mut altered = wire::unframe(&d).unwrap().to_vec();
         altered[12] ^= 0x40;
-        w.ep.handle_datagram(1, &altered, Some(admission), now);
+        w.ep.handle_datagram(1, &altered, || Some(admission), now);
         // Sealed under another key (an attacker who saw the token but not the key), with a
         // counter ahead of the client's.
         let mut other = crate::seal::Sealer::new(&[9; 32], Direction::ClientToServer);
@@ -1679,9 +1732,9 @@ mod tests {
             },
             client_envelope::Body::Goodbye(crate::proto::Goodbye {}),
         );
-        w.ep.handle_datagram(1, &other.seal(&plain), Some(admission), now);
+        w.ep.handle_datagram(1, &other.seal(&plain), || Some(admission), now);
         // The same Goodbye in plaintext.
-        w.ep.handle_datagram(1, &plain, Some(admission), now);
+        w.ep.handle_datagram(1, &plain, || Some(admission), now);
         let c = w.ep.take_counts();
         assert_eq!(c.rejected[Rejection::Replayed as usize], 1);
         assert_eq!(c.rejected[Rejection::Forged as usize], 2);

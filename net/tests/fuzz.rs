@@ -219,7 +219,7 @@ proptest! {
         let admission = Admission { player: 5, key: KEY };
         for (i, d) in ds.iter().enumerate() {
             let now = i as u64 * 10_000;
-            ep.handle_datagram(1, d, Some(admission), now);
+            ep.handle_datagram(1, d, || Some(admission), now);
             ep.handle_timeout(now);
             while ep.poll_transmit().is_some() {}
             while ep.poll_event().is_some() {}

@@ -257,7 +257,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
                 key: key_of(from),
             };
             match wire::unframe(&d) {
-                Some(payload) => ep.handle_datagram(from, payload, Some(admission), now),
+                Some(payload) => ep.handle_datagram(from, payload, || Some(admission), now),
                 None => ep.count(zone_net::gate::Rejection::NotOurProtocol),
             }
         }

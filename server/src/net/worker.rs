@@ -101,8 +101,8 @@ const ENCODE_BATCH: usize = 8;
 struct Pool<'a>(Option<&'a rayon::ThreadPool>);
 
 impl Parallel for Pool<'_> {
-    fn for_each(&self, sessions: &mut [Session], f: &(dyn Fn(&mut Session) + Sync)) {
-        share_out(self.0, sessions, ENCODE_BATCH, f);
+    fn for_each(&self, sessions: &mut [&mut Session], f: &(dyn Fn(&mut Session) + Sync)) {
+        share_out(self.0, sessions, ENCODE_BATCH, &|s: &mut &mut Session| f(s));
     }
 }
 
@@ -190,10 +190,12 @@ impl Worker {
             // We never fragment (every datagram fits the MTU budget): keep its buffers small.
             fragment_reassembly_buffer_size: 2,
             max_packets_in_flight: 64,
-            // Our patch: visit every connection every 10 ms, not on every 2 ms poll. We send only
+            // Our patch: visit every connection every 100 ms, not on every 2 ms poll. We send only
             // unreliable packets with no heartbeat, so the visits (resends, heartbeats, drops)
-            // found nothing to do, for thousands of connections 500 times a second.
-            sweep_interval: Duration::from_millis(10),
+            // find nothing to do but drop connections idle for longer than the timeout above,
+            // which 100 ms later is as good. (At 10 ms they were still 1.5–2.5% of the server's
+            // samples at 2,000 bots: `benchmarks/2026-11-30-input-path.md`.)
+            sweep_interval: Duration::from_millis(100),
             ..LaminarConfig::default()
         };
         let manager = ConnectionManager::new(gate, laminar_cfg);
@@ -272,8 +274,9 @@ impl Worker {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
                 SocketEvent::Packet(p) => {
-                    let admitted = self.manager.socket().admitted(&p.addr());
-                    self.endpoint.handle_datagram(p.addr(), p.payload(), admitted, now_us);
+                    let gate = self.manager.socket();
+                    self.endpoint
+                        .handle_datagram(p.addr(), p.payload(), || gate.admitted(&p.addr()), now_us);
                 }
                 SocketEvent::Timeout(addr) | SocketEvent::Disconnect(addr) => self.endpoint.handle_peer_lost(addr),
                 SocketEvent::Connect(_) => {}
@@ -386,7 +389,13 @@ impl Worker {
         let mut objects: Vec<QObject> = Vec::with_capacity(total);
         let mut located: Vec<Located> = Vec::with_capacity(total);
         let mut players: BTreeMap<u64, PosMm> = BTreeMap::new();
-        for r in f.shards.iter().flatten() {
+        // One sort, of small keys, puts both lists in id order (the endpoint wants both sorted,
+        // and its own sort of `located` then only checks). Sorting the two lists themselves was
+        // 3.6% of the server's samples at 500 bots (`benchmarks/2026-11-30-frame-prep.md`).
+        let rows: Vec<&zone_sim::Replicated> = f.shards.iter().flatten().collect();
+        let mut order: Vec<(u64, u32)> = rows.iter().enumerate().map(|(i, r)| (r.id, i as u32)).collect();
+        order.sort_unstable_by_key(|&(id, _)| id);
+        for r in order.iter().map(|&(_, i)| rows[i as usize]) {
             objects.push(QObject::quantize(
                 r.id,
                 r.kind,
@@ -404,7 +413,6 @@ impl Worker {
                 players.insert(r.id, pos);
             }
         }
-        objects.sort_unstable_by_key(|o| o.id);
         let input = FrameInput {
             tick: f.tick,
             objects,
