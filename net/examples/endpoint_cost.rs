@@ -227,8 +227,10 @@ fn main() {
         server_timers(&mut ep, now);
         t.timer_time += t0.elapsed();
         if tick.is_multiple_of(3) {
-            // The Replicate stage hands over its copies shard by shard, each in storage order:
-            // so are these (by 4 × 4 cell, then by id), outside the count.
+            // The Replicate stage hands over its copies shard by shard, so do these (by 4 × 4
+            // cell, outside the count). Within a shard they are in id order here; the server's
+            // are in bevy's storage order (spawn order, disturbed by despawns and migrations),
+            // so its sort has less order to find than this one.
             let mut copies = objs.clone();
             copies.sort_by_key(|o| (shard_of(o.pos), o.id));
             let t0 = Instant::now();
