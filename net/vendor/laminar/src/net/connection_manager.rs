@@ -103,7 +103,11 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
     /// Processes connection specific logic for active connections.
     /// Removes dropped connections from active connections list.
     pub fn manual_poll(&mut self, time: Instant) {
-        let mut unestablished_connections = self.unestablished_connection_count();
+        // zone-server patch: the count of unestablished connections walks every connection, and
+        // only a packet from a new address needs it: it is counted then, once a poll, and kept
+        // up to date from there as upstream keeps it (the same decisions, without a walk of
+        // every connection on every poll).
+        let mut unestablished_connections: Option<usize> = None;
 
         let messenger = &mut self.messenger;
 
@@ -118,17 +122,22 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
                         let was_est = conn.is_established();
                         conn.process_packet(messenger, payload, time);
                         if !was_est && conn.is_established() {
-                            unestablished_connections -= 1;
+                            if let Some(n) = unestablished_connections.as_mut() {
+                                *n -= 1;
+                            }
                         }
                     } else {
                         let mut conn = TConnection::create_connection(messenger, address, time);
                         conn.process_packet(messenger, payload, time);
 
+                        let connections = &self.connections;
+                        let unestablished = unestablished_connections
+                            .get_or_insert_with(|| Self::count_unestablished(connections));
                         // We only allow a maximum amount number of unestablished connections to bet created
                         // from inbound packets to prevent packet flooding from allocating unbounded memory.
-                        if unestablished_connections < self.max_unestablished_connections as usize {
+                        if *unestablished < self.max_unestablished_connections as usize {
                             self.connections.insert(address, conn);
-                            unestablished_connections += 1;
+                            *unestablished += 1;
                         }
                     }
                 }
@@ -155,7 +164,9 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
             let was_est = conn.is_established();
             conn.process_event(messenger, event, time);
             if !was_est && conn.is_established() {
-                unestablished_connections -= 1;
+                if let Some(n) = unestablished_connections.as_mut() {
+                    *n -= 1;
+                }
             }
         }
 
@@ -198,11 +209,8 @@ impl<TSocket: DatagramSocket, TConnection: Connection> ConnectionManager<TSocket
         &self.messenger.socket
     }
 
-    fn unestablished_connection_count(&self) -> usize {
-        self.connections
-            .iter()
-            .filter(|c| !c.1.is_established())
-            .count()
+    fn count_unestablished(connections: &HashMap<SocketAddr, TConnection>) -> usize {
+        connections.values().filter(|c| !c.is_established()).count()
     }
 
     /// Returns socket mutable reference.
