@@ -16,9 +16,10 @@
 //!
 //! The caller (the server's network thread, `server/src/net/worker.rs`, or a test) owns the
 //! socket, the clock and the threads. It screens strangers with [`crate::gate::screen`] first and
-//! passes the player id the gate admitted an address with. Snapshot encoding can be spread over
-//! threads through the [`Parallel`] trait, which the caller implements; the endpoint itself never
-//! spawns, sleeps, reads a clock or touches a socket, and never panics on received bytes.
+//! answers, when a Hello asks, what the gate admitted an address with. Snapshot encoding can be
+//! spread over threads through the [`Parallel`] trait, which the caller implements; the endpoint
+//! itself never spawns, sleeps, reads a clock or touches a socket, and never panics on received
+//! bytes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
