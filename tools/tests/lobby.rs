@@ -80,6 +80,10 @@ fn bots_join_two_zone_servers_through_the_lobby() {
     let prefix = format!("{name}:");
     let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
     cfg.log_filter = "warn".into();
+    // Debug builds on a shared machine: a bot asks once and gives up on `no_room`, which a 1 s
+    // window over the default 16.7 ms tick budget would answer. The test is about the lobby's
+    // routing, not the budget (server/lobby's tests cover that).
+    cfg.tick_budget_ms = 1_000.0;
     let secret = cfg.token_secret.clone();
     let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
     let url = format!("http://{}", lobby.addr);
@@ -170,6 +174,7 @@ fn bots_play_matches_through_the_lobby() {
     let prefix = format!("{name}:");
     let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
     cfg.log_filter = "warn".into();
+    cfg.tick_budget_ms = 1_000.0; // as above
     cfg.service_key = Some("e2e-service-key".into());
     let secret = cfg.token_secret.clone();
     let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
