@@ -43,6 +43,12 @@ fn start_zone(instance: &str, prefix: &str, secret: &str, capacity: usize) -> Zo
         ticks: None,
         drain_timeout: Duration::from_secs(2),
         net: Some(net),
+        // Nor may the server call itself overloaded (10 s over its own budget): the lobby would
+        // stop offering it whatever its tick budget says.
+        overload: zone_server::lifecycle::overload::OverloadConfig {
+            budget_us: 1_000_000,
+            ..Default::default()
+        },
         ..RunConfig::headless(0)
     };
     let zone = zone_server::zone_load::load_zone(Path::new(DEMO)).unwrap();
