@@ -43,8 +43,8 @@ fn start_zone(instance: &str, prefix: &str, secret: &str, capacity: usize) -> Zo
         ticks: None,
         drain_timeout: Duration::from_secs(2),
         net: Some(net),
-        // Nor may the server call itself overloaded (10 s over its own budget): the lobby would
-        // stop offering it whatever its tick budget says.
+        // A debug build on a shared machine must not call itself overloaded (10 s over its own
+        // budget): the lobby would stop offering it whatever the lobby's tick budget says.
         overload: zone_server::lifecycle::overload::OverloadConfig {
             budget_us: 1_000_000,
             ..Default::default()
