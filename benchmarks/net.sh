@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # INPUT_BATCH_TICKS=2 makes the bots send one input datagram every other tick (30 Hz) instead of
 # every tick (zone-bots --input-batch-ticks); the report prints it.
+# BEHAVIOR=chase runs the bots with another zone-bots --behavior (wander by default).
 # BIN=DIR runs the zone-server and zone-bots found there (e.g. an older build kept aside, for a
 # before/after pair in one sitting) instead of building them.
 if [ -z "${BIN:-}" ]; then
@@ -41,7 +42,7 @@ for N in ${@:-100 500 1000}; do
   sleep 2
   RSS0=$(rss_kb $SP)
   START=$(date +%s)
-  $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior wander --ramp-per-s 500 \
+  $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior ${BEHAVIOR:-wander} --ramp-per-s 500 \
      ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} \
      --report "$T/bots-$N.json" 2> "$T/bots-$N.log" &
   BP=$!

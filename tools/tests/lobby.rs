@@ -2,7 +2,8 @@
 //! and `zone-bots --lobby` with 200 bots that log in, ask to join, and connect with the tokens
 //! they were given. Every bot must join, and both servers must get players. Then matchmaking:
 //! `zone-bots --match team3` with 12 bots, which must all be matched (two 3v3 matches), join the
-//! zone server their match is placed on, and report one result per match.
+//! zone server their match is placed on, and report one result per match. And `--join-wait`:
+//! bots started before their zone's server wait for it and join.
 //!
 //! The lobby and the zone servers run in this process (the servers on their own threads, as
 //! `zone-server` runs them); the bots are the real binary. Needs PostgreSQL and Redis: a missing
@@ -169,6 +170,61 @@ fn bots_join_two_zone_servers_through_the_lobby() {
     );
 }
 
+/// `zone-bots --join-wait`: bots started before any zone server of their zone has announced
+/// itself get `unknown_zone` from the lobby, ask again, and join once a server is up.
+fn bots_wait_for_a_zone_server_through_the_lobby() {
+    const WAITERS: u32 = 5;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("t_wait_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
+    let prefix = format!("{name}:");
+    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
+    cfg.log_filter = "warn".into();
+    cfg.tick_budget_ms = 1_000.0;
+    let secret = cfg.token_secret.clone();
+    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
+    let url = format!("http://{}", lobby.addr);
+    let report = std::env::temp_dir().join(format!("{name}.json"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
+        .args([
+            "--lobby",
+            &url,
+            "--zone-id",
+            "demo",
+            "--count",
+            &WAITERS.to_string(),
+            "--duration",
+            "10s",
+            "--join-wait",
+            "8s",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .spawn()
+        .unwrap();
+    // The bots ask while the lobby knows no server of the zone; then one starts.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let zone = start_zone("wait-a", &prefix, &secret, 50);
+    let status = child.wait().unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    zone.stop.store(true, Ordering::Relaxed);
+    zone.thread.join().unwrap();
+    rt.block_on(async {
+        let _ = lobby.app.accounts.drop_schema().await;
+        lobby.stop().await;
+    });
+    assert!(status.success(), "zone-bots failed: {r}");
+    assert_eq!(r["joined"], WAITERS, "{r}");
+    assert!(
+        r["lobby_join_retries"].as_u64().is_some_and(|n| n >= u64::from(WAITERS)),
+        "every bot asked at least twice: {r}"
+    );
+}
+
 fn bots_play_matches_through_the_lobby() {
     const MATCH_BOTS: u32 = 12;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -250,6 +306,11 @@ fn main() {
             "bots_join_two_zone_servers_through_the_lobby",
             &[Need::Redis, Need::Postgres],
             bots_join_two_zone_servers_through_the_lobby,
+        )
+        .needs(
+            "bots_wait_for_a_zone_server_through_the_lobby",
+            &[Need::Redis, Need::Postgres],
+            bots_wait_for_a_zone_server_through_the_lobby,
         )
         .needs(
             "bots_play_matches_through_the_lobby",

@@ -102,6 +102,7 @@ async fn swarm(cli: &Cli) -> Report {
         epoch,
         deadline: epoch + cli.duration,
         rejoin_within: cli.lobby.is_some().then_some(cli.rejoin_within).filter(|d| !d.is_zero()),
+        join_wait: cli.join_wait.unwrap_or_default(),
     });
     let live = Arc::new(Live::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -141,6 +142,7 @@ async fn swarm(cli: &Cli) -> Report {
         last_join_us: live.last_join_us.load(std::sync::atomic::Ordering::Relaxed),
         lobby_login_us: std::mem::take(&mut *live.lobby_login_us.lock().unwrap_or_else(|e| e.into_inner())),
         lobby_join_us: std::mem::take(&mut *live.lobby_join_us.lock().unwrap_or_else(|e| e.into_inner())),
+        lobby_join_retries: live.lobby_join_retries.load(std::sync::atomic::Ordering::Relaxed),
         matching: cli.match_mode.clone().map(|mode| {
             let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             (
@@ -242,11 +244,12 @@ fn verdict(r: &Report) -> ExitCode {
         );
     } else if r.lobby_login_ms_p50.is_some() {
         eprintln!(
-            "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms; all joined after {} s",
+            "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms ({} asked again, --join-wait); all joined after {} s",
             ms(r.lobby_login_ms_p50),
             ms(r.lobby_login_ms_p99),
             ms(r.lobby_join_ms_p50),
             ms(r.lobby_join_ms_p99),
+            r.lobby_join_retries,
             ms(r.all_joined_s)
         );
     }

@@ -6,7 +6,8 @@
 //! With a lobby, a drain is a move, not an end: on a DRAINING notice (or a `draining` reject, or
 //! a server gone silent) the bot says Goodbye, asks the lobby again with its session, and
 //! connects to the server it is sent to, retrying (lobby answers `no_room`, the same draining
-//! server, a refused join) until `rejoin_within` has passed since the notice.
+//! server, a refused join) until `rejoin_within` has passed since the notice. The first join
+//! can wait the same way, for `join_wait` (`--join-wait`), while the lobby has no room yet.
 //!
 //! Never blocks a runtime thread (all waits are async) and never panics on what the server
 //! sends: every datagram goes through the session, which counts and drops what it cannot use.
@@ -58,6 +59,9 @@ pub struct SwarmConfig {
     pub deadline: Instant,
     /// With a lobby: a drained bot must be on another server within this long (None: no moves).
     pub rejoin_within: Option<Duration>,
+    /// With a lobby: how long a bot's first join request is asked again while the lobby cannot
+    /// place it yet (zero: the first such answer is the bot's join failure).
+    pub join_wait: Duration,
 }
 
 impl SwarmConfig {
@@ -359,7 +363,7 @@ async fn ticket(
     }
     if let Some(url) = &cfg.lobby {
         let mut login = lobby_login(cfg, url, live, n).await?;
-        let (server, grant) = lobby_join(cfg, live, &mut login).await?;
+        let (server, grant) = first_lobby_join(cfg, live, &mut login).await?;
         let id = login.account_id;
         return Ok((server, grant, id, Some(login), None));
     }
@@ -389,6 +393,37 @@ async fn report_result(cfg: &SwarmConfig, live: &Live, placed: &Placed) {
         Err(_) => false,
     };
     Live::add(if ok { &live.results_reported } else { &live.result_errors }, 1);
+}
+
+/// Whether the lobby's answer to a join request may change by itself soon: no room yet, no
+/// server of the zone yet, too many requests, the lobby briefly unavailable.
+fn worth_asking_again(why: &str) -> bool {
+    matches!(
+        why,
+        "lobby_no_room" | "lobby_unknown_zone" | "lobby_rate_limited" | "lobby_unavailable"
+    )
+}
+
+/// The bot's first join request: [`lobby_join`], asked again with a backoff (100 ms doubling to
+/// 1 s) while the answer is [`worth_asking_again`] and `join_wait` (cut at the run's deadline)
+/// has not passed. Each retry is counted. With a zero `join_wait` the first answer stands.
+async fn first_lobby_join(
+    cfg: &SwarmConfig,
+    live: &Live,
+    login: &mut LobbyLogin,
+) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
+    let until = (Instant::now() + cfg.join_wait).min(cfg.deadline);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match lobby_join(cfg, live, login).await {
+            Err(why) if worth_asking_again(why) && Instant::now() + pause <= until => {
+                Live::add(&live.lobby_join_retries, 1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// After a drain: asks the lobby again until it names a server other than `left` (the same one
@@ -467,7 +502,17 @@ pub async fn run_bot(
         _ = stopped(&mut stop) => return failed(&live, "interrupted"),
     }
     let n = player_id;
-    let (mut server, grant, player_id, mut login, placed) = match ticket(&cfg, &live, n).await {
+    // A join that waits for room (--join-wait) still ends at a stop. (A match request is not
+    // cut short: it cancels its own ticket at the lobby when it gives up.)
+    let ticket = if cfg.match_mode.is_some() {
+        ticket(&cfg, &live, n).await
+    } else {
+        tokio::select! {
+            t = ticket(&cfg, &live, n) => t,
+            _ = stopped(&mut stop) => return failed(&live, "interrupted"),
+        }
+    };
+    let (mut server, grant, player_id, mut login, placed) = match ticket {
         Ok(t) => t,
         Err(why) => return failed(&live, why),
     };

@@ -117,6 +117,18 @@ pub struct Cli {
     /// times and failures. 0 turns moving off (the bot ends, as without a lobby).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub rejoin_within: Duration,
+
+    /// With --lobby (not --match): how long a bot keeps asking to join when the lobby cannot
+    /// place it yet: `no_room` (every server of the zone full, draining or over its tick budget),
+    /// `unknown_zone` (no server of the zone announced yet), rate limited or unavailable. It asks
+    /// again after 100 ms, doubling to 1 s, until this has passed (and never past --duration);
+    /// the report counts the retries (`lobby_join_retries`). Without it the first such answer
+    /// is a failed join, which is what a capacity measurement wants; a soak run started while
+    /// its fleet warms up wants some seconds.
+    // (`requires` alone lets `--server` through: clap does not require an argument that
+    // conflicts with one given.)
+    #[arg(long, value_parser = parse_duration, requires = "lobby", conflicts_with_all = ["match_mode", "server"])]
+    pub join_wait: Option<Duration>,
 }
 
 /// `30s`, `2m`, `500ms`, `1h`, `1.5s` or plain (possibly fractional) seconds.
@@ -196,6 +208,31 @@ mod tests {
             (Some("http://127.0.0.1:8080"), None, None)
         );
         assert!(Cli::try_parse_from(["zone-bots", "--count", "2"]).is_err());
+        assert_eq!(lobby.join_wait, None, "a first no_room is a failed join unless asked");
+        let waiting = Cli::try_parse_from(["zone-bots", "--lobby", "http://127.0.0.1:8080", "--join-wait", "30s"]).unwrap();
+        assert_eq!(waiting.join_wait, Some(Duration::from_secs(30)));
+        for without_lobby_join in [
+            &[
+                "zone-bots",
+                "--server",
+                "127.0.0.1:7777",
+                "--token-secret",
+                "s",
+                "--join-wait",
+                "5s",
+            ][..],
+            &[
+                "zone-bots",
+                "--lobby",
+                "http://127.0.0.1:8080",
+                "--match",
+                "duel",
+                "--join-wait",
+                "5s",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(without_lobby_join).is_err(), "{without_lobby_join:?}");
+        }
         let m = Cli::try_parse_from([
             "zone-bots",
             "--lobby",

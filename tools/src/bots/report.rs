@@ -112,6 +112,8 @@ pub struct Live {
     /// With a lobby: login and join-request latencies (µs).
     pub lobby_login_us: Mutex<Histogram>,
     pub lobby_join_us: Mutex<Histogram>,
+    /// With a lobby and --join-wait: join requests asked again because the lobby had no room yet.
+    pub lobby_join_retries: AtomicU64,
     /// When the last bot joined, µs after the run started.
     pub last_join_us: AtomicU64,
     /// With --match: time from the match request until the bot was matched (µs), and counters.
@@ -304,6 +306,9 @@ pub struct Report {
     /// With --lobby: `POST /v1/zones/{zone_id}/join` latency.
     pub lobby_join_ms_p50: Option<f64>,
     pub lobby_join_ms_p99: Option<f64>,
+    /// With --lobby and --join-wait: first join requests asked again because the lobby could not
+    /// place the bot yet (`no_room`, `unknown_zone`, rate limited, unavailable).
+    pub lobby_join_retries: u64,
     /// With --lobby: bots moved to another server after a drain, and the time from the drain
     /// notice to the new server's Welcome.
     pub moves: u64,
@@ -346,6 +351,7 @@ pub struct RunFacts {
     pub last_join_us: u64,
     pub lobby_login_us: Histogram,
     pub lobby_join_us: Histogram,
+    pub lobby_join_retries: u64,
     /// With --match: the mode, the waiting times (µs) and the counters.
     pub matching: Option<(String, Histogram, u64, u64, u64)>,
     pub move_us: Histogram,
@@ -406,6 +412,7 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         lobby_login_ms_p99: us_to_ms(facts.lobby_login_us.percentile(99.0)),
         lobby_join_ms_p50: us_to_ms(facts.lobby_join_us.percentile(50.0)),
         lobby_join_ms_p99: us_to_ms(facts.lobby_join_us.percentile(99.0)),
+        lobby_join_retries: facts.lobby_join_retries,
         matching: facts
             .matching
             .map(|(mode, wait, matched, results_reported, result_errors)| MatchReport {
@@ -495,6 +502,7 @@ mod tests {
             last_join_us: 0,
             lobby_login_us: Histogram::default(),
             lobby_join_us: Histogram::default(),
+            lobby_join_retries: 0,
             matching: None,
             move_us: Histogram::default(),
         };
