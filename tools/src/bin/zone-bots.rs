@@ -244,12 +244,16 @@ fn verdict(r: &Report) -> ExitCode {
         );
     } else if r.lobby_login_ms_p50.is_some() {
         eprintln!(
-            "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms ({} asked again, --join-wait); all joined after {} s",
+            "zone-bots: lobby login p50 {} p99 {} ms, join request p50 {} p99 {} ms{}; all joined after {} s",
             ms(r.lobby_login_ms_p50),
             ms(r.lobby_login_ms_p99),
             ms(r.lobby_join_ms_p50),
             ms(r.lobby_join_ms_p99),
-            r.lobby_join_retries,
+            if r.lobby_join_retries > 0 {
+                format!(" ({} asked again, --join-wait)", r.lobby_join_retries)
+            } else {
+                String::new()
+            },
             ms(r.all_joined_s)
         );
     }

@@ -7,7 +7,8 @@
 //! a server gone silent) the bot says Goodbye, asks the lobby again with its session, and
 //! connects to the server it is sent to, retrying (lobby answers `no_room`, the same draining
 //! server, a refused join) until `rejoin_within` has passed since the notice. The first join
-//! can wait the same way, for `join_wait` (`--join-wait`), while the lobby has no room yet.
+//! request can be asked again too, for `join_wait` (`--join-wait`), but only while the lobby's
+//! answer may change by itself (no room or no server yet, rate limited, unavailable).
 //!
 //! Never blocks a runtime thread (all waits are async) and never panics on what the server
 //! sends: every datagram goes through the session, which counts and drops what it cannot use.
@@ -405,8 +406,9 @@ fn worth_asking_again(why: &str) -> bool {
 }
 
 /// The bot's first join request: [`lobby_join`], asked again with a backoff (100 ms doubling to
-/// 1 s) while the answer is [`worth_asking_again`] and `join_wait` (cut at the run's deadline)
-/// has not passed. Each retry is counted. With a zero `join_wait` the first answer stands.
+/// 1 s, the last pause cut short) while the answer is [`worth_asking_again`] and `join_wait`
+/// (cut at the run's deadline) has not passed: the last request is made when it ends. Each
+/// retry is counted. With a zero `join_wait` the first answer stands.
 async fn first_lobby_join(
     cfg: &SwarmConfig,
     live: &Live,
@@ -415,10 +417,12 @@ async fn first_lobby_join(
     let until = (Instant::now() + cfg.join_wait).min(cfg.deadline);
     let mut pause = Duration::from_millis(100);
     loop {
-        match lobby_join(cfg, live, login).await {
-            Err(why) if worth_asking_again(why) && Instant::now() + pause <= until => {
+        let answer = lobby_join(cfg, live, login).await;
+        let left = until.saturating_duration_since(Instant::now());
+        match answer {
+            Err(why) if worth_asking_again(why) && !left.is_zero() => {
                 Live::add(&live.lobby_join_retries, 1);
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(pause.min(left)).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             answer => return answer,

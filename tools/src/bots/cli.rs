@@ -45,7 +45,7 @@ pub struct Cli {
     pub match_mode: Option<String>,
 
     /// With --match: the region to queue in (none by default: the lobby's "no region").
-    #[arg(long, requires = "match_mode")]
+    #[arg(long, requires = "match_mode", conflicts_with = "server")]
     pub region: Option<String>,
 
     /// With --match: how long a bot waits for its match before giving up (then it cancels its
@@ -119,12 +119,13 @@ pub struct Cli {
     pub rejoin_within: Duration,
 
     /// With --lobby (not --match): how long a bot keeps asking to join when the lobby cannot
-    /// place it yet: `no_room` (every server of the zone full, draining or over its tick budget),
-    /// `unknown_zone` (no server of the zone announced yet), rate limited or unavailable. It asks
-    /// again after 100 ms, doubling to 1 s, until this has passed (and never past --duration);
-    /// the report counts the retries (`lobby_join_retries`). Without it the first such answer
-    /// is a failed join, which is what a capacity measurement wants; a soak run started while
-    /// its fleet warms up wants some seconds.
+    /// place it yet: `no_room` (every server of the zone full, starting, draining or overloaded),
+    /// `unknown_zone` (no server of the zone announced yet), rate limited (429) or unavailable
+    /// (5xx). A lobby that cannot be reached, or a failed login, still fails the bot at once. It
+    /// asks again after 100 ms, doubling to 1 s, until this has passed (and never past
+    /// --duration); the progress line and the report count the retries (`lobby_join_retries`).
+    /// Without it the first such answer is a failed join, which is what a capacity measurement
+    /// wants; a soak run started while its fleet warms up wants some seconds.
     // (`requires` alone lets `--server` through: clap does not require an argument that
     // conflicts with one given.)
     #[arg(long, value_parser = parse_duration, requires = "lobby", conflicts_with_all = ["match_mode", "server"])]
@@ -246,6 +247,7 @@ mod tests {
         assert_eq!((m.match_mode.as_deref(), m.service_key.as_deref()), (Some("duel"), Some("k")));
         assert_eq!(m.match_wait, Duration::from_secs(60));
         assert!(Cli::try_parse_from(["zone-bots", "--server", "127.0.0.1:7777", "--token-secret", "s", "--match", "duel"]).is_err());
+        assert!(Cli::try_parse_from(["zone-bots", "--server", "127.0.0.1:7777", "--token-secret", "s", "--region", "eu"]).is_err());
         assert!(parse_rate("0").is_err() && parse_rate("nan").is_err() && parse_rate("2.5") == Ok(2.5));
     }
 }

@@ -170,6 +170,7 @@ impl Live {
             bytes_out: get(&self.bytes_out),
             decode_errors: get(&self.decode_errors),
             moves: get(&self.moves),
+            join_retries: get(&self.lobby_join_retries),
         }
     }
 }
@@ -184,6 +185,8 @@ pub struct LiveTotals {
     pub bytes_out: u64,
     pub decode_errors: u64,
     pub moves: u64,
+    /// First join requests asked again (--join-wait).
+    pub join_retries: u64,
 }
 
 /// The once-a-second progress line: per-bot rates over the interval between two readings.
@@ -191,8 +194,13 @@ pub fn progress_line(elapsed_s: f64, count: u32, prev: &LiveTotals, now: &LiveTo
     let bots = now.connected.max(1) as f64;
     let per_bot_per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / bots / interval_s.max(1e-9);
     let ms = |p: f64| us_to_ms(rtt.percentile(p)).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    let retries = if now.join_retries > 0 {
+        format!(" | join retries {}", now.join_retries)
+    } else {
+        String::new()
+    };
     format!(
-        "zone-bots: {elapsed_s:>5.0}s connected {}/{count} failed {} moved {} | {:.1} snapshots/s/bot | down {:.1} up {:.1} kbit/s/bot | rtt p50 {} p99 {} ms | decode errors {}",
+        "zone-bots: {elapsed_s:>5.0}s connected {}/{count} failed {} moved {} | {:.1} snapshots/s/bot | down {:.1} up {:.1} kbit/s/bot | rtt p50 {} p99 {} ms | decode errors {}{retries}",
         now.connected,
         now.failed_joins,
         now.moves,
