@@ -95,10 +95,16 @@ enum Job {
 
 #[derive(Debug, Default)]
 pub struct PersistCounters {
-    /// Snapshots not written: not captured or dropped because the queue was full, refused by the
-    /// mirror, or applied to the mirror but not written because a newer one was waiting (shown
-    /// in `/status`).
+    /// Snapshots not written, for any of the three reasons below (shown in `/status`).
     pub snapshots_skipped: AtomicU64,
+    /// ... not captured because the queue was full: persistence is behind.
+    pub skipped_queue_full: AtomicU64,
+    /// ... refused by the worker's mirror (a capture of changes without its base), which then
+    /// asks for a whole capture.
+    pub skipped_mirror_refused: AtomicU64,
+    /// ... applied to the mirror but not written because a newer one was already waiting: the
+    /// worker writes the newest state only. Normal when a write takes longer than the interval.
+    pub skipped_superseded: AtomicU64,
     /// Captures in the queue (exported as `zone_queue_depth{queue="snapshot"}`).
     pub snapshots_queued: std::sync::atomic::AtomicUsize,
     /// Set by the worker when its mirror could not apply a capture; the tick thread then makes
@@ -106,6 +112,39 @@ pub struct PersistCounters {
     pub resync: std::sync::atomic::AtomicBool,
     /// What `/status` shows under `snapshot`.
     pub status: std::sync::Mutex<SnapshotStatus>,
+}
+
+/// Why a snapshot was not written (a count each in [`PersistCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    QueueFull,
+    MirrorRefused,
+    Superseded,
+}
+
+impl PersistCounters {
+    /// Counts one snapshot not written, in the total and under its reason.
+    pub fn skip(&self, why: Skip) {
+        self.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+        let by_reason = match why {
+            Skip::QueueFull => &self.skipped_queue_full,
+            Skip::MirrorRefused => &self.skipped_mirror_refused,
+            Skip::Superseded => &self.skipped_superseded,
+        };
+        by_reason.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts by reason, as `/status` shows them (every reason, zeros included).
+    pub fn skipped_by_reason(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("queue_full", &self.skipped_queue_full),
+            ("mirror_refused", &self.skipped_mirror_refused),
+            ("superseded", &self.skipped_superseded),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+        .collect()
+    }
 }
 
 /// The persistence part of `/status`.
@@ -121,6 +160,9 @@ pub struct SnapshotStatus {
     pub events_queued: usize,
     pub events_dropped: u64,
     pub snapshots_skipped: u64,
+    /// The same, by reason: `queue_full` (persistence is behind), `mirror_refused` (a capture
+    /// without its base; a whole one follows), `superseded` (a newer state was written instead).
+    pub snapshots_skipped_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The tick thread's handle on the worker.
@@ -199,7 +241,7 @@ impl Persister {
 
     /// Counts a snapshot lost to a full queue (the caller makes its next capture whole).
     pub fn drop_snapshot(&self) {
-        self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+        self.counters.skip(Skip::QueueFull);
         counter!("zone_queue_dropped_total", "queue" => "snapshot").increment(1);
     }
 
@@ -502,7 +544,7 @@ impl Worker {
                     self.counters.snapshots_queued.fetch_sub(1, Ordering::Relaxed);
                     if applied {
                         // Applied but never written: a newer state is already here.
-                        self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                        self.counters.skip(Skip::Superseded);
                     }
                     applied = self.apply_capture(capture);
                     full |= f;
@@ -518,7 +560,7 @@ impl Worker {
         if final_job.is_some() {
             // The final snapshot comes next and supersedes this one: spend no time on it.
             if applied {
-                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                self.counters.skip(Skip::Superseded);
             }
         } else if applied && let Some(state) = self.mirror.state() {
             self.snapshot(state, full, cold).await;
@@ -543,7 +585,7 @@ impl Worker {
                 complete
             }
             Err(e) => {
-                self.counters.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                self.counters.skip(Skip::MirrorRefused);
                 // Captures of changes queued behind the one that failed fail too: ask once.
                 if !(self.awaiting_whole && matches!(e, MirrorError::NoBase { .. })) {
                     self.awaiting_whole = true;
@@ -722,6 +764,7 @@ impl Worker {
             st.events_queued = self.events.len();
             st.events_dropped = self.events.dropped_total();
             st.snapshots_skipped = self.counters.snapshots_skipped.load(Ordering::Relaxed);
+            st.snapshots_skipped_by_reason = self.counters.skipped_by_reason();
         }
     }
 
@@ -855,6 +898,7 @@ mod tests {
         assert!(p.resync_wanted());
         assert!(!p.resync_wanted(), "asking clears the wish");
         assert!(seen.lock().unwrap().is_empty(), "nothing is written without a base");
+        assert_eq!(p.counters.skipped_by_reason()["mirror_refused"], 1);
 
         zone.reset_capture();
         for i in 0..5 {
@@ -871,6 +915,14 @@ mod tests {
         assert_eq!(seen.lock().unwrap().last(), Some(&want));
         wait_for("the queue to empty", || p.counters.snapshots_queued.load(Ordering::Relaxed) == 0);
         assert!(p.has_room());
+        p.drop_snapshot();
+        let by_reason = p.counters.skipped_by_reason();
+        assert_eq!((by_reason["queue_full"], by_reason["mirror_refused"]), (1, 1), "{by_reason:?}");
+        assert_eq!(
+            by_reason.values().sum::<u64>(),
+            p.counters.snapshots_skipped.load(Ordering::Relaxed),
+            "the reasons add up to the total"
+        );
         p.finish();
     }
 }
