@@ -20,7 +20,8 @@ DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/}
 
 # The default binaries are built (a no-op when fresh): a stale zone-bots may lack a flag used below.
-if [ -z "${ZONE_SERVER_BIN:-}${ZONE_BOTS_BIN:-}${ZONE_LOBBY_BIN:-}" ] || [ ! -x "$SERVER" ] || [ ! -x "$BOTSBIN" ] || [ ! -x "$LOBBY" ]; then
+if [ -z "${ZONE_SERVER_BIN:-}" ] || [ -z "${ZONE_BOTS_BIN:-}" ] || [ -z "${ZONE_LOBBY_BIN:-}" ] \
+  || [ ! -x "$SERVER" ] || [ ! -x "$BOTSBIN" ] || [ ! -x "$LOBBY" ]; then
   cargo build --locked -q -p zone-server --bin zone-server -p zone-tools --bin zone-bots -p zone-lobby --bin zone-lobby
 fi
 command -v prometheus >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }

@@ -95,15 +95,14 @@ enum Job {
 
 #[derive(Debug, Default)]
 pub struct PersistCounters {
-    /// Snapshots not written, for any of the three reasons below (shown in `/status`).
-    pub snapshots_skipped: AtomicU64,
-    /// ... not captured because the queue was full: persistence is behind.
+    /// Snapshots not written (shown in `/status`, with their sum): not captured because the
+    /// queue was full, so persistence is behind;
     pub skipped_queue_full: AtomicU64,
-    /// ... refused by the worker's mirror (a capture of changes without its base), which then
-    /// asks for a whole capture.
+    /// refused by the worker's mirror (a capture of changes without its base), which then asks
+    /// for a whole capture;
     pub skipped_mirror_refused: AtomicU64,
-    /// ... applied to the mirror but not written because a newer one was already waiting: the
-    /// worker writes the newest state only. Normal when a write takes longer than the interval.
+    /// applied to the mirror but not written because a newer capture was already waiting: the
+    /// worker writes the newest state only (normal when a write takes longer than the interval).
     pub skipped_superseded: AtomicU64,
     /// Captures in the queue (exported as `zone_queue_depth{queue="snapshot"}`).
     pub snapshots_queued: std::sync::atomic::AtomicUsize,
@@ -123,9 +122,8 @@ pub enum Skip {
 }
 
 impl PersistCounters {
-    /// Counts one snapshot not written, in the total and under its reason.
+    /// Counts one snapshot not written, under its reason.
     pub fn skip(&self, why: Skip) {
-        self.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
         let by_reason = match why {
             Skip::QueueFull => &self.skipped_queue_full,
             Skip::MirrorRefused => &self.skipped_mirror_refused,
@@ -161,7 +159,7 @@ pub struct SnapshotStatus {
     pub events_dropped: u64,
     pub snapshots_skipped: u64,
     /// The same, by reason: `queue_full` (persistence is behind), `mirror_refused` (a capture
-    /// without its base; a whole one follows), `superseded` (a newer state was written instead).
+    /// without its base; a whole one follows), `superseded` (a newer capture was waiting).
     pub snapshots_skipped_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -763,8 +761,8 @@ impl Worker {
             }
             st.events_queued = self.events.len();
             st.events_dropped = self.events.dropped_total();
-            st.snapshots_skipped = self.counters.snapshots_skipped.load(Ordering::Relaxed);
             st.snapshots_skipped_by_reason = self.counters.skipped_by_reason();
+            st.snapshots_skipped = st.snapshots_skipped_by_reason.values().sum();
         }
     }
 
@@ -919,9 +917,9 @@ mod tests {
         let by_reason = p.counters.skipped_by_reason();
         assert_eq!((by_reason["queue_full"], by_reason["mirror_refused"]), (1, 1), "{by_reason:?}");
         assert_eq!(
-            by_reason.values().sum::<u64>(),
-            p.counters.snapshots_skipped.load(Ordering::Relaxed),
-            "the reasons add up to the total"
+            by_reason.keys().copied().collect::<Vec<_>>(),
+            ["mirror_refused", "queue_full", "superseded"],
+            "every reason is shown, zeros included"
         );
         p.finish();
     }

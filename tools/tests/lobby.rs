@@ -77,23 +77,59 @@ fn start_zone(instance: &str, prefix: &str, secret: &str, capacity: usize) -> Zo
     Zone { stop, thread }
 }
 
+/// A zone-lobby for one test: its own runtime, database schema and Redis prefix, stopped (and
+/// its schema dropped) by [`TestLobby::stop`]. Its tick budget is 1 s: a debug zone server on a
+/// shared machine has seconds over the default 16.7 ms, and a bot's join in such a second gets
+/// `no_room`. These tests are about the lobby's routing, not the budget (server/lobby's tests
+/// cover that).
+struct TestLobby {
+    rt: tokio::runtime::Runtime,
+    lobby: zone_lobby::server::Running,
+    url: String,
+    /// The schema's name, also the Redis prefix (with a colon) and the report file's name.
+    name: String,
+    prefix: String,
+    secret: String,
+}
+
+impl TestLobby {
+    fn start(tag: &str, tune: impl FnOnce(&mut LobbyConfig)) -> TestLobby {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let name = format!("t_{tag}_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
+        let prefix = format!("{name}:");
+        let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
+        cfg.log_filter = "warn".into();
+        cfg.tick_budget_ms = 1_000.0;
+        tune(&mut cfg);
+        let secret = cfg.token_secret.clone();
+        let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
+        let url = format!("http://{}", lobby.addr);
+        TestLobby {
+            rt,
+            lobby,
+            url,
+            name,
+            prefix,
+            secret,
+        }
+    }
+
+    fn stop(self) {
+        let lobby = self.lobby;
+        self.rt.block_on(async {
+            let _ = lobby.app.accounts.drop_schema().await;
+            lobby.stop().await;
+        });
+    }
+}
+
 fn bots_join_two_zone_servers_through_the_lobby() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let name = format!("t_e2e_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
-    let prefix = format!("{name}:");
-    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
-    cfg.log_filter = "warn".into();
-    // Debug builds on a shared machine: a bot asks once and gives up on `no_room`, which a 1 s
-    // window over the default 16.7 ms tick budget would answer. The test is about the lobby's
-    // routing, not the budget (server/lobby's tests cover that).
-    cfg.tick_budget_ms = 1_000.0;
-    let secret = cfg.token_secret.clone();
-    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
-    let url = format!("http://{}", lobby.addr);
+    let t = TestLobby::start("e2e", |_| {});
+    let (rt, url, name, prefix, secret) = (&t.rt, t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
     // 150 seats each: 200 bots need both.
     let zones = [
         start_zone("e2e-a", &prefix, &secret, 150),
@@ -157,10 +193,7 @@ fn bots_join_two_zone_servers_through_the_lobby() {
     for z in zones {
         z.thread.join().unwrap();
     }
-    rt.block_on(async {
-        let _ = lobby.app.accounts.drop_schema().await;
-        lobby.stop().await;
-    });
+    t.stop();
     assert!(status.success(), "zone-bots failed: {r}");
     assert_eq!(r["joined"], BOTS, "{r}");
     assert!(r["lobby_login_ms_p99"].is_number() && r["lobby_join_ms_p99"].is_number(), "{r}");
@@ -175,19 +208,8 @@ fn bots_join_two_zone_servers_through_the_lobby() {
 /// then a zone server starts, and every bot must join it.
 fn bots_wait_for_a_zone_server_through_the_lobby() {
     const WAITERS: u32 = 5;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let name = format!("t_wait_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
-    let prefix = format!("{name}:");
-    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
-    cfg.log_filter = "warn".into();
-    cfg.tick_budget_ms = 1_000.0;
-    let secret = cfg.token_secret.clone();
-    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
-    let url = format!("http://{}", lobby.addr);
+    let t = TestLobby::start("wait", |_| {});
+    let (url, name, prefix, secret) = (t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
     let report = std::env::temp_dir().join(format!("{name}.json"));
     // A debug zone server on a loaded machine takes seconds to be offered: a long wait.
     let mut child = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
@@ -208,16 +230,20 @@ fn bots_wait_for_a_zone_server_through_the_lobby() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The bots' progress lines, passed on to this test's output; the first one that counts a
-    // retry from every bot says they are all waiting.
+    // The bots' progress lines, passed on to this test's output; the first one that counts
+    // every bot among those that asked again says they are all waiting.
     let (asked_tx, asked_rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("{line}");
-            let retries = line.split_once("| join retries ").and_then(|(_, n)| n.trim().parse::<u64>().ok());
-            if retries.is_some_and(|n| n >= u64::from(WAITERS)) {
+            // "... | join retries N by M bots"
+            let bots = line
+                .split_once("| join retries ")
+                .and_then(|(_, rest)| rest.split_once(" by "))
+                .and_then(|(_, m)| m.trim_end_matches(" bots").trim().parse::<u64>().ok());
+            if bots.is_some_and(|m| m >= u64::from(WAITERS)) {
                 let _ = asked_tx.send(());
             }
         }
@@ -230,35 +256,20 @@ fn bots_wait_for_a_zone_server_through_the_lobby() {
     let _ = std::fs::remove_file(&report);
     zone.stop.store(true, Ordering::Relaxed);
     zone.thread.join().unwrap();
-    rt.block_on(async {
-        let _ = lobby.app.accounts.drop_schema().await;
-        lobby.stop().await;
-    });
+    t.stop();
     assert!(
         asked.is_ok(),
         "the bots never reported asking again before the zone server started: {r}"
     );
     assert!(status.success(), "zone-bots failed: {r}");
     assert_eq!(r["joined"], WAITERS, "{r}");
-    assert!(r["lobby_join_retries"].as_u64().is_some_and(|n| n >= u64::from(WAITERS)), "{r}");
+    assert_eq!(r["lobby_join_retried_bots"], WAITERS, "every bot asked again: {r}");
 }
 
 fn bots_play_matches_through_the_lobby() {
     const MATCH_BOTS: u32 = 12;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let name = format!("t_e2e_match_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
-    let prefix = format!("{name}:");
-    let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
-    cfg.log_filter = "warn".into();
-    cfg.tick_budget_ms = 1_000.0; // as above
-    cfg.service_key = Some("e2e-service-key".into());
-    let secret = cfg.token_secret.clone();
-    let lobby = rt.block_on(zone_lobby::server::start(cfg, None)).unwrap();
-    let url = format!("http://{}", lobby.addr);
+    let t = TestLobby::start("e2e_match", |cfg| cfg.service_key = Some("e2e-service-key".into()));
+    let (rt, url, name, prefix, secret) = (&t.rt, t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
     let zone = start_zone("e2e-match", &prefix, &secret, 50);
     let mut c = LobbyClient::new(&url).unwrap();
     let until = Instant::now() + Duration::from_secs(10);
@@ -301,10 +312,7 @@ fn bots_play_matches_through_the_lobby() {
     let _ = std::fs::remove_file(&report);
     zone.stop.store(true, Ordering::Relaxed);
     zone.thread.join().unwrap();
-    rt.block_on(async {
-        let _ = lobby.app.accounts.drop_schema().await;
-        lobby.stop().await;
-    });
+    t.stop();
     assert!(status.success(), "zone-bots failed: {r}");
     assert_eq!(r["joined"], MATCH_BOTS, "{r}");
     let m = &r["matching"];

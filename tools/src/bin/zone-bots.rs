@@ -143,6 +143,7 @@ async fn swarm(cli: &Cli) -> Report {
         lobby_login_us: std::mem::take(&mut *live.lobby_login_us.lock().unwrap_or_else(|e| e.into_inner())),
         lobby_join_us: std::mem::take(&mut *live.lobby_join_us.lock().unwrap_or_else(|e| e.into_inner())),
         lobby_join_retries: live.lobby_join_retries.load(std::sync::atomic::Ordering::Relaxed),
+        lobby_join_retried_bots: live.lobby_join_retried_bots.load(std::sync::atomic::Ordering::Relaxed),
         matching: cli.match_mode.clone().map(|mode| {
             let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             (
@@ -250,7 +251,10 @@ fn verdict(r: &Report) -> ExitCode {
             ms(r.lobby_join_ms_p50),
             ms(r.lobby_join_ms_p99),
             if r.lobby_join_retries > 0 {
-                format!(" ({} asked again, --join-wait)", r.lobby_join_retries)
+                format!(
+                    " ({} asked again by {} bots, --join-wait)",
+                    r.lobby_join_retries, r.lobby_join_retried_bots
+                )
             } else {
                 String::new()
             },

@@ -416,12 +416,17 @@ async fn first_lobby_join(
 ) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
     let until = (Instant::now() + cfg.join_wait).min(cfg.deadline);
     let mut pause = Duration::from_millis(100);
+    let mut retried = false;
     loop {
         let answer = lobby_join(cfg, live, login).await;
         let left = until.saturating_duration_since(Instant::now());
         match answer {
             Err(why) if worth_asking_again(why) && !left.is_zero() => {
                 Live::add(&live.lobby_join_retries, 1);
+                if !retried {
+                    retried = true;
+                    Live::add(&live.lobby_join_retried_bots, 1);
+                }
                 tokio::time::sleep(pause.min(left)).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }

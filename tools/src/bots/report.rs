@@ -114,6 +114,8 @@ pub struct Live {
     pub lobby_join_us: Mutex<Histogram>,
     /// With a lobby and --join-wait: join requests asked again because the lobby had no room yet.
     pub lobby_join_retries: AtomicU64,
+    /// ... and the bots that asked again at least once.
+    pub lobby_join_retried_bots: AtomicU64,
     /// When the last bot joined, µs after the run started.
     pub last_join_us: AtomicU64,
     /// With --match: time from the match request until the bot was matched (µs), and counters.
@@ -171,6 +173,7 @@ impl Live {
             decode_errors: get(&self.decode_errors),
             moves: get(&self.moves),
             join_retries: get(&self.lobby_join_retries),
+            join_retried_bots: get(&self.lobby_join_retried_bots),
         }
     }
 }
@@ -185,8 +188,9 @@ pub struct LiveTotals {
     pub bytes_out: u64,
     pub decode_errors: u64,
     pub moves: u64,
-    /// First join requests asked again (--join-wait).
+    /// First join requests asked again (--join-wait), and by how many bots.
     pub join_retries: u64,
+    pub join_retried_bots: u64,
 }
 
 /// The once-a-second progress line: per-bot rates over the interval between two readings.
@@ -195,7 +199,7 @@ pub fn progress_line(elapsed_s: f64, count: u32, prev: &LiveTotals, now: &LiveTo
     let per_bot_per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / bots / interval_s.max(1e-9);
     let ms = |p: f64| us_to_ms(rtt.percentile(p)).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     let retries = if now.join_retries > 0 {
-        format!(" | join retries {}", now.join_retries)
+        format!(" | join retries {} by {} bots", now.join_retries, now.join_retried_bots)
     } else {
         String::new()
     };
@@ -317,6 +321,8 @@ pub struct Report {
     /// With --lobby and --join-wait: first join requests asked again because the lobby could not
     /// place the bot yet (`no_room`, `unknown_zone`, rate limited, unavailable).
     pub lobby_join_retries: u64,
+    /// ... and the bots that asked again at least once.
+    pub lobby_join_retried_bots: u64,
     /// With --lobby: bots moved to another server after a drain, and the time from the drain
     /// notice to the new server's Welcome.
     pub moves: u64,
@@ -360,6 +366,7 @@ pub struct RunFacts {
     pub lobby_login_us: Histogram,
     pub lobby_join_us: Histogram,
     pub lobby_join_retries: u64,
+    pub lobby_join_retried_bots: u64,
     /// With --match: the mode, the waiting times (µs) and the counters.
     pub matching: Option<(String, Histogram, u64, u64, u64)>,
     pub move_us: Histogram,
@@ -421,6 +428,7 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         lobby_join_ms_p50: us_to_ms(facts.lobby_join_us.percentile(50.0)),
         lobby_join_ms_p99: us_to_ms(facts.lobby_join_us.percentile(99.0)),
         lobby_join_retries: facts.lobby_join_retries,
+        lobby_join_retried_bots: facts.lobby_join_retried_bots,
         matching: facts
             .matching
             .map(|(mode, wait, matched, results_reported, result_errors)| MatchReport {
@@ -511,6 +519,7 @@ mod tests {
             lobby_login_us: Histogram::default(),
             lobby_join_us: Histogram::default(),
             lobby_join_retries: 0,
+            lobby_join_retried_bots: 0,
             matching: None,
             move_us: Histogram::default(),
         };
