@@ -19,9 +19,11 @@ LOBBY=${ZONE_LOBBY_BIN:-target/debug/zone-lobby}
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/}
 
-# The default binaries are built (a no-op when fresh): a stale zone-bots may lack a flag used below.
-if [ -z "${ZONE_SERVER_BIN:-}" ] || [ -z "${ZONE_BOTS_BIN:-}" ] || [ -z "${ZONE_LOBBY_BIN:-}" ] \
-  || [ ! -x "$SERVER" ] || [ ! -x "$BOTSBIN" ] || [ ! -x "$LOBBY" ]; then
+# Built when missing, or when zone-bots is older than a flag used below (always building would
+# not be a no-op after `cargo test --workspace`: three packages alone unify other features, and
+# CI would compile the lobby and the server again).
+bots_help=$([ -x "$BOTSBIN" ] && "$BOTSBIN" --help 2>/dev/null || true)
+if [ ! -x "$SERVER" ] || [ ! -x "$BOTSBIN" ] || [ ! -x "$LOBBY" ] || ! grep -q -- '--join-wait' <<<"$bots_help"; then
   cargo build --locked -q -p zone-server --bin zone-server -p zone-tools --bin zone-bots -p zone-lobby --bin zone-lobby
 fi
 command -v prometheus >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
