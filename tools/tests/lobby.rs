@@ -86,9 +86,8 @@ struct TestLobby {
     rt: tokio::runtime::Runtime,
     lobby: zone_lobby::server::Running,
     url: String,
-    /// The schema's name, also the Redis prefix (with a colon) and the report file's name.
+    /// The schema's name, also the Redis prefix (with a colon) and the bots' report file's name.
     name: String,
-    prefix: String,
     secret: String,
 }
 
@@ -100,8 +99,7 @@ impl TestLobby {
             .build()
             .unwrap();
         let name = format!("t_{tag}_{}_{}", std::process::id(), zone_lobby::app::now_ms() % 1_000_000);
-        let prefix = format!("{name}:");
-        let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &prefix);
+        let mut cfg = LobbyConfig::for_tests(&database_url(), &name, &redis_url(), &format!("{name}:"));
         cfg.log_filter = "warn".into();
         cfg.tick_budget_ms = 1_000.0;
         tune(&mut cfg);
@@ -113,9 +111,36 @@ impl TestLobby {
             lobby,
             url,
             name,
-            prefix,
             secret,
         }
+    }
+
+    /// The Redis key prefix the lobby and its zone servers share.
+    fn prefix(&self) -> String {
+        format!("{}:", self.name)
+    }
+
+    /// `zone-bots --lobby` against this lobby, `count` bots for `duration`, with `args` besides;
+    /// their report goes to [`TestLobby::report`].
+    fn bots(&self, count: u32, duration: &str, args: &[&str]) -> Command {
+        let mut bots = Command::new(env!("CARGO_BIN_EXE_zone-bots"));
+        bots.args(["--lobby", &self.url, "--count", &count.to_string(), "--duration", duration])
+            .args(args)
+            .arg("--report")
+            .arg(self.report_path());
+        bots
+    }
+
+    fn report_path(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}.json", self.name))
+    }
+
+    /// The bots' report (the file is removed).
+    fn report(&self) -> Value {
+        let path = self.report_path();
+        let r = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        r
     }
 
     fn stop(self) {
@@ -129,13 +154,13 @@ impl TestLobby {
 
 fn bots_join_two_zone_servers_through_the_lobby() {
     let t = TestLobby::start("e2e", |_| {});
-    let (rt, url, name, prefix, secret) = (&t.rt, t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
+    let (rt, prefix) = (&t.rt, t.prefix());
     // 150 seats each: 200 bots need both.
     let zones = [
-        start_zone("e2e-a", &prefix, &secret, 150),
-        start_zone("e2e-b", &prefix, &secret, 150),
+        start_zone("e2e-a", &prefix, &t.secret, 150),
+        start_zone("e2e-b", &prefix, &t.secret, 150),
     ];
-    let mut c = LobbyClient::new(&url).unwrap();
+    let mut c = LobbyClient::new(&t.url).unwrap();
     let ready = |v: &Value| {
         v["zones"][0]["instances"]
             .as_array()
@@ -151,24 +176,7 @@ fn bots_join_two_zone_servers_through_the_lobby() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let report = std::env::temp_dir().join(format!("{name}.json"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
-        .args([
-            "--lobby",
-            &url,
-            "--zone-id",
-            "demo",
-            "--count",
-            &BOTS.to_string(),
-            "--duration",
-            "6s",
-            "--ramp-per-s",
-            "400",
-        ])
-        .arg("--report")
-        .arg(&report)
-        .spawn()
-        .unwrap();
+    let mut child = t.bots(BOTS, "6s", &["--zone-id", "demo", "--ramp-per-s", "400"]).spawn().unwrap();
     // While they play, both servers report players.
     let mut most = [0u64; 2];
     let until = Instant::now() + Duration::from_secs(6);
@@ -185,8 +193,7 @@ fn bots_join_two_zone_servers_through_the_lobby() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let status = child.wait().unwrap();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&report);
+    let r = t.report();
     for z in &zones {
         z.stop.store(true, Ordering::Relaxed);
     }
@@ -209,24 +216,9 @@ fn bots_join_two_zone_servers_through_the_lobby() {
 fn bots_wait_for_a_zone_server_through_the_lobby() {
     const WAITERS: u32 = 5;
     let t = TestLobby::start("wait", |_| {});
-    let (url, name, prefix, secret) = (t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
-    let report = std::env::temp_dir().join(format!("{name}.json"));
     // A debug zone server on a loaded machine takes seconds to be offered: a long wait.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
-        .args([
-            "--lobby",
-            &url,
-            "--zone-id",
-            "demo",
-            "--count",
-            &WAITERS.to_string(),
-            "--duration",
-            "16s",
-            "--join-wait",
-            "15s",
-        ])
-        .arg("--report")
-        .arg(&report)
+    let mut child = t
+        .bots(WAITERS, "16s", &["--zone-id", "demo", "--join-wait", "15s"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -249,11 +241,10 @@ fn bots_wait_for_a_zone_server_through_the_lobby() {
         }
     });
     let asked = asked_rx.recv_timeout(Duration::from_secs(20));
-    let zone = start_zone("wait-a", &prefix, &secret, 50);
+    let zone = start_zone("wait-a", &t.prefix(), &t.secret, 50);
     let status = child.wait().unwrap();
     reader.join().unwrap();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&report);
+    let r = t.report();
     zone.stop.store(true, Ordering::Relaxed);
     zone.thread.join().unwrap();
     t.stop();
@@ -269,9 +260,9 @@ fn bots_wait_for_a_zone_server_through_the_lobby() {
 fn bots_play_matches_through_the_lobby() {
     const MATCH_BOTS: u32 = 12;
     let t = TestLobby::start("e2e_match", |cfg| cfg.service_key = Some("e2e-service-key".into()));
-    let (rt, url, name, prefix, secret) = (&t.rt, t.url.clone(), t.name.clone(), t.prefix.clone(), t.secret.clone());
-    let zone = start_zone("e2e-match", &prefix, &secret, 50);
-    let mut c = LobbyClient::new(&url).unwrap();
+    let rt = &t.rt;
+    let zone = start_zone("e2e-match", &t.prefix(), &t.secret, 50);
+    let mut c = LobbyClient::new(&t.url).unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let v: Value = rt.block_on(c.call("GET", "/v1/zones", None, None)).unwrap();
@@ -285,31 +276,26 @@ fn bots_play_matches_through_the_lobby() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let report = std::env::temp_dir().join(format!("{name}.json"));
-    let status = Command::new(env!("CARGO_BIN_EXE_zone-bots"))
-        .args([
-            "--lobby",
-            &url,
-            "--match",
-            "team3",
-            "--count",
-            &MATCH_BOTS.to_string(),
-            "--duration",
+    let device_prefix = format!("{}-", t.name);
+    let status = t
+        .bots(
+            MATCH_BOTS,
             "4s",
-            "--match-wait",
-            "3s",
-            "--ramp-per-s",
-            "100",
-            "--device-prefix",
-            &format!("{name}-"),
-        ])
+            &[
+                "--match",
+                "team3",
+                "--match-wait",
+                "3s",
+                "--ramp-per-s",
+                "100",
+                "--device-prefix",
+                &device_prefix,
+            ],
+        )
         .env("ZONE_LOBBY_SERVICE_KEY", "e2e-service-key")
-        .arg("--report")
-        .arg(&report)
         .status()
         .unwrap();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&report);
+    let r = t.report();
     zone.stop.store(true, Ordering::Relaxed);
     zone.thread.join().unwrap();
     t.stop();

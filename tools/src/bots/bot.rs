@@ -396,6 +396,26 @@ async fn report_result(cfg: &SwarmConfig, live: &Live, placed: &Placed) {
     Live::add(if ok { &live.results_reported } else { &live.result_errors }, 1);
 }
 
+/// Pauses between requests to the lobby: 100 ms, doubling to 1 s, never past `until`.
+struct Backoff {
+    pause: Duration,
+    until: Instant,
+}
+
+impl Backoff {
+    fn until(until: Instant) -> Backoff {
+        Backoff {
+            pause: Duration::from_millis(100),
+            until,
+        }
+    }
+
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.pause.min(self.until.saturating_duration_since(Instant::now()))).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Whether the lobby's answer to a join request may change by itself soon: no room yet, no
 /// server of the zone yet, too many requests, the lobby briefly unavailable.
 fn worth_asking_again(why: &str) -> bool {
@@ -415,20 +435,17 @@ async fn first_lobby_join(
     login: &mut LobbyLogin,
 ) -> Result<(SocketAddr, zone_net::token::JoinGrant), &'static str> {
     let until = (Instant::now() + cfg.join_wait).min(cfg.deadline);
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::until(until);
     let mut retried = false;
     loop {
-        let answer = lobby_join(cfg, live, login).await;
-        let left = until.saturating_duration_since(Instant::now());
-        match answer {
-            Err(why) if worth_asking_again(why) && !left.is_zero() => {
+        match lobby_join(cfg, live, login).await {
+            Err(why) if worth_asking_again(why) && Instant::now() < until => {
                 Live::add(&live.lobby_join_retries, 1);
                 if !retried {
                     retried = true;
                     Live::add(&live.lobby_join_retried_bots, 1);
                 }
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
+                backoff.sleep().await;
             }
             answer => return answer,
         }
@@ -446,7 +463,7 @@ async fn rejoin(
     until: Instant,
     n: u64,
 ) -> Result<(SocketAddr, zone_net::token::JoinGrant), String> {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::until(until);
     let mut same = 0;
     let mut last = "rejoin_timeout";
     while Instant::now() < until {
@@ -467,8 +484,7 @@ async fn rejoin(
             }
             Err(why) => last = why,
         }
-        tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        backoff.sleep().await;
     }
     Err(format!("rejoin_failed_{last}"))
 }
