@@ -3,6 +3,7 @@
 //! Samples are kept per reporting window (a few seconds) and summarised as percentiles; nothing is
 //! logged per entity or per tick.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use zone_sim::ShardStats;
@@ -38,6 +39,52 @@ impl Samples {
         self.us.sort_unstable();
         let rank = ((q * self.us.len() as f64).ceil() as usize).clamp(1, self.us.len());
         self.us[rank - 1]
+    }
+}
+
+/// A quantile of tick durations over the last `keep` windows (one second each, as the tick loop
+/// closes them): the tick p99 the lifecycle reports (the lobby's directory, Agones' label).
+///
+/// A one-second window holds 60 ticks, so its p99 is its slowest tick: one slow tick (a large
+/// capture, the machine busy for a moment) would make the lobby stop offering the server for a
+/// second. Over ten seconds (600 ticks) the p99 passes the budget only once more than six ticks
+/// were slow, which a server in trouble reaches within a fraction of a second, and falls back
+/// at most ten seconds after the slowness ends. The overload guard keeps its own one-second
+/// windows ([`crate::lifecycle::overload`]).
+#[derive(Debug)]
+pub struct RecentQuantile {
+    /// Closed windows, oldest first; at most `keep`.
+    windows: VecDeque<Vec<u32>>,
+    keep: usize,
+    all: Samples,
+}
+
+impl RecentQuantile {
+    pub fn new(keep: usize) -> RecentQuantile {
+        RecentQuantile {
+            windows: VecDeque::with_capacity(keep.max(1)),
+            keep: keep.max(1),
+            all: Samples::default(),
+        }
+    }
+
+    /// Adds a closed window (left as it was) and returns the `q`-quantile over the last `keep`
+    /// windows, by nearest rank as [`Samples::quantile_us`]; 0 when they hold no sample. Once a
+    /// second, off nothing: it copies at most `keep` windows of samples (600 at 60 ticks/s).
+    pub fn close_window(&mut self, window: &Samples, q: f64) -> u32 {
+        let mut slot = if self.windows.len() == self.keep {
+            self.windows.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        slot.clear();
+        slot.extend_from_slice(&window.us);
+        self.windows.push_back(slot);
+        self.all.clear();
+        for w in &self.windows {
+            self.all.us.extend_from_slice(w);
+        }
+        self.all.quantile_us(q)
     }
 }
 
@@ -101,5 +148,47 @@ impl ShardWindow {
             last: std::mem::take(&mut self.last),
             ..Default::default()
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(ticks: usize, slow: usize) -> Samples {
+        let mut w = Samples::default();
+        for i in 0..ticks {
+            w.push(Duration::from_micros(if i < slow { 40_000 } else { 2_000 }));
+        }
+        w
+    }
+
+    #[test]
+    fn one_slow_tick_moves_a_second_but_not_ten() {
+        // One second's p99 is its slowest tick.
+        assert_eq!(window(60, 1).quantile_us(0.99), 40_000);
+        let mut recent = RecentQuantile::new(10);
+        for _ in 0..9 {
+            assert_eq!(recent.close_window(&window(60, 0), 0.99), 2_000);
+        }
+        assert_eq!(recent.close_window(&window(60, 1), 0.99), 2_000, "1 slow tick in 600");
+        let mut recent = RecentQuantile::new(10);
+        for _ in 0..9 {
+            recent.close_window(&window(60, 0), 0.99);
+        }
+        // 7 slow ticks of 600: more than one in a hundred.
+        assert_eq!(recent.close_window(&window(60, 7), 0.99), 40_000);
+    }
+
+    #[test]
+    fn slowness_passes_after_the_windows_it_was_in() {
+        let mut recent = RecentQuantile::new(10);
+        assert_eq!(recent.close_window(&window(60, 60), 0.99), 40_000, "a slow first second");
+        for k in 1..10 {
+            assert_eq!(recent.close_window(&window(60, 0), 0.99), 40_000, "still inside window {k}");
+        }
+        assert_eq!(recent.close_window(&window(60, 0), 0.99), 2_000, "ten seconds later");
+        assert_eq!(recent.close_window(&Samples::default(), 0.99), 2_000, "an empty window");
+        assert_eq!(RecentQuantile::new(10).close_window(&Samples::default(), 0.99), 0);
     }
 }

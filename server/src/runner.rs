@@ -17,9 +17,9 @@
 //! 7. telemetry: metrics are recorded (atomics only), the liveness stamp and `/status` updated,
 //!    and statistics logged every `stats_interval`;
 //! 8. lifecycle: joins, leaves, players and the heartbeat go to the lifecycle backend (`lifecycle/`,
-//!    atomics and bounded queues only); once a second the tick p99 goes to it and to the overload
-//!    guard, which makes the server unallocatable after a sustained overload (and allocatable
-//!    again after a sustained recovery).
+//!    atomics and bounded queues only); once a second the tick p99 of the last ten seconds goes to
+//!    it, and that second's p99 to the overload guard, which makes the server unallocatable after
+//!    a sustained overload (and allocatable again after a sustained recovery).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,9 +37,13 @@ use crate::journal_sink::{JournalSink, QUEUE_RECORDS_MAX};
 use crate::pacing::FixedStep;
 use crate::persist::{PersistConfig, Persister};
 use crate::recovery::Restored;
-use crate::report::{Samples, ShardWindow};
+use crate::report::{RecentQuantile, Samples, ShardWindow};
 use crate::zone_load::LoadedZone;
 use zone_persistence::events::GameEvent;
+
+/// One-second windows behind the tick p99 the lifecycle reports: the lobby offers a server only
+/// while it is within budget, and one slow tick is 1% of one second's ticks ([`RecentQuantile`]).
+const LIFECYCLE_P99_WINDOWS: usize = 10;
 
 /// Ticks run back to back at most after a stall, before the rest of the backlog is dropped.
 pub const CATCH_UP_TICKS_MAX: u32 = 5;
@@ -266,8 +270,10 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
         // Loaded (or restored), and the game socket bound.
         l.ready();
     }
-    // Tick durations of the last second, for the lifecycle's p99 and the overload guard.
+    // Tick durations of the last second: its p99 feeds the overload guard, and the p99 of the
+    // last ten such windows the lifecycle (see `RecentQuantile`).
     let mut announce_window = Samples::default();
+    let mut announce_recent = RecentQuantile::new(LIFECYCLE_P99_WINDOWS);
     let mut announce_window_started = Instant::now();
     let mut overload = crate::lifecycle::overload::OverloadGuard::new(cfg.overload);
     if hooks.metrics {
@@ -484,10 +490,11 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
             let window = announce_window_started.elapsed();
             if window >= Duration::from_secs(1) {
                 let p99 = announce_window.quantile_us(0.99);
+                let recent_p99 = announce_recent.close_window(&announce_window, 0.99);
                 announce_window.clear();
                 announce_window_started = Instant::now();
                 if let Some(l) = &lifecycle {
-                    l.set_tick_p99_us(p99);
+                    l.set_tick_p99_us(recent_p99);
                 }
                 if let Some(allocatable) = overload.observe(p99, window) {
                     if allocatable {

@@ -93,7 +93,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", env = "ZONE_LOBBY_JOIN_TOKEN_TTL")]
     pub join_token_ttl: Option<u64>,
 
-    /// Tick p99 above which a zone server is listed but not offered, milliseconds. [default: 16.7]
+    /// Tick p99 (over the server's last ten seconds) above which a zone server is listed but not
+    /// offered, milliseconds. [default: 16.7]
     #[arg(long, value_name = "MS", env = "ZONE_LOBBY_TICK_BUDGET_MS")]
     pub tick_budget_ms: Option<f64>,
 

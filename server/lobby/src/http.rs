@@ -161,6 +161,7 @@ pub struct InstanceView {
     pub state: String,
     pub players: u32,
     pub capacity: u32,
+    /// The server's tick p99 over its last ten seconds, as it last announced it.
     pub tick_p99_ms: f64,
     /// Whether a join may be sent here now.
     pub offered: bool,
