@@ -193,9 +193,11 @@ pub struct LiveTotals {
     pub join_retried_bots: u64,
 }
 
-/// The once-a-second progress line: per-bot rates over the interval between two readings.
+/// The once-a-second progress line: per-bot rates over the interval between two readings, per
+/// bot connected at either reading (at the end of a run, the bots that just left: divided by
+/// those still connected, none, one second's snapshots of every bot read as one bot's).
 pub fn progress_line(elapsed_s: f64, count: u32, prev: &LiveTotals, now: &LiveTotals, interval_s: f64, rtt: &Histogram) -> String {
-    let bots = now.connected.max(1) as f64;
+    let bots = prev.connected.max(now.connected).max(1) as f64;
     let per_bot_per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / bots / interval_s.max(1e-9);
     let ms = |p: f64| us_to_ms(rtt.percentile(p)).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     let retries = if now.join_retries > 0 {
@@ -545,6 +547,22 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }
+    }
+
+    #[test]
+    fn progress_rates_count_the_bots_that_just_left() {
+        let prev = LiveTotals {
+            connected: 12,
+            snapshots: 1_000,
+            ..LiveTotals::default()
+        };
+        let now = LiveTotals {
+            connected: 0,
+            snapshots: 1_240,
+            ..LiveTotals::default()
+        };
+        let line = progress_line(4.0, 12, &prev, &now, 1.0, &Histogram::default());
+        assert!(line.contains("connected 0/12") && line.contains("| 20.0 snapshots/s/bot"), "{line}");
     }
 
     #[test]
