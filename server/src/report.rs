@@ -69,8 +69,9 @@ impl RecentQuantile {
     }
 
     /// Adds a closed window (left as it was) and returns the `q`-quantile over the last `keep`
-    /// windows, by nearest rank as [`Samples::quantile_us`]; 0 when they hold no sample. Once a
-    /// second, off nothing: it copies at most `keep` windows of samples (600 at 60 ticks/s).
+    /// windows, by nearest rank as [`Samples::quantile_us`]; 0 when they hold no sample. The tick
+    /// thread calls it once a second: it copies and sorts at most `keep` windows of samples (600
+    /// at 60 ticks/s), into buffers it keeps.
     pub fn close_window(&mut self, window: &Samples, q: f64) -> u32 {
         let mut slot = if self.windows.len() == self.keep {
             self.windows.pop_front().unwrap_or_default()
