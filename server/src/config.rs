@@ -213,6 +213,12 @@ pub struct Cli {
     #[arg(long, value_name = "PER_S", env = "ZONE_PEER_PACKET_RATE")]
     pub peer_packet_rate: Option<f64>,
 
+    /// After a crash restore: seconds the restored players have to join again (same player id:
+    /// the same character, where it was). Those that have not by then leave the zone, freeing
+    /// their seats; a drain makes them leave at once. [default: 60]
+    #[arg(long, value_name = "SECS", env = "ZONE_RESTORED_PLAYER_GRACE")]
+    pub restored_player_grace: Option<f64>,
+
     /// The world visualizer, a page at http://ADMIN/ (needs telemetry on): on or off. It costs
     /// the tick nothing while nobody watches. [default: on]
     #[arg(long, value_parser = ["on", "off"], env = "ZONE_VIZ")]
@@ -326,6 +332,7 @@ struct FileConfig {
     max_clients: Option<usize>,
     handshake_rate_per_ip: Option<f64>,
     peer_packet_rate: Option<f64>,
+    restored_player_grace: Option<f64>,
     viz: Option<String>,
     viz_rate: Option<u32>,
     viz_max_viewers: Option<usize>,
@@ -387,6 +394,7 @@ pub struct ServerConfig {
     pub max_clients: Option<usize>,
     pub handshake_rate_per_ip: f64,
     pub peer_packet_rate: f64,
+    pub restored_player_grace: f64,
     pub viz: String,
     pub viz_rate: u32,
     pub viz_max_viewers: usize,
@@ -543,6 +551,7 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         max_clients: cli.max_clients.or(file.max_clients),
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
+        restored_player_grace: cli.restored_player_grace.or(file.restored_player_grace).unwrap_or(60.0),
         viz: cli.viz.clone().or(file.viz).unwrap_or_else(|| "on".into()),
         viz_rate: cli.viz_rate.or(file.viz_rate).unwrap_or(crate::viz::LIVE_RATE_HZ_DEFAULT),
         viz_max_viewers: cli.viz_max_viewers.or(file.viz_max_viewers).unwrap_or(8),
@@ -683,6 +692,13 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             anyhow::bail!("{}: {v} must be a positive rate per second", src(name));
         }
     }
+    if !(cfg.restored_player_grace.is_finite() && (0.0..=86_400.0).contains(&cfg.restored_player_grace)) {
+        anyhow::bail!(
+            "{}: {} must be between 0 (restored players leave at once) and 86400 seconds",
+            src("restored_player_grace"),
+            cfg.restored_player_grace
+        );
+    }
     if cfg.max_clients == Some(0) {
         anyhow::bail!("{}: must be at least 1", src("max_clients"));
     }
@@ -814,6 +830,13 @@ mod tests {
         let err = resolve(&cli).unwrap_err().to_string();
         assert!(
             err.contains("server.toml") && err.contains("interest_refresh") && err.contains("between 1"),
+            "{err}"
+        );
+        assert_eq!(c.restored_player_grace, 60.0, "default");
+        std::fs::write(&f, "restored_player_grace = -1\n").unwrap();
+        let err = resolve(&cli).unwrap_err().to_string();
+        assert!(
+            err.contains("server.toml") && err.contains("restored_player_grace") && err.contains("between 0"),
             "{err}"
         );
 

@@ -320,6 +320,13 @@ pub fn run(cfg: &RunConfig, loaded: &LoadedZone, hooks: Hooks, restored: Option<
     let mut replicas = crate::replica::Replicas::default();
     let mut scripted = ScriptedPlayers::new(cfg.seed, cfg.sim_players);
     scripted.adopt(&zone);
+    if let (Some(n), Some(_)) = (&mut net, restored_run) {
+        // Restored players whose clients are gone must not stay for ever (see `expect_back`).
+        n.expect_back(
+            zone.players().iter().map(|p| p.player).filter(|&p| !scripted.contains(p)),
+            zone.tick(),
+        );
+    }
     let mut pacer = FixedStep::new(zone_sim::units::TICK_RATE_HZ, CATCH_UP_TICKS_MAX);
     let mut windows: Vec<ShardWindow> = vec![ShardWindow::default(); spec.shard_count()];
     let mut tick_all = Samples::default();

@@ -192,9 +192,14 @@ struct Harness {
 
 impl Harness {
     fn start(bind: SocketAddr, max_clients: usize) -> Harness {
+        Harness::start_with(bind, max_clients, |_| {})
+    }
+
+    fn start_with(bind: SocketAddr, max_clients: usize, tune: impl FnOnce(&mut NetConfig)) -> Harness {
         let loaded = zone_server::zone_load::load_zone(Path::new(DEMO)).unwrap();
         let mut net = NetConfig::new(bind, Some(SECRET.to_vec()), max_clients);
         net.handshake_rate_per_ip = 1000.0;
+        tune(&mut net);
         let link = zone_server::net::NetLink::start(net, loaded.spec.clone()).unwrap();
         Harness {
             zone: Zone::new(loaded.spec, 3).unwrap(),
@@ -423,6 +428,62 @@ fn a_second_join_as_the_same_player_replaces_the_first() {
     assert_eq!(h.zone.players().len(), 1, "the player is in the zone once");
     h.run(20, &mut bots, t0);
     assert!(bots[1].session.stats().snapshots_completed > 0);
+    h.link.shutdown();
+}
+
+fn player_ids(zone: &Zone) -> Vec<u64> {
+    zone.players().iter().map(|p| p.player).collect()
+}
+
+/// A harness whose zone holds `players` (as a restored zone would, with no session for any of
+/// them), told to expect them back within `grace`.
+fn restored_harness(players: &[u64], grace: Duration) -> (Harness, SocketAddr) {
+    let bind = free_udp_port();
+    let mut h = Harness::start_with(bind, 8, |n| n.restored_player_grace = grace);
+    for &p in players {
+        h.zone.join(p).unwrap();
+    }
+    h.zone.step(&Serial);
+    assert_eq!(player_ids(&h.zone), players);
+    let tick = h.zone.tick();
+    h.link.expect_back(players.iter().copied(), tick);
+    (h, bind)
+}
+
+#[test]
+fn restored_players_that_do_not_join_again_leave_when_the_grace_is_over() {
+    // One second: 60 ticks.
+    let (mut h, addr) = restored_harness(&[11, 12, 13], Duration::from_secs(1));
+    let leave_at = h.zone.tick() + 60;
+    let t0 = Instant::now();
+    let mut bots = vec![Bot::new(addr, grant(12, "demo", SECRET, now_unix() + 600), t0)];
+    h.run(30, &mut bots, t0);
+    assert!(
+        bots[0].session.is_joined(),
+        "player 12 joins again: {:?}",
+        bots[0].session.end_reason()
+    );
+    assert_eq!(h.link.restored_players_waiting(), 2);
+    while h.zone.tick() + 1 < leave_at {
+        h.run(1, &mut bots, t0);
+    }
+    assert_eq!(player_ids(&h.zone), [11, 12, 13], "nobody leaves before the grace is over");
+    h.run(2, &mut bots, t0);
+    assert_eq!(player_ids(&h.zone), [12], "the two that did not come back left; 12 carries on");
+    assert_eq!(h.link.restored_players_waiting(), 0);
+    assert!(bots[0].session.is_joined());
+    h.link.shutdown();
+}
+
+#[test]
+fn a_drain_sends_restored_players_away_at_once() {
+    let (mut h, _) = restored_harness(&[21, 22], Duration::from_secs(60));
+    h.tick();
+    assert_eq!(player_ids(&h.zone), [21, 22]);
+    // No join is taken while draining, so nobody can come back: the drain need not wait for them.
+    h.zone.set_draining(true);
+    h.tick();
+    assert_eq!(player_ids(&h.zone), Vec::<u64>::new());
     h.link.shutdown();
 }
 

@@ -61,6 +61,14 @@ impl ScriptedPlayers {
         self.bots.len()
     }
 
+    /// Whether `player` is one of these scripted players (their ids ascend from
+    /// [`SCRIPTED_PLAYER_ID_BASE`]).
+    pub fn contains(&self, player: PlayerId) -> bool {
+        player
+            .checked_sub(SCRIPTED_PLAYER_ID_BASE)
+            .is_some_and(|i| i < self.bots.len() as u64)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bots.is_empty()
     }

@@ -38,7 +38,7 @@ pub trait Lifecycle: Send + Sync {
     fn player_joined(&self, p: PlayerId);
     fn player_left(&self, p: PlayerId);
     fn set_players(&self, n: usize);
-    /// Tick duration p99 over the last second, microseconds.
+    /// Tick duration p99 over the last ten seconds, microseconds (see `report::RecentQuantile`).
     fn set_tick_p99_us(&self, us: u32);
     /// Overload: false keeps the server running but stops new allocations and joins.
     fn set_allocatable(&self, yes: bool);

@@ -4,7 +4,9 @@
 //! bounded queues, through [`NetLink`]:
 //!
 //! - network → tick: joins and leaves ([`Control`]) and inputs, drained before each step and
-//!   handed to `Zone::join` / `leave` / `submit_input`;
+//!   handed to `Zone::join` / `leave` / `submit_input`; after a restore, the restored players
+//!   that have not joined again when the grace is over (or a drain starts) leave there too
+//!   ([`NetLink::expect_back`]);
 //! - tick → network: join results, and at every snapshot tick a [`Frame`], the Replicate stage's
 //!   copy of every shard's objects plus the tick's joins, leaves and deaths. The network thread
 //!   picks each client's objects, encodes its delta snapshot and sends it ([`worker`]).
@@ -58,6 +60,10 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// Datagrams one snapshot may take per client; the rest of a large view follows in later sends.
     pub datagrams_per_snapshot_max: usize,
+    /// After a restore, how long the players restored with the zone have to come back (a new
+    /// session as the same player continues the same character); those that have not by then
+    /// leave, as a session that went idle does ([`NetLink::expect_back`]).
+    pub restored_player_grace: Duration,
 }
 
 impl NetConfig {
@@ -74,6 +80,7 @@ impl NetConfig {
             peer_packet_rate: 240.0,
             idle_timeout: Duration::from_secs(5),
             datagrams_per_snapshot_max: 4,
+            restored_player_grace: Duration::from_secs(60),
         }
     }
 }
@@ -127,6 +134,11 @@ pub struct NetLink {
     pending: Frame,
     replicating: bool,
     thread: Option<JoinHandle<()>>,
+    /// Restored players with no session since the restore, sorted; they leave at tick
+    /// `orphans_leave_at`, or at once when a drain starts (no join is taken then).
+    orphans: Vec<PlayerId>,
+    orphans_leave_at: u64,
+    restored_grace_ticks: u64,
 }
 
 impl NetLink {
@@ -151,6 +163,7 @@ impl NetLink {
         let (control_tx, control) = sync_channel(CONTROL_QUEUE_MAX);
         let (input_tx, inputs) = sync_channel(INPUT_QUEUE_MAX);
         let snapshot_every = u64::from(60 / cfg.snapshot_rate_hz.clamp(1, 60));
+        let restored_grace_ticks = (cfg.restored_player_grace.as_secs_f64() * f64::from(zone_sim::units::TICK_RATE_HZ)).ceil() as u64;
         let worker = worker::Worker::new(cfg, spec, gate, Arc::clone(&shared), from_tick, control_tx, input_tx);
         let thread = std::thread::Builder::new()
             .name("zone-net".into())
@@ -169,7 +182,39 @@ impl NetLink {
             pending: Frame::default(),
             replicating: false,
             thread: Some(thread),
+            orphans: Vec::new(),
+            orphans_leave_at: 0,
+            restored_grace_ticks,
         })
+    }
+
+    /// After a restore at `tick`: `players` (the restored zone's players that have a client
+    /// somewhere, not scripted ones) get the grace (`NetConfig::restored_player_grace`) to join
+    /// again. A player that does continues where it was; the others leave once it is over, so
+    /// that they neither stand in the zone, take seats, nor hold up a drain for ever.
+    pub fn expect_back(&mut self, players: impl IntoIterator<Item = PlayerId>, tick: u64) {
+        self.orphans = players.into_iter().collect();
+        self.orphans.sort_unstable();
+        self.orphans.dedup();
+        self.orphans_leave_at = tick.saturating_add(self.restored_grace_ticks);
+        if !self.orphans.is_empty() {
+            tracing::info!(
+                players = self.orphans.len(),
+                grace_s = self.restored_grace_ticks as f64 / f64::from(zone_sim::units::TICK_RATE_HZ),
+                "restored players have until the grace is over to join again; the others will leave then"
+            );
+        }
+    }
+
+    /// Players restored with the zone still waiting for a session.
+    pub fn restored_players_waiting(&self) -> usize {
+        self.orphans.len()
+    }
+
+    fn came_back(&mut self, p: PlayerId) {
+        if let Ok(i) = self.orphans.binary_search(&p) {
+            self.orphans.remove(i);
+        }
     }
 
     /// The network thread's command queue, for the lobby announcer's kicks.
@@ -199,6 +244,7 @@ impl NetLink {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Join(p)) => {
+                    self.came_back(p);
                     let r = match zone.join(p) {
                         // A rejoin before the leave of an old session ran, or a restored player.
                         Err(InputRefusal::AlreadyJoined) => Ok(()),
@@ -207,10 +253,23 @@ impl NetLink {
                     self.send(ToNet::JoinResult(p, r));
                 }
                 Ok(Control::Leave(p)) => {
+                    self.came_back(p);
                     let _ = zone.leave(p);
                 }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
+        }
+        if !self.orphans.is_empty() && (zone.tick() >= self.orphans_leave_at || zone.is_draining()) {
+            let (mut left, gone) = (0usize, self.orphans.len());
+            for p in std::mem::take(&mut self.orphans) {
+                left += usize::from(zone.leave(p).is_ok());
+            }
+            tracing::info!(
+                players = left,
+                already_gone = gone - left,
+                draining = zone.is_draining(),
+                "restored players that did not join again leave"
+            );
         }
         // At most one queue's worth per tick, so a flood cannot stall the tick.
         for _ in 0..INPUT_QUEUE_MAX {
