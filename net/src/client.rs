@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use crate::delta::apply_snapshot;
-use crate::envelope::{PROTOCOL_VERSION, Stamp, decode_server, encode_client};
+use crate::envelope::{PROTOCOL_VERSION, ServerDecoder, Stamp, encode_client};
 use crate::proto::{
     Channel, Event, EventBatch, Goodbye, Hello, Input, InputBatch, NoticeKind, Ping, Pong, Reject, RejectReason, Snapshot, Welcome,
     client_envelope, event, server_envelope,
@@ -288,6 +288,9 @@ pub struct ClientSession {
     /// The Welcome, once joined: the zone's bounds, kind table and this player's object id.
     welcome: Option<Welcome>,
     stats: ClientStats,
+    /// The last datagram opened, and the decoder that keeps the last snapshot's vectors.
+    rx_plain: Vec<u8>,
+    decoder: ServerDecoder,
 }
 
 impl ClientSession {
@@ -327,6 +330,8 @@ impl ClientSession {
             opener,
             welcome: None,
             stats: ClientStats::default(),
+            rx_plain: Vec::new(),
+            decoder: ServerDecoder::default(),
         }
     }
 
@@ -390,14 +395,20 @@ impl ClientSession {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
+        // The opened bytes and the decoded snapshot go into buffers the session keeps: after the
+        // first snapshot, receiving one allocates little more than the view it builds.
+        let mut plain = std::mem::take(&mut self.rx_plain);
+        let replies = self.receive_payload(payload, &mut plain, now_us);
+        self.rx_plain = plain;
+        replies
+    }
+
+    /// [`receive`](Self::receive) once unframed, opened into `plain`.
+    fn receive_payload(&mut self, payload: &[u8], plain: &mut Vec<u8>, now_us: u64) -> Vec<Vec<u8>> {
         let was_sealed = is_sealed(payload);
-        let opened: Vec<u8>;
         let payload: &[u8] = match self.opener.as_mut() {
-            Some(o) if was_sealed => match o.open(payload) {
-                Ok(env) => {
-                    opened = env;
-                    &opened
-                }
+            Some(o) if was_sealed => match o.open_into(payload, plain) {
+                Ok(()) => plain,
                 Err(e) => {
                     match e {
                         SealError::Replayed => self.stats.replayed_datagrams += 1,
@@ -408,7 +419,7 @@ impl ClientSession {
             },
             _ => payload,
         };
-        let Ok((stamp, body)) = decode_server(payload) else {
+        let Ok((stamp, body)) = self.decoder.decode(payload) else {
             self.stats.invalid_datagrams += 1;
             return Vec::new();
         };
@@ -420,10 +431,18 @@ impl ClientSession {
                 && matches!(body, server_envelope::Body::Challenge(_) | server_envelope::Body::Reject(_)))
         {
             self.stats.unsealed_datagrams += 1;
+            self.decoder.recycle(body);
             return Vec::new();
         }
         self.last_heard_us = now_us;
         let joined = matches!(self.state, SessionState::Joined { .. });
+        if let server_envelope::Body::Snapshot(s) = &body {
+            if joined {
+                self.on_snapshot(stamp.sequence, s, now_us);
+            }
+            self.decoder.recycle(body);
+            return Vec::new();
+        }
         match body {
             server_envelope::Body::Welcome(w) => self.on_welcome(&w, now_us),
             server_envelope::Body::Challenge(c) if matches!(self.state, SessionState::Joining) => {
@@ -433,7 +452,6 @@ impl ClientSession {
                 return self.poll(now_us);
             }
             server_envelope::Body::Reject(r) => self.on_reject(r, now_us),
-            server_envelope::Body::Snapshot(s) if joined => self.on_snapshot(stamp.sequence, s, now_us),
             server_envelope::Body::Events(b) if joined => self.on_events(b),
             server_envelope::Body::Ping(p) if joined => {
                 return vec![self.send(Channel::Unreliable, client_envelope::Body::Pong(Pong { echo_us: p.sent_us }))];
@@ -728,7 +746,7 @@ impl ClientSession {
 
     /// Applies one snapshot part (`s`, already decoded from the envelope whose stamp carried
     /// `sequence`) to its tick in progress; completes the tick when every part is in.
-    fn on_snapshot(&mut self, sequence: u32, s: Snapshot, now_us: u64) {
+    fn on_snapshot(&mut self, sequence: u32, s: &Snapshot, now_us: u64) {
         self.stats.snapshot_datagrams += 1;
         let (tick, baseline_tick, part) = (s.tick, s.baseline_tick, s.part);
         if tick <= self.snapshot_ack {

@@ -912,12 +912,12 @@ pub fn decode_snapshot(base: Option<&View>, bytes: &[u8]) -> Result<DecodedSnaps
     let server_envelope::Body::Snapshot(snap) = body else {
         return Err(DecodeError::NotASnapshot);
     };
-    apply_snapshot(base, stamp.sequence, snap)
+    apply_snapshot(base, stamp.sequence, &snap)
 }
 
 /// [`decode_snapshot`] for a snapshot already decoded from its envelope (whose stamp carried
 /// `sequence`): a client that decoded the envelope to learn what it holds does not decode it twice.
-pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Result<DecodedSnapshot, DecodeError> {
+pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: &Snapshot) -> Result<DecodedSnapshot, DecodeError> {
     if base.is_none() && snap.baseline_tick != 0 {
         return Err(DecodeError::MissingBaseline {
             baseline_tick: snap.baseline_tick,
@@ -927,7 +927,13 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
     // first apply to a view already at `tick`, so nothing moves twice).
     let dt = ticks_between(base, snap.tick);
     let mut objects: Vec<QObject> = base.map_or_else(Vec::new, |b| b.objects().iter().map(|o| predict(o, dt)).collect());
-    let mut gone = vec![false; objects.len()];
+    // Which objects are removed; left empty (no allocation) when none are, as in most deltas.
+    let mut gone = if snap.remove_id_gaps.is_empty() {
+        Vec::new()
+    } else {
+        vec![false; objects.len()]
+    };
+    let is_gone = |gone: &[bool], i: usize| gone.get(i).copied().unwrap_or(false);
     let find = |objects: &[QObject], id: u64| objects.binary_search_by_key(&id, |o| o.id);
 
     for id in ids(snap.remove_id_gaps.iter().copied(), "removed") {
@@ -937,7 +943,8 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
             _ => return Err(DecodeError::UnknownObject { id }),
         }
     }
-    let updates = snap.updates.unwrap_or_default();
+    let no_updates = crate::proto::ObjectDeltas::default();
+    let updates = snap.updates.as_ref().unwrap_or(&no_updates);
     if updates.masks.len() != updates.id_gaps.len() {
         return Err(DecodeError::BadColumns);
     }
@@ -945,7 +952,7 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
     for (&mask, id) in updates.masks.iter().zip(ids(updates.id_gaps.iter().copied(), "updated")) {
         let id = id?;
         let i = match find(&objects, id) {
-            Ok(i) if !gone[i] => i,
+            Ok(i) if !is_gone(&gone, i) => i,
             _ => return Err(DecodeError::UnknownObject { id }),
         };
         if mask & !MASK_ALL != 0 {
@@ -985,7 +992,7 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
     for (s, id) in snap.creates.iter().zip(ids(snap.creates.iter().map(|s| s.id_gap), "created")) {
         let id = id?;
         if let Ok(i) = find(&objects, id)
-            && !gone[i]
+            && !is_gone(&gone, i)
         {
             return Err(DecodeError::DuplicateObject { id });
         }
@@ -1021,9 +1028,14 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: Snapshot) -> Res
     })
 }
 
-/// The objects not `gone`, and `creates`, in id order (both lists ascend, and no id is in both).
+/// The objects not `gone` (all of them when `gone` is empty), and `creates`, in id order (both
+/// lists ascend, and no id is in both).
 fn merge(objects: &[QObject], gone: &[bool], creates: Vec<QObject>, count: usize) -> Vec<QObject> {
-    let kept = objects.iter().zip(gone).filter(|(_, g)| !**g).map(|(o, _)| *o);
+    let kept = objects
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.get(*i).copied().unwrap_or(false))
+        .map(|(_, o)| *o);
     let mut merged = Vec::with_capacity(count);
     let mut kept = kept.peekable();
     let mut created = creates.into_iter().peekable();

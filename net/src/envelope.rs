@@ -8,7 +8,7 @@
 
 use prost::Message;
 
-use crate::proto::{Channel, ClientEnvelope, Reject, RejectReason, ServerEnvelope, client_envelope, server_envelope};
+use crate::proto::{Channel, ClientEnvelope, Reject, RejectReason, ServerEnvelope, Snapshot, client_envelope, server_envelope};
 
 /// The protocol version this build speaks. 2: every datagram after the handshake is sealed
 /// ([`crate::seal`]) and the join token carries the session key. A version-1 client's Hello is
@@ -98,6 +98,83 @@ pub fn decode_server(bytes: &[u8]) -> Result<(Stamp, server_envelope::Body), Env
     let env = ServerEnvelope::decode(bytes)?;
     let stamp = stamp(env.protocol_version, env.channel, env.sequence)?;
     Ok((stamp, env.body.ok_or(EnvelopeError::Empty)?))
+}
+
+/// The `ServerEnvelope` field that holds a `Snapshot` body.
+const SNAPSHOT_BODY_TAG: u32 = 6;
+
+/// [`decode_server`] for a client that keeps one: a snapshot is decoded into the vectors of the
+/// last one handed back with [`ServerDecoder::recycle`], so a client decodes every snapshot
+/// without allocating. (prost appends a packed column's values one at a time: a fresh decode grew
+/// each column's vector several times, the largest share of a client's allocations.)
+///
+/// It is prost's decoding all the same, with the same results as [`decode_server`] but for one
+/// thing: a snapshot without `updates` may come with empty ones, which mean the same. Before a
+/// datagram with a snapshot body, the kept snapshot is cleared to its defaults (keeping the room)
+/// and put in the envelope as its body; prost then merges the datagram into the envelope as into a
+/// new one, a snapshot body into the body of the same kind.
+#[derive(Debug, Default)]
+pub struct ServerDecoder {
+    spare: Option<Snapshot>,
+}
+
+impl ServerDecoder {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<(Stamp, server_envelope::Body), EnvelopeError> {
+        check_common(bytes.len())?;
+        let mut env = ServerEnvelope::default();
+        // Only a datagram with a snapshot body takes the kept one (another body would replace it).
+        if has_field(bytes, SNAPSHOT_BODY_TAG)
+            && let Some(mut s) = self.spare.take()
+        {
+            clear_snapshot(&mut s);
+            env.body = Some(server_envelope::Body::Snapshot(s));
+        }
+        env.merge(bytes)?;
+        let stamp = stamp(env.protocol_version, env.channel, env.sequence)?;
+        Ok((stamp, env.body.ok_or(EnvelopeError::Empty)?))
+    }
+
+    /// Hands a decoded body back once read: a snapshot's vectors serve the next one.
+    pub fn recycle(&mut self, body: server_envelope::Body) {
+        if let server_envelope::Body::Snapshot(s) = body {
+            self.spare = Some(s);
+        }
+    }
+}
+
+/// `s` as prost's `Snapshot::default()`, but for the room of its vectors (and empty `updates`
+/// for none).
+fn clear_snapshot(s: &mut Snapshot) {
+    s.tick = 0;
+    s.baseline_tick = 0;
+    s.ack_input_tick = 0;
+    s.creates.clear();
+    if let Some(u) = &mut s.updates {
+        u.id_gaps.clear();
+        u.masks.clear();
+        u.values.clear();
+    }
+    s.remove_id_gaps.clear();
+    s.part = 0;
+    s.more_follow = false;
+}
+
+/// Whether the top level of a message that prost has just decoded has field `tag` (each field
+/// read with prost's own key reader and skipped whole).
+fn has_field(mut bytes: &[u8], tag: u32) -> bool {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    while !bytes.is_empty() {
+        let Ok((t, wire_type)) = decode_key(&mut bytes) else {
+            return false;
+        };
+        if t == tag {
+            return true;
+        }
+        if skip_field(wire_type, t, &mut bytes, DecodeContext::default()).is_err() {
+            return false;
+        }
+    }
+    false
 }
 
 /// Reads a client→server datagram, enforcing the token and input-batch limits. A `Hello` whose
@@ -257,6 +334,80 @@ mod tests {
             let b = encode_server(reliable(u32::MAX), body.clone());
             assert_eq!(decode_server(&b), Ok((reliable(u32::MAX), body)));
         }
+    }
+
+    /// A snapshot decoded with empty `updates` is the one decoded without any.
+    fn updates_none_if_empty(
+        r: Result<(Stamp, server_envelope::Body), EnvelopeError>,
+    ) -> Result<(Stamp, server_envelope::Body), EnvelopeError> {
+        r.map(|(stamp, mut body)| {
+            if let server_envelope::Body::Snapshot(s) = &mut body
+                && s.updates
+                    .as_ref()
+                    .is_some_and(|u| u.id_gaps.is_empty() && u.masks.is_empty() && u.values.is_empty())
+            {
+                s.updates = None;
+            }
+            (stamp, body)
+        })
+    }
+
+    #[test]
+    fn the_reusing_decoder_reads_what_a_fresh_decode_reads() {
+        let snapshot = |tick: u64, updates: bool, removes: Vec<u64>| {
+            server_envelope::Body::Snapshot(Snapshot {
+                tick,
+                baseline_tick: tick - 3,
+                ack_input_tick: 7,
+                creates: vec![crate::proto::ObjectState {
+                    id_gap: 5,
+                    kind: 1,
+                    x: 10,
+                    y: 20,
+                    vx: -1,
+                    vy: 2,
+                    hp: 100,
+                }],
+                updates: updates.then(|| crate::proto::ObjectDeltas {
+                    id_gaps: vec![1, 2, 3],
+                    masks: vec![3, 1, 2],
+                    values: vec![4, -4, 1, 9],
+                }),
+                remove_id_gaps: removes,
+                part: 1,
+                more_follow: true,
+            })
+        };
+        let unreliable = |sequence| Stamp {
+            channel: Channel::Unreliable,
+            sequence,
+        };
+        let datagrams = [
+            encode_server(unreliable(1), snapshot(10, true, vec![4, 1])),
+            // No updates and no removes: nothing of the last one's may be left.
+            encode_server(unreliable(2), snapshot(13, false, vec![])),
+            encode_server(reliable(3), reject(RejectReason::Draining, "bye")),
+            encode_server(unreliable(4), snapshot(16, true, vec![9])),
+            // An envelope with no body at all, then bytes that are not one.
+            ServerEnvelope {
+                protocol_version: PROTOCOL_VERSION,
+                channel: Channel::Unreliable as i32,
+                sequence: 5,
+                body: None,
+            }
+            .encode_to_vec(),
+            vec![0x32, 0x05, 0x08],
+            encode_server(unreliable(6), snapshot(19, true, vec![])),
+        ];
+        let mut decoder = ServerDecoder::default();
+        for d in &datagrams {
+            let reused = decoder.decode(d);
+            assert_eq!(updates_none_if_empty(reused.clone()), decode_server(d), "{d:?}");
+            if let Ok((_, body)) = reused {
+                decoder.recycle(body);
+            }
+        }
+        assert_eq!(decoder.decode(&datagrams[4]), Err(EnvelopeError::Empty));
     }
 
     #[test]

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use zone_net::client::{ClientConfig, ClientSession};
 use zone_net::delta::{SnapshotFrame, decode_snapshot, encode_delta_all};
 use zone_net::endpoint::{Admission, Endpoint, EndpointConfig};
-use zone_net::envelope::{Stamp, decode_client, decode_server, encode_client};
+use zone_net::envelope::{ServerDecoder, Stamp, decode_client, decode_server, encode_client};
 use zone_net::interest::{PosMm, ShardGrid};
-use zone_net::proto::{Channel, Hello, Input, InputBatch, Welcome, client_envelope};
+use zone_net::proto::{Channel, Hello, Input, InputBatch, Welcome, client_envelope, server_envelope};
 use zone_net::seal::{Direction, Opener, Sealer};
 use zone_net::view::{QObject, View};
 use zone_net::wire;
@@ -189,6 +189,26 @@ proptest! {
                     prop_assert!(reply.len() <= datagram.len(), "no amplification");
                 }
                 _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_reusing_decoder_reads_what_a_fresh_decode_reads(ds in prop::collection::vec(mutated(), 1..8)) {
+        // One decoder for the whole sequence, as a client keeps it.
+        let mut decoder = ServerDecoder::default();
+        for d in &ds {
+            let reused = decoder.decode(d);
+            let mut same = reused.clone();
+            if let Ok((_, server_envelope::Body::Snapshot(s))) = &mut same
+                && s.updates.as_ref().is_some_and(|u| u.id_gaps.is_empty() && u.masks.is_empty() && u.values.is_empty())
+            {
+                // Empty updates mean no updates.
+                s.updates = None;
+            }
+            prop_assert_eq!(same, decode_server(d));
+            if let Ok((_, body)) = reused {
+                decoder.recycle(body);
             }
         }
     }
