@@ -12,10 +12,19 @@
 //! newest it accepted (a sliding replay window), and says why ([`SealError`]) so the caller counts
 //! it.
 //!
+//! Payloads of at most 192 bytes (input datagrams, acks, pings) are sealed and opened through a
+//! shorter path over the same crates' ChaCha20 and Poly1305 (`ShortAead`); the bytes are the
+//! same, which the RFC 8439 test vector and a property test against `chacha20poly1305` check.
+//!
 //! Pure functions over bytes: no socket, no clock, no randomness (the key comes in), never panics.
 
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::{KeyIvInit, StreamCipherCore};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use poly1305::Poly1305;
+use poly1305::universal_hash::UniversalHash;
+use zeroize::Zeroize;
 
 /// The first byte of a sealed payload (a plaintext envelope starts with 0x08).
 pub const SEAL_MAGIC: u8 = 0x5A;
@@ -54,9 +63,81 @@ fn nonce(direction: Direction, counter: u64) -> Nonce {
     Nonce::from(n)
 }
 
+/// ChaCha20 blocks one pass of its AVX2 backend computes.
+const PASS_BLOCKS: usize = 4;
+/// The longest plaintext [`short_seal`] and [`short_open`] take: three ChaCha20 blocks, so that
+/// the Poly1305 key's block and the message's fit one pass (input datagrams, acks, pings). Longer
+/// ones go through `chacha20poly1305` itself: with two passes, a 300-byte snapshot took longer
+/// than there (`seal_cost`: seal 712-742 ns against 644-653).
+const SHORT_BYTES_MAX: usize = (PASS_BLOCKS - 1) * 64;
+
+/// ChaCha20-Poly1305 (RFC 8439 §2.8) of a message of at most [`SHORT_BYTES_MAX`] bytes, the same
+/// bytes and tag as `chacha20poly1305`'s, from the same crates' ChaCha20 and Poly1305. That crate
+/// makes the Poly1305 key and the message's keystream in calls of their own, through a stream
+/// wrapper that buffers and seeks; here one call of ChaCha20's core writes four blocks: the key
+/// (block 0, wiped once Poly1305 has it, as that crate wipes it) and the keystream (blocks 1 to
+/// 3). The instructions are about as many, but a 100-byte datagram seals and opens in about a
+/// quarter less time (`seal_cost`, three runs of each build in one sitting: seal 344-384 ns
+/// against 477-511, open 365-409 against 512-535).
+struct ShortAead {
+    mac: Poly1305,
+    blocks: Blocks,
+}
+
+type Blocks = [chacha20::cipher::Block<chacha20::ChaChaCore<U10>>; PASS_BLOCKS];
+
+impl ShortAead {
+    fn new(key: &Key, nonce: &Nonce) -> ShortAead {
+        let mut blocks = Blocks::default();
+        chacha20::ChaChaCore::<U10>::new(key, nonce).write_keystream_blocks(&mut blocks);
+        let mac = Poly1305::new(poly1305::Key::from_slice(&blocks[0][..32]));
+        blocks[0].zeroize();
+        ShortAead { mac, blocks }
+    }
+
+    /// XORs `buf` with blocks 1 to 3 (the cipher's counter starts at 1 for the message).
+    fn xor(blocks: &Blocks, buf: &mut [u8]) {
+        for (b, k) in buf.iter_mut().zip(blocks[1..].iter().flatten()) {
+            *b ^= k;
+        }
+    }
+
+    /// MACs the associated data, the ciphertext and their lengths, as RFC 8439 §2.8 has it.
+    fn authenticate(&mut self, aad: &[u8], ciphertext: &[u8]) {
+        self.mac.update_padded(aad);
+        self.mac.update_padded(ciphertext);
+        let mut lengths = poly1305::Block::default();
+        lengths[..8].copy_from_slice(&(aad.len() as u64).to_le_bytes());
+        lengths[8..].copy_from_slice(&(ciphertext.len() as u64).to_le_bytes());
+        self.mac.update(&[lengths]);
+    }
+}
+
+/// Encrypts `buf` (at most [`SHORT_BYTES_MAX`] bytes) in place; returns the tag.
+fn short_seal(key: &Key, nonce: &Nonce, aad: &[u8], buf: &mut [u8]) -> Tag {
+    debug_assert!(buf.len() <= SHORT_BYTES_MAX);
+    let mut a = ShortAead::new(key, nonce);
+    ShortAead::xor(&a.blocks, buf);
+    a.authenticate(aad, buf);
+    a.mac.finalize()
+}
+
+/// Checks the tag of `buf` (at most [`SHORT_BYTES_MAX`] bytes) in constant time (Poly1305's own
+/// `verify`), then decrypts it in place; on a bad tag `buf` is left as it was.
+fn short_open(key: &Key, nonce: &Nonce, aad: &[u8], buf: &mut [u8], tag: &Tag) -> Result<(), SealError> {
+    debug_assert!(buf.len() <= SHORT_BYTES_MAX);
+    let mut a = ShortAead::new(key, nonce);
+    a.authenticate(aad, buf);
+    let ShortAead { mac, blocks } = a;
+    mac.verify(tag).map_err(|_| SealError::Forged)?;
+    ShortAead::xor(&blocks, buf);
+    Ok(())
+}
+
 /// Seals one direction of a session.
 #[derive(Clone)]
 pub struct Sealer {
+    key: Key,
     cipher: ChaCha20Poly1305,
     direction: Direction,
     next: u64,
@@ -74,6 +155,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     pub fn new(key: &[u8; 32], direction: Direction) -> Sealer {
         Sealer {
+            key: *Key::from_slice(key),
             cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
             direction,
             next: 0,
@@ -111,11 +193,13 @@ impl Sealer {
         out[0] = SEAL_MAGIC;
         out[1..9].copy_from_slice(&counter.to_le_bytes());
         let (aad, body) = out.split_at_mut(9);
-        // Encryption fails only past ChaCha20's 256 GiB per-message limit, far above a datagram.
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce(self.direction, counter), aad, body)
-            .unwrap_or_default();
+        let nonce = nonce(self.direction, counter);
+        let tag = if body.len() <= SHORT_BYTES_MAX {
+            short_seal(&self.key, &nonce, aad, body)
+        } else {
+            // Encryption fails only past ChaCha20's 256 GiB per-message limit, far above a datagram.
+            self.cipher.encrypt_in_place_detached(&nonce, aad, body).unwrap_or_default()
+        };
         out.extend_from_slice(&tag);
         out
     }
@@ -124,6 +208,7 @@ impl Sealer {
 /// Opens the other direction of a session, with a replay window.
 #[derive(Clone)]
 pub struct Opener {
+    key: Key,
     cipher: ChaCha20Poly1305,
     direction: Direction,
     newest: Option<u64>,
@@ -144,6 +229,7 @@ impl Opener {
     /// Opens payloads sealed in `direction` under `key`.
     pub fn new(key: &[u8; 32], direction: Direction) -> Opener {
         Opener {
+            key: *Key::from_slice(key),
             cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
             direction,
             newest: None,
@@ -202,9 +288,14 @@ impl Opener {
         let (aad, rest) = payload.split_at(9);
         let (ct, tag) = rest.split_at(rest.len() - 16);
         body.extend_from_slice(ct);
-        self.cipher
-            .decrypt_in_place_detached(&nonce(self.direction, counter), aad, body, Tag::from_slice(tag))
-            .map_err(|_| SealError::Forged)?;
+        let nonce = nonce(self.direction, counter);
+        if body.len() <= SHORT_BYTES_MAX {
+            short_open(&self.key, &nonce, aad, body, Tag::from_slice(tag))?;
+        } else {
+            self.cipher
+                .decrypt_in_place_detached(&nonce, aad, body, Tag::from_slice(tag))
+                .map_err(|_| SealError::Forged)?;
+        }
         self.mark(counter);
         Ok(())
     }
@@ -282,5 +373,84 @@ mod tests {
         assert!(o.open(&all[87]).is_ok(), "63 behind: still in the window");
         assert!(o.open(&all[199]).is_ok());
         assert_eq!(o.open(&all[150]), Err(SealError::Replayed));
+    }
+
+    /// RFC 8439 §2.8.2: the AEAD test vector (a 114-byte message: the short path).
+    #[test]
+    fn the_short_path_gives_rfc_8439s_test_vector() {
+        let hex = |h: &str| -> Vec<u8> {
+            let h: String = h.split_whitespace().collect();
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let plaintext =
+            b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let aad = hex("50 51 52 53 c0 c1 c2 c3 c4 c5 c6 c7");
+        let key: [u8; 32] = hex("80 81 82 83 84 85 86 87 88 89 8a 8b 8c 8d 8e 8f 90 91 92 93 94 95 96 97 98 99 9a 9b 9c 9d 9e 9f")
+            .try_into()
+            .unwrap();
+        let nonce = Nonce::clone_from_slice(&hex("07 00 00 00 40 41 42 43 44 45 46 47"));
+        let ciphertext = hex(
+            "d3 1a 8d 34 64 8e 60 db 7b 86 af bc 53 ef 7e c2 a4 ad ed 51 29 6e 08 fe a9 e2 b5 a7 36 ee 62 d6
+             3d be a4 5e 8c a9 67 12 82 fa fb 69 da 92 72 8b 1a 71 de 0a 9e 06 0b 29 05 d6 a5 b6 7e cd 3b 36
+             92 dd bd 7f 2d 77 8b 8c 98 03 ae e3 28 09 1b 58 fa b3 24 e4 fa d6 75 94 55 85 80 8b 48 31 d7 bc
+             3f f4 de f0 8e 4b 7a 9d e5 76 d2 65 86 ce c6 4b 61 16",
+        );
+        let tag = hex("1a e1 0b 59 4f 09 e2 6a 7e 90 2e cb d0 60 06 91");
+        let key = Key::from_slice(&key);
+        let mut buf = plaintext.to_vec();
+        assert_eq!(short_seal(key, &nonce, &aad, &mut buf).as_slice(), tag);
+        assert_eq!(buf, ciphertext);
+        short_open(key, &nonce, &aad, &mut buf, Tag::from_slice(&tag)).unwrap();
+        assert_eq!(buf, plaintext);
+    }
+
+    proptest::proptest! {
+        /// Both paths, against `chacha20poly1305` itself: the same ciphertext and tag, and a tag
+        /// changed anywhere is refused (leaving the buffer as it was).
+        #[test]
+        fn sealing_matches_chacha20poly1305(
+            key in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            counter in proptest::prelude::any::<u64>(),
+            aad in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let nonce = nonce(Direction::ServerToClient, counter);
+            let reference = ChaCha20Poly1305::new(Key::from_slice(&key));
+            let mut expected = msg.clone();
+            let expected_tag = reference.encrypt_in_place_detached(&nonce, &aad, &mut expected).unwrap();
+            if msg.len() <= SHORT_BYTES_MAX {
+                let mut buf = msg.clone();
+                let tag = short_seal(Key::from_slice(&key), &nonce, &aad, &mut buf);
+                proptest::prop_assert_eq!(&buf, &expected);
+                proptest::prop_assert_eq!(tag, expected_tag);
+                let mut bad = tag;
+                bad[flip.0 % 16] ^= flip.1.max(1);
+                proptest::prop_assert_eq!(short_open(Key::from_slice(&key), &nonce, &aad, &mut buf, &bad), Err(SealError::Forged));
+                proptest::prop_assert_eq!(&buf, &expected);
+                short_open(Key::from_slice(&key), &nonce, &aad, &mut buf, &tag).unwrap();
+                proptest::prop_assert_eq!(&buf, &msg);
+            }
+            // Through Sealer and Opener (whichever path the length takes), against the reference.
+            let mut sealer = Sealer::new(&key, Direction::ServerToClient);
+            sealer.next = counter;
+            let sealed = sealer.seal(&msg);
+            let mut header = vec![SEAL_MAGIC];
+            header.extend_from_slice(&counter.to_le_bytes());
+            let mut expected = msg.clone();
+            let expected_tag = reference.encrypt_in_place_detached(&nonce, &header, &mut expected).unwrap();
+            proptest::prop_assert_eq!(&sealed[..9], &header[..]);
+            proptest::prop_assert_eq!(&sealed[9..sealed.len() - 16], &expected[..]);
+            proptest::prop_assert_eq!(&sealed[sealed.len() - 16..], expected_tag.as_slice());
+            let mut opener = Opener::new(&key, Direction::ServerToClient);
+            proptest::prop_assert_eq!(opener.open(&sealed), Ok(msg.clone()));
+            let mut forged = sealed.clone();
+            let at = 9 + flip.0 % (forged.len() - 9);
+            forged[at] ^= flip.1.max(1);
+            proptest::prop_assert_eq!(Opener::new(&key, Direction::ServerToClient).open(&forged), Err(SealError::Forged));
+        }
     }
 }
