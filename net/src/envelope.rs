@@ -104,9 +104,10 @@ pub fn decode_server(bytes: &[u8]) -> Result<(Stamp, server_envelope::Body), Env
 const SNAPSHOT_BODY_TAG: u32 = 6;
 
 /// [`decode_server`] for a client that keeps one: a snapshot is decoded into the vectors of the
-/// last one handed back with [`ServerDecoder::recycle`], so a client decodes every snapshot
-/// without allocating. (prost appends a packed column's values one at a time: a fresh decode grew
-/// each column's vector several times, the largest share of a client's allocations.)
+/// last one handed back with [`ServerDecoder::recycle`], so once they have grown to the size of
+/// the snapshots a client gets, decoding one allocates nothing. (prost appends a packed column's
+/// values one at a time: a fresh decode grew each column's vector several times, the largest
+/// share of a client's allocations.)
 ///
 /// It is prost's decoding all the same, with the same results as [`decode_server`] but for one
 /// thing: a snapshot without `updates` may come with empty ones, which mean the same. Before a
@@ -145,22 +146,34 @@ impl ServerDecoder {
 /// `s` as prost's `Snapshot::default()`, but for the room of its vectors (and empty `updates`
 /// for none).
 fn clear_snapshot(s: &mut Snapshot) {
-    s.tick = 0;
-    s.baseline_tick = 0;
-    s.ack_input_tick = 0;
-    s.creates.clear();
-    if let Some(u) = &mut s.updates {
-        u.id_gaps.clear();
-        u.masks.clear();
-        u.values.clear();
+    // Every field named, so that a field added to the message cannot be left out here.
+    let Snapshot {
+        tick,
+        baseline_tick,
+        ack_input_tick,
+        creates,
+        updates,
+        remove_id_gaps,
+        part,
+        more_follow,
+    } = s;
+    *tick = 0;
+    *baseline_tick = 0;
+    *ack_input_tick = 0;
+    creates.clear();
+    if let Some(crate::proto::ObjectDeltas { id_gaps, masks, values }) = updates {
+        id_gaps.clear();
+        masks.clear();
+        values.clear();
     }
-    s.remove_id_gaps.clear();
-    s.part = 0;
-    s.more_follow = false;
+    remove_id_gaps.clear();
+    *part = 0;
+    *more_follow = false;
 }
 
-/// Whether the top level of a message that prost has just decoded has field `tag` (each field
-/// read with prost's own key reader and skipped whole).
+/// Whether the top level of the message in `bytes` has field `tag` (each field read with prost's
+/// own key reader and skipped whole); false on bytes that are not a message, which prost's decode
+/// then refuses.
 fn has_field(mut bytes: &[u8], tag: u32) -> bool {
     use prost::encoding::{DecodeContext, decode_key, skip_field};
     while !bytes.is_empty() {
@@ -398,11 +411,41 @@ mod tests {
             .encode_to_vec(),
             vec![0x32, 0x05, 0x08],
             encode_server(unreliable(6), snapshot(19, true, vec![])),
+            // Two envelopes in one: prost merges the second into the first (two snapshots make
+            // one), or the second body replaces the first.
+            [
+                encode_server(unreliable(7), snapshot(22, true, vec![1])),
+                encode_server(unreliable(8), snapshot(25, false, vec![2])),
+            ]
+            .concat(),
+            [
+                encode_server(unreliable(9), snapshot(28, true, vec![])),
+                encode_server(reliable(10), reject(RejectReason::Draining, "bye")),
+            ]
+            .concat(),
+            [
+                encode_server(reliable(11), reject(RejectReason::Draining, "bye")),
+                encode_server(unreliable(12), snapshot(31, true, vec![3])),
+            ]
+            .concat(),
+            // Updates present but empty.
+            encode_server(
+                unreliable(13),
+                server_envelope::Body::Snapshot(Snapshot {
+                    tick: 34,
+                    updates: Some(crate::proto::ObjectDeltas::default()),
+                    ..Snapshot::default()
+                }),
+            ),
         ];
         let mut decoder = ServerDecoder::default();
         for d in &datagrams {
             let reused = decoder.decode(d);
-            assert_eq!(updates_none_if_empty(reused.clone()), decode_server(d), "{d:?}");
+            assert_eq!(
+                updates_none_if_empty(reused.clone()),
+                updates_none_if_empty(decode_server(d)),
+                "{d:?}"
+            );
             if let Ok((_, body)) = reused {
                 decoder.recycle(body);
             }

@@ -12,7 +12,7 @@
 //! newest it accepted (a sliding replay window), and says why ([`SealError`]) so the caller counts
 //! it.
 //!
-//! Payloads of at most 192 bytes (input datagrams, acks, pings) are sealed and opened through a
+//! Envelopes of at most 192 bytes (input datagrams, acks, pings) are sealed and opened through a
 //! shorter path over the same crates' ChaCha20 and Poly1305 (`ShortAead`); the bytes are the
 //! same, which the RFC 8439 test vector and a property test against `chacha20poly1305` check.
 //!
@@ -65,8 +65,8 @@ fn nonce(direction: Direction, counter: u64) -> Nonce {
 
 /// ChaCha20 blocks one pass of its AVX2 backend computes.
 const PASS_BLOCKS: usize = 4;
-/// The longest plaintext [`short_seal`] and [`short_open`] take: three ChaCha20 blocks, so that
-/// the Poly1305 key's block and the message's fit one pass (input datagrams, acks, pings). Longer
+/// The longest envelope [`ShortAead`] seals and opens: three ChaCha20 blocks, so that the
+/// Poly1305 key's block and the message's fit one pass (input datagrams, acks, pings). Longer
 /// ones go through `chacha20poly1305` itself: with two passes, a 300-byte snapshot took longer
 /// than there (`seal_cost`: seal 712-742 ns against 644-653).
 const SHORT_BYTES_MAX: usize = (PASS_BLOCKS - 1) * 64;
@@ -75,10 +75,11 @@ const SHORT_BYTES_MAX: usize = (PASS_BLOCKS - 1) * 64;
 /// bytes and tag as `chacha20poly1305`'s, from the same crates' ChaCha20 and Poly1305. That crate
 /// makes the Poly1305 key and the message's keystream in calls of their own, through a stream
 /// wrapper that buffers and seeks; here one call of ChaCha20's core writes four blocks: the key
-/// (block 0, wiped once Poly1305 has it, as that crate wipes it) and the keystream (blocks 1 to
-/// 3). The instructions are about as many, but a 100-byte datagram seals and opens in about a
-/// quarter less time (`seal_cost`, three runs of each build in one sitting: seal 344-384 ns
-/// against 477-511, open 365-409 against 512-535).
+/// (block 0) and the keystream (blocks 1 to 3), all wiped after use as that crate wipes its own.
+/// The instructions are about a tenth more (mostly the wipe), but a 100-byte datagram seals and
+/// opens in about a fifth less time (`seal_cost`, three runs of each build in one sitting: seal
+/// 384-403 ns against 479-493, open 401-418 against 512-519; before the keystream was wiped,
+/// 344-384 and 365-409).
 struct ShortAead {
     mac: Poly1305,
     blocks: Blocks,
@@ -95,9 +96,11 @@ impl ShortAead {
         ShortAead { mac, blocks }
     }
 
-    /// XORs `buf` with blocks 1 to 3 (the cipher's counter starts at 1 for the message).
-    fn xor(blocks: &Blocks, buf: &mut [u8]) {
-        for (b, k) in buf.iter_mut().zip(blocks[1..].iter().flatten()) {
+    /// XORs `buf` (at most [`SHORT_BYTES_MAX`] bytes: the callers route longer ones elsewhere)
+    /// with blocks 1 to 3 (the cipher's counter starts at 1 for the message).
+    fn xor(&self, buf: &mut [u8]) {
+        assert!(buf.len() <= SHORT_BYTES_MAX, "a {}-byte message on the short path", buf.len());
+        for (b, k) in buf.iter_mut().zip(self.blocks[1..].iter().flatten()) {
             *b ^= k;
         }
     }
@@ -113,32 +116,50 @@ impl ShortAead {
     }
 }
 
-/// Encrypts `buf` (at most [`SHORT_BYTES_MAX`] bytes) in place; returns the tag.
-fn short_seal(key: &Key, nonce: &Nonce, aad: &[u8], buf: &mut [u8]) -> Tag {
-    debug_assert!(buf.len() <= SHORT_BYTES_MAX);
-    let mut a = ShortAead::new(key, nonce);
-    ShortAead::xor(&a.blocks, buf);
-    a.authenticate(aad, buf);
-    a.mac.finalize()
+impl Drop for ShortAead {
+    fn drop(&mut self) {
+        self.blocks.iter_mut().for_each(Zeroize::zeroize);
+    }
 }
 
-/// Checks the tag of `buf` (at most [`SHORT_BYTES_MAX`] bytes) in constant time (Poly1305's own
-/// `verify`), then decrypts it in place; on a bad tag `buf` is left as it was.
-fn short_open(key: &Key, nonce: &Nonce, aad: &[u8], buf: &mut [u8], tag: &Tag) -> Result<(), SealError> {
-    debug_assert!(buf.len() <= SHORT_BYTES_MAX);
+/// Encrypts `buf` in place under `key` and `nonce`; returns the tag. A message of at most
+/// [`SHORT_BYTES_MAX`] bytes takes the short path.
+fn seal_detached(key: &[u8; 32], nonce: &Nonce, aad: &[u8], buf: &mut [u8]) -> Tag {
+    let key = Key::from_slice(key);
+    if buf.len() > SHORT_BYTES_MAX {
+        // Encryption fails only past ChaCha20's 256 GiB per-message limit, far above a datagram.
+        return ChaCha20Poly1305::new(key)
+            .encrypt_in_place_detached(nonce, aad, buf)
+            .unwrap_or_default();
+    }
+    let mut a = ShortAead::new(key, nonce);
+    a.xor(buf);
+    a.authenticate(aad, buf);
+    a.mac.clone().finalize()
+}
+
+/// Checks the tag of `buf` in constant time (Poly1305's own `verify`), then decrypts it in place;
+/// on a bad tag `buf` is left as it was. A message of at most [`SHORT_BYTES_MAX`] bytes takes the
+/// short path.
+fn open_detached(key: &[u8; 32], nonce: &Nonce, aad: &[u8], buf: &mut [u8], tag: &Tag) -> Result<(), SealError> {
+    let key = Key::from_slice(key);
+    if buf.len() > SHORT_BYTES_MAX {
+        return ChaCha20Poly1305::new(key)
+            .decrypt_in_place_detached(nonce, aad, buf, tag)
+            .map_err(|_| SealError::Forged);
+    }
     let mut a = ShortAead::new(key, nonce);
     a.authenticate(aad, buf);
-    let ShortAead { mac, blocks } = a;
-    mac.verify(tag).map_err(|_| SealError::Forged)?;
-    ShortAead::xor(&blocks, buf);
+    a.mac.clone().verify(tag).map_err(|_| SealError::Forged)?;
+    a.xor(buf);
     Ok(())
 }
 
 /// Seals one direction of a session.
 #[derive(Clone)]
 pub struct Sealer {
-    key: Key,
-    cipher: ChaCha20Poly1305,
+    /// Wiped on drop (see `Drop`), as `chacha20poly1305` wipes its copy.
+    key: [u8; 32],
     direction: Direction,
     next: u64,
 }
@@ -155,8 +176,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     pub fn new(key: &[u8; 32], direction: Direction) -> Sealer {
         Sealer {
-            key: *Key::from_slice(key),
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            key: *key,
             direction,
             next: 0,
         }
@@ -193,13 +213,7 @@ impl Sealer {
         out[0] = SEAL_MAGIC;
         out[1..9].copy_from_slice(&counter.to_le_bytes());
         let (aad, body) = out.split_at_mut(9);
-        let nonce = nonce(self.direction, counter);
-        let tag = if body.len() <= SHORT_BYTES_MAX {
-            short_seal(&self.key, &nonce, aad, body)
-        } else {
-            // Encryption fails only past ChaCha20's 256 GiB per-message limit, far above a datagram.
-            self.cipher.encrypt_in_place_detached(&nonce, aad, body).unwrap_or_default()
-        };
+        let tag = seal_detached(&self.key, &nonce(self.direction, counter), aad, body);
         out.extend_from_slice(&tag);
         out
     }
@@ -208,8 +222,8 @@ impl Sealer {
 /// Opens the other direction of a session, with a replay window.
 #[derive(Clone)]
 pub struct Opener {
-    key: Key,
-    cipher: ChaCha20Poly1305,
+    /// Wiped on drop, as `Sealer`'s.
+    key: [u8; 32],
     direction: Direction,
     newest: Option<u64>,
     /// Bit `i`: counter `newest - i` was accepted.
@@ -229,8 +243,7 @@ impl Opener {
     /// Opens payloads sealed in `direction` under `key`.
     pub fn new(key: &[u8; 32], direction: Direction) -> Opener {
         Opener {
-            key: *Key::from_slice(key),
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            key: *key,
             direction,
             newest: None,
             seen: 0,
@@ -288,16 +301,21 @@ impl Opener {
         let (aad, rest) = payload.split_at(9);
         let (ct, tag) = rest.split_at(rest.len() - 16);
         body.extend_from_slice(ct);
-        let nonce = nonce(self.direction, counter);
-        if body.len() <= SHORT_BYTES_MAX {
-            short_open(&self.key, &nonce, aad, body, Tag::from_slice(tag))?;
-        } else {
-            self.cipher
-                .decrypt_in_place_detached(&nonce, aad, body, Tag::from_slice(tag))
-                .map_err(|_| SealError::Forged)?;
-        }
+        open_detached(&self.key, &nonce(self.direction, counter), aad, body, Tag::from_slice(tag))?;
         self.mark(counter);
         Ok(())
+    }
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.key.zeroize();
     }
 }
 
@@ -399,12 +417,30 @@ mod tests {
              3f f4 de f0 8e 4b 7a 9d e5 76 d2 65 86 ce c6 4b 61 16",
         );
         let tag = hex("1a e1 0b 59 4f 09 e2 6a 7e 90 2e cb d0 60 06 91");
-        let key = Key::from_slice(&key);
         let mut buf = plaintext.to_vec();
-        assert_eq!(short_seal(key, &nonce, &aad, &mut buf).as_slice(), tag);
+        assert!(buf.len() <= SHORT_BYTES_MAX);
+        assert_eq!(seal_detached(&key, &nonce, &aad, &mut buf).as_slice(), tag);
         assert_eq!(buf, ciphertext);
-        short_open(key, &nonce, &aad, &mut buf, Tag::from_slice(&tag)).unwrap();
+        open_detached(&key, &nonce, &aad, &mut buf, Tag::from_slice(&tag)).unwrap();
         assert_eq!(buf, plaintext);
+    }
+
+    /// Either side of the short path's limit, and nothing: the same bytes as the crate's.
+    #[test]
+    fn the_paths_meet_at_the_limit() {
+        let key = [0x42; 32];
+        let reference = ChaCha20Poly1305::new(Key::from_slice(&key));
+        for len in [0, 1, 63, 64, 65, SHORT_BYTES_MAX - 1, SHORT_BYTES_MAX, SHORT_BYTES_MAX + 1, 400] {
+            let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let nonce = nonce(Direction::ClientToServer, len as u64);
+            let mut expected = msg.clone();
+            let expected_tag = reference.encrypt_in_place_detached(&nonce, b"aad", &mut expected).unwrap();
+            let mut buf = msg.clone();
+            assert_eq!(seal_detached(&key, &nonce, b"aad", &mut buf), expected_tag, "{len} bytes");
+            assert_eq!(buf, expected, "{len} bytes");
+            open_detached(&key, &nonce, b"aad", &mut buf, &expected_tag).unwrap();
+            assert_eq!(buf, msg, "{len} bytes");
+        }
     }
 
     proptest::proptest! {
@@ -422,16 +458,16 @@ mod tests {
             let reference = ChaCha20Poly1305::new(Key::from_slice(&key));
             let mut expected = msg.clone();
             let expected_tag = reference.encrypt_in_place_detached(&nonce, &aad, &mut expected).unwrap();
-            if msg.len() <= SHORT_BYTES_MAX {
+            {
                 let mut buf = msg.clone();
-                let tag = short_seal(Key::from_slice(&key), &nonce, &aad, &mut buf);
+                let tag = seal_detached(&key, &nonce, &aad, &mut buf);
                 proptest::prop_assert_eq!(&buf, &expected);
                 proptest::prop_assert_eq!(tag, expected_tag);
                 let mut bad = tag;
                 bad[flip.0 % 16] ^= flip.1.max(1);
-                proptest::prop_assert_eq!(short_open(Key::from_slice(&key), &nonce, &aad, &mut buf, &bad), Err(SealError::Forged));
+                proptest::prop_assert_eq!(open_detached(&key, &nonce, &aad, &mut buf, &bad), Err(SealError::Forged));
                 proptest::prop_assert_eq!(&buf, &expected);
-                short_open(Key::from_slice(&key), &nonce, &aad, &mut buf, &tag).unwrap();
+                open_detached(&key, &nonce, &aad, &mut buf, &tag).unwrap();
                 proptest::prop_assert_eq!(&buf, &msg);
             }
             // Through Sealer and Opener (whichever path the length takes), against the reference.

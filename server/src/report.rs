@@ -43,14 +43,16 @@ impl Samples {
 }
 
 /// A quantile of tick durations over the last `keep` windows (one second each, as the tick loop
-/// closes them): the tick p99 the lifecycle reports (the lobby's directory, Agones' label).
+/// closes them): the tick p99 the lifecycle reports (the lobby's directory, Agones'
+/// `tick-p99-ms` annotation).
 ///
 /// A one-second window holds 60 ticks, so its p99 is its slowest tick: one slow tick (a large
 /// capture, the machine busy for a moment) would make the lobby stop offering the server for a
 /// second. Over ten seconds (600 ticks) the p99 passes the budget only once more than six ticks
-/// were slow, which a server in trouble reaches within a fraction of a second, and falls back
-/// at most ten seconds after the slowness ends. The overload guard keeps its own one-second
-/// windows ([`crate::lifecycle::overload`]).
+/// were slow: a server slow on every tick shows it when the first second closes, and the value
+/// falls back at most ten seconds after the slowness ends. In the server's first seconds it
+/// covers the windows there are (in the first, one: its slowest tick). The overload guard keeps
+/// its own one-second windows ([`crate::lifecycle::overload`]).
 #[derive(Debug)]
 pub struct RecentQuantile {
     /// Closed windows, oldest first; at most `keep`.

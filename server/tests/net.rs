@@ -476,6 +476,27 @@ fn restored_players_that_do_not_join_again_leave_when_the_grace_is_over() {
 }
 
 #[test]
+fn a_join_refused_by_the_drain_does_not_count_as_coming_back() {
+    let (mut h, addr) = restored_harness(&[31, 32], Duration::from_secs(60));
+    let t0 = Instant::now();
+    // Player 31's client gets through the handshake; its join waits for the next tick.
+    let mut bot = Bot::new(addr, grant(31, "demo", SECRET, now_unix() + 600), t0);
+    let until = Instant::now() + Duration::from_secs(5);
+    // (The network thread counts the session, then queues its join, in one pass.)
+    while h.link.counters().clients.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < until {
+        bot.step(t0);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // The drain starts before that tick: the join is refused, so 31 must leave with 32.
+    h.zone.set_draining(true);
+    h.tick();
+    h.tick();
+    assert_eq!(player_ids(&h.zone), Vec::<u64>::new());
+    h.link.shutdown();
+}
+
+#[test]
 fn a_drain_sends_restored_players_away_at_once() {
     let (mut h, _) = restored_harness(&[21, 22], Duration::from_secs(60));
     h.tick();

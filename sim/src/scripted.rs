@@ -126,3 +126,18 @@ impl ScriptedPlayers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contains_names_exactly_the_scripted_ids() {
+        let s = ScriptedPlayers::new(1, 3);
+        assert!(!s.contains(SCRIPTED_PLAYER_ID_BASE - 1));
+        assert!(s.contains(SCRIPTED_PLAYER_ID_BASE));
+        assert!(s.contains(SCRIPTED_PLAYER_ID_BASE + 2));
+        assert!(!s.contains(SCRIPTED_PLAYER_ID_BASE + 3));
+        assert!(!ScriptedPlayers::new(1, 0).contains(SCRIPTED_PLAYER_ID_BASE));
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! An instance is offered when it is `ready`, allocatable (the server itself says it is not while
 //! overloaded), has room by its last announcement, and its tick p99 is within the budget. The
-//! p99 is the server's over its last ten seconds, so one slow tick does not count. An instance
+//! p99 is the server's over its last ten seconds, so one slow tick does not count (but in its
+//! first second, when one second is all there is). An instance
 //! over budget stays listed in `GET /v1/zones` but is not offered. Candidates are ordered least
 //! full first, then by instance id, so load spreads and the order is stable. The seat itself is
 //! reserved atomically in Redis afterwards; a full answer there moves on to the next candidate.

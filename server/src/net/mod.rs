@@ -244,12 +244,16 @@ impl NetLink {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Join(p)) => {
-                    self.came_back(p);
                     let r = match zone.join(p) {
                         // A rejoin before the leave of an old session ran, or a restored player.
                         Err(InputRefusal::AlreadyJoined) => Ok(()),
                         r => r,
                     };
+                    // Only a join taken brings a restored player back (one refused because a
+                    // drain began has no session, so it must not hold up the drain).
+                    if r.is_ok() {
+                        self.came_back(p);
+                    }
                     self.send(ToNet::JoinResult(p, r));
                 }
                 Ok(Control::Leave(p)) => {

@@ -193,9 +193,10 @@ pub struct LiveTotals {
     pub join_retried_bots: u64,
 }
 
-/// The once-a-second progress line: per-bot rates over the interval between two readings, per
-/// bot connected at either reading (at the end of a run, the bots that just left: divided by
-/// those still connected, none, one second's snapshots of every bot read as one bot's).
+/// The once-a-second progress line: rates over the interval between two readings, per bot
+/// connected at the first reading or the second, whichever is more. (Divided by the bots still
+/// connected at the second, the last line of a run, when they have just left, divided every
+/// bot's snapshots by one.)
 pub fn progress_line(elapsed_s: f64, count: u32, prev: &LiveTotals, now: &LiveTotals, interval_s: f64, rtt: &Histogram) -> String {
     let bots = prev.connected.max(now.connected).max(1) as f64;
     let per_bot_per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / bots / interval_s.max(1e-9);
