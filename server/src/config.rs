@@ -213,7 +213,7 @@ pub struct Cli {
     #[arg(long, value_name = "PER_S", env = "ZONE_PEER_PACKET_RATE")]
     pub peer_packet_rate: Option<f64>,
 
-    /// After a crash restore: seconds the restored players have to join again (same player id:
+    /// After a restore (--restore): seconds the restored players have to join again (same player id:
     /// the same character, where it was). Those that have not by then leave the zone, freeing
     /// their seats; a drain makes them leave at once. [default: 60]
     #[arg(long, value_name = "SECS", env = "ZONE_RESTORED_PLAYER_GRACE")]

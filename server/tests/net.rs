@@ -487,10 +487,19 @@ fn a_join_refused_by_the_drain_does_not_count_as_coming_back() {
         bot.step(t0);
         std::thread::sleep(Duration::from_millis(2));
     }
+    assert!(
+        h.link.counters().clients.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the client never got through the handshake"
+    );
     std::thread::sleep(Duration::from_millis(50));
     // The drain starts before that tick: the join is refused, so 31 must leave with 32.
     h.zone.set_draining(true);
     h.tick();
+    assert_eq!(
+        h.zone.refusals().get(zone_sim::InputRefusal::Draining),
+        1,
+        "the join reached the zone in that tick, and was refused"
+    );
     h.tick();
     assert_eq!(player_ids(&h.zone), Vec::<u64>::new());
     h.link.shutdown();
