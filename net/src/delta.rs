@@ -933,7 +933,6 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: &Snapshot) -> Re
     } else {
         vec![false; objects.len()]
     };
-    let is_gone = |gone: &[bool], i: usize| gone.get(i).copied().unwrap_or(false);
     let find = |objects: &[QObject], id: u64| objects.binary_search_by_key(&id, |o| o.id);
 
     for id in ids(snap.remove_id_gaps.iter().copied(), "removed") {
@@ -1028,14 +1027,15 @@ pub fn apply_snapshot(base: Option<&View>, sequence: u32, snap: &Snapshot) -> Re
     })
 }
 
+/// Whether object `i` is marked removed (`gone` is empty when nothing is).
+fn is_gone(gone: &[bool], i: usize) -> bool {
+    gone.get(i).copied().unwrap_or(false)
+}
+
 /// The objects not `gone` (all of them when `gone` is empty), and `creates`, in id order (both
 /// lists ascend, and no id is in both).
 fn merge(objects: &[QObject], gone: &[bool], creates: Vec<QObject>, count: usize) -> Vec<QObject> {
-    let kept = objects
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !gone.get(*i).copied().unwrap_or(false))
-        .map(|(_, o)| *o);
+    let kept = objects.iter().enumerate().filter(|&(i, _)| !is_gone(gone, i)).map(|(_, o)| *o);
     let mut merged = Vec::with_capacity(count);
     let mut kept = kept.peekable();
     let mut created = creates.into_iter().peekable();

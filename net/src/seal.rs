@@ -25,7 +25,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use poly1305::Poly1305;
 use poly1305::universal_hash::UniversalHash;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The first byte of a sealed payload (a plaintext envelope starts with 0x08).
 pub const SEAL_MAGIC: u8 = 0x5A;
@@ -161,8 +161,8 @@ fn open_detached(key: &[u8; 32], nonce: &Nonce, aad: &[u8], buf: &mut [u8], tag:
 /// Seals one direction of a session.
 #[derive(Clone)]
 pub struct Sealer {
-    /// Wiped on drop (see `Drop`), as `chacha20poly1305` wipes its copy.
-    key: [u8; 32],
+    /// Wiped on drop, as `chacha20poly1305` wipes its copy.
+    key: Zeroizing<[u8; 32]>,
     direction: Direction,
     next: u64,
 }
@@ -179,7 +179,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     pub fn new(key: &[u8; 32], direction: Direction) -> Sealer {
         Sealer {
-            key: *key,
+            key: Zeroizing::new(*key),
             direction,
             next: 0,
         }
@@ -226,7 +226,7 @@ impl Sealer {
 #[derive(Clone)]
 pub struct Opener {
     /// Wiped on drop, as `Sealer`'s.
-    key: [u8; 32],
+    key: Zeroizing<[u8; 32]>,
     direction: Direction,
     newest: Option<u64>,
     /// Bit `i`: counter `newest - i` was accepted.
@@ -246,7 +246,7 @@ impl Opener {
     /// Opens payloads sealed in `direction` under `key`.
     pub fn new(key: &[u8; 32], direction: Direction) -> Opener {
         Opener {
-            key: *key,
+            key: Zeroizing::new(*key),
             direction,
             newest: None,
             seen: 0,
@@ -307,18 +307,6 @@ impl Opener {
         open_detached(&self.key, &nonce(self.direction, counter), aad, body, Tag::from_slice(tag))?;
         self.mark(counter);
         Ok(())
-    }
-}
-
-impl Drop for Sealer {
-    fn drop(&mut self) {
-        self.key.zeroize();
-    }
-}
-
-impl Drop for Opener {
-    fn drop(&mut self) {
-        self.key.zeroize();
     }
 }
 
