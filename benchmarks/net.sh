@@ -11,8 +11,9 @@
 # per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# INPUT_BATCH_TICKS=2 makes the bots send one input datagram every other tick (30 Hz) instead of
-# every tick (zone-bots --input-batch-ticks); the report prints it.
+# INPUT_BATCH_TICKS=K makes the server ask the bots for one input datagram every K ticks
+# (zone-server --input-batch-ticks; 3 by default, 20 Hz; 1 is every tick); the report prints
+# what the bots sent.
 # BEHAVIOR=chase runs the bots with another zone-bots --behavior (wander by default).
 # BIN=DIR runs the zone-server and zone-bots found there (e.g. an older build kept aside, for a
 # before/after pair in one sitting) instead of building them.
@@ -36,14 +37,14 @@ sys_ticks() { awk '{print $15}' /proc/$1/stat; }
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
 for N in ${@:-100 500 1000}; do
   $S --zone assets/zones/demo.toml --bind 127.0.0.1:$PORT --admin $ADMIN --persistence off --threads 2 \
-     --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 2> "$T/server-$N.log" &
+     --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 \
+     ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} 2> "$T/server-$N.log" &
   SP=$!
   for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
   sleep 2
   RSS0=$(rss_kb $SP)
   START=$(date +%s)
   $B --server 127.0.0.1:$PORT --count $N --duration ${DURATION}s --behavior ${BEHAVIOR:-wander} --ramp-per-s 500 \
-     ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} \
      --report "$T/bots-$N.json" 2> "$T/bots-$N.log" &
   BP=$!
   # Ramp (N/500 s) plus settling, then a steady window of half the duration.

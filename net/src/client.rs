@@ -1,6 +1,6 @@
 //! [`ClientSession`]: one player's side of the zone protocol as a pure state machine: the join
-//! handshake (Hello retries, Welcome, Reject), 60 Hz input batches with redundancy (or one per k
-//! ticks, [`ClientConfig::input_batch_ticks`]) and the
+//! handshake (Hello retries, Welcome, Reject), input batches with redundancy every k ticks (the
+//! server's `Welcome.input_batch_ticks`, or [`ClientConfig::input_batch_ticks`]) and the
 //! client's acknowledgements, Ping/Pong round-trip times, per-tick snapshot reassembly onto acked
 //! baselines (see [`crate::delta`]), and the reliable, ordered event stream.
 //!
@@ -42,9 +42,9 @@ pub const HELLO_BACKOFF_US_DEFAULT: u64 = 500_000;
 /// Ping interval once joined.
 pub const PING_INTERVAL_US_DEFAULT: u64 = 250_000;
 /// Inputs carried by each `InputBatch` (the newest ones, oldest first), at one tick per batch;
-/// with [`ClientConfig::input_batch_ticks`] = k it carries max(4, 2k).
+/// with k ticks per batch ([`ClientSession::input_batch_ticks`]) it carries max(4, 2k).
 pub const INPUTS_PER_BATCH: usize = 4;
-/// The most ticks of input one batch may plan ([`ClientConfig::input_batch_ticks`]).
+/// The most ticks of input one batch may plan ([`ClientSession::input_batch_ticks`]).
 pub const INPUT_BATCH_TICKS_MAX: u32 = 4;
 /// Lead, in ticks, of an input over the estimated server tick, on top of half the RTT.
 pub const INPUT_LEAD_TICKS_MIN: u64 = 2;
@@ -80,12 +80,13 @@ pub struct ClientConfig {
     /// A joined session that hears nothing from the server for this long ends
     /// ([`EndReason::ServerSilent`]); the server pings every second, so this means it is gone.
     pub server_silence_timeout_us: u64,
-    /// Ticks of input per `InputBatch` datagram, 1 to [`INPUT_BATCH_TICKS_MAX`] (1 by default:
-    /// one batch per tick, 60 Hz). With k, a batch goes every k ticks and carries an input for
-    /// each of its k ticks, all from the intent set when it is sent (the first for the same tick
-    /// as with 1, so no added delay), plus the previous batch's inputs as redundancy. It divides
-    /// the client's sends and the server's receives by k; the intent is sampled k times less often.
-    pub input_batch_ticks: u32,
+    /// Ticks of input per `InputBatch` datagram, 1 to [`INPUT_BATCH_TICKS_MAX`]; `None` (the
+    /// default) takes the server's `Welcome.input_batch_ticks` (1 if it names none). With k, a
+    /// batch goes every k ticks and carries an input for each of its k ticks, all from the intent
+    /// set when it is sent (the first for the same tick as with 1, so no added delay), plus the
+    /// previous batch's inputs as redundancy. It divides the client's sends and the server's
+    /// receives by k; the intent is sampled k times less often (with 1: every tick, 60 Hz).
+    pub input_batch_ticks: Option<u32>,
 }
 
 impl ClientConfig {
@@ -110,7 +111,7 @@ impl ClientConfig {
             hello_backoff_us: HELLO_BACKOFF_US_DEFAULT,
             ping_interval_us: PING_INTERVAL_US_DEFAULT,
             server_silence_timeout_us: 10 * US_PER_S,
-            input_batch_ticks: 1,
+            input_batch_ticks: None,
         }
     }
 }
@@ -508,6 +509,17 @@ impl ClientSession {
         self.player_id().map(|p| p | 1 << 63)
     }
 
+    /// Ticks of input per batch this session sends: [`ClientConfig::input_batch_ticks`] if set,
+    /// else the server's `Welcome.input_batch_ticks` (1 before the Welcome, or if it names
+    /// none), within 1..=[`INPUT_BATCH_TICKS_MAX`].
+    pub fn input_batch_ticks(&self) -> u32 {
+        let k = self
+            .config
+            .input_batch_ticks
+            .unwrap_or_else(|| self.welcome.as_ref().map_or(1, |w| w.input_batch_ticks));
+        k.clamp(1, INPUT_BATCH_TICKS_MAX)
+    }
+
     /// The Welcome the session joined with: the zone's bounds, its kind table, the input window.
     pub fn welcome(&self) -> Option<&Welcome> {
         self.welcome.as_ref()
@@ -607,9 +619,10 @@ impl ClientSession {
         self.input_epoch_us.saturating_add(u64::try_from(offset).unwrap_or(u64::MAX))
     }
 
-    /// Ticks of input per batch (the config's, within 1..=[`INPUT_BATCH_TICKS_MAX`]).
+    /// Ticks of input per batch: the config's, else the Welcome's, within
+    /// 1..=[`INPUT_BATCH_TICKS_MAX`].
     fn batch_ticks(&self) -> u64 {
-        u64::from(self.config.input_batch_ticks.clamp(1, INPUT_BATCH_TICKS_MAX))
+        u64::from(self.input_batch_ticks())
     }
 
     /// Inputs kept for the next batch: the newest batch's and the previous one's.

@@ -242,7 +242,7 @@ fn inputs_are_redundant_consecutive_and_lead_the_server() {
 #[test]
 fn batches_of_two_ticks_go_every_other_tick_and_cover_every_tick_once_with_redundancy() {
     let mut config = ClientConfig::new("tok");
-    config.input_batch_ticks = 2;
+    config.input_batch_ticks = Some(2);
     let mut s = joined_with(config);
     s.set_input(100, -50, true);
     let first = batches(&s.poll(0));
@@ -273,6 +273,59 @@ fn batches_of_two_ticks_go_every_other_tick_and_cover_every_tick_once_with_redun
     assert!(covered.windows(2).all(|w| w[1] == w[0] + 1), "every tick has an input");
     assert_eq!(covered.len(), 60);
     assert_eq!(s.stats().input_batches_sent, 30);
+}
+
+/// A session joined at time 0 to a server whose Welcome asks for batches every `k` ticks.
+fn joined_to_server_asking(config: ClientConfig, k: u32) -> ClientSession {
+    let mut s = ClientSession::new(config, 0);
+    assert_eq!(s.poll(0).len(), 1);
+    let welcome = server(
+        Channel::Reliable,
+        server_envelope::Body::Welcome(Welcome {
+            player_id: PLAYER,
+            tick: WELCOME_TICK,
+            tick_rate_hz: 60,
+            snapshot_rate_hz: 20,
+            object_id: PLAYER | 1 << 63,
+            input_batch_ticks: k,
+            ..Welcome::default()
+        }),
+    );
+    assert!(s.receive(&welcome, 0).is_empty());
+    s
+}
+
+/// Input batches sent in the first second (ticks 0..60).
+fn batches_in_one_second(s: &mut ClientSession) -> Vec<InputBatch> {
+    (0..60u64).flat_map(|k| batches(&s.poll(k * TICK_US))).collect()
+}
+
+#[test]
+fn the_client_sends_batches_as_far_apart_as_the_welcome_asks_unless_its_config_says_otherwise() {
+    // Before the Welcome, and from a server that names no interval (an older one): every tick.
+    assert_eq!(ClientSession::new(ClientConfig::new("tok"), 0).input_batch_ticks(), 1);
+    let mut s = joined_to_server_asking(ClientConfig::new("tok"), 0);
+    assert_eq!((s.input_batch_ticks(), batches_in_one_second(&mut s).len()), (1, 60));
+
+    // The server asks for every third tick: 20 batches, each with its 3 new inputs and the
+    // previous batch's 3, covering every tick once.
+    let mut s = joined_to_server_asking(ClientConfig::new("tok"), 3);
+    let sent = batches_in_one_second(&mut s);
+    assert_eq!((s.input_batch_ticks(), sent.len()), (3, 20));
+    assert!(sent[1..].iter().all(|b| b.inputs.len() == 6), "{:?}", sent[1].inputs);
+    let mut covered: Vec<u64> = sent.iter().flat_map(|b| b.inputs.iter().map(|i| i.tick)).collect();
+    covered.sort_unstable();
+    covered.dedup();
+    assert!(covered.windows(2).all(|w| w[1] == w[0] + 1), "every tick has an input");
+    assert_eq!(covered.len(), 60);
+
+    // The client's own setting wins, and an out-of-range request is clamped to 1..=4.
+    let mut config = ClientConfig::new("tok");
+    config.input_batch_ticks = Some(1);
+    let mut s = joined_to_server_asking(config, 3);
+    assert_eq!((s.input_batch_ticks(), batches_in_one_second(&mut s).len()), (1, 60));
+    let s = joined_to_server_asking(ClientConfig::new("tok"), 1_000);
+    assert_eq!(s.input_batch_ticks(), zone_net::client::INPUT_BATCH_TICKS_MAX);
 }
 
 #[test]

@@ -188,6 +188,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         ],
         input_lead_ticks_max: 30,
         zone_id: ZONE.into(),
+        input_batch_ticks: 3,
     });
     let inputs = client_envelope::Body::Inputs(InputBatch {
         inputs: vec![

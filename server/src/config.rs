@@ -209,7 +209,7 @@ pub struct Cli {
     #[arg(long, value_name = "PER_S", env = "ZONE_HANDSHAKE_RATE_PER_IP")]
     pub handshake_rate_per_ip: Option<f64>,
 
-    /// Datagrams per second accepted from one connected client (it sends about 64); twice this is the burst. [default: 240]
+    /// Datagrams per second accepted from one connected client (about 24 at --input-batch-ticks 3, 64 at 1); twice this is the burst. [default: 240]
     #[arg(long, value_name = "PER_S", env = "ZONE_PEER_PACKET_RATE")]
     pub peer_packet_rate: Option<f64>,
 
@@ -218,6 +218,14 @@ pub struct Cli {
     /// their seats; a drain makes them leave at once. [default: 60]
     #[arg(long, value_name = "SECS", env = "ZONE_RESTORED_PLAYER_GRACE")]
     pub restored_player_grace: Option<f64>,
+
+    /// Ticks between a client's input datagrams that the server asks clients for, 1 to 4 (the
+    /// Welcome tells them). Each datagram carries an input for each of those ticks, planned when
+    /// it is sent: 3 sends one every third tick (20 Hz, as often as snapshots); 1 sends one every
+    /// tick (60 Hz), for games where a change of intent must not wait up to two ticks more. At 1
+    /// the input datagrams cost the server about twice what snapshots do. [default: 3]
+    #[arg(long, value_name = "TICKS", env = "ZONE_INPUT_BATCH_TICKS")]
+    pub input_batch_ticks: Option<u32>,
 
     /// The world visualizer, a page at http://ADMIN/ (needs telemetry on): on or off. It costs
     /// the tick nothing while nobody watches. [default: on]
@@ -333,6 +341,7 @@ struct FileConfig {
     handshake_rate_per_ip: Option<f64>,
     peer_packet_rate: Option<f64>,
     restored_player_grace: Option<f64>,
+    input_batch_ticks: Option<u32>,
     viz: Option<String>,
     viz_rate: Option<u32>,
     viz_max_viewers: Option<usize>,
@@ -395,6 +404,7 @@ pub struct ServerConfig {
     pub handshake_rate_per_ip: f64,
     pub peer_packet_rate: f64,
     pub restored_player_grace: f64,
+    pub input_batch_ticks: u32,
     pub viz: String,
     pub viz_rate: u32,
     pub viz_max_viewers: usize,
@@ -552,6 +562,10 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
         handshake_rate_per_ip: cli.handshake_rate_per_ip.or(file.handshake_rate_per_ip).unwrap_or(100.0),
         peer_packet_rate: cli.peer_packet_rate.or(file.peer_packet_rate).unwrap_or(240.0),
         restored_player_grace: cli.restored_player_grace.or(file.restored_player_grace).unwrap_or(60.0),
+        input_batch_ticks: cli
+            .input_batch_ticks
+            .or(file.input_batch_ticks)
+            .unwrap_or(crate::net::INPUT_BATCH_TICKS_DEFAULT),
         viz: cli.viz.clone().or(file.viz).unwrap_or_else(|| "on".into()),
         viz_rate: cli.viz_rate.or(file.viz_rate).unwrap_or(crate::viz::LIVE_RATE_HZ_DEFAULT),
         viz_max_viewers: cli.viz_max_viewers.or(file.viz_max_viewers).unwrap_or(8),
@@ -699,6 +713,14 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<ServerConfig> {
             cfg.restored_player_grace
         );
     }
+    if !(1..=zone_net::client::INPUT_BATCH_TICKS_MAX).contains(&cfg.input_batch_ticks) {
+        anyhow::bail!(
+            "{}: {} must be 1 (an input datagram every tick) to {} ticks",
+            src("input_batch_ticks"),
+            cfg.input_batch_ticks,
+            zone_net::client::INPUT_BATCH_TICKS_MAX
+        );
+    }
     if cfg.max_clients == Some(0) {
         anyhow::bail!("{}: must be at least 1", src("max_clients"));
     }
@@ -834,6 +856,14 @@ mod tests {
             "restored_player_grace = -1\n",
             &["server.toml", "restored_player_grace", "between 0"],
         );
+        assert_eq!(c.input_batch_ticks, 3, "default");
+        refused(
+            "input_batch_ticks = 0\n",
+            &["server.toml", "input_batch_ticks", "1 (an input datagram every tick) to 4"],
+        );
+        refused("input_batch_ticks = 5\n", &["server.toml", "input_batch_ticks", "to 4 ticks"]);
+        std::fs::write(&f, "input_batch_ticks = 1\n").unwrap();
+        assert_eq!(resolve(&cli).unwrap().input_batch_ticks, 1, "file");
         refused("seed = 7\nhash_intervl = 5\n", &["server.toml", "line 2", "hash_intervl"]);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -200,6 +200,7 @@ fn real_main(
             n.handshake_rate_per_ip = cfg.handshake_rate_per_ip;
             n.peer_packet_rate = cfg.peer_packet_rate;
             n.restored_player_grace = Duration::from_secs_f64(cfg.restored_player_grace);
+            n.input_batch_ticks = cfg.input_batch_ticks;
             n
         }),
         overload: cfg.overload(),

@@ -146,6 +146,12 @@ fn fifty_bots_join_receive_snapshots_and_see_what_the_server_simulated() {
     let views: Vec<View> = bots.iter().filter_map(|b| b.session.view().cloned()).collect();
     for b in &bots {
         assert!(b.session.player_id().is_some(), "every bot joined: {:?}", b.session.end_reason());
+        // The Welcome asks for the server's default input interval, and the client follows it.
+        assert_eq!(
+            b.session.welcome().map(|w| w.input_batch_ticks),
+            Some(zone_server::net::INPUT_BATCH_TICKS_DEFAULT)
+        );
+        assert_eq!(b.session.input_batch_ticks(), 3);
     }
     for b in &mut bots {
         let g = b.session.goodbye();
@@ -367,9 +373,11 @@ fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
     }
     // Replayed datagrams: everything the real player sent, again, from its own address (counted
     // as replays: they are sealed) and from the attacker's (not joined).
+    // 70 ms on, an input batch is due whatever the interval the Welcome asked for (at most 4 ticks).
     let replay: Vec<Vec<u8>> = (0..3)
-        .flat_map(|_| h.bystanders[0].session.poll(t0.elapsed().as_micros() as u64 + 20_000))
+        .flat_map(|_| h.bystanders[0].session.poll(t0.elapsed().as_micros() as u64 + 70_000))
         .collect();
+    assert!(!replay.is_empty(), "the real player had something to send");
     for d in &replay {
         h.bystanders[0].socket.send(d).unwrap();
         h.bystanders[0].socket.send(d).unwrap();

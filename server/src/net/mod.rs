@@ -43,6 +43,12 @@ const FRAMES_IN_FLIGHT_MAX: usize = 2;
 /// Joins, leaves and deaths held for the next frame when frames are being dropped.
 const PENDING_EVENTS_MAX: usize = 10_000;
 
+/// Ticks between a client's input batches that the server asks for by default: one datagram every
+/// third tick (20 Hz, the snapshot rate) carrying an input for each tick. At one per tick, the
+/// input datagrams were a third of the server's CPU and half of each client's sends
+/// (`benchmarks/2026-12-01-input-rate.md`); a change of intent waits at most two ticks longer.
+pub const INPUT_BATCH_TICKS_DEFAULT: u32 = 3;
+
 /// The game socket's settings.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -64,6 +70,10 @@ pub struct NetConfig {
     /// session as the same player continues the same character); those that have not by then
     /// leave, as a session that went idle does ([`NetLink::expect_back`]).
     pub restored_player_grace: Duration,
+    /// Ticks between a client's input batches that the Welcome asks for, 1 to
+    /// [`zone_net::client::INPUT_BATCH_TICKS_MAX`] (`Welcome.input_batch_ticks`): 1 is a datagram
+    /// per tick (60 Hz), 3 one every third tick (20 Hz, as often as snapshots go).
+    pub input_batch_ticks: u32,
 }
 
 impl NetConfig {
@@ -81,6 +91,7 @@ impl NetConfig {
             idle_timeout: Duration::from_secs(5),
             datagrams_per_snapshot_max: 4,
             restored_player_grace: Duration::from_secs(60),
+            input_batch_ticks: INPUT_BATCH_TICKS_DEFAULT,
         }
     }
 }

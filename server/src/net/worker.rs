@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver as CbReceiver, Sender as CbSender};
 use laminar::{Config as LaminarConfig, ConnectionManager, Packet, SocketEvent, VirtualConnection};
+use zone_net::client::INPUT_BATCH_TICKS_MAX;
 use zone_net::endpoint::{Endpoint, EndpointConfig, EndpointEvent, FrameInput, INPUT_LEAD_TICKS_MAX, JoinOutcome, Parallel, Session};
 use zone_net::gate::Rejection;
 use zone_net::interest::{Located, PosMm, ShardGrid};
@@ -34,14 +35,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Clients encoded between two socket polls.
 const ENCODE_CHUNK: usize = 200;
 
-/// The zone facts a Welcome tells a client: bounds, the kind table, the input window.
-pub fn welcome_template(spec: &ZoneSpec, snapshot_rate_hz: u32) -> Welcome {
+/// The zone facts a Welcome tells a client: bounds, the kind table, the input window and the
+/// input batches' interval.
+pub fn welcome_template(spec: &ZoneSpec, cfg: &NetConfig) -> Welcome {
     let b = spec.bounds;
     Welcome {
         player_id: 0,
         tick: 0,
         tick_rate_hz: zone_sim::units::TICK_RATE_HZ,
-        snapshot_rate_hz,
+        snapshot_rate_hz: cfg.snapshot_rate_hz,
         object_id: 0,
         bounds: Some(ZoneBounds {
             min_x_mm: b.min.x,
@@ -61,6 +63,7 @@ pub fn welcome_template(spec: &ZoneSpec, snapshot_rate_hz: u32) -> Welcome {
             .collect(),
         input_lead_ticks_max: spec.input_lead_ticks_max.min(INPUT_LEAD_TICKS_MAX as u32),
         zone_id: spec.id.clone(),
+        input_batch_ticks: cfg.input_batch_ticks.clamp(1, INPUT_BATCH_TICKS_MAX),
     }
 }
 
@@ -75,7 +78,7 @@ pub fn endpoint_config(cfg: &NetConfig, spec: &ZoneSpec) -> EndpointConfig {
         interest_max: cfg.interest_max,
         interest_refresh_frames: cfg.interest_refresh_frames,
         datagrams_per_snapshot_max: cfg.datagrams_per_snapshot_max,
-        welcome: welcome_template(spec, cfg.snapshot_rate_hz),
+        welcome: welcome_template(spec, cfg),
         grid: ShardGrid {
             min: PosMm {
                 x_mm: b.min.x,

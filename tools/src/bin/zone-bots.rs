@@ -157,7 +157,6 @@ async fn swarm(cli: &Cli) -> Report {
         move_us: std::mem::take(&mut *live.move_us.lock().unwrap_or_else(|e| e.into_inner())),
         zone_id: cli.zone_id.clone(),
         behavior: cli.behavior,
-        input_batch_ticks: cli.input_batch_ticks,
         count: cli.count,
         duration_s: cli.duration.as_secs_f64(),
         wall_s: epoch.elapsed().as_secs_f64(),

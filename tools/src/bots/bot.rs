@@ -51,8 +51,9 @@ pub struct SwarmConfig {
     pub token_secret: Vec<u8>,
     pub token_ttl: Duration,
     pub behavior: Behavior,
-    /// Ticks of input per input datagram ([`ClientConfig::input_batch_ticks`]).
-    pub input_batch_ticks: u32,
+    /// Ticks of input per input datagram ([`ClientConfig::input_batch_ticks`]); `None`: what
+    /// the server's Welcome asks for.
+    pub input_batch_ticks: Option<u32>,
     pub seed: u64,
     /// The run's time origin (`now_us` is measured from it).
     pub epoch: Instant,
@@ -106,6 +107,8 @@ struct Tracker {
     published_at: Instant,
     carried: Carried,
     moves: u64,
+    /// Ticks per input batch of the last session that joined.
+    input_batch_ticks: u32,
 }
 
 impl Tracker {
@@ -118,6 +121,7 @@ impl Tracker {
             published_at: Instant::now(),
             carried: Carried::default(),
             moves: 0,
+            input_batch_ticks: 0,
         }
     }
 
@@ -128,6 +132,7 @@ impl Tracker {
             self.stint_joined = true;
             self.joined_at.get_or_insert_with(Instant::now);
             self.at_join = *s.stats();
+            self.input_batch_ticks = s.input_batch_ticks();
             Live::add(&live.connected, 1);
         }
         if !self.stint_joined {
@@ -197,6 +202,7 @@ impl Tracker {
             duplicate_events: c.duplicate_events,
             moves: self.moves,
             move_failure,
+            input_batch_ticks: self.input_batch_ticks,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::behavior::Behavior;
 ///
 /// Every bot mints its own join token with the shared secret (or, with --lobby, logs in to a
 /// zone-lobby with a device id and asks it to join the zone, then connects where the lobby sends
-/// it with the token it got), joins, sends inputs at 60 Hz (see --input-batch-ticks),
+/// it with the token it got), joins, sends inputs as often as the server's Welcome asks (see --input-batch-ticks),
 /// decodes and acknowledges snapshots, and leaves with a Goodbye at the end. Progress is printed
 /// on stderr once a second. Exit status: 0 when every bot joined and no snapshot failed to
 /// decode, 1 otherwise (the reason is printed), 2 for a bad command line.
@@ -84,11 +84,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Behavior::Wander)]
     pub behavior: Behavior,
 
-    /// Ticks of input per input datagram, 1 to 4: 1 sends a batch every tick (60 Hz), 2 every
-    /// other tick (30 Hz) with an input for each of its two ticks. Fewer datagrams for the bots
-    /// and the server; the bot's intent is sampled less often. The report names it.
-    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
-    pub input_batch_ticks: u32,
+    /// Ticks of input per input datagram, 1 to 4: 1 sends a batch every tick (60 Hz), 3 every
+    /// third tick (20 Hz) with an input for each of its three ticks. Fewer datagrams for the bots
+    /// and the server; the bot's intent is sampled less often. The report names what the bots
+    /// sent. [default: what the server's Welcome asks for (zone-server --input-batch-ticks)]
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub input_batch_ticks: Option<u32>,
 
     /// Player id of the first bot; bot k uses this plus k, so processes with disjoint ranges can
     /// run side by side (a player id joining twice replaces the first session).

@@ -241,6 +241,8 @@ pub struct BotOutcome {
     pub moves: u64,
     /// Why a move did not complete in time (`rejoin_failed_<step>`), ending the bot.
     pub move_failure: Option<String>,
+    /// Ticks per input datagram its last joined session sent (0 if it never joined).
+    pub input_batch_ticks: u32,
 }
 
 /// This process's CPU time and peak resident memory.
@@ -290,7 +292,8 @@ pub struct Report {
     pub server: String,
     pub zone_id: String,
     pub behavior: Behavior,
-    /// Ticks of input per input datagram (`--input-batch-ticks`).
+    /// Ticks of input per input datagram that most joined bots sent (`--input-batch-ticks`, or
+    /// the server's Welcome without it); 0 if none joined.
     pub input_batch_ticks: u32,
     pub count: u32,
     pub duration_s: f64,
@@ -360,8 +363,6 @@ pub struct RunFacts {
     pub server: String,
     pub zone_id: String,
     pub behavior: Behavior,
-    /// Ticks of input per input datagram (`--input-batch-ticks`).
-    pub input_batch_ticks: u32,
     pub count: u32,
     pub duration_s: f64,
     pub wall_s: f64,
@@ -373,6 +374,16 @@ pub struct RunFacts {
     /// With --match: the mode, the waiting times (µs) and the counters.
     pub matching: Option<(String, Histogram, u64, u64, u64)>,
     pub move_us: Histogram,
+}
+
+/// The value seen most often (the smallest of those tied), `None` for none.
+fn most_common(values: impl Iterator<Item = u32>) -> Option<u32> {
+    let mut counts = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_insert(0u64) += 1;
+    }
+    let most = counts.values().copied().max()?;
+    counts.into_iter().find(|&(_, n)| n == most).map(|(v, _)| v)
 }
 
 /// Aggregates the bots' outcomes and the run's RTT histogram into the report.
@@ -405,7 +416,7 @@ pub fn build_report(facts: RunFacts, outcomes: &[BotOutcome], rtt: &Histogram, u
         server: facts.server,
         zone_id: facts.zone_id,
         behavior: facts.behavior,
-        input_batch_ticks: facts.input_batch_ticks,
+        input_batch_ticks: most_common(joined.iter().map(|o| o.input_batch_ticks)).unwrap_or(0),
         count: facts.count,
         duration_s: facts.duration_s,
         wall_s: facts.wall_s,
@@ -494,6 +505,7 @@ mod tests {
             bytes_in,
             bytes_out: bytes_in / 10,
             events_received: 2,
+            input_batch_ticks: if joined_s == 10.0 { 1 } else { 3 },
             ..BotOutcome::default()
         };
         let outcomes = vec![
@@ -514,7 +526,6 @@ mod tests {
             server: "127.0.0.1:7777".into(),
             zone_id: "demo".into(),
             behavior: Behavior::Idle,
-            input_batch_ticks: 1,
             count: 5,
             duration_s: 40.0,
             wall_s: 41.0,
@@ -535,6 +546,7 @@ mod tests {
         assert!((r.kbit_up_per_bot_per_s - 8.0).abs() < 1e-9);
         assert_eq!(r.rtt_ms_p50, Some(0.04));
         assert_eq!(r.events_received, 6);
+        assert_eq!(r.input_batch_ticks, 3, "the value most joined bots used");
         let json = serde_json::to_value(&r).unwrap();
         for key in [
             "count",
