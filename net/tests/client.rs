@@ -28,6 +28,11 @@ fn client(datagram: &[u8]) -> (Stamp, client_envelope::Body) {
 }
 
 fn welcome() -> Vec<u8> {
+    welcome_asking(0)
+}
+
+/// A Welcome asking for input batches every `k` ticks (0: naming no interval, as an older server).
+fn welcome_asking(k: u32) -> Vec<u8> {
     server(
         Channel::Reliable,
         server_envelope::Body::Welcome(Welcome {
@@ -36,6 +41,7 @@ fn welcome() -> Vec<u8> {
             tick_rate_hz: 60,
             snapshot_rate_hz: 20,
             object_id: PLAYER | 1 << 63,
+            input_batch_ticks: k,
             ..Welcome::default()
         }),
     )
@@ -80,10 +86,7 @@ fn joined() -> ClientSession {
 
 /// A session with `config` joined at time 0.
 fn joined_with(config: ClientConfig) -> ClientSession {
-    let mut s = ClientSession::new(config, 0);
-    assert_eq!(s.poll(0).len(), 1);
-    assert!(s.receive(&welcome(), 0).is_empty());
-    s
+    joined_to_server_asking(config, 0)
 }
 
 fn obj(id: u64, x: u32, y: u32) -> QObject {
@@ -279,19 +282,7 @@ fn batches_of_two_ticks_go_every_other_tick_and_cover_every_tick_once_with_redun
 fn joined_to_server_asking(config: ClientConfig, k: u32) -> ClientSession {
     let mut s = ClientSession::new(config, 0);
     assert_eq!(s.poll(0).len(), 1);
-    let welcome = server(
-        Channel::Reliable,
-        server_envelope::Body::Welcome(Welcome {
-            player_id: PLAYER,
-            tick: WELCOME_TICK,
-            tick_rate_hz: 60,
-            snapshot_rate_hz: 20,
-            object_id: PLAYER | 1 << 63,
-            input_batch_ticks: k,
-            ..Welcome::default()
-        }),
-    );
-    assert!(s.receive(&welcome, 0).is_empty());
+    assert!(s.receive(&welcome_asking(k), 0).is_empty());
     s
 }
 
