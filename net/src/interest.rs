@@ -250,7 +250,7 @@ impl SpatialIndex {
         self.choose(client, radius_mm, objects_max, |i| self.slots[i], scratch);
         out.clear();
         out.extend(scratch.iter().map(|(_, s)| *s));
-        out.sort_unstable();
+        sort_slots(out);
     }
 
     /// Leaves in `scratch` the `objects_max` entries with the smallest `(distance², key)` among
@@ -332,6 +332,36 @@ impl SpatialIndex {
                 kth = scratch.iter().map(|(d, _)| *d).max();
             }
         }
+    }
+}
+
+/// Sorts `v` ascending: for a short list, `sort_unstable`; else a least-significant-digit radix
+/// sort, a byte a pass and as many passes as the largest value needs (two for a zone of fewer
+/// than 65,536 located objects). For an interest search's 128 slots it takes about a third fewer
+/// instructions than `sort_unstable` (`endpoint_cost` under callgrind).
+fn sort_slots(v: &mut Vec<u32>) {
+    if v.len() < 32 {
+        v.sort_unstable();
+        return;
+    }
+    let max = v.iter().copied().max().unwrap_or(0);
+    let mut tmp = vec![0u32; v.len()];
+    let mut shift = 0;
+    while shift < 32 && (max >> shift) > 0 {
+        let mut counts = [0u32; 257];
+        for &x in v.iter() {
+            counts[((x >> shift) & 0xff) as usize + 1] += 1;
+        }
+        for b in 1..counts.len() {
+            counts[b] += counts[b - 1];
+        }
+        for &x in v.iter() {
+            let b = ((x >> shift) & 0xff) as usize;
+            tmp[counts[b] as usize] = x;
+            counts[b] += 1;
+        }
+        std::mem::swap(v, &mut tmp);
+        shift += 8;
     }
 }
 
@@ -459,6 +489,20 @@ mod tests {
             for o in objects.iter().filter(|o| got.contains(&o.id)) {
                 prop_assert!(cells.contains(&g.cell_of(o.pos)));
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sort_slots_sorts_like_sort_unstable(mut v in proptest::collection::vec(any::<u32>(), 0..300), narrow in any::<bool>()) {
+            // Small values (one or two passes) as well as any (four).
+            if narrow {
+                v.iter_mut().for_each(|x| *x %= 20_000);
+            }
+            let mut want = v.clone();
+            want.sort_unstable();
+            sort_slots(&mut v);
+            prop_assert_eq!(v, want);
         }
     }
 
