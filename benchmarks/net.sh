@@ -9,6 +9,7 @@
 # overruns, the server's CPU (cores, over the steady window, and the part of it in the kernel), its RSS before the bots and with them
 # (and the growth per client), and the bots' report (joined, failed joins, snapshots and kbit/s
 # per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
+# For the server's CPU per client-second, subtract what benchmarks/net-idle.sh measures first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # INPUT_BATCH_TICKS=K makes the server ask the bots for one input datagram every K ticks
@@ -77,7 +78,7 @@ cpu = (int(c1) - int(c0)) / 100 / (float(w1) - float(w0))
 kernel = (int(k1) - int(k0)) / 100 / (float(w1) - float(w0))
 r = json.load(open(report))
 print(f"N={n} tick_p99_ms_worst={max(steady)/1000:.2f} tick_p99_ms_windows={[round(x/1000,2) for x in steady]} overrun_ticks={overruns} "
-      f"server_cpu_cores={cpu:.2f} server_kernel_cores={kernel:.2f} frame_encode_ms_mean={enc} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
+      f"server_cpu_cores={cpu:.3f} server_kernel_cores={kernel:.3f} frame_encode_ms_mean={enc} rss_before_mb={rss0/1024:.1f} rss_with_bots_mb={rssn/1024:.1f} rss_per_client_kb={(rssn-rss0)/n:.1f}")
 keys = ["input_batch_ticks", "joined", "failed_joins", "snapshots_per_bot_per_s", "kbit_per_bot_per_s", "kbit_up_per_bot_per_s", "rtt_ms_p50", "rtt_ms_p99",
         "decode_errors", "missing_baselines", "wall_s", "cpu_s", "peak_rss_mib"]
 print("   bots: " + " ".join(f"{k}={r[k]}" for k in keys if k in r))
