@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub store_fails_every: u64,
     /// The zone crashes at this tick and is restored (0: never).
     pub crash_at: u64,
+    /// Ticks between the clients' input datagrams, as the server's Welcome asks
+    /// (`zone-server --input-batch-ticks`): 3 is its default, 1 every tick.
+    pub input_batch_ticks: u32,
 }
 
 impl SimConfig {
@@ -72,6 +75,7 @@ impl SimConfig {
             store_fails_every: 3,
             // After the third store attempt (tick 180) failed: restored from tick 120.
             crash_at: 200,
+            input_batch_ticks: 3,
         }
     }
 }
@@ -196,6 +200,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
             tick_rate_hz: 60,
             snapshot_rate_hz: 20,
             input_lead_ticks_max: spec.input_lead_ticks_max,
+            input_batch_ticks: cfg.input_batch_ticks,
             ..Welcome::default()
         },
         grid: ShardGrid {

@@ -1,6 +1,7 @@
 //! A few seeds of the whole-system simulation (`zone_tests::simulation`): a zone, the server
 //! endpoint and six clients on a virtual clock, over a network that drops, duplicates, delays,
-//! reorders and corrupts, with a failing snapshot store and a crash. Seconds, not minutes;
+//! reorders and corrupts, with a failing snapshot store and a crash, with the clients sending an
+//! input datagram every third tick (the server's default) and every tick. Seconds, not minutes;
 //! `benchmarks/simulate.sh` runs thousands of seeds. `SEED=n` reruns one seed exactly.
 
 use zone_tests::simulation::{SimConfig, run};
@@ -14,8 +15,13 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn clients_converge_events_arrive_once_counters_balance_and_restores_reproduce() {
-    for seed in seeds() {
-        let r = run(&SimConfig::rough(seed)).unwrap_or_else(|e| panic!("{e}"));
+    // The server's default input interval (a datagram every third tick) and every tick.
+    for (seed, input_batch_ticks) in seeds().into_iter().flat_map(|s| [(s, 3), (s, 1)]) {
+        let cfg = SimConfig {
+            input_batch_ticks,
+            ..SimConfig::rough(seed)
+        };
+        let r = run(&cfg).unwrap_or_else(|e| panic!("k={input_batch_ticks}: {e}"));
         assert!(
             r.dropped > 0 && r.duplicated > 0 && r.corrupted > 0,
             "the network was hostile: {r:?}"
