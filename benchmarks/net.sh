@@ -6,8 +6,8 @@
 #   bash benchmarks/net.sh 1000 1500       # other counts
 #
 # For each N it prints: the server's tick p99 (worst 5-second window once every bot has joined),
-# overruns, the server's CPU (cores, over the steady window, and the part of it in the kernel), its RSS before the bots and with them
-# (and the growth per client), and the bots' report (joined, failed joins, snapshots and kbit/s
+# overruns, the server's CPU (cores, over the steady window, and the part of it in the kernel),
+# its RSS before the bots and with them (and the growth per client), and the bots' report (joined, failed joins, snapshots and kbit/s
 # per bot, RTT p50/p99, decode errors, the bot process's own CPU). Run it on a quiet machine.
 # For the server's CPU per client-second, subtract what benchmarks/net-idle.sh measures first.
 set -euo pipefail
@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 # what the bots sent.
 # BEHAVIOR=chase runs the bots with another zone-bots --behavior (wander by default).
 # BIN=DIR runs the zone-server and zone-bots found there (e.g. an older build kept aside, for a
-# before/after pair in one sitting) instead of building them.
+# before/after pair in one sitting) instead of building them. A build from before ae24386 has no
+# --input-batch-ticks (so INPUT_BATCH_TICKS must stay unset) and its bots send every tick.
 if [ -z "${BIN:-}" ]; then
   cargo build --release --locked -q --bin zone-server --bin zone-bots
   BIN=./target/release

@@ -1,7 +1,7 @@
-//! A hand-written reader for the one client datagram that arrives 60 times a second per player:
-//! a `ClientEnvelope` whose body is an `InputBatch`. prost's generic decoder spent about 1,600 of
-//! the 5,129 instructions the endpoint spends per input datagram; with this reader the datagram
-//! takes 4,490 (`endpoint_cost` under callgrind, `benchmarks/2026-11-30-input-path.md`).
+//! A hand-written reader for the one client datagram that arrives 20 times a second per player
+//! (60 with `--input-batch-ticks 1`): a `ClientEnvelope` whose body is an `InputBatch`. prost's
+//! generic decoder spent about 1,600 of the 5,129 instructions the endpoint spends per input
+//! datagram; with this reader the datagram takes 4,490 (`endpoint_cost` under callgrind, `benchmarks/2026-11-30-input-path.md`).
 //!
 //! It reads only the plain shape our clients send: the envelope's fields 1–3 and 5, the batch's
 //! fields 1–3 and the input's fields 1–4, each singular field at most once, with the wire types

@@ -12,8 +12,9 @@
 //! - [`interest`]: which objects a client sees (own shard cell, neighbours within a radius,
 //!   capped at the nearest N);
 //! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in;
-//! - [`client`]: a client's session as a pure state machine (join, 60 Hz inputs, snapshot
-//!   reassembly and acks, RTT, the ordered event stream), driven by the caller's socket and clock;
+//! - [`client`]: a client's session as a pure state machine (join, input batches at the
+//!   server's rate, snapshot reassembly and acks, RTT, the ordered event stream), driven by the
+//!   caller's socket and clock;
 //! - [`endpoint`]: the server's half, also a pure state machine (sessions in a deterministic
 //!   order, handshake, inputs, per-client snapshots, reliable events, timers), which the server's
 //!   network thread drives over laminar;

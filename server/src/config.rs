@@ -223,7 +223,8 @@ pub struct Cli {
     /// Welcome tells them). Each datagram carries an input for each of those ticks, planned when
     /// it is sent: 3 sends one every third tick (20 Hz, as often as snapshots); 1 sends one every
     /// tick (60 Hz), for games where a change of intent must not wait up to two ticks more. At 1
-    /// the input datagrams cost the server about twice what snapshots do. [default: 3]
+    /// the input datagrams cost the server about two-thirds of what encoding and sending the
+    /// snapshots does. [default: 3]
     #[arg(long, value_name = "TICKS", env = "ZONE_INPUT_BATCH_TICKS")]
     pub input_batch_ticks: Option<u32>,
 

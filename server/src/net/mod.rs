@@ -33,7 +33,8 @@ pub use counters::{NetCounters, Rejection};
 
 /// Joins and leaves waiting for the tick thread.
 const CONTROL_QUEUE_MAX: usize = 4_096;
-/// Inputs waiting for the tick thread (about 4 ticks of 1,000 players at 60 Hz, with redundancy).
+/// Inputs waiting for the tick thread: about 16 ticks of 1,000 players (the endpoint passes each
+/// player's input for a tick on once, however many batches repeat it).
 const INPUT_QUEUE_MAX: usize = 16_384;
 /// Messages waiting for the network thread.
 const TO_NET_QUEUE_MAX: usize = 256;

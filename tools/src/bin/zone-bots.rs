@@ -9,7 +9,8 @@
 //! line.
 //!
 //! A client, not a server: it never holds game rules (the server decides what inputs do), and
-//! never sends more than a real client would (one input batch per tick, a ping every 250 ms).
+//! never sends more than a real client would (one input batch every `Welcome.input_batch_ticks`
+//! ticks unless `--input-batch-ticks` says otherwise, a ping every 250 ms).
 //!
 //! Layout: `bots/cli.rs` (flags and parsers), `bots/behavior.rs` (what a bot wants to do),
 //! `bots/bot.rs` (one bot's socket and session), `bots/report.rs` (live counters, RTT histogram,
