@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Where the server's CPU goes with N bots: one zone-server and one zone-bots as in
+# benchmarks/net.sh (demo zone, loopback, wander), `perf record` on the server for a few seconds
+# once the bots have joined, then the share of samples whose call stack holds each part of the
+# work (a sample can count under several parts: "Session::encode" holds the delta encoding, for
+# instance). Needs `perf` (Debian's linux-perf) on a machine where it can sample (cpu-clock is
+# enough). Ports as net.sh: run it alone.
+#
+#   bash benchmarks/net-profile.sh            # N = 1000
+#   N=2000 SECONDS_SAMPLED=8 BIN=DIR bash benchmarks/net-profile.sh
+#
+# STACKS_OUT=FILE keeps the samples' stacks (perf script -F comm,ip,sym) for a closer look.
+#
+# perf's unwinding (dwarf) costs the server time while it samples, so the run's own figures
+# (snapshots/s, CPU) are not net.sh's: take those from net.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v perf >/dev/null || { echo "net-profile.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -q --bin zone-server --bin zone-bots
+  BIN=./target/release
+fi
+N=${N:-1000}
+SAMPLED=${SECONDS_SAMPLED:-6}
+T=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
+export ZONE_TOKEN_SECRET=bench-secret
+"$BIN/zone-server" --zone assets/zones/demo.toml --bind 127.0.0.1:17777 --admin 127.0.0.1:19100 --persistence off --threads 2 \
+  --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 >/dev/null 2>&1 &
+SP=$!
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19100/readyz >/dev/null && break; sleep 0.1; done
+curl -sf http://127.0.0.1:19100/readyz >/dev/null || { echo "zone-server did not become ready (is another on port 19100?)" >&2; exit 1; }
+sleep 2
+"$BIN/zone-bots" --server 127.0.0.1:17777 --count "$N" --duration $(( N / 500 + 8 + SAMPLED + 2 ))s --behavior wander \
+  --ramp-per-s 500 --report "$T/bots.json" >/dev/null 2>&1 &
+BP=$!
+sleep $(( N / 500 + 8 ))
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %H:%M') UTC; N=$N, ${SAMPLED} s sampled"
+perf record -q -F 299 --call-graph dwarf,16384 -o "$T/perf.data" -p $SP -- sleep "$SAMPLED" 2>/dev/null
+wait $BP || true
+kill -TERM $SP; wait $SP 2>/dev/null || true
+perf script -i "$T/perf.data" -F comm,ip,sym 2>/dev/null > "$T/stacks.txt"
+[ -z "${STACKS_OUT:-}" ] || cp "$T/stacks.txt" "$STACKS_OUT"
+python3 - "$T/stacks.txt" <<'PY'
+import sys
+from collections import Counter
+stacks, cur, comm = [], [], None
+for line in open(sys.argv[1]):
+    if not line.strip():
+        if comm is not None:
+            stacks.append((comm, cur))
+        cur, comm = [], None
+    elif not line[0].isspace():
+        comm = line.split()[0]
+    else:
+        parts = line.split(None, 1)
+        cur.append(parts[1].strip() if len(parts) > 1 else "")
+if comm is not None:
+    stacks.append((comm, cur))
+n = len(stacks)
+if n == 0:
+    sys.exit("no samples (can perf sample here? try: perf stat -e cpu-clock true)")
+print(f"samples={n} threads=" + ", ".join(f"{c} {100 * k / n:.1f}%" for c, k in Counter(c for c, _ in stacks).most_common()))
+def share(pred):
+    return 100 * sum(1 for _, s in stacks if pred(s)) / n
+holds = lambda name: (lambda s: any(name in f for f in s))
+parts = [
+    ("encoding, per client (Session::encode)", holds("Session::encode")),
+    ("  interest search (nearest_slots)", holds("nearest_slots")),
+    ("  delta encoding (encode_delta_capped_into)", holds("encode_delta_capped_into")),
+    ("  sealing (seal_vec)", holds("seal_vec")),
+    ("frame preparation (begin_frame)", holds("begin_frame")),
+    ("sending (sendmmsg)", holds("send_batch")),
+    ("  of which delivery into the bots' sockets (loopback)", lambda s: any("send_batch" in f for f in s)
+        and any(k in f for f in s for k in ("net_rx_action", "process_backlog", "udp_rcv", "__udp4_lib_rcv"))),
+    ("receiving (recvmmsg)", holds("recv_batch")),
+    ("datagrams handled (handle_datagram)", holds("handle_datagram")),
+    ("timers (handle_timeout)", holds("handle_timeout")),
+    ("in a system call", lambda s: any(f.startswith("entry_SYSCALL") for f in s)),
+    ("allocator (leaf in mimalloc)", lambda s: bool(s) and s[0].lstrip("_").startswith("mi_")),
+]
+for name, pred in parts:
+    print(f"{name:58s} {share(pred):5.1f}%")
+PY
