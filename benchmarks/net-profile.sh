@@ -9,7 +9,9 @@
 #   bash benchmarks/net-profile.sh            # N = 1000
 #   N=2000 SECONDS_SAMPLED=8 BIN=DIR bash benchmarks/net-profile.sh
 #
-# STACKS_OUT=FILE keeps the samples' stacks (perf script -F comm,ip,sym) for a closer look.
+# Needs root, or kernel.perf_event_paranoid low enough to sample the kernel too.
+# STACKS_OUT=FILE (absolute, or from the repository root) keeps the samples' stacks (perf script
+# -F comm,ip,sym) for a closer look.
 #
 # perf's unwinding (dwarf) costs the server time while it samples, so the run's own figures
 # (snapshots/s, CPU) are not net.sh's: take those from net.sh.
@@ -22,6 +24,7 @@ if [ -z "${BIN:-}" ]; then
 fi
 N=${N:-1000}
 SAMPLED=${SECONDS_SAMPLED:-6}
+[[ "$N" =~ ^[0-9]+$ && "$SAMPLED" =~ ^[0-9]+$ ]] || { echo "net-profile.sh: N and SECONDS_SAMPLED are whole numbers" >&2; exit 2; }
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 export ZONE_TOKEN_SECRET=bench-secret
@@ -36,7 +39,11 @@ sleep 2
 BP=$!
 sleep $(( N / 500 + 8 ))
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %H:%M') UTC; N=$N, ${SAMPLED} s sampled"
-perf record -q -F 299 --call-graph dwarf,16384 -o "$T/perf.data" -p $SP -- sleep "$SAMPLED" 2>/dev/null
+perf record -q -F 299 --call-graph dwarf,16384 -o "$T/perf.data" -p $SP -- sleep "$SAMPLED" 2>"$T/perf.err" || {
+  cat "$T/perf.err" >&2
+  echo "net-profile.sh: perf record failed (kernel.perf_event_paranoid = $(cat /proc/sys/kernel/perf_event_paranoid); run as root or lower it)" >&2
+  exit 1
+}
 wait $BP || true
 kill -TERM $SP; wait $SP 2>/dev/null || true
 perf script -i "$T/perf.data" -F comm,ip,sym 2>/dev/null > "$T/stacks.txt"
@@ -81,4 +88,7 @@ parts = [
 ]
 for name, pred in parts:
     print(f"{name:58s} {share(pred):5.1f}%")
+if not any(f.startswith("entry_SYSCALL") for _, s in stacks for f in s):
+    print("warning: no sample holds a kernel frame (perf sampled user space only: run as root or lower "
+          "kernel.perf_event_paranoid); the kernel's rows read 0 and the other shares are too high")
 PY
