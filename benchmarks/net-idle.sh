@@ -13,13 +13,11 @@ if [ -z "${BIN:-}" ]; then
   BIN=./target/release
 fi
 export ZONE_TOKEN_SECRET=bench-secret
-"$BIN/zone-server" --zone assets/zones/demo.toml --bind 127.0.0.1:17777 --admin 127.0.0.1:19100 --persistence off --threads 2 \
-  --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 \
-  ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} 2>/dev/null &
+. benchmarks/net-server.sh
+net_server "$BIN" 2>/dev/null &
 P=$!
 trap 'kill $P 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19100/readyz >/dev/null && break; sleep 0.1; done
-curl -sf http://127.0.0.1:19100/readyz >/dev/null || { echo "zone-server did not become ready (is another on port 19100?)" >&2; exit 1; }
+net_server_ready
 sleep 5
 C0=$(awk '{print $14 + $15}' /proc/$P/stat)
 sleep 20

@@ -3,13 +3,13 @@
 # benchmarks/net.sh (demo zone, loopback, wander), `perf record` on the server for a few seconds
 # once the bots have joined, then the share of samples whose call stack holds each part of the
 # work (a sample can count under several parts: "Session::encode" holds the delta encoding, for
-# instance). Needs `perf` (Debian's linux-perf) on a machine where it can sample (cpu-clock is
-# enough). Ports as net.sh: run it alone.
+# instance). Needs `perf` (Debian's linux-perf), and root or a kernel.perf_event_paranoid low
+# enough to sample the kernel too. The server is net.sh's (benchmarks/net-server.sh, which also
+# takes INPUT_BATCH_TICKS), on its ports: run it alone.
 #
 #   bash benchmarks/net-profile.sh            # N = 1000
 #   N=2000 SECONDS_SAMPLED=8 BIN=DIR bash benchmarks/net-profile.sh
 #
-# Needs root, or kernel.perf_event_paranoid low enough to sample the kernel too.
 # STACKS_OUT=FILE (absolute, or from the repository root) keeps the samples' stacks (perf script
 # -F comm,ip,sym) for a closer look.
 #
@@ -28,16 +28,17 @@ SAMPLED=${SECONDS_SAMPLED:-6}
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 export ZONE_TOKEN_SECRET=bench-secret
-"$BIN/zone-server" --zone assets/zones/demo.toml --bind 127.0.0.1:17777 --admin 127.0.0.1:19100 --persistence off --threads 2 \
-  --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 >/dev/null 2>&1 &
+. benchmarks/net-server.sh
+net_server "$BIN" >/dev/null 2>&1 &
 SP=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19100/readyz >/dev/null && break; sleep 0.1; done
-curl -sf http://127.0.0.1:19100/readyz >/dev/null || { echo "zone-server did not become ready (is another on port 19100?)" >&2; exit 1; }
+net_server_ready
 sleep 2
-"$BIN/zone-bots" --server 127.0.0.1:17777 --count "$N" --duration $(( N / 500 + 8 + SAMPLED + 2 ))s --behavior wander \
+# Sampling starts once every bot has joined (ramp at 500/s) and settled; the bots leave 2 s after.
+SETTLE=$(( N / 500 + 8 ))
+"$BIN/zone-bots" --server "127.0.0.1:$NET_PORT" --count "$N" --duration $(( SETTLE + SAMPLED + 2 ))s --behavior wander \
   --ramp-per-s 500 --report "$T/bots.json" >/dev/null 2>&1 &
 BP=$!
-sleep $(( N / 500 + 8 ))
+sleep "$SETTLE"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %H:%M') UTC; N=$N, ${SAMPLED} s sampled"
 perf record -q -F 299 --call-graph dwarf,16384 -o "$T/perf.data" -p $SP -- sleep "$SAMPLED" 2>"$T/perf.err" || {
   cat "$T/perf.err" >&2

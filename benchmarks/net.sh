@@ -23,13 +23,13 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --locked -q --bin zone-server --bin zone-bots
   BIN=./target/release
 fi
-S=$BIN/zone-server
 B=$BIN/zone-bots
+. benchmarks/net-server.sh
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 export ZONE_TOKEN_SECRET=bench-secret
-PORT=17777
-ADMIN=127.0.0.1:19100
+PORT=$NET_PORT
+ADMIN=$NET_ADMIN
 DURATION=${DURATION:-40}
 
 rss_kb() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
@@ -38,11 +38,9 @@ sys_ticks() { awk '{print $15}' /proc/$1/stat; }
 
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
 for N in ${@:-100 500 1000}; do
-  $S --zone assets/zones/demo.toml --bind 127.0.0.1:$PORT --admin $ADMIN --persistence off --threads 2 \
-     --log-format json --stats-interval 5 --max-clients 5000 --handshake-rate-per-ip 100000 \
-     ${INPUT_BATCH_TICKS:+--input-batch-ticks $INPUT_BATCH_TICKS} 2> "$T/server-$N.log" &
+  net_server "$BIN" 2> "$T/server-$N.log" &
   SP=$!
-  for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+  net_server_ready || { tail -5 "$T/server-$N.log" >&2; exit 1; }
   sleep 2
   RSS0=$(rss_kb $SP)
   START=$(date +%s)
