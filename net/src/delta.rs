@@ -39,6 +39,7 @@
 //! client's snapshot (`benches/snapshot.rs`, `benchmarks/2026-11-30-snapshot-writer.md`).
 //! Decoding is prost's.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -209,13 +210,14 @@ fn ticks_between(base: Option<&View>, tick: u64) -> u64 {
 /// Every change from `base` (or the empty view) to `next`, in id order. An update is against
 /// the base object as [`predict`]ed at `next`'s tick; an object exactly where it was predicted is
 /// no change at all.
-fn diff(base: Option<&View>, next: &View) -> Vec<Change> {
+fn diff(base: Option<&View>, next: &View, mut out: Vec<Change>) -> Vec<Change> {
     let empty: &[QObject] = &[];
     let old = base.map_or(empty, View::objects);
     let new = next.objects();
     let dt = ticks_between(base, next.tick());
+    out.clear();
     // Most snapshots change a few objects of the view: room for a quarter, grown when more.
-    let mut out = Vec::with_capacity(old.len().max(new.len()) / 4 + 8);
+    out.reserve(old.len().max(new.len()) / 4 + 8);
     let (mut i, mut j) = (0, 0);
     while let (Some(x), Some(y)) = (old.get(i), new.get(j)) {
         if x.id == y.id {
@@ -516,14 +518,31 @@ struct Lists {
 }
 
 impl Lists {
+    #[cfg(test)]
     fn encode(chosen: &[Change]) -> Lists {
+        let mut l = Lists::default();
+        l.encode_into(chosen);
+        l
+    }
+
+    /// Encodes `chosen` into these columns, cleared first (their buffers are kept: one `Lists`
+    /// per thread serves every client, see [`Scratch`]).
+    fn encode_into(&mut self, chosen: &[Change]) {
+        let l = self;
+        for column in [
+            &mut l.creates,
+            &mut l.update_gaps,
+            &mut l.update_masks,
+            &mut l.update_values,
+            &mut l.removes,
+        ] {
+            column.clear();
+        }
+        (l.create_count, l.update_count, l.remove_count) = (0, 0, 0);
         // Most changes are updates of one byte of id gap, one of mask and two of values.
-        let mut l = Lists {
-            update_gaps: Vec::with_capacity(chosen.len()),
-            update_masks: Vec::with_capacity(chosen.len()),
-            update_values: Vec::with_capacity(chosen.len() * 3),
-            ..Lists::default()
-        };
+        l.update_gaps.reserve(chosen.len());
+        l.update_masks.reserve(chosen.len());
+        l.update_values.reserve(chosen.len() * 3);
         let (mut prev_create, mut prev_update, mut prev_remove) = (0u64, 0u64, 0u64);
         for c in chosen {
             match c {
@@ -546,7 +565,6 @@ impl Lists {
                 }
             }
         }
-        l
     }
 
     /// The sizes, as [`Sizer`] would have summed them.
@@ -655,9 +673,56 @@ fn datagram(lo: &Leftover, lists: &Lists, more_follow: bool) -> Vec<u8> {
     out
 }
 
+/// Buffers one thread reuses for every client it encodes: the changes of a view change, a copy
+/// of some of them sorted by id, and the encoded columns of a datagram. Kept per thread rather
+/// than allocated per client and frame, they stay in the cache and cost no allocator call.
+#[derive(Default)]
+struct Scratch {
+    changes: Vec<Change>,
+    sorted: Vec<Change>,
+    lists: Lists,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The thread's change buffer, empty (a new one if it is lent out).
+fn take_changes() -> Vec<Change> {
+    SCRATCH.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut s.changes)).unwrap_or_default())
+}
+
+/// Gives a change buffer back to the thread for the next view change.
+fn give_back_changes(mut changes: Vec<Change>) {
+    changes.clear();
+    SCRATCH.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut()
+            && s.changes.capacity() < changes.capacity()
+        {
+            s.changes = changes;
+        }
+    });
+}
+
 /// Encodes the next datagram of `lo` (nearest changes first) and advances it. Refuses a budget
 /// in which not even one change fits (which [`BUDGET_BYTES_MIN`] rules out), rather than loop.
 fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats), EncodeError> {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            let Scratch { sorted, lists, .. } = &mut *s;
+            pack_with(lo, budget_bytes, sorted, lists)
+        }
+        Err(_) => pack_with(lo, budget_bytes, &mut Vec::new(), &mut Lists::default()),
+    })
+}
+
+/// [`pack`] with the buffers to use.
+fn pack_with(
+    lo: &mut Leftover,
+    budget_bytes: usize,
+    sorted: &mut Vec<Change>,
+    lists: &mut Lists,
+) -> Result<(Vec<u8>, DeltaStats), EncodeError> {
     if budget_bytes < BUDGET_BYTES_MIN {
         return Err(EncodeError::BudgetTooSmall { budget_bytes });
     }
@@ -666,56 +731,55 @@ fn pack(lo: &mut Leftover, budget_bytes: usize) -> Result<(Vec<u8>, DeltaStats),
     // id order unless an earlier datagram split them. (Every change takes at least a byte, so
     // more changes than budget bytes cannot fit: skip the trial for huge views.)
     let may_fit = lo.len() <= budget_bytes;
-    let mut sorted: Vec<Change> = Vec::new();
+    sorted.clear();
     let rest: &[Change] = if !may_fit {
         &[]
     } else if lo.by_distance {
         sorted.extend_from_slice(&lo.changes[start..]);
         sorted.sort_unstable_by_key(Change::id);
-        &sorted
+        sorted
     } else {
         &lo.changes[start..]
     };
-    let whole = may_fit.then(|| Lists::encode(rest));
-    let (bytes, totals) = match whole {
-        Some(lists) if envelope_bytes(lo, header_len(lo, false) + lists.totals().lists_len()) <= budget_bytes => {
-            let bytes = datagram(lo, &lists, false);
-            lo.at = lo.changes.len();
-            (bytes, lists.totals())
+    if may_fit {
+        lists.encode_into(rest);
+    }
+    let (bytes, totals) = if may_fit && envelope_bytes(lo, header_len(lo, false) + lists.totals().lists_len()) <= budget_bytes {
+        let bytes = datagram(lo, lists, false);
+        lo.at = lo.changes.len();
+        (bytes, lists.totals())
+    } else {
+        // Otherwise the nearest changes while the exact size, with `more_follow` set, fits.
+        if !lo.by_distance {
+            let focus = lo.focus;
+            lo.changes[start..].sort_unstable_by_key(|c| (c.dist2(focus), c.id()));
+            lo.by_distance = true;
         }
-        _ => {
-            // Otherwise the nearest changes while the exact size, with `more_follow` set, fits.
-            if !lo.by_distance {
-                let focus = lo.focus;
-                lo.changes[start..].sort_unstable_by_key(|c| (c.dist2(focus), c.id()));
-                lo.by_distance = true;
+        let header = header_len(lo, !lo.final_part);
+        let mut sizer = Sizer::default();
+        while let Some(c) = lo.changes.get(lo.at) {
+            let totals = sizer.with(c);
+            if envelope_bytes(lo, header + totals.lists_len()) > budget_bytes {
+                break;
             }
-            let header = header_len(lo, !lo.final_part);
-            let mut sizer = Sizer::default();
-            while let Some(c) = lo.changes.get(lo.at) {
-                let totals = sizer.with(c);
-                if envelope_bytes(lo, header + totals.lists_len()) > budget_bytes {
-                    break;
-                }
-                sizer.insert(c, totals);
-                lo.at += 1;
-            }
-            if lo.at == start {
-                return Err(EncodeError::BudgetTooSmall { budget_bytes });
-            }
-            sorted.clear();
-            sorted.extend_from_slice(&lo.changes[start..lo.at]);
-            sorted.sort_unstable_by_key(Change::id);
-            let more_follow = lo.at < lo.changes.len() && !lo.final_part;
-            let lists = Lists::encode(&sorted);
-            let totals = lists.totals();
-            debug_assert_eq!(
-                header_len(lo, more_follow) + totals.lists_len(),
-                header + sizer.totals.lists_len(),
-                "size model is off"
-            );
-            (datagram(lo, &lists, more_follow), totals)
+            sizer.insert(c, totals);
+            lo.at += 1;
         }
+        if lo.at == start {
+            return Err(EncodeError::BudgetTooSmall { budget_bytes });
+        }
+        sorted.clear();
+        sorted.extend_from_slice(&lo.changes[start..lo.at]);
+        sorted.sort_unstable_by_key(Change::id);
+        let more_follow = lo.at < lo.changes.len() && !lo.final_part;
+        lists.encode_into(sorted);
+        let totals = lists.totals();
+        debug_assert_eq!(
+            header_len(lo, more_follow) + totals.lists_len(),
+            header + sizer.totals.lists_len(),
+            "size model is off"
+        );
+        (datagram(lo, lists, more_follow), totals)
     };
     // The size model is exact, so this cannot fail; a datagram over the budget would be dropped
     // silently by the transport, so check it here where the cause is known.
@@ -769,7 +833,7 @@ fn start(base: Option<&View>, next: &View, frame: SnapshotFrame, focus: (u32, u3
         frame,
         part: 0,
         focus,
-        changes: diff(base, next),
+        changes: diff(base, next, take_changes()),
         by_distance: false,
         at: 0,
         final_part: false,
@@ -850,6 +914,7 @@ pub fn encode_delta_capped_into(
     } else {
         apply_changes(base, next.tick(), &lo.changes[..lo.at])
     };
+    give_back_changes(lo.changes);
     Ok((out, total, held))
 }
 
