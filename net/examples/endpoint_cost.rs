@@ -148,7 +148,7 @@ fn server_frame(ep: &mut Endpoint<u32>, tick: u64, shards: &[Obj], joins: Vec<(P
     let mut located: Vec<Located> = Vec::with_capacity(shards.len());
     let mut players: BTreeMap<u64, PosMm> = BTreeMap::new();
     let mut order: Vec<(u64, u32)> = shards.iter().enumerate().map(|(i, r)| (r.id, i as u32)).collect();
-    order.sort_unstable_by_key(|&(id, _)| id);
+    zone_net::order::sort_by_id(&mut order, &mut Vec::new());
     for r in order.iter().map(|&(_, i)| &shards[i as usize]) {
         objects.push(QObject::quantize(r.id, r.kind, r.pos, r.vel, r.hp, (0, 0)));
         let pos = PosMm {

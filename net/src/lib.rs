@@ -9,6 +9,7 @@
 //!   [`view::View`] one client sees;
 //! - [`delta`]: the per-client snapshot codec (baseline → next view as datagrams within an MTU
 //!   budget, nearest objects first; exact reconstruction on the client);
+//! - [`order`]: a frame's objects in id order (a radix sort, once per snapshot frame);
 //! - [`interest`]: which objects a client sees (own shard cell, neighbours within a radius,
 //!   capped at the nearest N);
 //! - [`token`]: HS256 JWT join tokens, minted and verified with the time passed in;
@@ -40,6 +41,7 @@ pub mod envelope;
 pub mod gate;
 mod input_decode;
 pub mod interest;
+pub mod order;
 pub mod proto;
 pub mod quantize;
 pub mod seal;
