@@ -110,8 +110,13 @@ impl GateSocket {
         let _ = s.set_send_buffer_size(SOCKET_RECV_BUFFER_BYTES);
         s.bind(&addr.into())?;
         s.set_nonblocking(true)?;
+        let socket: std::net::UdpSocket = s.into();
+        // Every datagram fits the MTU budget: DF, and no IP id to draw per datagram.
+        if let Err(e) = zone_udp_batch::set_dont_fragment(&socket) {
+            tracing::debug!(error = %e, "cannot set the don't-fragment bit on the game socket (kept as it is)");
+        }
         Ok(GateSocket {
-            socket: s.into(),
+            socket,
             policy,
             admitted: HashMap::new(),
             passed_this_poll: 0,

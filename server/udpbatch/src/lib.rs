@@ -93,6 +93,19 @@ pub struct Flushed {
     pub last_error: Option<io::Error>,
 }
 
+/// Sets the don't-fragment bit on every IPv4 datagram `socket` sends, without path MTU
+/// discovery (Linux `IP_PMTUDISC_PROBE`, as QUIC stacks do): for a sender whose datagrams are
+/// sized for the smallest path MTU anyway. Besides never fragmenting, it saves the kernel the
+/// shared IP-id generator on every datagram of an unconnected socket (`__ip_select_ident`,
+/// an atomic on a hashed table: about 1% of the zone server's samples at 1,000 bots). On other
+/// systems, and for IPv6 sockets (IPv6 routers never fragment), it does nothing.
+pub fn set_dont_fragment(socket: &UdpSocket) -> io::Result<()> {
+    if socket.local_addr()?.is_ipv6() {
+        return Ok(());
+    }
+    sys::set_dont_fragment(socket)
+}
+
 /// Queues datagrams and sends them in batches.
 #[derive(Debug)]
 pub struct Sender {

@@ -114,6 +114,35 @@ pub fn send_batch(socket: &UdpSocket, items: &[(SocketAddr, &[u8])]) -> io::Resu
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// `IP_MTU_DISCOVER` = `IP_PMTUDISC_PROBE` on an IPv4 socket.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn set_dont_fragment(socket: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: the option value is a live `c_int` of the length given; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Elsewhere: nothing to set.
+#[cfg(not(target_os = "linux"))]
+pub fn set_dont_fragment(_socket: &UdpSocket) -> io::Result<()> {
+    Ok(())
+}
+
 /// Writes `addr` into `out` as the kernel takes it; returns its length.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
