@@ -176,13 +176,16 @@ impl InputQueue {
         if self.queued >= QUEUED_INPUTS_MAX {
             return Err(InputRefusal::QueueFull);
         }
-        let slot = self.inputs.entry(input.tick).or_default();
-        if slot.contains_key(&input.player) {
-            return Err(InputRefusal::Duplicate);
+        // One walk of the tick's map (about a player's worth of inputs a tick), not a lookup and
+        // then an insertion.
+        match self.inputs.entry(input.tick).or_default().entry(input.player) {
+            std::collections::btree_map::Entry::Occupied(_) => Err(InputRefusal::Duplicate),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(input);
+                self.queued += 1;
+                Ok(())
+            }
         }
-        slot.insert(input.player, input);
-        self.queued += 1;
-        Ok(())
     }
 
     /// Counts a refusal decided by the caller (e.g. a join while draining).
