@@ -33,7 +33,8 @@ pub const fn crc16_x25(data: &[u8]) -> u16 {
     !crc
 }
 
-fn header() -> [u8; HEADER_BYTES] {
+/// The header of every datagram we send: laminar's, for an unreliable, unordered packet.
+pub fn header() -> [u8; HEADER_BYTES] {
     let id = LAMINAR_PROTOCOL_CRC16.to_be_bytes();
     [id[0], id[1], 0, 0, 0]
 }

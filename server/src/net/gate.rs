@@ -5,8 +5,10 @@
 //! socket (with a large receive buffer), counts every datagram and byte both ways, and lets a
 //! datagram through to laminar only if its source address has been admitted, or if it is a
 //! well-formed `Hello` whose join token verifies (which admits the address). It reads and sends
-//! in batches (`zone-udp-batch`: `recvmmsg` and `sendmmsg`): what laminar sends during a poll is
-//! queued and goes out when the network thread calls [`GateSocket::flush_sends`] after the poll.
+//! in batches (`zone-udp-batch`: `recvmmsg` and `sendmmsg`): what the network thread sends
+//! ([`GateSocket::queue_unreliable`], framed as laminar's unreliable packets without passing
+//! through laminar) is queued and goes out when it calls [`GateSocket::flush_sends`] after a
+//! poll, or as soon as a batch is full.
 //!
 //! A Hello whose token verifies must also carry the cookie of the gate's `Challenge` (a stateless
 //! hash of the source address and the time), which proves the client receives at that address:
@@ -163,6 +165,17 @@ impl GateSocket {
             if let Some(e) = f.last_error {
                 tracing::debug!(failed = f.failed, error = %e, "datagrams refused by the kernel");
             }
+        }
+    }
+
+    /// Queues an envelope (sealed or not) for `addr` as laminar would frame an unreliable
+    /// packet, without going through laminar: every datagram the server sends is one, and
+    /// laminar only added a channel, a connection lookup and two copies per datagram on the way
+    /// (about 3% of the server's samples at 1,000 bots). It goes out with the next
+    /// [`GateSocket::flush_sends`] (or now, when a batch is full).
+    pub fn queue_unreliable(&mut self, addr: &SocketAddr, payload: &[u8]) {
+        if self.send.queue_with_header(*addr, &wire::header(), payload) {
+            self.flush_sends();
         }
     }
 

@@ -1,7 +1,8 @@
 //! The network thread: the IO driver of [`zone_net::endpoint::Endpoint`]. It polls laminar
 //! (behind the gate), feeds every datagram, tick message and timer to the endpoint with the time,
-//! and carries out what comes back: datagrams to laminar, joins, leaves and inputs to the tick
-//! thread, forgotten addresses to the gate, counts to [`super::NetCounters`].
+//! and carries out what comes back: datagrams to the gate's send queue (framed as laminar's
+//! unreliable packets but not passed through laminar, which now only receives), joins, leaves and
+//! inputs to the tick thread, forgotten addresses to the gate, counts to [`super::NetCounters`].
 //!
 //! All protocol logic (sessions, handshake, inputs, snapshots, events, timers) lives in the
 //! endpoint, which has deterministic tests; this file only moves bytes and messages. Never blocks
@@ -14,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver as CbReceiver, Sender as CbSender};
-use laminar::{Config as LaminarConfig, ConnectionManager, Packet, SocketEvent, VirtualConnection};
+use crossbeam_channel::Receiver as CbReceiver;
+use laminar::{Config as LaminarConfig, ConnectionManager, SocketEvent, VirtualConnection};
 use zone_net::client::INPUT_BATCH_TICKS_MAX;
 use zone_net::endpoint::{Endpoint, EndpointConfig, EndpointEvent, FrameInput, INPUT_LEAD_TICKS_MAX, JoinOutcome, Parallel, Session};
 use zone_net::gate::Rejection;
@@ -142,7 +143,6 @@ pub struct Worker {
     cfg: NetConfig,
     origin: (i32, i32),
     manager: ConnectionManager<GateSocket, VirtualConnection>,
-    send: CbSender<Packet>,
     events: CbReceiver<SocketEvent>,
     shared: Arc<NetShared>,
     from_tick: Receiver<ToNet>,
@@ -204,14 +204,12 @@ impl Worker {
             ..LaminarConfig::default()
         };
         let manager = ConnectionManager::new(gate, laminar_cfg);
-        let send = manager.event_sender().clone();
         let events = manager.event_receiver().clone();
         let endpoint = Endpoint::new(endpoint_config(&cfg, &spec));
         Worker {
             origin: (spec.bounds.min.x, spec.bounds.min.y),
             cfg,
             manager,
-            send,
             events,
             shared,
             from_tick,
@@ -269,8 +267,8 @@ impl Worker {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
-    /// One laminar poll (sends what is queued, reads what arrived), every datagram handed to the
-    /// endpoint, and what the endpoint produced carried out.
+    /// One laminar poll (reads what arrived), the gate's queued datagrams sent, every datagram
+    /// handed to the endpoint, and what the endpoint produced carried out.
     fn poll_socket(&mut self, now: Instant) {
         self.manager.socket_mut().begin_poll();
         self.manager.manual_poll(now);
@@ -292,7 +290,8 @@ impl Worker {
     }
 
     /// Carries out the endpoint's output: events to the tick thread and the gate, datagrams to
-    /// laminar, counts to the shared counters.
+    /// the gate's send queue (sent at the next poll, or as soon as a batch is full), counts to the
+    /// shared counters.
     fn flush(&mut self) {
         // Counted before a join reaches the tick thread, which only collects events for frames
         // while someone is connected.
@@ -328,7 +327,7 @@ impl Worker {
         }
         while let Some(t) = self.endpoint.poll_transmit() {
             self.size_hist.record((t.payload.len() + zone_net::wire::HEADER_BYTES) as f64);
-            let _ = self.send.send(Packet::unreliable(t.peer, t.payload));
+            self.manager.socket_mut().queue_unreliable(&t.peer, &t.payload);
         }
         self.shared.counters.add(&self.endpoint.take_counts());
         for rtt in self.endpoint.take_rtt_samples_us() {

@@ -135,6 +135,13 @@ impl Sender {
         self.queued.len() >= self.batch
     }
 
+    /// [`Sender::queue`] for a datagram that is `header` followed by `payload`, copied in place
+    /// (no datagram is built first).
+    pub fn queue_with_header(&mut self, addr: SocketAddr, header: &[u8], payload: &[u8]) -> bool {
+        self.data.extend_from_slice(header);
+        self.queue(addr, payload)
+    }
+
     /// Datagrams queued and not yet sent.
     pub fn len(&self) -> usize {
         self.queued.len()
